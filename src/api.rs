@@ -1,0 +1,114 @@
+//! The HTTP API: routes, shared state, and the conventions every handler follows
+//! (problem+json errors, request ids, Bearer keys scoped to one project).
+
+pub mod api_keys;
+pub mod auth;
+pub mod emails;
+pub mod error;
+pub mod health;
+pub mod idempotency;
+pub mod json;
+pub mod request_id;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::middleware;
+use axum::routing::{delete, get, post};
+use tokio::sync::Notify;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::store::Store;
+
+use error::ApiError;
+
+/// What every handler can reach. Cheap to clone: all `Arc`s and pools.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub config: Arc<Config>,
+    pub clock: Arc<dyn Clock>,
+    /// Wakes delivery workers when new mail is committed.
+    pub wake: Arc<Notify>,
+    pub idempotency: idempotency::InFlight,
+    /// When this process last recorded each key's use, so it writes at most once a minute.
+    key_touches: Arc<Mutex<HashMap<String, i64>>>,
+}
+
+impl AppState {
+    pub fn new(
+        store: Store,
+        config: Arc<Config>,
+        clock: Arc<dyn Clock>,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Self {
+            store,
+            config,
+            clock,
+            wake,
+            idempotency: idempotency::InFlight::default(),
+            key_touches: Arc::default(),
+        }
+    }
+
+    /// Records that a key was used (`last_used_at`), without a write on every request.
+    pub async fn note_key_use(&self, key_id: &str, now_ms: i64) {
+        let due = {
+            let mut touches = self.key_touches.lock().unwrap_or_else(|e| e.into_inner());
+            match touches.get(key_id) {
+                Some(&last) if now_ms - last < 60_000 => false,
+                _ => {
+                    touches.insert(key_id.to_owned(), now_ms);
+                    true
+                }
+            }
+        };
+        if due && let Err(e) = self.store.touch_api_key(key_id, now_ms).await {
+            tracing::warn!(error = %e, "could not record API key use");
+        }
+    }
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let limits = &state.config.limits;
+    let email_limit = DefaultBodyLimit::max(limits.max_email_body_bytes());
+    let batch_limit = DefaultBodyLimit::max(limits.max_batch_body_bytes);
+    Router::new()
+        .route("/v1/emails", post(emails::create_email).layer(email_limit))
+        .route(
+            "/v1/emails/batch",
+            post(emails::create_batch).layer(batch_limit),
+        )
+        .route("/v1/emails/{id}", get(emails::get_email))
+        .route("/v1/emails/{id}/events", get(emails::list_email_events))
+        .route("/v1/emails/{id}/cancel", post(emails::cancel_email))
+        .route(
+            "/v1/api-keys",
+            post(api_keys::create_api_key).get(api_keys::list_api_keys),
+        )
+        .route("/v1/api-keys/{id}", delete(api_keys::delete_api_key))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(request_id::middleware))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}

@@ -1,0 +1,135 @@
+//! `POST/GET /v1/api-keys`, `DELETE /v1/api-keys/{id}`: key management for full-access keys.
+//! The token is in the creation response only; listings show its public prefix.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::clock::format_ms;
+use crate::domain::api_key::{ApiKeyToken, Permission};
+use crate::store::ApiKeyRecord;
+
+use super::AppState;
+use super::auth::Principal;
+use super::error::{ApiError, ApiResult, FieldError};
+use super::json::JsonBody;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKeyRequest {
+    name: String,
+    #[serde(default)]
+    permission: Option<String>,
+    #[serde(default)]
+    expires_at: Option<String>,
+}
+
+fn key_json(k: &ApiKeyRecord) -> Value {
+    json!({
+        "object": "api_key",
+        "id": k.id,
+        "name": k.name,
+        "permission": k.permission,
+        "prefix": k.prefix,
+        "created_at": format_ms(k.created_at),
+        "last_used_at": k.last_used_at.map(format_ms),
+        "expires_at": k.expires_at.map(format_ms),
+    })
+}
+
+/// Creates a key in the caller's project and shows its token, once.
+pub async fn create_api_key(
+    State(state): State<AppState>,
+    principal: Principal,
+    JsonBody(req): JsonBody<CreateApiKeyRequest>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    principal.require_full_access()?;
+    let now = state.clock.now_ms();
+    let mut errors = Vec::new();
+    let name = req.name.trim();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        errors.push(FieldError::new(
+            "/name",
+            "validation_error",
+            "name must be 1 to 100 printable characters",
+        ));
+    }
+    let permission = match req.permission.as_deref() {
+        None => Some(Permission::FullAccess),
+        Some(p) => Permission::parse(p),
+    };
+    if permission.is_none() {
+        errors.push(FieldError::new(
+            "/permission",
+            "validation_error",
+            "permission must be full_access or sending_access",
+        ));
+    }
+    let expires_at = match req
+        .expires_at
+        .as_deref()
+        .map(chrono::DateTime::parse_from_rfc3339)
+    {
+        None => None,
+        Some(Ok(t)) if t.timestamp_millis() > now => Some(t.timestamp_millis()),
+        Some(_) => {
+            errors.push(FieldError::new(
+                "/expires_at",
+                "validation_error",
+                "expires_at must be a future RFC 3339 time with an offset",
+            ));
+            None
+        }
+    };
+    let (Some(permission), true) = (permission, errors.is_empty()) else {
+        return Err(ApiError::validation(errors));
+    };
+    let token = ApiKeyToken::generate();
+    let record = ApiKeyRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        project_id: principal.project_id.clone(),
+        name: name.to_owned(),
+        prefix: token.prefix(),
+        secret_hash: token.secret_hash(),
+        permission: permission.as_str().to_owned(),
+        created_at: now,
+        last_used_at: None,
+        expires_at,
+        revoked_at: None,
+    };
+    state.store.insert_api_key(&record).await?;
+    let mut body = key_json(&record);
+    body["token"] = Value::String(token.reveal());
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// Lists the project's live keys, newest first.
+pub async fn list_api_keys(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> ApiResult<Json<Value>> {
+    principal.require_full_access()?;
+    let keys = state.store.list_api_keys(&principal.project_id).await?;
+    let data: Vec<Value> = keys.iter().map(key_json).collect();
+    Ok(Json(
+        json!({"object": "list", "has_more": false, "data": data}),
+    ))
+}
+
+/// Revokes one of the project's keys.
+pub async fn delete_api_key(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    principal.require_full_access()?;
+    state
+        .store
+        .revoke_api_key(&principal.project_id, &id, state.clock.now_ms())
+        .await?;
+    Ok(Json(
+        json!({"object": "api_key", "id": id, "deleted": true}),
+    ))
+}

@@ -1,0 +1,83 @@
+//! Bearer API keys. The extractor [`Principal`] authenticates the request and names the
+//! project every query of the handler is scoped to.
+
+use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+
+use crate::domain::api_key::{ApiKeyToken, Permission};
+
+use super::AppState;
+use super::error::ApiError;
+
+/// Who is calling: a live key and the project it belongs to.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub project_id: String,
+    pub key_id: String,
+    pub permission: Permission,
+}
+
+impl Principal {
+    /// Refuses (403) a key without full access.
+    pub fn require_full_access(&self) -> Result<(), ApiError> {
+        match self.permission {
+            Permission::FullAccess => Ok(()),
+            Permission::SendingAccess => Err(ApiError::forbidden(
+                "this endpoint needs a full_access key; this key has sending_access",
+            )),
+        }
+    }
+
+    /// Full-access keys see everything in the project; sending keys only what they created.
+    pub fn may_access_email_of(&self, creator_key_id: Option<&str>) -> bool {
+        self.permission == Permission::FullAccess || creator_key_id == Some(self.key_id.as_str())
+    }
+}
+
+fn unauthorized(code: &'static str, detail: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, code, detail)
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
+            return Err(unauthorized(
+                "missing_api_key",
+                "send an API key as Authorization: Bearer hk_…",
+            ));
+        };
+        let invalid = || unauthorized("invalid_api_key", "the API key is not valid");
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .and_then(ApiKeyToken::parse)
+            .ok_or_else(invalid)?;
+        let key = state
+            .store
+            .find_api_key(&token.prefix())
+            .await?
+            .ok_or_else(invalid)?;
+        let now = state.clock.now_ms();
+        // The hash is compared even for revoked keys, so timing does not tell them apart.
+        let matches = token.matches(&key.secret_hash);
+        let live = key.revoked_at.is_none() && key.expires_at.is_none_or(|e| e > now);
+        if !(matches && live) {
+            return Err(invalid());
+        }
+        let permission = Permission::parse(&key.permission).ok_or_else(invalid)?;
+        state.note_key_use(&key.id, now).await;
+        Ok(Principal {
+            project_id: key.project_id,
+            key_id: key.id,
+            permission,
+        })
+    }
+}

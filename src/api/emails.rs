@@ -1,0 +1,508 @@
+//! `/v1/emails`: send one, send a batch, read one with its recipients, its events, cancel.
+
+mod request;
+
+use std::time::{Duration, SystemTime};
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::clock::format_ms;
+use crate::domain::email::OutgoingEmail;
+use crate::domain::mime::build_mime;
+use crate::domain::status::{RecipientStatus, aggregate_status};
+use crate::store::{IdempotencyRecord, NewEmail, NewEvent, NewRecipient, RecipientRecord};
+
+use super::AppState;
+use super::auth::Principal;
+use super::error::{ApiError, ApiResult, FieldError};
+use super::idempotency::{IdempotencyKey, fingerprint, key_reused};
+use super::json::{JsonBytes, from_value, parse};
+
+pub use request::CreateEmailRequest;
+
+const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
+
+/// An email ready to commit, with the body of its 202.
+struct Prepared {
+    row: NewEmail,
+    accepted: Value,
+}
+
+fn prepare(
+    state: &AppState,
+    principal: &Principal,
+    email: OutgoingEmail,
+    now: i64,
+) -> ApiResult<Prepared> {
+    let id = Uuid::now_v7();
+    let message_id = format!("<{id}@{}>", email.from.email.domain());
+    let date = SystemTime::UNIX_EPOCH + Duration::from_millis(now.unsigned_abs());
+    let mime = build_mime(&email, &message_id, date).map_err(|e| ApiError::internal(&e))?;
+    let max = state.config.limits.max_message_bytes;
+    if mime.len() > max {
+        return Err(ApiError::payload_too_large(format!(
+            "the built message is {} bytes; the limit is {max}",
+            mime.len()
+        )));
+    }
+    let start = email.scheduled_at.map_or(now, |s| s.max(now));
+    let scheduled = email.scheduled_at.is_some_and(|s| s > now);
+    let status = if scheduled {
+        RecipientStatus::Scheduled
+    } else {
+        RecipientStatus::Queued
+    };
+    let max_age = i64::try_from(state.config.retry.max_age.as_millis()).unwrap_or(i64::MAX);
+    let deadline = email.expires_at.map_or(start.saturating_add(max_age), |e| {
+        e.min(start.saturating_add(max_age))
+    });
+    let mut recipients = Vec::new();
+    let mut events = Vec::new();
+    for (position, (kind, m)) in email.recipients().into_iter().enumerate() {
+        let rid = Uuid::now_v7().to_string();
+        events.push(NewEvent::new(
+            Some(&rid),
+            Some(m.email.as_str()),
+            crate::domain::event::EventType::for_status(status).as_str(),
+            json!({}),
+            now,
+        ));
+        recipients.push(NewRecipient {
+            id: rid,
+            position: i64::try_from(position).unwrap_or(i64::MAX),
+            address: m.email.to_string(),
+            name: m.name.clone(),
+            kind: kind.as_str().to_owned(),
+            status: status.as_str().to_owned(),
+            next_attempt_at: start,
+            deadline_at: deadline,
+        });
+    }
+    let accepted = json!({
+        "object": "email",
+        "id": id.to_string(),
+        "status": status.as_str(),
+        "scheduled_at": email.scheduled_at.filter(|_| scheduled).map(format_ms),
+        "created_at": format_ms(now),
+        "message_id": message_id,
+        "suppressed": [],
+    });
+    let mailbox_json = |list: &[crate::domain::address::Mailbox]| {
+        Value::Array(
+            list.iter()
+                .map(|m| json!({"email": m.email.as_str(), "name": m.name}))
+                .collect(),
+        )
+    };
+    let row = NewEmail {
+        id: id.to_string(),
+        project_id: principal.project_id.clone(),
+        api_key_id: Some(principal.key_id.clone()),
+        message_id,
+        stream: email.stream.clone(),
+        from_email: email.from.email.to_string(),
+        from_name: email.from.name.clone(),
+        reply_to: mailbox_json(&email.reply_to).to_string(),
+        subject: email.subject.clone(),
+        tags: json!(email.tags).to_string(),
+        metadata: json!(email.metadata).to_string(),
+        text_body: email.text.clone(),
+        html_body: email.html.clone(),
+        mime,
+        created_at: now,
+        scheduled_at: email.scheduled_at,
+        expires_at: email.expires_at,
+        recipients,
+        events,
+    };
+    Ok(Prepared { row, accepted })
+}
+
+/// Runs `work` under the request's idempotency key, if it has one: replays a stored
+/// response, refuses a reused key or a twin in flight, and stores what `work` answers.
+async fn idempotent<F, Fut>(
+    state: &AppState,
+    principal: &Principal,
+    headers: &HeaderMap,
+    path: &str,
+    body: &[u8],
+    work: F,
+) -> ApiResult<Response>
+where
+    F: FnOnce(Option<IdempotencyRecord>) -> Fut,
+    Fut: std::future::Future<Output = ApiResult<(StatusCode, Value)>>,
+{
+    let Some(key) = IdempotencyKey::from_headers(headers)? else {
+        let (status, body) = work(None).await?;
+        return Ok(respond(status, &body, false));
+    };
+    let _guard = state.idempotency.enter(&principal.project_id, path, &key)?;
+    let now = state.clock.now_ms();
+    let print = fingerprint(body);
+    let replay = |stored: crate::store::StoredResponse| -> ApiResult<Response> {
+        if stored.fingerprint != print {
+            return Err(key_reused());
+        }
+        let body: Value = serde_json::from_str(&stored.body).map_err(|e| ApiError::internal(&e))?;
+        let status = StatusCode::from_u16(stored.status).map_err(|e| ApiError::internal(&e))?;
+        Ok(respond(status, &body, true))
+    };
+    let find = || {
+        state
+            .store
+            .find_idempotent_response(&principal.project_id, "POST", path, key.as_str(), now)
+    };
+    if let Some(stored) = find().await? {
+        return replay(stored);
+    }
+    let record = IdempotencyRecord {
+        project_id: principal.project_id.clone(),
+        method: "POST".into(),
+        path: path.to_owned(),
+        key: key.as_str().to_owned(),
+        fingerprint: print.clone(),
+        response_status: 0,
+        response_body: String::new(),
+        created_at: now,
+        expires_at: now + IDEMPOTENCY_TTL_MS,
+    };
+    match work(Some(record)).await {
+        Ok((status, body)) => Ok(respond(status, &body, false)),
+        // Another process committed the same key first: answer as it did.
+        Err(e) if e.code == "conflict" => match find().await? {
+            Some(stored) => replay(stored),
+            None => Err(e),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+fn respond(status: StatusCode, body: &Value, replayed: bool) -> Response {
+    let mut resp = (status, Json(body)).into_response();
+    if let Some(id) = body.get("id").and_then(Value::as_str)
+        && body.get("object").and_then(Value::as_str) == Some("email")
+        && let Ok(v) = HeaderValue::from_str(&format!("/v1/emails/{id}"))
+    {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    if replayed {
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    resp
+}
+
+async fn commit(
+    state: &AppState,
+    rows: &[NewEmail],
+    idem: Option<IdempotencyRecord>,
+    status: StatusCode,
+    body: Value,
+) -> ApiResult<(StatusCode, Value)> {
+    let idem = idem.map(|mut r| {
+        r.response_status = i64::from(status.as_u16());
+        r.response_body = body.to_string();
+        r
+    });
+    state.store.insert_emails(rows, idem.as_ref()).await?;
+    state.wake.notify_waiters();
+    Ok((status, body))
+}
+
+fn validation_context(
+    state: &AppState,
+    now: i64,
+) -> (crate::domain::email::Limits, Vec<String>, i64) {
+    (
+        state.config.limits.email_limits(),
+        state.config.streams.clone(),
+        now,
+    )
+}
+
+/// `POST /v1/emails`: validate, build the MIME message, commit, answer 202.
+pub async fn create_email(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    JsonBytes(body): JsonBytes,
+) -> ApiResult<Response> {
+    let req: CreateEmailRequest = parse(&body, "")?;
+    let now = state.clock.now_ms();
+    let (limits, streams, now) = validation_context(&state, now);
+    let ctx = request::Context {
+        limits: &limits,
+        streams: &streams,
+        now_ms: now,
+    };
+    let email = request::validate(req, &ctx, "").map_err(ApiError::validation)?;
+    let prepared = prepare(&state, &principal, email, now)?;
+    idempotent(&state, &principal, &headers, "/v1/emails", &body, |idem| {
+        commit(
+            &state,
+            std::slice::from_ref(&prepared.row),
+            idem,
+            StatusCode::ACCEPTED,
+            prepared.accepted.clone(),
+        )
+    })
+    .await
+}
+
+/// `POST /v1/emails/batch`: up to 100 emails, strict (all or nothing) or permissive.
+pub async fn create_batch(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    JsonBytes(body): JsonBytes,
+) -> ApiResult<Response> {
+    let strict = match headers
+        .get("batch-validation")
+        .map(|v| v.to_str().unwrap_or(""))
+    {
+        None | Some("strict") => true,
+        Some("permissive") => false,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_header",
+                "Batch-Validation must be strict or permissive",
+            ));
+        }
+    };
+    let items: Vec<Value> = parse(&body, "")?;
+    let max = state.config.limits.max_batch_size;
+    if items.len() > max {
+        return Err(ApiError::validation(vec![FieldError::new(
+            "",
+            "batch_too_large",
+            format!("{} emails; a batch holds at most {max}", items.len()),
+        )]));
+    }
+    if items.is_empty() {
+        return Err(ApiError::validation(vec![FieldError::new(
+            "",
+            "validation_error",
+            "the batch is empty",
+        )]));
+    }
+    let now = state.clock.now_ms();
+    let (limits, streams, now) = validation_context(&state, now);
+    let ctx = request::Context {
+        limits: &limits,
+        streams: &streams,
+        now_ms: now,
+    };
+    let mut prepared = Vec::new();
+    let mut errors: Vec<(usize, FieldError)> = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let prefix = format!("/{i}");
+        let outcome = from_value::<CreateEmailRequest>(item, &prefix)
+            .and_then(|req| request::validate(req, &ctx, &prefix).map_err(ApiError::validation))
+            .and_then(|email| prepare(&state, &principal, email, now));
+        match outcome {
+            Ok(p) => prepared.push((i, p)),
+            Err(e) if e.status.is_client_error() => {
+                let fields = if e.errors.is_empty() {
+                    vec![FieldError::new(prefix.clone(), e.code, e.detail.clone())]
+                } else {
+                    e.errors
+                };
+                errors.extend(fields.into_iter().map(|f| (i, f)));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if strict && !errors.is_empty() {
+        return Err(ApiError::validation(
+            errors.into_iter().map(|(_, f)| f).collect(),
+        ));
+    }
+    if prepared.is_empty() {
+        return Err(ApiError::validation(
+            errors.into_iter().map(|(_, f)| f).collect(),
+        ));
+    }
+    let data: Vec<Value> = prepared
+        .iter()
+        .map(|(i, p)| json!({"index": i, "id": p.accepted["id"], "status": p.accepted["status"], "message_id": p.accepted["message_id"]}))
+        .collect();
+    let error_items: Vec<Value> = errors
+        .iter()
+        .map(|(i, f)| json!({"index": i, "code": f.code, "detail": f.detail, "pointer": f.pointer}))
+        .collect();
+    let body_json = json!({"object": "list", "data": data, "errors": error_items});
+    let rows: Vec<NewEmail> = prepared.into_iter().map(|(_, p)| p.row).collect();
+    idempotent(
+        &state,
+        &principal,
+        &headers,
+        "/v1/emails/batch",
+        &body,
+        |idem| commit(&state, &rows, idem, StatusCode::ACCEPTED, body_json.clone()),
+    )
+    .await
+}
+
+fn recipient_json(r: &RecipientRecord) -> Value {
+    let smtp = r.smtp_code.map(|code| {
+        json!({
+            "code": code,
+            "enhanced_status": r.smtp_enhanced,
+            "response": r.smtp_response,
+            "phase": r.smtp_phase,
+        })
+    });
+    let bounce = r
+        .bounce_type
+        .as_ref()
+        .map(|t| json!({"type": t, "sub_type": r.bounce_sub_type}));
+    let next = RecipientStatus::parse(&r.status)
+        .filter(|s| s.is_pending())
+        .map(|_| format_ms(r.next_attempt_at));
+    json!({
+        "email": r.address,
+        "name": r.name,
+        "type": r.kind,
+        "status": r.status,
+        "attempts": r.attempts,
+        "last_event_at": format_ms(r.last_event_at),
+        "next_attempt_at": next,
+        "sent_at": r.sent_at.map(format_ms),
+        "smtp": smtp,
+        "bounce": bounce,
+    })
+}
+
+/// `GET /v1/emails/{id}`.
+pub async fn get_email(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let (email, recipients) = state.store.get_email(&principal.project_id, &id).await?;
+    if !principal.may_access_email_of(email.api_key_id.as_deref()) {
+        return Err(ApiError::not_found());
+    }
+    let statuses = recipients
+        .iter()
+        .filter_map(|r| RecipientStatus::parse(&r.status));
+    let status = aggregate_status(statuses);
+    let parse_json = |s: &str| serde_json::from_str::<Value>(s).unwrap_or(Value::Null);
+    Ok(Json(json!({
+        "object": "email",
+        "id": email.id,
+        "message_id": email.message_id,
+        "stream": email.stream,
+        "from": {"email": email.from_email, "name": email.from_name},
+        "reply_to": parse_json(&email.reply_to),
+        "subject": email.subject,
+        "tags": parse_json(&email.tags),
+        "metadata": parse_json(&email.metadata),
+        "status": status.as_str(),
+        "created_at": format_ms(email.created_at),
+        "scheduled_at": email.scheduled_at.map(format_ms),
+        "expires_at": email.expires_at.map(format_ms),
+        "sent_at": recipients.iter().filter_map(|r| r.sent_at).min().map(format_ms),
+        "last_event_at": recipients.iter().map(|r| r.last_event_at).max().map(format_ms),
+        "recipients": recipients.iter().map(recipient_json).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    #[serde(default)]
+    limit: Option<i64>,
+    #[serde(default)]
+    after: Option<String>,
+}
+
+/// `GET /v1/emails/{id}/events`: the email's timeline, oldest first.
+pub async fn list_email_events(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    principal.require_full_access()?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "limit must be between 1 and 1000",
+        ));
+    }
+    // 404 for another project's email, not an empty list.
+    state.store.get_email(&principal.project_id, &id).await?;
+    let mut events = state
+        .store
+        .list_email_events(&principal.project_id, &id, q.after.as_deref(), limit + 1)
+        .await?;
+    let has_more = events.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+    events.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let data: Vec<Value> = events
+        .iter()
+        .map(|e| {
+            let mut v = json!({
+                "object": "event",
+                "id": e.id,
+                "type": e.event_type,
+                "email_id": e.email_id,
+                "recipient": e.recipient,
+                "occurred_at": format_ms(e.created_at),
+            });
+            if let (Value::Object(obj), Ok(Value::Object(extra))) =
+                (&mut v, serde_json::from_str::<Value>(&e.data))
+            {
+                obj.extend(extra);
+            }
+            v
+        })
+        .collect();
+    Ok(Json(
+        json!({"object": "list", "has_more": has_more, "data": data}),
+    ))
+}
+
+/// `POST /v1/emails/{id}/cancel`: cancels recipients not yet handed to SMTP.
+pub async fn cancel_email(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let (email, _) = state.store.get_email(&principal.project_id, &id).await?;
+    if !principal.may_access_email_of(email.api_key_id.as_deref()) {
+        return Err(ApiError::not_found());
+    }
+    let canceled = state
+        .store
+        .cancel_email(&principal.project_id, &id, state.clock.now_ms())
+        .await?;
+    if canceled == 0 {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_state",
+            "nothing to cancel: every recipient was already handed to SMTP or has a final status",
+        ));
+    }
+    let (_, recipients) = state.store.get_email(&principal.project_id, &id).await?;
+    let status = aggregate_status(
+        recipients
+            .iter()
+            .filter_map(|r| RecipientStatus::parse(&r.status)),
+    );
+    Ok(Json(json!({
+        "object": "email",
+        "id": id,
+        "status": status.as_str(),
+        "canceled": canceled,
+        "recipients": recipients.iter().map(recipient_json).collect::<Vec<_>>(),
+    })))
+}

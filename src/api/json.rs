@@ -1,0 +1,133 @@
+//! The JSON body extractor: our errors, not axum's.
+//!
+//! 415 when the body is not declared as JSON, 413 past the route's size limit, 400 when the
+//! bytes are not JSON, 422 with a JSON pointer when they are JSON of the wrong shape (an
+//! unknown field gets its own code, `unknown_field`, so a typo never sends an empty mail).
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{StatusCode, header};
+use serde::de::DeserializeOwned;
+
+use super::error::{ApiError, FieldError};
+
+/// A request body parsed as `T`.
+pub struct JsonBody<T>(pub T);
+
+/// The raw bytes of a JSON body (for fingerprinting) with its parsed value.
+pub struct JsonBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|m| {
+                let m = m.trim().to_ascii_lowercase();
+                m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+            });
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as Content-Type: application/json",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::payload_too_large("the request body is larger than this endpoint accepts")
+            } else {
+                ApiError::bad_request("invalid_body", "the request body could not be read")
+            }
+        })?;
+        Ok(Self(bytes))
+    }
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let JsonBytes(bytes) = JsonBytes::from_request(req, state).await?;
+        parse(&bytes, "").map(JsonBody)
+    }
+}
+
+/// Parses `bytes` as `T`; field errors get pointers under `prefix` (such as `/3` in a batch).
+pub fn parse<T: DeserializeOwned>(bytes: &[u8], prefix: &str) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed: Result<T, _> = serde_path_to_error::deserialize(&mut de);
+    let value = match parsed {
+        Ok(v) => v,
+        Err(e) => return Err(shape_error(&e, prefix)),
+    };
+    de.end().map_err(|e| syntax_error(&e))?;
+    Ok(value)
+}
+
+/// Parses an already-decoded JSON value as `T` (a batch item).
+pub fn from_value<T: DeserializeOwned>(
+    value: serde_json::Value,
+    prefix: &str,
+) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| shape_error(&e, prefix))
+}
+
+fn syntax_error(e: &serde_json::Error) -> ApiError {
+    ApiError::bad_request(
+        "invalid_json",
+        format!(
+            "the body is not valid JSON (line {}, column {})",
+            e.line(),
+            e.column()
+        ),
+    )
+}
+
+fn shape_error(e: &serde_path_to_error::Error<serde_json::Error>, prefix: &str) -> ApiError {
+    let inner = e.inner();
+    if inner.is_syntax() || inner.is_eof() || inner.is_io() {
+        return syntax_error(inner);
+    }
+    let message = inner.to_string();
+    // serde_json appends " at line L column C"; the pointer says where, so drop it.
+    let message = message
+        .rsplit_once(" at line ")
+        .map_or(message.as_str(), |(m, _)| m)
+        .to_owned();
+    let mut pointer = format!("{prefix}{}", pointer_of(e.path()));
+    let code = if let Some(rest) = message.strip_prefix("unknown field `") {
+        let field = rest.split('`').next().unwrap_or_default();
+        pointer = format!("{pointer}/{}", escape(field));
+        "unknown_field"
+    } else if message.starts_with("missing field") {
+        "missing_required_field"
+    } else {
+        "validation_error"
+    };
+    ApiError::validation(vec![FieldError::new(pointer, code, message)])
+}
+
+/// RFC 6901 pointer of a serde path (`attachments[0].content` → `/attachments/0/content`).
+fn pointer_of(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for seg in path.iter() {
+        match seg {
+            Segment::Seq { index } => out.push_str(&format!("/{index}")),
+            Segment::Map { key } => out.push_str(&format!("/{}", escape(key))),
+            Segment::Enum { variant } => out.push_str(&format!("/{}", escape(variant))),
+            Segment::Unknown => {}
+        }
+    }
+    out
+}
+
+/// Escapes one pointer token (RFC 6901 §3).
+pub fn escape(token: &str) -> String {
+    token.replace('~', "~0").replace('/', "~1")
+}

@@ -1,0 +1,183 @@
+//! Builds Herald from its configuration and runs it: the HTTP server and the delivery
+//! workers, until shutdown.
+//!
+//! Shutdown (SIGTERM/SIGINT, or the token): stop accepting requests and claiming mail; let
+//! in-flight deliveries finish within `delivery.shutdown_grace`; give back the leases of any
+//! that did not, so another process (or the next start) sends them at once; exit.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::delivery::mailer::DirectoryMailer;
+use crate::delivery::relay::RelayUrl;
+use crate::delivery::smtp::{SmtpRelay, SmtpSettings};
+use crate::delivery::{Mailer, Worker};
+use crate::domain::verp::VerpSigner;
+use crate::store::Store;
+
+/// A built, not yet running Herald.
+pub struct App {
+    pub state: AppState,
+    /// A worker configured like the running ones; tests call `run_once` on it.
+    pub worker: Worker,
+    pub listener: TcpListener,
+    pub addr: SocketAddr,
+}
+
+/// The mailer the configuration asks for.
+pub fn mailer(config: &Config) -> anyhow::Result<Mailer> {
+    if config.relay_url.is_empty() {
+        return Ok(Mailer::Directory(DirectoryMailer::new(
+            config.outbox_dir.clone(),
+        )));
+    }
+    let url = RelayUrl::parse(&config.relay_url).map_err(|e| anyhow::anyhow!("relay_url: {e}"))?;
+    let ca_pem = match &config.relay.ca_file {
+        Some(path) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("reading relay.ca_file {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let r = &config.relay;
+    let settings = SmtpSettings {
+        concurrency: r.concurrency,
+        connect_timeout: r.connect_timeout,
+        command_timeout: r.command_timeout,
+        data_timeout: r.data_timeout,
+        idle_timeout: r.idle_timeout,
+        hello_name: (!r.hello_name.is_empty()).then(|| r.hello_name.clone()),
+        ca_pem,
+    };
+    Ok(Mailer::Smtp(Box::new(
+        SmtpRelay::new(url, settings).map_err(|e| anyhow::anyhow!(e))?,
+    )))
+}
+
+impl App {
+    /// Opens the store (migrating it), binds the listener, and prepares the workers.
+    pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let store = Store::open(&config.database_url, 16)
+            .await
+            .context("opening the database")?;
+        let mailer = Arc::new(mailer(&config)?);
+        let key = if config.secret_key.is_empty() {
+            store
+                .setting_or_insert("verp_key", || {
+                    let bytes: [u8; 32] = rand::random();
+                    bytes.iter().map(|b| format!("{b:02x}")).collect()
+                })
+                .await?
+        } else {
+            config.secret_key.clone()
+        };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let config = Arc::new(config);
+        let worker = Worker {
+            store: store.clone(),
+            mailer,
+            clock: Arc::clone(&clock),
+            verp: VerpSigner::new(key.as_bytes()),
+            bounce_domain: config.delivery.bounce_domain.clone(),
+            retry: config.retry.policy(),
+            owner: format!("herald-{}", uuid::Uuid::now_v7()),
+            batch_size: config.delivery.batch_size,
+            lease: config.delivery.lease,
+        };
+        let state = AppState::new(store, Arc::clone(&config), clock, Arc::new(Notify::new()));
+        Ok(Self {
+            state,
+            worker,
+            listener,
+            addr,
+        })
+    }
+
+    /// Builds with the system clock.
+    pub async fn from_config(config: Config) -> anyhow::Result<Self> {
+        Self::build(config, Arc::new(SystemClock)).await
+    }
+
+    /// Serves HTTP and, if `workers` is set, runs that many delivery loops, until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken, workers: usize) -> anyhow::Result<()> {
+        let config = Arc::clone(&self.state.config);
+        let tracker = tokio_util::task::TaskTracker::new();
+        let mut owners = Vec::new();
+        for n in 0..workers {
+            let mut w = self.worker.clone();
+            w.owner = format!("{}/{n}", self.worker.owner);
+            owners.push(w.owner.clone());
+            tracker.spawn(w.run(
+                Arc::clone(&self.state.wake),
+                shutdown.clone(),
+                config.delivery.poll_interval,
+            ));
+        }
+        tracker.close();
+        let store = self.state.store.clone();
+        let clock = Arc::clone(&self.state.clock);
+        let mailer = Arc::clone(&self.worker.mailer);
+        let router = api::router(self.state);
+        let http = axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        http.await.context("HTTP server")?;
+
+        // HTTP has stopped; the workers saw the same token and stop claiming.
+        if tokio::time::timeout(config.delivery.shutdown_grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace = ?config.delivery.shutdown_grace,
+                "deliveries still in flight after the grace period; releasing their leases"
+            );
+        }
+        for owner in &owners {
+            match store.release_leases(owner, clock.now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(released = n, "released leases for the next start"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not release leases; they expire on their own")
+                }
+            }
+        }
+        mailer.close().await;
+        store.close().await;
+        Ok(())
+    }
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {}
+            () = term => {}
+        }
+        tracing::info!("shutdown requested");
+        token.cancel();
+    });
+}

@@ -1,0 +1,383 @@
+//! Configuration: built-in defaults ← a TOML file (`--config`) ← `HERALD_*` environment
+//! variables (nested keys with `__`: `HERALD_RELAY__CONCURRENCY=16`). Unknown keys are an
+//! error, so a typo never silently falls back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::email::Limits;
+use crate::domain::retry::RetryPolicy;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// `sqlite://path` (the default, a file next to Herald) or `postgres://…`.
+    pub database_url: String,
+    /// The SMTP relay. Empty: deliver into `outbox_dir` as `.eml` files instead.
+    pub relay_url: String,
+    /// Where mail goes when no relay is configured.
+    pub outbox_dir: PathBuf,
+    /// Signs return paths. Empty: a key generated once and kept in the database.
+    pub secret_key: String,
+    /// Streams a send may name; the first is the default.
+    pub streams: Vec<String>,
+    pub relay: RelayConfig,
+    pub delivery: DeliveryConfig,
+    pub retry: RetryConfig,
+    pub limits: LimitsConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: "sqlite://herald.db".into(),
+            relay_url: String::new(),
+            outbox_dir: PathBuf::from("herald-outbox"),
+            secret_key: String::new(),
+            streams: vec!["transactional".into(), "broadcast".into()],
+            relay: RelayConfig::default(),
+            delivery: DeliveryConfig::default(),
+            retry: RetryConfig::default(),
+            limits: LimitsConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// SMTP connections open at once to the relay (and so messages in flight).
+    pub concurrency: usize,
+    #[serde(with = "duration_text")]
+    pub connect_timeout: Duration,
+    /// Time allowed for each command's reply (RFC 5321 §4.5.3.2 suggests minutes; relays are fast).
+    #[serde(with = "duration_text")]
+    pub command_timeout: Duration,
+    /// Time allowed for the reply after the message body.
+    #[serde(with = "duration_text")]
+    pub data_timeout: Duration,
+    /// Idle connections are closed after this long.
+    #[serde(with = "duration_text")]
+    pub idle_timeout: Duration,
+    /// PEM file with the CA that signed a relay's private certificate (added to the web roots).
+    pub ca_file: Option<PathBuf>,
+    /// The name Herald gives in EHLO. Empty: the machine's host name.
+    pub hello_name: String,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 8,
+            connect_timeout: Duration::from_secs(10),
+            command_timeout: Duration::from_secs(60),
+            data_timeout: Duration::from_secs(120),
+            idle_timeout: Duration::from_secs(60),
+            ca_file: None,
+            hello_name: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Delivery loops in this process (each claims its own batches).
+    pub workers: usize,
+    /// Recipients one claim takes.
+    pub batch_size: usize,
+    /// How long a claim is held before another worker may take the recipient over.
+    #[serde(with = "duration_text")]
+    pub lease: Duration,
+    /// How often workers look for due mail when nothing woke them.
+    #[serde(with = "duration_text")]
+    pub poll_interval: Duration,
+    /// On shutdown, how long in-flight deliveries may take to finish.
+    #[serde(with = "duration_text")]
+    pub shutdown_grace: Duration,
+    /// The domain of VERP return paths (`bounces+<token>@<bounce_domain>`).
+    pub bounce_domain: String,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            workers: 2,
+            batch_size: 32,
+            lease: Duration::from_secs(600),
+            poll_interval: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(30),
+            bounce_domain: "bounces.herald.localhost".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    #[serde(with = "duration_text")]
+    pub initial: Duration,
+    #[serde(with = "duration_text")]
+    pub max_interval: Duration,
+    #[serde(with = "duration_text")]
+    pub max_age: Duration,
+    pub jitter: f64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        let p = RetryPolicy::default();
+        Self {
+            initial: p.initial,
+            max_interval: p.max_interval,
+            max_age: p.max_age,
+            jitter: p.jitter,
+        }
+    }
+}
+
+impl RetryConfig {
+    pub fn policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            initial: self.initial,
+            max_interval: self.max_interval,
+            max_age: self.max_age,
+            jitter: self.jitter,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_recipients: usize,
+    pub max_message_bytes: usize,
+    pub max_batch_size: usize,
+    pub max_batch_body_bytes: usize,
+    #[serde(with = "duration_text")]
+    pub max_schedule_horizon: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let l = Limits::default();
+        Self {
+            max_recipients: l.max_recipients,
+            max_message_bytes: l.max_message_bytes,
+            max_batch_size: 100,
+            max_batch_body_bytes: 50 * 1024 * 1024,
+            max_schedule_horizon: Duration::from_millis(l.max_schedule_horizon_ms.unsigned_abs()),
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn email_limits(&self) -> Limits {
+        Limits {
+            max_recipients: self.max_recipients,
+            max_message_bytes: self.max_message_bytes,
+            max_schedule_horizon_ms: i64::try_from(self.max_schedule_horizon.as_millis())
+                .unwrap_or(i64::MAX),
+            ..Limits::default()
+        }
+    }
+
+    /// The request body cap for one email: base64 inflates attachments by 4/3, plus headroom.
+    pub fn max_email_body_bytes(&self) -> usize {
+        self.max_message_bytes / 3 * 4 + 1024 * 1024
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `pretty` or `json`.
+    pub format: String,
+    /// A tracing filter, such as `info` or `herald=debug,sqlx=warn`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: "pretty".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Defaults ← `file` (if given) ← `HERALD_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Invalid(format!(
+                    "file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("HERALD_").split("__"));
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.relay.concurrency == 0 {
+            return bad("relay.concurrency must be at least 1");
+        }
+        if self.delivery.batch_size == 0 {
+            return bad("delivery.batch_size must be at least 1");
+        }
+        if self.streams.is_empty() {
+            return bad("streams must name at least one stream");
+        }
+        if !(0.0..=1.0).contains(&self.retry.jitter) {
+            return bad("retry.jitter must be between 0 and 1");
+        }
+        if !self.relay_url.is_empty() {
+            crate::delivery::relay::RelayUrl::parse(&self.relay_url)
+                .map_err(|e| ConfigError::Invalid(format!("relay_url: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML, with every secret replaced by `"<redacted>"`.
+    pub fn redacted_toml(&self) -> String {
+        let mut c = self.clone();
+        if !c.secret_key.is_empty() {
+            c.secret_key = "<redacted>".into();
+        }
+        c.relay_url = redact_url_password(&c.relay_url);
+        c.database_url = redact_url_password(&c.database_url);
+        toml_string(&c)
+    }
+}
+
+fn toml_string(c: &Config) -> String {
+    // Plain data structs always serialise; fall back to Debug to stay total.
+    toml::to_string_pretty(c).unwrap_or_else(|_| format!("{c:?}"))
+}
+
+/// `scheme://user:secret@host` → `scheme://user:<redacted>@host`; anything else unchanged.
+pub fn redact_url_password(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("<redacted>"));
+            u.to_string().replace("%3Credacted%3E", "<redacted>")
+        }
+        _ => raw.to_owned(),
+    }
+}
+
+/// Durations written as `30s`, `5m`, `4h`, `3d`, `250ms` (or a bare number of seconds).
+pub mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn parse(s: &str) -> Result<Duration, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("{s:?} is not a duration"))?;
+        let secs = |k: u64| Ok(Duration::from_secs(n.saturating_mul(k)));
+        match unit.trim() {
+            "ms" => Ok(Duration::from_millis(n)),
+            "" | "s" => secs(1),
+            "m" => secs(60),
+            "h" => secs(3600),
+            "d" => secs(86_400),
+            other => Err(format!(
+                "unknown duration unit {other:?} (use ms, s, m, h or d)"
+            )),
+        }
+    }
+
+    pub fn format(d: &Duration) -> String {
+        let ms = d.as_millis();
+        match ms {
+            0 => "0s".into(),
+            ms if ms % 86_400_000 == 0 => format!("{}d", ms / 86_400_000),
+            ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+            ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+            ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+            ms => format!("{ms}ms"),
+        }
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Seconds(u64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Text(t) => parse(&t).map_err(serde::de::Error::custom),
+            Raw::Seconds(n) => Ok(Duration::from_secs(n)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_format() {
+        assert_eq!(duration_text::parse("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(
+            duration_text::parse("250ms"),
+            Ok(Duration::from_millis(250))
+        );
+        assert_eq!(duration_text::parse("3d"), Ok(Duration::from_secs(259_200)));
+        assert!(duration_text::parse("5 weeks").is_err());
+        assert_eq!(duration_text::format(&Duration::from_secs(14_400)), "4h");
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        let r = redact_url_password("smtps://user:s3cret@relay.example.com:465");
+        assert_eq!(r, "smtps://user:<redacted>@relay.example.com:465");
+        let mut c = Config {
+            relay_url: "smtp://u:topsecret@h:587".into(),
+            secret_key: "verysecret".into(),
+            ..Config::default()
+        };
+        c.database_url = "postgres://pg:dbpass@localhost/test".into();
+        let shown = c.redacted_toml();
+        for secret in ["topsecret", "verysecret", "dbpass"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("[relay]"), "{shown}");
+    }
+}

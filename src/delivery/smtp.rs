@@ -1,0 +1,342 @@
+//! The SMTP client side: pooled, authenticated connections to one relay, one transaction per
+//! recipient, with every reply kept.
+//!
+//! Concurrency is capped by a semaphore (lettre's pool caps only idle connections). Every
+//! command has a deadline; a connection that timed out or broke is dropped, never reused. A
+//! reused idle connection that turns out to be dead before anything of the transaction was
+//! accepted is replaced once by a fresh one, so relay idle timeouts do not cost a retry.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use lettre::address::Address;
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
+use tokio::sync::Semaphore;
+
+use crate::domain::bounce::{SmtpPhase, SmtpReply};
+
+use super::mailer::Verdict;
+use super::relay::{RelayUrl, TlsMode};
+
+/// Timeouts and limits for one relay.
+#[derive(Debug, Clone)]
+pub struct SmtpSettings {
+    pub concurrency: usize,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub hello_name: Option<String>,
+    /// Extra trust anchors (PEM) for a relay whose certificate is private.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+struct Idle {
+    conn: AsyncSmtpConnection,
+    since: Instant,
+}
+
+pub struct SmtpRelay {
+    url: RelayUrl,
+    settings: SmtpSettings,
+    hello: ClientId,
+    tls: Option<TlsParameters>,
+    permits: Semaphore,
+    idle: Mutex<Vec<Idle>>,
+}
+
+impl std::fmt::Debug for SmtpRelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpRelay")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A failure that ends the transaction, with where it happened.
+struct Failure {
+    reply: Option<SmtpReply>,
+    phase: SmtpPhase,
+    detail: String,
+    /// Whether the connection can carry another transaction.
+    reusable: bool,
+}
+
+impl SmtpRelay {
+    pub fn new(url: RelayUrl, settings: SmtpSettings) -> Result<Self, String> {
+        let tls = if url.tls == TlsMode::None {
+            None
+        } else {
+            let mut builder = TlsParameters::builder(url.host.clone());
+            if let Some(pem) = &settings.ca_pem {
+                let cert = Certificate::from_pem(pem)
+                    .map_err(|e| format!("relay.ca_file is not a PEM certificate: {e}"))?;
+                builder = builder.add_root_certificate(cert);
+            }
+            Some(
+                builder
+                    .build_rustls()
+                    .map_err(|e| format!("TLS settings for the relay: {e}"))?,
+            )
+        };
+        let hello = match &settings.hello_name {
+            Some(name) => ClientId::Domain(name.clone()),
+            None => ClientId::default(),
+        };
+        Ok(Self {
+            permits: Semaphore::new(settings.concurrency.max(1)),
+            idle: Mutex::new(Vec::new()),
+            url,
+            settings,
+            hello,
+            tls,
+        })
+    }
+
+    pub fn host(&self) -> &str {
+        &self.url.host
+    }
+
+    /// One SMTP transaction: MAIL FROM `mail_from`, RCPT TO `rcpt`, DATA `message`.
+    pub async fn deliver(&self, mail_from: &str, rcpt: &str, message: &[u8]) -> Verdict {
+        let Ok(_permit) = self.permits.acquire().await else {
+            return deferred(None, SmtpPhase::Connect, "relay client is shutting down");
+        };
+        let (from, to) = match (mail_from.parse::<Address>(), rcpt.parse::<Address>()) {
+            (Ok(f), Ok(t)) => (f, t),
+            _ => {
+                return Verdict::Rejected {
+                    reply: SmtpReply::new(
+                        553,
+                        "5.1.3 address not accepted by Herald's SMTP client",
+                    ),
+                    phase: SmtpPhase::Rcpt,
+                };
+            }
+        };
+        let mut fresh = false;
+        loop {
+            let (mut conn, reused) = match self.take_idle() {
+                Some(conn) => (conn, true),
+                None => match self.connect().await {
+                    Ok(conn) => (conn, false),
+                    Err(f) => return deferred(f.reply, f.phase, &f.detail),
+                },
+            };
+            let tls = conn.is_encrypted();
+            match self.transaction(&mut conn, &from, &to, message).await {
+                Ok(reply) => {
+                    self.put_idle(conn);
+                    return Verdict::Accepted { reply, tls };
+                }
+                // A pooled connection the relay had already closed: nothing was accepted yet,
+                // so try once more on a new connection.
+                Err(f) if reused && !fresh && f.phase == SmtpPhase::Mail && f.reply.is_none() => {
+                    conn.abort().await;
+                    fresh = true;
+                }
+                Err(f) => {
+                    if f.reusable {
+                        self.put_idle(conn);
+                    } else {
+                        conn.abort().await;
+                    }
+                    return match f.reply {
+                        Some(reply) if reply.is_permanent() => Verdict::Rejected {
+                            reply,
+                            phase: f.phase,
+                        },
+                        reply => deferred(reply, f.phase, &f.detail),
+                    };
+                }
+            }
+        }
+    }
+
+    async fn transaction(
+        &self,
+        conn: &mut AsyncSmtpConnection,
+        from: &Address,
+        to: &Address,
+        message: &[u8],
+    ) -> Result<SmtpReply, Failure> {
+        let cmd = self.settings.command_timeout;
+        let mut params = Vec::new();
+        if !message.is_ascii() && conn.server_info().supports_feature(Extension::EightBitMime) {
+            params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+        }
+        self.step(
+            conn,
+            SmtpPhase::Mail,
+            cmd,
+            Mail::new(Some(from.clone()), params),
+        )
+        .await?;
+        self.step(conn, SmtpPhase::Rcpt, cmd, Rcpt::new(to.clone(), vec![]))
+            .await?;
+        self.step(conn, SmtpPhase::Data, cmd, Data).await?;
+        let sent = tokio::time::timeout(self.settings.data_timeout, conn.message(message)).await;
+        match sent {
+            Ok(Ok(resp)) => Ok(reply_of(&resp)),
+            // After the final dot the transaction is over either way: no RSET needed.
+            Ok(Err(e)) => Err(failure(SmtpPhase::Data, &e, e.status().is_some())),
+            Err(_) => Err(timeout(SmtpPhase::Data, self.settings.data_timeout)),
+        }
+    }
+
+    /// Sends one command of the transaction; on a negative reply resets the transaction so the
+    /// connection can be reused.
+    async fn step(
+        &self,
+        conn: &mut AsyncSmtpConnection,
+        phase: SmtpPhase,
+        limit: Duration,
+        command: impl std::fmt::Display,
+    ) -> Result<(), Failure> {
+        match tokio::time::timeout(limit, conn.command(command)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => {
+                let answered = e.status().is_some();
+                let reset = answered
+                    && matches!(
+                        tokio::time::timeout(limit, conn.command(Rset)).await,
+                        Ok(Ok(_))
+                    );
+                Err(failure(phase, &e, reset))
+            }
+            Err(_) => Err(timeout(phase, limit)),
+        }
+    }
+
+    async fn connect(&self) -> Result<AsyncSmtpConnection, Failure> {
+        let s = &self.settings;
+        let addr = (self.url.host.as_str(), self.url.port);
+        let implicit = (self.url.tls == TlsMode::Implicit)
+            .then(|| self.tls.clone())
+            .flatten();
+        let connecting = AsyncSmtpConnection::connect_tokio1(
+            addr,
+            Some(s.connect_timeout),
+            &self.hello,
+            implicit,
+            None,
+        );
+        let mut conn = match tokio::time::timeout(s.connect_timeout, connecting).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(failure(SmtpPhase::Connect, &e, false)),
+            Err(_) => return Err(timeout(SmtpPhase::Connect, s.connect_timeout)),
+        };
+        if matches!(self.url.tls, TlsMode::Required | TlsMode::Opportunistic) {
+            match (&self.tls, conn.can_starttls()) {
+                (Some(tls), true) => {
+                    let upgrade = conn.starttls(tls.clone(), &self.hello);
+                    match tokio::time::timeout(s.command_timeout, upgrade).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Err(failure(SmtpPhase::Helo, &e, false)),
+                        Err(_) => return Err(timeout(SmtpPhase::Helo, s.command_timeout)),
+                    }
+                }
+                _ if self.url.tls == TlsMode::Required => {
+                    conn.abort().await;
+                    return Err(Failure {
+                        reply: None,
+                        phase: SmtpPhase::Helo,
+                        detail: "the relay does not offer STARTTLS and tls=required".into(),
+                        reusable: false,
+                    });
+                }
+                _ => {}
+            }
+        }
+        if let (Some(user), Some(pass)) = (&self.url.username, &self.url.password) {
+            let creds = Credentials::new(user.clone(), pass.clone());
+            let auth = conn.auth(&[Mechanism::Plain, Mechanism::Login], &creds);
+            match tokio::time::timeout(s.command_timeout, auth).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    conn.abort().await;
+                    return Err(failure(SmtpPhase::Auth, &e, false));
+                }
+                Err(_) => return Err(timeout(SmtpPhase::Auth, s.command_timeout)),
+            }
+        }
+        Ok(conn)
+    }
+
+    fn take_idle(&self) -> Option<AsyncSmtpConnection> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(entry) = idle.pop() {
+            if entry.since.elapsed() < self.settings.idle_timeout && !entry.conn.has_broken() {
+                return Some(entry.conn);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, conn: AsyncSmtpConnection) {
+        if conn.has_broken() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.push(Idle {
+            conn,
+            since: Instant::now(),
+        });
+    }
+
+    /// Says QUIT on every idle connection.
+    pub async fn close_idle(&self) {
+        let drained: Vec<Idle> = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            idle.drain(..).collect()
+        };
+        for mut entry in drained {
+            let _ = tokio::time::timeout(Duration::from_secs(2), entry.conn.quit()).await;
+        }
+    }
+}
+
+fn reply_of(resp: &lettre::transport::smtp::response::Response) -> SmtpReply {
+    let text: Vec<&str> = resp.message().collect();
+    SmtpReply::new(u16::from(resp.code()), &text.join(" "))
+}
+
+fn failure(phase: SmtpPhase, e: &lettre::transport::smtp::Error, reusable: bool) -> Failure {
+    let reply = e.status().map(|code| {
+        let text = std::error::Error::source(e)
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        SmtpReply::new(u16::from(code), &text.replace('\n', " "))
+    });
+    let detail = match &reply {
+        Some(r) => r.response.clone(),
+        None if phase == SmtpPhase::Auth => format!("relay authentication failed: {e}"),
+        None => e.to_string(),
+    };
+    Failure {
+        reply,
+        phase,
+        detail,
+        reusable,
+    }
+}
+
+fn timeout(phase: SmtpPhase, after: Duration) -> Failure {
+    Failure {
+        reply: None,
+        phase,
+        detail: format!("no reply from the relay within {}s", after.as_secs_f64()),
+        reusable: false,
+    }
+}
+
+fn deferred(reply: Option<SmtpReply>, phase: SmtpPhase, detail: &str) -> Verdict {
+    Verdict::Deferred {
+        reply,
+        phase,
+        detail: detail.to_owned(),
+    }
+}

@@ -1,0 +1,348 @@
+//! The delivery worker: claim due recipients, relay each, record every outcome.
+//!
+//! [`Worker::run_once`] is one step (claim → send → record) so tests can drain the queue
+//! deterministically; [`Worker::run`] loops over it, woken by new mail or by a poll timer.
+//! No database transaction is open while SMTP traffic is in flight: the claim commits
+//! first, the outcomes commit after.
+//!
+//! The only window for a duplicate is a crash between the relay's 250 and the commit of
+//! `sent` (a few milliseconds): the lease then expires and the recipient is sent again. We
+//! prefer a rare duplicate to a loss.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::clock::{Clock, format_ms};
+use crate::domain::bounce::{BounceSubType, BounceType, SmtpReply, classify};
+use crate::domain::retry::RetryPolicy;
+use crate::domain::status::RecipientStatus;
+use crate::domain::verp::VerpSigner;
+use crate::store::{ClaimedEmail, NewEvent, Outcome, Store, StoreError};
+
+use super::mailer::{Mailer, Verdict};
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// Recipients were attempted (this many).
+    Worked(usize),
+    /// Nothing was due.
+    Idle,
+}
+
+/// Everything a worker needs; cheap to clone (one per worker loop, each its own lease owner).
+#[derive(Clone)]
+pub struct Worker {
+    pub store: Store,
+    pub mailer: Arc<Mailer>,
+    pub clock: Arc<dyn Clock>,
+    pub verp: VerpSigner,
+    pub bounce_domain: String,
+    pub retry: RetryPolicy,
+    /// Fences this worker's writes: only the lease owner may record an outcome.
+    pub owner: String,
+    pub batch_size: usize,
+    pub lease: Duration,
+}
+
+impl Worker {
+    /// Claims one batch of due recipients, relays them concurrently (the mailer caps how
+    /// many at once), and records the outcomes in one transaction.
+    pub async fn run_once(&self) -> Result<RunOutcome, StoreError> {
+        let now = self.clock.now_ms();
+        let lease_ms = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
+        let claimed = self
+            .store
+            .claim_due_recipients(&self.owner, now, lease_ms, self.batch_size)
+            .await?;
+        if claimed.is_empty() {
+            return Ok(RunOutcome::Idle);
+        }
+        let mut tasks = JoinSet::new();
+        let mut outcomes = Vec::new();
+        for email in claimed {
+            let message: Arc<[u8]> = Arc::from(email.mime.as_slice());
+            for r in &email.recipients {
+                let deadline = email
+                    .expires_at
+                    .map_or(r.deadline_at, |e| e.min(r.deadline_at));
+                if now > deadline {
+                    outcomes.push(self.expired_before_attempt(
+                        &email,
+                        r.id.clone(),
+                        &r.address,
+                        r.attempts,
+                    ));
+                    continue;
+                }
+                let Ok(rid) = Uuid::parse_str(&r.id) else {
+                    tracing::error!(recipient_id = %r.id, "recipient id is not a UUID; skipping");
+                    continue;
+                };
+                let mail_from = self.verp.return_path(rid, &self.bounce_domain);
+                let mailer = Arc::clone(&self.mailer);
+                let message = Arc::clone(&message);
+                let name = format!("{}-{}", email.id, r.id);
+                let ctx = Attempt {
+                    email_id: email.id.clone(),
+                    project_id: email.project_id.clone(),
+                    recipient_id: r.id.clone(),
+                    address: r.address.clone(),
+                    attempt: r.attempts + 1,
+                    deadline,
+                };
+                tasks.spawn(async move {
+                    let verdict = mailer
+                        .deliver(&mail_from, &ctx.address, &message, &name)
+                        .await;
+                    (ctx, verdict)
+                });
+            }
+        }
+        let attempted = tasks.len();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((ctx, verdict)) => outcomes.push(self.outcome(&ctx, verdict)),
+                // A panicking send leaves its recipient leased: it comes due again when the
+                // lease expires, and is retried then.
+                Err(e) => tracing::error!(error = %e, "a delivery task failed"),
+            }
+        }
+        let applied = self.store.record_outcomes(&self.owner, &outcomes).await?;
+        if applied < outcomes.len() {
+            tracing::warn!(
+                lost = outcomes.len() - applied,
+                "leases expired before outcomes were recorded; those recipients were retried elsewhere"
+            );
+        }
+        Ok(RunOutcome::Worked(attempted.max(outcomes.len())))
+    }
+
+    /// Loops until `cancel`: runs steps while there is work, then sleeps until new mail is
+    /// announced on `wake` or `poll` passes.
+    pub async fn run(self, wake: Arc<Notify>, cancel: CancellationToken, poll: Duration) {
+        loop {
+            // Arm the notification before looking, so mail stored meanwhile is not missed.
+            let notified = wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if cancel.is_cancelled() {
+                return;
+            }
+            match self.run_once().await {
+                Ok(RunOutcome::Worked(_)) => continue,
+                Ok(RunOutcome::Idle) => {}
+                Err(e) => tracing::error!(error = %e, "delivery step failed; will retry"),
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = &mut notified => {}
+                () = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+
+    fn outcome(&self, ctx: &Attempt, verdict: Verdict) -> Outcome {
+        let now = self.clock.now_ms();
+        let remote_mta = self.mailer.remote_mta();
+        let smtp = |reply: &SmtpReply, tls: Option<bool>| {
+            json!({
+                "code": reply.code,
+                "enhanced_status": reply.enhanced_status,
+                "response": reply.response,
+                "remote_mta": remote_mta,
+                "tls": tls,
+                "attempt": ctx.attempt,
+            })
+        };
+        match verdict {
+            Verdict::Accepted { reply, tls } => {
+                let data = json!({ "smtp": smtp(&reply, Some(tls)) });
+                ctx.outcome(
+                    RecipientStatus::Sent,
+                    now,
+                    now,
+                    Some(&reply),
+                    None,
+                    None,
+                    data,
+                )
+                .sent_at(now)
+            }
+            Verdict::Rejected { reply, phase } => {
+                let class = classify(&reply);
+                let data = json!({
+                    "bounce": {
+                        "type": class.kind, "sub_type": class.sub_type, "phase": phase,
+                        "smtp_code": reply.code, "enhanced_status": reply.enhanced_status,
+                        "diagnostic": reply.response, "remote_mta": remote_mta,
+                        "suppressed": false,
+                    },
+                    "attempt": ctx.attempt,
+                });
+                ctx.outcome(
+                    RecipientStatus::Bounced,
+                    now,
+                    now,
+                    Some(&reply),
+                    Some(phase.as_str()),
+                    Some((class.kind, class.sub_type)),
+                    data,
+                )
+            }
+            Verdict::Deferred {
+                reply,
+                phase,
+                detail,
+            } => {
+                let attempt = u32::try_from(ctx.attempt).unwrap_or(u32::MAX);
+                let unit: f64 = rand::random();
+                match self.retry.next_attempt_at(now, attempt, unit, ctx.deadline) {
+                    Some(next) => {
+                        let data = json!({
+                            "smtp": reply.as_ref().map(|r| smtp(r, None)),
+                            "phase": phase, "reason": detail, "attempt": ctx.attempt,
+                            "next_attempt_at": format_ms(next),
+                        });
+                        ctx.outcome(
+                            RecipientStatus::DeliveryDelayed,
+                            now,
+                            next,
+                            reply.as_ref(),
+                            Some(phase.as_str()),
+                            None,
+                            data,
+                        )
+                    }
+                    // Out of time. A relay that kept answering 4xx is a (transient) bounce;
+                    // a relay that never answered is Herald's failure to deliver.
+                    None => match reply {
+                        Some(reply) => {
+                            let data = json!({
+                                "bounce": {
+                                    "type": BounceType::Transient, "sub_type": BounceSubType::Expired,
+                                    "phase": phase, "smtp_code": reply.code,
+                                    "enhanced_status": reply.enhanced_status,
+                                    "diagnostic": reply.response, "remote_mta": remote_mta,
+                                    "suppressed": false,
+                                },
+                                "attempt": ctx.attempt,
+                            });
+                            ctx.outcome(
+                                RecipientStatus::Bounced,
+                                now,
+                                now,
+                                Some(&reply),
+                                Some(phase.as_str()),
+                                Some((BounceType::Transient, BounceSubType::Expired)),
+                                data,
+                            )
+                        }
+                        None => {
+                            let data = json!({
+                                "failure": {"reason": "expired", "detail": detail},
+                                "attempt": ctx.attempt,
+                            });
+                            ctx.outcome(
+                                RecipientStatus::Failed,
+                                now,
+                                now,
+                                None,
+                                Some(phase.as_str()),
+                                None,
+                                data,
+                            )
+                        }
+                    },
+                }
+            }
+        }
+    }
+
+    fn expired_before_attempt(
+        &self,
+        email: &ClaimedEmail,
+        recipient_id: String,
+        address: &str,
+        attempts: i64,
+    ) -> Outcome {
+        let now = self.clock.now_ms();
+        let ctx = Attempt {
+            email_id: email.id.clone(),
+            project_id: email.project_id.clone(),
+            recipient_id,
+            address: address.to_owned(),
+            attempt: attempts,
+            deadline: now,
+        };
+        let data = json!({
+            "failure": {"reason": "expired", "detail": "the email expired before it could be delivered"},
+            "attempt": attempts,
+        });
+        let mut o = ctx.outcome(RecipientStatus::Failed, now, now, None, None, None, data);
+        // Not an attempt: undo the increment `record_outcomes` applies.
+        o.attempts_delta = 0;
+        o
+    }
+}
+
+/// One recipient's attempt, carried from the claim to its outcome.
+struct Attempt {
+    email_id: String,
+    project_id: String,
+    recipient_id: String,
+    address: String,
+    /// 1-based number of this attempt.
+    attempt: i64,
+    deadline: i64,
+}
+
+impl Attempt {
+    #[expect(clippy::too_many_arguments, reason = "one flat record of an outcome")]
+    fn outcome(
+        &self,
+        status: RecipientStatus,
+        now: i64,
+        next_attempt_at: i64,
+        reply: Option<&SmtpReply>,
+        phase: Option<&str>,
+        bounce: Option<(BounceType, BounceSubType)>,
+        data: serde_json::Value,
+    ) -> Outcome {
+        Outcome {
+            recipient_id: self.recipient_id.clone(),
+            email_id: self.email_id.clone(),
+            project_id: self.project_id.clone(),
+            status: status.as_str().to_owned(),
+            next_attempt_at,
+            attempts_delta: 1,
+            smtp_code: reply.map(|r| i64::from(r.code)),
+            smtp_enhanced: reply.and_then(|r| r.enhanced_status.clone()),
+            smtp_response: reply.map(|r| r.response.clone()),
+            smtp_phase: phase.map(str::to_owned),
+            bounce_type: bounce.map(|b| b.0.as_str().to_owned()),
+            bounce_sub_type: bounce.map(|b| b.1.as_str().to_owned()),
+            sent_at: None,
+            event: NewEvent::new(
+                Some(&self.recipient_id),
+                Some(&self.address),
+                crate::domain::event::EventType::for_status(status).as_str(),
+                data,
+                now,
+            ),
+        }
+    }
+}
+
+impl Outcome {
+    fn sent_at(mut self, at: i64) -> Self {
+        self.sent_at = Some(at);
+        self
+    }
+}

@@ -1,0 +1,250 @@
+//! SMTP replies and their classification into bounce classes.
+//!
+//! The class vocabulary is API.md's bounce object: `type` says whether trying again can
+//! help, `sub_type` says why. Classification follows the enhanced status code of RFC 3463
+//! where the reply has one and falls back to the basic reply code of RFC 5321 §4.2.1.
+
+use serde::Serialize;
+
+/// Where in the SMTP conversation a reply (or a failure) happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpPhase {
+    Connect,
+    Helo,
+    Auth,
+    Mail,
+    Rcpt,
+    Data,
+    AsyncDsn,
+}
+
+impl SmtpPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Helo => "helo",
+            Self::Auth => "auth",
+            Self::Mail => "mail",
+            Self::Rcpt => "rcpt",
+            Self::Data => "data",
+            Self::AsyncDsn => "async_dsn",
+        }
+    }
+}
+
+/// One SMTP reply as the server sent it: the basic code, the RFC 3463 enhanced code when
+/// the text starts with one, and the whole text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SmtpReply {
+    pub code: u16,
+    pub enhanced_status: Option<String>,
+    /// The full reply as a human would read it: `550 5.1.1 User unknown`.
+    pub response: String,
+}
+
+impl SmtpReply {
+    /// Builds a reply from its code and text lines; the enhanced code is the text's first word
+    /// when that word has the `class.subject.detail` shape.
+    pub fn new(code: u16, text: &str) -> Self {
+        let text = text.trim();
+        let enhanced_status = text
+            .split_whitespace()
+            .next()
+            .filter(|w| is_enhanced_status(w))
+            .map(str::to_owned);
+        let response = if text.is_empty() {
+            code.to_string()
+        } else {
+            format!("{code} {text}")
+        };
+        Self {
+            code,
+            enhanced_status,
+            response,
+        }
+    }
+
+    pub fn is_positive(&self) -> bool {
+        (200..400).contains(&self.code)
+    }
+
+    pub fn is_transient(&self) -> bool {
+        (400..500).contains(&self.code)
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        (500..600).contains(&self.code)
+    }
+}
+
+/// `class.subject.detail` with class 2, 4 or 5 (RFC 3463 §2).
+pub fn is_enhanced_status(word: &str) -> bool {
+    let parts: Vec<&str> = word.split('.').collect();
+    parts.len() == 3
+        && matches!(parts[0], "2" | "4" | "5")
+        && parts[1..]
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Whether trying again can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BounceType {
+    /// The address or message will never be accepted as it is.
+    Permanent,
+    /// It may be accepted later.
+    Transient,
+    /// The report does not say.
+    Undetermined,
+}
+
+/// Why the mail was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BounceSubType {
+    /// Refused with no more specific reason.
+    General,
+    /// The mailbox does not exist (x.1.1, x.1.6, x.2.1 disabled).
+    NoEmail,
+    /// Herald did not try: the address is on the suppression list.
+    Suppressed,
+    /// The mailbox is over quota (x.2.2).
+    MailboxFull,
+    /// The message is larger than the receiver takes (x.2.3, x.3.4).
+    MessageTooLarge,
+    /// The content was judged unacceptable (spam, virus) (x.7.1 with content wording, x.6.x).
+    ContentRejected,
+    /// An attachment was refused.
+    AttachmentRejected,
+    /// The sender is blocked by policy or reputation (x.7.x).
+    PolicyBlocked,
+    /// The recipient's domain does not resolve or has no mail server (x.1.2, x.4.4).
+    DnsFailure,
+    /// Herald gave up retrying: the retry window ran out.
+    Expired,
+    /// Nothing tells.
+    Undetermined,
+}
+
+impl BounceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Permanent => "permanent",
+            Self::Transient => "transient",
+            Self::Undetermined => "undetermined",
+        }
+    }
+}
+
+impl BounceSubType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::General => "general",
+            Self::NoEmail => "no_email",
+            Self::Suppressed => "suppressed",
+            Self::MailboxFull => "mailbox_full",
+            Self::MessageTooLarge => "message_too_large",
+            Self::ContentRejected => "content_rejected",
+            Self::AttachmentRejected => "attachment_rejected",
+            Self::PolicyBlocked => "policy_blocked",
+            Self::DnsFailure => "dns_failure",
+            Self::Expired => "expired",
+            Self::Undetermined => "undetermined",
+        }
+    }
+}
+
+/// A classified bounce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BounceClass {
+    #[serde(rename = "type")]
+    pub kind: BounceType,
+    pub sub_type: BounceSubType,
+}
+
+/// Classifies a negative SMTP reply (RFC 3463 first, then the basic code).
+pub fn classify(reply: &SmtpReply) -> BounceClass {
+    let kind = match reply
+        .enhanced_status
+        .as_deref()
+        .and_then(|e| e.chars().next())
+    {
+        Some('5') => BounceType::Permanent,
+        Some('4') => BounceType::Transient,
+        _ if reply.is_permanent() => BounceType::Permanent,
+        _ if reply.is_transient() => BounceType::Transient,
+        _ => BounceType::Undetermined,
+    };
+    let sub_type = reply
+        .enhanced_status
+        .as_deref()
+        .map_or(BounceSubType::General, sub_type_of_enhanced);
+    BounceClass { kind, sub_type }
+}
+
+fn sub_type_of_enhanced(enhanced: &str) -> BounceSubType {
+    let mut parts = enhanced.splitn(3, '.').skip(1);
+    let subject = parts.next().unwrap_or("");
+    let detail = parts.next().unwrap_or("");
+    match (subject, detail) {
+        ("1", "1" | "6" | "3") | ("2", "1") => BounceSubType::NoEmail,
+        ("1", "2" | "10") | ("4", "4") => BounceSubType::DnsFailure,
+        ("2", "2") => BounceSubType::MailboxFull,
+        ("2", "3") | ("3", "4") => BounceSubType::MessageTooLarge,
+        ("6", _) => BounceSubType::ContentRejected,
+        ("7", _) => BounceSubType::PolicyBlocked,
+        _ => BounceSubType::General,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(code: u16, text: &str) -> (BounceType, BounceSubType) {
+        let c = classify(&SmtpReply::new(code, text));
+        (c.kind, c.sub_type)
+    }
+
+    #[test]
+    fn keeps_the_enhanced_code_when_present() {
+        let r = SmtpReply::new(550, "5.1.1 <zed@example.net>: Recipient address rejected");
+        assert_eq!(r.enhanced_status.as_deref(), Some("5.1.1"));
+        assert_eq!(
+            r.response,
+            "550 5.1.1 <zed@example.net>: Recipient address rejected"
+        );
+        assert_eq!(SmtpReply::new(451, "Try later").enhanced_status, None);
+        assert_eq!(
+            SmtpReply::new(250, "5.1 not enhanced").enhanced_status,
+            None
+        );
+    }
+
+    #[test]
+    fn classifies_from_rfc3463_then_basic_code() {
+        use BounceSubType::*;
+        use BounceType::*;
+        assert_eq!(class(550, "5.1.1 User unknown"), (Permanent, NoEmail));
+        assert_eq!(class(552, "5.2.2 Mailbox full"), (Permanent, MailboxFull));
+        assert_eq!(class(452, "4.2.2 Over quota"), (Transient, MailboxFull));
+        assert_eq!(
+            class(552, "5.3.4 Message too big"),
+            (Permanent, MessageTooLarge)
+        );
+        assert_eq!(
+            class(550, "5.7.1 Blocked by policy"),
+            (Permanent, PolicyBlocked)
+        );
+        assert_eq!(
+            class(550, "5.1.2 Bad destination domain"),
+            (Permanent, DnsFailure)
+        );
+        assert_eq!(class(554, "Transaction failed"), (Permanent, General));
+        assert_eq!(class(421, "Service not available"), (Transient, General));
+        // The enhanced code wins over a basic code that disagrees with it.
+        assert_eq!(class(550, "4.7.0 Try again later").0, Transient);
+    }
+}

@@ -1,0 +1,18 @@
+//! Herald: a self-hosted HTTP-to-SMTP transactional email gateway.
+//!
+//! A tour, from the bottom up:
+//! - [`domain`]: pure types and rules (addresses, the email, statuses, retry policy, bounce
+//!   classes, signed return paths, MIME building). No I/O.
+//! - [`store`]: the database (SQLite or Postgres) — emails, recipients (the queue), events.
+//! - [`delivery`]: workers that claim due recipients and relay them over SMTP.
+//! - [`api`]: the HTTP API (axum).
+//! - [`app`]: wires it all together and runs it until shutdown.
+
+pub mod api;
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod delivery;
+pub mod domain;
+pub mod store;
+pub mod telemetry;

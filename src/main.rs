@@ -1,0 +1,172 @@
+//! The `herald` command: parses the command line and calls into the library.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use herald::app::{App, cancel_on_signals};
+use herald::clock::{Clock, SystemClock, format_ms};
+use herald::config::Config;
+use herald::domain::api_key::{ApiKeyToken, Permission};
+use herald::store::{ApiKeyRecord, Store};
+
+#[derive(Parser)]
+#[command(
+    name = "herald",
+    version,
+    about = "A self-hosted HTTP-to-SMTP transactional email gateway"
+)]
+struct Cli {
+    /// A TOML configuration file (HERALD_* environment variables override it).
+    #[arg(long, global = true, env = "HERALD_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API and the delivery workers.
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Print the effective configuration, secrets redacted.
+    Config,
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key (and its project, if new) and print the token once.
+    Create {
+        #[arg(long, default_value = "default")]
+        project: String,
+        #[arg(long, default_value = "full_access", value_parser = ["full_access", "sending_access"])]
+        permission: String,
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
+    /// List a project's live keys.
+    List {
+        #[arg(long, default_value = "default")]
+        project: String,
+    },
+    /// Revoke a key by id.
+    Revoke {
+        id: String,
+        #[arg(long, default_value = "default")]
+        project: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref())?;
+    herald::telemetry::init(&config.log.format, &config.log.level);
+    match cli.command {
+        Command::Serve => serve(config).await,
+        Command::Migrate => {
+            let store = Store::connect(&config.database_url, 2).await?;
+            let applied = store.migrate().await?;
+            if applied.is_empty() {
+                println!("database is up to date");
+            }
+            for m in applied {
+                println!("applied {m}");
+            }
+            Ok(())
+        }
+        Command::Config => {
+            print!("{}", config.redacted_toml());
+            Ok(())
+        }
+        Command::Keys { command } => keys(config, command).await,
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    if config.relay_url.is_empty() {
+        let dir = std::fs::canonicalize(".")
+            .map(|d| d.join(&config.outbox_dir))
+            .unwrap_or_else(|_| config.outbox_dir.clone());
+        tracing::warn!("╔══════════════════════════════════════════════════════════════════╗");
+        tracing::warn!("║ NO SMTP RELAY CONFIGURED: mail is written to files, not sent.   ║");
+        tracing::warn!("║ Set HERALD_RELAY_URL=smtps://user:pass@host:465 to send for real. ║");
+        tracing::warn!("╚══════════════════════════════════════════════════════════════════╝");
+        tracing::warn!(outbox = %dir.display(), "delivering into this directory as .eml files");
+    }
+    let workers = config.delivery.workers;
+    let app = App::from_config(config).await?;
+    tracing::info!(addr = %app.addr, "Herald is listening");
+    let shutdown = CancellationToken::new();
+    cancel_on_signals(shutdown.clone());
+    app.run(shutdown, workers).await?;
+    tracing::info!("Herald stopped");
+    Ok(())
+}
+
+async fn keys(config: Config, command: KeysCommand) -> anyhow::Result<()> {
+    let store = Store::open(&config.database_url, 2)
+        .await
+        .context("opening the database")?;
+    let now = SystemClock.now_ms();
+    match command {
+        KeysCommand::Create {
+            project,
+            permission,
+            name,
+        } => {
+            let project = store.ensure_project(&project, now).await?;
+            let permission = Permission::parse(&permission).context("permission")?;
+            let token = ApiKeyToken::generate();
+            let record = ApiKeyRecord {
+                id: uuid::Uuid::now_v7().to_string(),
+                project_id: project.id.clone(),
+                name,
+                prefix: token.prefix(),
+                secret_hash: token.secret_hash(),
+                permission: permission.as_str().to_owned(),
+                created_at: now,
+                last_used_at: None,
+                expires_at: None,
+                revoked_at: None,
+            };
+            store.insert_api_key(&record).await?;
+            eprintln!(
+                "created {} key {} in project {} (shown once; Herald keeps only its hash):",
+                record.permission, record.id, project.name
+            );
+            println!("{}", token.reveal());
+        }
+        KeysCommand::List { project } => {
+            let project = store.ensure_project(&project, now).await?;
+            for k in store.list_api_keys(&project.id).await? {
+                println!(
+                    "{}  {}  {:<15} {}  last used {}",
+                    k.id,
+                    k.prefix,
+                    k.permission,
+                    k.name,
+                    k.last_used_at.map_or_else(|| "never".into(), format_ms)
+                );
+            }
+        }
+        KeysCommand::Revoke { id, project } => {
+            let project = store.ensure_project(&project, now).await?;
+            store
+                .revoke_api_key(&project.id, &id, now)
+                .await
+                .with_context(|| format!("no live key {id} in project {}", project.name))?;
+            println!("revoked {id}");
+        }
+    }
+    store.close().await;
+    Ok(())
+}

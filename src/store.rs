@@ -1,0 +1,206 @@
+//! The store: every table Herald has, behind one type, on SQLite or Postgres.
+//!
+//! Queries are written once for sqlx's `Any` driver over a portable schema (text UUIDv7 ids,
+//! integer epoch-millisecond times, integer flags). The few statements that differ between
+//! the two dialects (the queue claim's `FOR UPDATE SKIP LOCKED`, the migration lock) are in
+//! [`Backend`]'s methods. SQLite gets one writer connection (it has one writer anyway, and a
+//! single connection avoids `SQLITE_BUSY` storms) and a pool of readers; Postgres one pool.
+//!
+//! Every write that changes a recipient's state inserts the event that records it in the same
+//! transaction.
+
+mod emails;
+mod migrate;
+mod projects;
+mod queue;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+
+pub use emails::{
+    EmailRecord, EventRecord, IdempotencyRecord, NewEmail, NewEvent, NewRecipient, RecipientRecord,
+    StoredResponse,
+};
+pub use projects::{ApiKeyRecord, Project};
+pub use queue::{ClaimedEmail, ClaimedRecipient, Outcome};
+
+/// Which database the URL named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn from_url(url: &str) -> Result<Self, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(Self::Postgres)
+        } else {
+            Err(StoreError::Config(format!(
+                "database_url must start with sqlite:// or postgres:// (got {})",
+                crate::config::redact_url_password(url)
+            )))
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// A unique constraint refused the write.
+    #[error("conflict")]
+    Conflict,
+    #[error("database configuration: {0}")]
+    Config(String),
+    #[error("stored data is not what Herald wrote: {0}")]
+    Corrupt(String),
+    #[error("database: {0}")]
+    Database(sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::RowNotFound => Self::NotFound,
+            sqlx::Error::Database(db) if db.is_unique_violation() => Self::Conflict,
+            _ => Self::Database(e),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The database, with separate reader and writer pools (the same pool on Postgres).
+#[derive(Debug, Clone)]
+pub struct Store {
+    backend: Backend,
+    read: AnyPool,
+    write: AnyPool,
+}
+
+impl Store {
+    /// Connects (creating a SQLite file if needed) without touching the schema.
+    pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::from_url(url)?;
+        match backend {
+            Backend::Sqlite => {
+                let url = if url.contains('?') || url.contains(":memory:") {
+                    url.to_owned()
+                } else {
+                    format!("{url}?mode=rwc")
+                };
+                let options = AnyConnectOptions::from_str(&url)?;
+                let write = sqlite_pool(1).connect_with(options.clone()).await?;
+                let read = sqlite_pool(max_connections.max(2))
+                    .connect_with(options)
+                    .await?;
+                Ok(Self {
+                    backend,
+                    read,
+                    write,
+                })
+            }
+            Backend::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(max_connections.max(2))
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(url)
+                    .await?;
+                Ok(Self {
+                    backend,
+                    read: pool.clone(),
+                    write: pool,
+                })
+            }
+        }
+    }
+
+    /// Connects and brings the schema up to date.
+    pub async fn open(url: &str, max_connections: u32) -> StoreResult<Self> {
+        let store = Self::connect(url, max_connections).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies the embedded migrations that have not run yet.
+    pub async fn migrate(&self) -> StoreResult<Vec<String>> {
+        migrate::run(self).await
+    }
+
+    /// Whether the database answers (readiness).
+    pub async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.write).await?;
+        Ok(())
+    }
+
+    /// A server-wide value, created with `make` the first time it is asked for.
+    pub async fn setting_or_insert(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> String,
+    ) -> StoreResult<String> {
+        let read = |pool| async move {
+            sqlx::query_scalar::<_, String>("SELECT value FROM settings WHERE name = $1")
+                .bind(name)
+                .fetch_optional(pool)
+                .await
+        };
+        if let Some(v) = read(&self.write).await? {
+            return Ok(v);
+        }
+        let inserted = sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2)")
+            .bind(name)
+            .bind(make())
+            .execute(&self.write)
+            .await;
+        match inserted.map_err(StoreError::from) {
+            Ok(_) | Err(StoreError::Conflict) => {
+                read(&self.write).await?.ok_or(StoreError::NotFound)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+    }
+}
+
+fn sqlite_pool(max: u32) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(30))
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                // WAL lets readers run beside the writer; synchronous=FULL makes every commit
+                // durable before Herald answers 2xx (NORMAL could lose the last commits on
+                // power loss).
+                conn.execute(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                )
+                .await?;
+                Ok(())
+            })
+        })
+}
+
+/// `$first, $first+1, …` placeholders for an `IN (…)` list of `n` values.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,449 @@
+//! Emails, their recipients and events, and idempotency records: the ingest side.
+
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
+use uuid::Uuid;
+
+use super::{Store, StoreError, StoreResult};
+
+/// An accepted email with its recipients and first events, as the API prepared it.
+#[derive(Debug, Clone)]
+pub struct NewEmail {
+    pub id: String,
+    pub project_id: String,
+    pub api_key_id: Option<String>,
+    pub message_id: String,
+    pub stream: String,
+    pub from_email: String,
+    pub from_name: Option<String>,
+    /// JSON array of `{email, name}`.
+    pub reply_to: String,
+    pub subject: String,
+    /// JSON array of strings.
+    pub tags: String,
+    /// JSON object of strings.
+    pub metadata: String,
+    pub text_body: Option<String>,
+    pub html_body: Option<String>,
+    pub mime: Vec<u8>,
+    pub created_at: i64,
+    pub scheduled_at: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub recipients: Vec<NewRecipient>,
+    pub events: Vec<NewEvent>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewRecipient {
+    pub id: String,
+    pub position: i64,
+    pub address: String,
+    pub name: Option<String>,
+    pub kind: String,
+    pub status: String,
+    pub next_attempt_at: i64,
+    /// After this instant no further attempt is made.
+    pub deadline_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub id: String,
+    pub recipient_id: Option<String>,
+    pub recipient: Option<String>,
+    pub event_type: String,
+    /// JSON object with the event's specific data (smtp, bounce, failure…).
+    pub data: String,
+    pub created_at: i64,
+}
+
+impl NewEvent {
+    pub fn new(
+        recipient_id: Option<&str>,
+        recipient: Option<&str>,
+        event_type: &str,
+        data: serde_json::Value,
+        created_at: i64,
+    ) -> Self {
+        Self {
+            id: Uuid::now_v7().to_string(),
+            recipient_id: recipient_id.map(str::to_owned),
+            recipient: recipient.map(str::to_owned),
+            event_type: event_type.to_owned(),
+            data: data.to_string(),
+            created_at,
+        }
+    }
+}
+
+/// The stored outcome of an idempotent request.
+#[derive(Debug, Clone)]
+pub struct IdempotencyRecord {
+    pub project_id: String,
+    pub method: String,
+    pub path: String,
+    pub key: String,
+    pub fingerprint: Vec<u8>,
+    pub response_status: i64,
+    pub response_body: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    pub fingerprint: Vec<u8>,
+    pub status: u16,
+    pub body: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct EmailRecord {
+    pub id: String,
+    pub project_id: String,
+    pub api_key_id: Option<String>,
+    pub message_id: String,
+    pub stream: String,
+    pub from_email: String,
+    pub from_name: Option<String>,
+    pub reply_to: String,
+    pub subject: String,
+    pub tags: String,
+    pub metadata: String,
+    pub created_at: i64,
+    pub scheduled_at: Option<i64>,
+    pub expires_at: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RecipientRecord {
+    pub id: String,
+    pub address: String,
+    pub name: Option<String>,
+    pub kind: String,
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub smtp_code: Option<i64>,
+    pub smtp_enhanced: Option<String>,
+    pub smtp_response: Option<String>,
+    pub smtp_phase: Option<String>,
+    pub bounce_type: Option<String>,
+    pub bounce_sub_type: Option<String>,
+    pub sent_at: Option<i64>,
+    pub last_event_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct EventRecord {
+    pub id: String,
+    pub email_id: String,
+    pub recipient: Option<String>,
+    pub event_type: String,
+    pub data: String,
+    pub created_at: i64,
+}
+
+const EMAIL_COLUMNS: &str = "id, project_id, api_key_id, message_id, stream, from_email, \
+     from_name, reply_to, subject, tags, metadata, created_at, scheduled_at, expires_at";
+const RECIPIENT_COLUMNS: &str = "id, address, name, kind, status, attempts, next_attempt_at, \
+     smtp_code, smtp_enhanced, smtp_response, smtp_phase, bounce_type, bounce_sub_type, \
+     sent_at, last_event_at";
+
+fn email_from_row(r: &AnyRow) -> StoreResult<EmailRecord> {
+    Ok(EmailRecord {
+        id: r.try_get(0)?,
+        project_id: r.try_get(1)?,
+        api_key_id: r.try_get(2)?,
+        message_id: r.try_get(3)?,
+        stream: r.try_get(4)?,
+        from_email: r.try_get(5)?,
+        from_name: r.try_get(6)?,
+        reply_to: r.try_get(7)?,
+        subject: r.try_get(8)?,
+        tags: r.try_get(9)?,
+        metadata: r.try_get(10)?,
+        created_at: r.try_get(11)?,
+        scheduled_at: r.try_get(12)?,
+        expires_at: r.try_get(13)?,
+    })
+}
+
+pub(super) fn recipient_from_row(r: &AnyRow) -> StoreResult<RecipientRecord> {
+    Ok(RecipientRecord {
+        id: r.try_get(0)?,
+        address: r.try_get(1)?,
+        name: r.try_get(2)?,
+        kind: r.try_get(3)?,
+        status: r.try_get(4)?,
+        attempts: r.try_get(5)?,
+        next_attempt_at: r.try_get(6)?,
+        smtp_code: r.try_get(7)?,
+        smtp_enhanced: r.try_get(8)?,
+        smtp_response: r.try_get(9)?,
+        smtp_phase: r.try_get(10)?,
+        bounce_type: r.try_get(11)?,
+        bounce_sub_type: r.try_get(12)?,
+        sent_at: r.try_get(13)?,
+        last_event_at: r.try_get(14)?,
+    })
+}
+
+fn event_from_row(r: &AnyRow) -> StoreResult<EventRecord> {
+    Ok(EventRecord {
+        id: r.try_get(0)?,
+        email_id: r.try_get(1)?,
+        recipient: r.try_get(2)?,
+        event_type: r.try_get(3)?,
+        data: r.try_get(4)?,
+        created_at: r.try_get(5)?,
+    })
+}
+
+pub(super) async fn insert_event(
+    tx: &mut Transaction<'static, Any>,
+    project_id: &str,
+    email_id: &str,
+    e: &NewEvent,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO events (id, project_id, email_id, recipient_id, recipient, type, data, \
+         created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&e.id)
+    .bind(project_id)
+    .bind(email_id)
+    .bind(e.recipient_id.as_deref())
+    .bind(e.recipient.as_deref())
+    .bind(&e.event_type)
+    .bind(&e.data)
+    .bind(e.created_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_one(tx: &mut Transaction<'static, Any>, e: &NewEmail) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO emails (id, project_id, api_key_id, message_id, stream, from_email, \
+         from_name, reply_to, subject, tags, metadata, text_body, html_body, mime, mime_size, \
+         created_at, scheduled_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+    )
+    .bind(&e.id)
+    .bind(&e.project_id)
+    .bind(e.api_key_id.as_deref())
+    .bind(&e.message_id)
+    .bind(&e.stream)
+    .bind(&e.from_email)
+    .bind(e.from_name.as_deref())
+    .bind(&e.reply_to)
+    .bind(&e.subject)
+    .bind(&e.tags)
+    .bind(&e.metadata)
+    .bind(e.text_body.as_deref())
+    .bind(e.html_body.as_deref())
+    .bind(&e.mime)
+    .bind(i64::try_from(e.mime.len()).unwrap_or(i64::MAX))
+    .bind(e.created_at)
+    .bind(e.scheduled_at)
+    .bind(e.expires_at)
+    .execute(&mut **tx)
+    .await?;
+    for r in &e.recipients {
+        sqlx::query(
+            "INSERT INTO recipients (id, email_id, project_id, position, address, name, kind, \
+             status, attempts, next_attempt_at, deadline_at, last_event_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $10, $11)",
+        )
+        .bind(&r.id)
+        .bind(&e.id)
+        .bind(&e.project_id)
+        .bind(r.position)
+        .bind(&r.address)
+        .bind(r.name.as_deref())
+        .bind(&r.kind)
+        .bind(&r.status)
+        .bind(r.next_attempt_at)
+        .bind(r.deadline_at)
+        .bind(e.created_at)
+        .execute(&mut **tx)
+        .await?;
+    }
+    for ev in &e.events {
+        insert_event(tx, &e.project_id, &e.id, ev).await?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Commits emails (one, or a whole batch) and, if given, the idempotency record that
+    /// will replay the response, in one transaction: all or nothing. A reused idempotency
+    /// key is `Conflict`.
+    pub async fn insert_emails(
+        &self,
+        emails: &[NewEmail],
+        idempotency: Option<&IdempotencyRecord>,
+    ) -> StoreResult<()> {
+        let mut tx = self.write.begin().await?;
+        if let Some(idem) = idempotency {
+            // An expired record no longer reserves the key.
+            sqlx::query(
+                "DELETE FROM idempotency_keys WHERE project_id = $1 AND method = $2 \
+                 AND path = $3 AND idem_key = $4 AND expires_at <= $5",
+            )
+            .bind(&idem.project_id)
+            .bind(&idem.method)
+            .bind(&idem.path)
+            .bind(&idem.key)
+            .bind(idem.created_at)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO idempotency_keys (project_id, method, path, idem_key, fingerprint, \
+                 response_status, response_body, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(&idem.project_id)
+            .bind(&idem.method)
+            .bind(&idem.path)
+            .bind(&idem.key)
+            .bind(&idem.fingerprint)
+            .bind(idem.response_status)
+            .bind(&idem.response_body)
+            .bind(idem.created_at)
+            .bind(idem.expires_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for e in emails {
+            insert_one(&mut tx, e).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The stored response for an idempotency key that has not expired.
+    pub async fn find_idempotent_response(
+        &self,
+        project_id: &str,
+        method: &str,
+        path: &str,
+        key: &str,
+        now_ms: i64,
+    ) -> StoreResult<Option<StoredResponse>> {
+        let row = sqlx::query(
+            "SELECT fingerprint, response_status, response_body FROM idempotency_keys \
+             WHERE project_id = $1 AND method = $2 AND path = $3 AND idem_key = $4 \
+             AND expires_at > $5",
+        )
+        .bind(project_id)
+        .bind(method)
+        .bind(path)
+        .bind(key)
+        .bind(now_ms)
+        .fetch_optional(&self.write)
+        .await?;
+        row.map(|r| {
+            let status: i64 = r.try_get(1)?;
+            Ok(StoredResponse {
+                fingerprint: r.try_get(0)?,
+                status: u16::try_from(status)
+                    .map_err(|_| StoreError::Corrupt(format!("response status {status}")))?,
+                body: r.try_get(2)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// One of the project's emails with its recipients in the order they were given.
+    pub async fn get_email(
+        &self,
+        project_id: &str,
+        id: &str,
+    ) -> StoreResult<(EmailRecord, Vec<RecipientRecord>)> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {EMAIL_COLUMNS} FROM emails WHERE project_id = $1 AND id = $2"
+        ));
+        let row = sqlx::query(sql)
+            .bind(project_id)
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let email = email_from_row(&row)?;
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE email_id = $1 ORDER BY position"
+        ));
+        let rows = sqlx::query(sql).bind(id).fetch_all(&self.read).await?;
+        let recipients = rows
+            .iter()
+            .map(recipient_from_row)
+            .collect::<StoreResult<_>>()?;
+        Ok((email, recipients))
+    }
+
+    /// An email's events in order, after the event id `after` if given; at most `limit`.
+    pub async fn list_email_events(
+        &self,
+        project_id: &str,
+        email_id: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Vec<EventRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, email_id, recipient, type, data, created_at FROM events \
+             WHERE project_id = $1 AND email_id = $2 AND id > $3 ORDER BY id LIMIT $4",
+        )
+        .bind(project_id)
+        .bind(email_id)
+        .bind(after.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    /// Cancels every recipient of the email that is still waiting and not held by a worker.
+    /// Returns how many were canceled; `NotFound` if the project has no such email.
+    pub async fn cancel_email(
+        &self,
+        project_id: &str,
+        id: &str,
+        now_ms: i64,
+    ) -> StoreResult<usize> {
+        let mut tx = self.write.begin().await?;
+        let exists = sqlx::query("SELECT 1 FROM emails WHERE project_id = $1 AND id = $2")
+            .bind(project_id)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        let rows = sqlx::query(
+            "UPDATE recipients SET status = 'canceled', lease_owner = NULL, \
+             lease_expires_at = NULL, last_event_at = $1 \
+             WHERE email_id = $2 AND status IN ('scheduled', 'queued', 'delivery_delayed') \
+             AND (lease_owner IS NULL OR lease_expires_at < $1) RETURNING id, address",
+        )
+        .bind(now_ms)
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        for r in &rows {
+            let rid: String = r.try_get(0)?;
+            let address: String = r.try_get(1)?;
+            let ev = NewEvent::new(
+                Some(&rid),
+                Some(&address),
+                "email.canceled",
+                serde_json::json!({}),
+                now_ms,
+            );
+            insert_event(&mut tx, project_id, id, &ev).await?;
+        }
+        tx.commit().await?;
+        Ok(rows.len())
+    }
+}

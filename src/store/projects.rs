@@ -1,0 +1,147 @@
+//! Projects (tenants) and their API keys.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use uuid::Uuid;
+
+use super::{Store, StoreError, StoreResult};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Project {
+    pub id: String,
+    pub name: String,
+    pub created_at: i64,
+}
+
+/// One API key. `secret_hash` is the SHA-256 of the secret; the secret itself is never stored.
+#[derive(Debug, Clone)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub project_id: String,
+    pub name: String,
+    pub prefix: String,
+    pub secret_hash: Vec<u8>,
+    pub permission: String,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+const KEY_COLUMNS: &str = "id, project_id, name, key_prefix, secret_hash, permission, \
+                           created_at, last_used_at, expires_at, revoked_at";
+
+fn key_from_row(r: &AnyRow) -> StoreResult<ApiKeyRecord> {
+    Ok(ApiKeyRecord {
+        id: r.try_get(0)?,
+        project_id: r.try_get(1)?,
+        name: r.try_get(2)?,
+        prefix: r.try_get(3)?,
+        secret_hash: r.try_get(4)?,
+        permission: r.try_get(5)?,
+        created_at: r.try_get(6)?,
+        last_used_at: r.try_get(7)?,
+        expires_at: r.try_get(8)?,
+        revoked_at: r.try_get(9)?,
+    })
+}
+
+impl Store {
+    /// The project of that name, created if it does not exist yet.
+    pub async fn ensure_project(&self, name: &str, now_ms: i64) -> StoreResult<Project> {
+        let inserted = sqlx::query(
+            "INSERT INTO projects (id, name, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(Uuid::now_v7().to_string())
+        .bind(name)
+        .bind(now_ms)
+        .execute(&self.write)
+        .await;
+        inserted?;
+        let row = sqlx::query("SELECT id, name, created_at FROM projects WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.write)
+            .await?;
+        Ok(Project {
+            id: row.try_get(0)?,
+            name: row.try_get(1)?,
+            created_at: row.try_get(2)?,
+        })
+    }
+
+    pub async fn insert_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, project_id, name, key_prefix, secret_hash, permission, \
+             created_at, last_used_at, expires_at, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, NULL)",
+        )
+        .bind(&key.id)
+        .bind(&key.project_id)
+        .bind(&key.name)
+        .bind(&key.prefix)
+        .bind(&key.secret_hash)
+        .bind(&key.permission)
+        .bind(key.created_at)
+        .bind(key.expires_at)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    /// The key with that public prefix (`hk_<id>`), revoked or not: the caller decides.
+    pub async fn find_api_key(&self, prefix: &str) -> StoreResult<Option<ApiKeyRecord>> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_prefix = $1"
+        ));
+        let row = sqlx::query(sql)
+            .bind(prefix)
+            .fetch_optional(&self.read)
+            .await?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    /// The project's keys that are not revoked, newest first.
+    pub async fn list_api_keys(&self, project_id: &str) -> StoreResult<Vec<ApiKeyRecord>> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys \
+             WHERE project_id = $1 AND revoked_at IS NULL ORDER BY id DESC"
+        ));
+        let rows = sqlx::query(sql)
+            .bind(project_id)
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    /// Revokes one of the project's keys; `NotFound` if it has no such live key.
+    pub async fn revoke_api_key(&self, project_id: &str, id: &str, now_ms: i64) -> StoreResult<()> {
+        let done = sqlx::query(
+            "UPDATE api_keys SET revoked_at = $1 \
+             WHERE project_id = $2 AND id = $3 AND revoked_at IS NULL",
+        )
+        .bind(now_ms)
+        .bind(project_id)
+        .bind(id)
+        .execute(&self.write)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    /// Records use of a key, at most once a minute per key so that sends do not each write.
+    pub async fn touch_api_key(&self, id: &str, now_ms: i64) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE api_keys SET last_used_at = $1 \
+             WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $3)",
+        )
+        .bind(now_ms)
+        .bind(id)
+        .bind(now_ms - 60_000)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+}

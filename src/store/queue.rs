@@ -1,0 +1,199 @@
+//! The delivery queue: claiming due recipients under a lease, and recording outcomes.
+//!
+//! A claim is one statement that stamps `lease_owner` and moves `next_attempt_at` to the
+//! lease's expiry. The row stays in the `recipients_due` index, so when a worker dies its
+//! recipients simply come due again when the lease runs out: no sweeper is needed. Outcome
+//! writes are fenced by `lease_owner` and by the status still being pending, so a worker
+//! whose lease expired (or whose recipient was canceled) cannot overwrite a newer verdict.
+
+use std::collections::HashMap;
+
+use sqlx::Row;
+
+use super::emails::{NewEvent, insert_event};
+use super::{Backend, Store, StoreResult, placeholders};
+
+/// A recipient a worker now holds.
+#[derive(Debug, Clone)]
+pub struct ClaimedRecipient {
+    pub id: String,
+    pub address: String,
+    /// Attempts made before this one.
+    pub attempts: i64,
+    pub deadline_at: i64,
+}
+
+/// An email with the claimed recipients it has, and the bytes to send.
+#[derive(Debug, Clone)]
+pub struct ClaimedEmail {
+    pub id: String,
+    pub project_id: String,
+    pub mime: Vec<u8>,
+    pub expires_at: Option<i64>,
+    pub recipients: Vec<ClaimedRecipient>,
+}
+
+/// What happened to one claimed recipient, to be written with its event.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub recipient_id: String,
+    pub email_id: String,
+    pub project_id: String,
+    pub status: String,
+    pub next_attempt_at: i64,
+    /// 1 for an SMTP attempt, 0 for a verdict reached without one (expired before sending).
+    pub attempts_delta: i64,
+    pub smtp_code: Option<i64>,
+    pub smtp_enhanced: Option<String>,
+    pub smtp_response: Option<String>,
+    pub smtp_phase: Option<String>,
+    pub bounce_type: Option<String>,
+    pub bounce_sub_type: Option<String>,
+    pub sent_at: Option<i64>,
+    pub event: NewEvent,
+}
+
+const CLAIM_SQLITE: &str = "UPDATE recipients SET lease_owner = $1, lease_expires_at = $2, \
+     next_attempt_at = $2, status = CASE WHEN status = 'scheduled' THEN 'queued' ELSE status END \
+     WHERE id IN (SELECT id FROM recipients \
+       WHERE status IN ('scheduled', 'queued', 'delivery_delayed') AND next_attempt_at <= $3 \
+       ORDER BY next_attempt_at LIMIT $4) \
+     RETURNING id, email_id, address, attempts, deadline_at";
+
+const CLAIM_POSTGRES: &str = "UPDATE recipients SET lease_owner = $1, lease_expires_at = $2, \
+     next_attempt_at = $2, status = CASE WHEN status = 'scheduled' THEN 'queued' ELSE status END \
+     WHERE id IN (SELECT id FROM recipients \
+       WHERE status IN ('scheduled', 'queued', 'delivery_delayed') AND next_attempt_at <= $3 \
+       ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
+     RETURNING id, email_id, address, attempts, deadline_at";
+
+impl Backend {
+    fn claim_sql(self) -> &'static str {
+        match self {
+            Backend::Sqlite => CLAIM_SQLITE,
+            Backend::Postgres => CLAIM_POSTGRES,
+        }
+    }
+}
+
+impl Store {
+    /// Leases up to `limit` due recipients to `owner` until `now + lease_ms`, grouped by email.
+    pub async fn claim_due_recipients(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<ClaimedEmail>> {
+        let rows = sqlx::query(self.backend.claim_sql())
+            .bind(owner)
+            .bind(now_ms + lease_ms)
+            .bind(now_ms)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.write)
+            .await?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut by_email: HashMap<String, Vec<ClaimedRecipient>> = HashMap::new();
+        for r in &rows {
+            let email_id: String = r.try_get(1)?;
+            by_email
+                .entry(email_id)
+                .or_default()
+                .push(ClaimedRecipient {
+                    id: r.try_get(0)?,
+                    address: r.try_get(2)?,
+                    attempts: r.try_get(3)?,
+                    deadline_at: r.try_get(4)?,
+                });
+        }
+        let ids: Vec<&String> = by_email.keys().collect();
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT id, project_id, mime, expires_at FROM emails WHERE id IN ({})",
+            placeholders(1, ids.len())
+        ));
+        let mut q = sqlx::query(sql);
+        for id in &ids {
+            q = q.bind(id.as_str());
+        }
+        let email_rows = q.fetch_all(&self.read).await?;
+        let mut out = Vec::with_capacity(email_rows.len());
+        for r in &email_rows {
+            let id: String = r.try_get(0)?;
+            let recipients = by_email.remove(&id).unwrap_or_default();
+            out.push(ClaimedEmail {
+                id,
+                project_id: r.try_get(1)?,
+                mime: r.try_get::<Option<Vec<u8>>, _>(2)?.unwrap_or_default(),
+                expires_at: r.try_get(3)?,
+                recipients,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Writes outcomes with their events in one transaction. Each write is fenced by the
+    /// lease; returns how many were applied (the rest had lost their lease).
+    pub async fn record_outcomes(&self, owner: &str, outcomes: &[Outcome]) -> StoreResult<usize> {
+        let mut tx = self.write.begin().await?;
+        let mut applied = 0;
+        for o in outcomes {
+            let done = sqlx::query(
+                "UPDATE recipients SET status = $1, attempts = attempts + $13, \
+                 next_attempt_at = $2, lease_owner = NULL, lease_expires_at = NULL, \
+                 smtp_code = $3, smtp_enhanced = $4, smtp_response = $5, smtp_phase = $6, \
+                 bounce_type = $7, bounce_sub_type = $8, sent_at = COALESCE($9, sent_at), \
+                 last_event_at = $10 \
+                 WHERE id = $11 AND lease_owner = $12 \
+                 AND status IN ('scheduled', 'queued', 'delivery_delayed')",
+            )
+            .bind(&o.status)
+            .bind(o.next_attempt_at)
+            .bind(o.smtp_code)
+            .bind(o.smtp_enhanced.as_deref())
+            .bind(o.smtp_response.as_deref())
+            .bind(o.smtp_phase.as_deref())
+            .bind(o.bounce_type.as_deref())
+            .bind(o.bounce_sub_type.as_deref())
+            .bind(o.sent_at)
+            .bind(o.event.created_at)
+            .bind(&o.recipient_id)
+            .bind(owner)
+            .bind(o.attempts_delta)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 1 {
+                insert_event(&mut tx, &o.project_id, &o.email_id, &o.event).await?;
+                applied += 1;
+            }
+        }
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    /// Gives back every lease `owner` holds, due at once (graceful shutdown).
+    pub async fn release_leases(&self, owner: &str, now_ms: i64) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "UPDATE recipients SET lease_owner = NULL, lease_expires_at = NULL, \
+             next_attempt_at = $1 WHERE lease_owner = $2 \
+             AND status IN ('scheduled', 'queued', 'delivery_delayed')",
+        )
+        .bind(now_ms)
+        .bind(owner)
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Recipients still waiting for delivery (queued, scheduled, delayed), for tests and health.
+    pub async fn count_pending(&self) -> StoreResult<i64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM recipients \
+             WHERE status IN ('scheduled', 'queued', 'delivery_delayed')",
+        )
+        .fetch_one(&self.read)
+        .await?;
+        Ok(n)
+    }
+}

@@ -96,7 +96,8 @@ pub struct DeliveryConfig {
     pub workers: usize,
     /// Recipients one claim takes.
     pub batch_size: usize,
-    /// How long a claim is held before another worker may take the recipient over.
+    /// How long a claim is held before another worker may take the recipient over; a live
+    /// worker renews it every third of this while it sends.
     #[serde(with = "duration_text")]
     pub lease: Duration,
     /// How often workers look for due mail when nothing woke them.
@@ -114,7 +115,7 @@ impl Default for DeliveryConfig {
         Self {
             workers: 2,
             batch_size: 32,
-            lease: Duration::from_secs(600),
+            lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(30),
             bounce_domain: "bounces.herald.localhost".into(),

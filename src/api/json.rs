@@ -99,10 +99,9 @@ fn shape_error(e: &serde_path_to_error::Error<serde_json::Error>, prefix: &str) 
         .rsplit_once(" at line ")
         .map_or(message.as_str(), |(m, _)| m)
         .to_owned();
-    let mut pointer = format!("{prefix}{}", pointer_of(e.path()));
-    let code = if let Some(rest) = message.strip_prefix("unknown field `") {
-        let field = rest.split('`').next().unwrap_or_default();
-        pointer = format!("{pointer}/{}", escape(field));
+    // For an unknown field the path already ends with the field's name.
+    let pointer = format!("{prefix}{}", pointer_of(e.path()));
+    let code = if message.starts_with("unknown field `") {
         "unknown_field"
     } else if message.starts_with("missing field") {
         "missing_required_field"

@@ -134,15 +134,13 @@ impl SmtpRelay {
                 }
                 // A pooled connection the relay had already closed: nothing was accepted yet,
                 // so try once more on a new connection.
+                // A broken connection is dropped, not QUIT: the peer may never answer.
                 Err(f) if reused && !fresh && f.phase == SmtpPhase::Mail && f.reply.is_none() => {
-                    conn.abort().await;
                     fresh = true;
                 }
                 Err(f) => {
                     if f.reusable {
                         self.put_idle(conn);
-                    } else {
-                        conn.abort().await;
                     }
                     return match f.reply {
                         Some(reply) if reply.is_permanent() => Verdict::Rejected {
@@ -240,7 +238,6 @@ impl SmtpRelay {
                     }
                 }
                 _ if self.url.tls == TlsMode::Required => {
-                    conn.abort().await;
                     return Err(Failure {
                         reply: None,
                         phase: SmtpPhase::Helo,
@@ -256,10 +253,7 @@ impl SmtpRelay {
             let auth = conn.auth(&[Mechanism::Plain, Mechanism::Login], &creds);
             match tokio::time::timeout(s.command_timeout, auth).await {
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    conn.abort().await;
-                    return Err(failure(SmtpPhase::Auth, &e, false));
-                }
+                Ok(Err(e)) => return Err(failure(SmtpPhase::Auth, &e, false)),
                 Err(_) => return Err(timeout(SmtpPhase::Auth, s.command_timeout)),
             }
         }

@@ -105,23 +105,60 @@ impl Worker {
                 });
             }
         }
-        let attempted = tasks.len();
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok((ctx, verdict)) => outcomes.push(self.outcome(&ctx, verdict)),
-                // A panicking send leaves its recipient leased: it comes due again when the
-                // lease expires, and is retried then.
-                Err(e) => tracing::error!(error = %e, "a delivery task failed"),
+        let attempted = tasks.len() + outcomes.len();
+        // Outcomes are committed as soon as they are known, in groups of whatever finished
+        // together, so the window between a relay's 250 and the commit of `sent` (the only
+        // place a crash can cause a duplicate) stays a few milliseconds wide.
+        self.record(&mut outcomes).await?;
+        // While deliveries are in flight the lease is renewed, so a slow relay never makes
+        // a live worker lose its recipients, and a dead worker's lease runs out quickly.
+        let every = (self.lease / 3).max(Duration::from_millis(100));
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                joined = tasks.join_next() => {
+                    let Some(joined) = joined else { break };
+                    self.collect(joined, &mut outcomes);
+                    while let Some(more) = tasks.try_join_next() {
+                        self.collect(more, &mut outcomes);
+                    }
+                    self.record(&mut outcomes).await?;
+                }
+                _ = renew.tick() => {
+                    let until = self.clock.now_ms() + lease_ms;
+                    self.store.renew_leases(&self.owner, until).await?;
+                }
             }
         }
-        let applied = self.store.record_outcomes(&self.owner, &outcomes).await?;
+        Ok(RunOutcome::Worked(attempted))
+    }
+
+    fn collect(
+        &self,
+        joined: Result<(Attempt, Verdict), tokio::task::JoinError>,
+        outcomes: &mut Vec<Outcome>,
+    ) {
+        match joined {
+            Ok((ctx, verdict)) => outcomes.push(self.outcome(&ctx, verdict)),
+            // A panicking send leaves its recipient leased: it comes due again when the
+            // lease expires, and is retried then.
+            Err(e) => tracing::error!(error = %e, "a delivery task failed"),
+        }
+    }
+
+    async fn record(&self, outcomes: &mut Vec<Outcome>) -> Result<(), StoreError> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let applied = self.store.record_outcomes(&self.owner, outcomes).await?;
         if applied < outcomes.len() {
             tracing::warn!(
                 lost = outcomes.len() - applied,
                 "leases expired before outcomes were recorded; those recipients were retried elsewhere"
             );
         }
-        Ok(RunOutcome::Worked(attempted.max(outcomes.len())))
+        outcomes.clear();
+        Ok(())
     }
 
     /// Loops until `cancel`: runs steps while there is work, then sleeps until new mail is

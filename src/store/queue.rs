@@ -172,6 +172,19 @@ impl Store {
         Ok(applied)
     }
 
+    /// Extends every lease `owner` holds to `until` (a worker still at work).
+    pub async fn renew_leases(&self, owner: &str, until: i64) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "UPDATE recipients SET lease_expires_at = $1, next_attempt_at = $1 \
+             WHERE lease_owner = $2 AND status IN ('scheduled', 'queued', 'delivery_delayed')",
+        )
+        .bind(until)
+        .bind(owner)
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Gives back every lease `owner` holds, due at once (graceful shutdown).
     pub async fn release_leases(&self, owner: &str, now_ms: i64) -> StoreResult<u64> {
         let done = sqlx::query(
@@ -184,6 +197,15 @@ impl Store {
         .execute(&self.write)
         .await?;
         Ok(done.rows_affected())
+    }
+
+    /// How many recipients have `status`.
+    pub async fn count_with_status(&self, status: &str) -> StoreResult<i64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM recipients WHERE status = $1")
+            .bind(status)
+            .fetch_one(&self.read)
+            .await?;
+        Ok(n)
     }
 
     /// Recipients still waiting for delivery (queued, scheduled, delayed), for tests and health.

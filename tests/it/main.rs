@@ -1,1 +1,42 @@
+//! Herald's integration tests: one binary, real HTTP, real SMTP over TCP, real SQLite and
+//! Postgres.
 
+mod helpers;
+mod smtp_server;
+
+mod api_keys;
+mod crash;
+mod delivery;
+mod emails;
+mod interop;
+mod store_contract;
+
+/// Runs an `async fn(Backend)` test once on SQLite and once on Postgres.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(herald::store::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(herald::store::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+/// Runs an `async fn(Backend)` test on SQLite only.
+#[macro_export]
+macro_rules! on_sqlite {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(herald::store::Backend::Sqlite).await
+            }
+        }
+    )*};
+}

@@ -18,8 +18,7 @@ use super::super::error::FieldError;
 use super::super::json::escape;
 
 /// `"a@b"`, `"Name <a@b>"`, or `{"email", "name"}`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum AddressItem {
     Text(String),
     Object(AddressObject),
@@ -33,12 +32,42 @@ pub struct AddressObject {
     name: Option<String>,
 }
 
+impl<'de> Deserialize<'de> for AddressItem {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => Ok(Self::Text(s)),
+            v @ serde_json::Value::Object(_) => serde_json::from_value(v)
+                .map(Self::Object)
+                .map_err(D::Error::custom),
+            _ => Err(D::Error::custom(
+                "expected an address: \"a@b\", \"Name <a@b>\" or {\"email\", \"name\"}",
+            )),
+        }
+    }
+}
+
 /// One address or an array of them.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum AddressList {
     One(AddressItem),
     Many(Vec<AddressItem>),
+}
+
+impl<'de> Deserialize<'de> for AddressList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Array(items) => items
+                .into_iter()
+                .map(|v| serde_json::from_value(v).map_err(D::Error::custom))
+                .collect::<Result<_, _>>()
+                .map(Self::Many),
+            v => serde_json::from_value(v)
+                .map(Self::One)
+                .map_err(D::Error::custom),
+        }
+    }
 }
 
 impl AddressList {

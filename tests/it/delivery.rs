@@ -1,0 +1,395 @@
+//! Delivery through a real SMTP server: TLS, AUTH, per-recipient replies, retries, expiry.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use herald::domain::verp::VerpSigner;
+use herald::store::Backend;
+use serde_json::json;
+
+use crate::helpers::{TestApp, email_to, statuses};
+use crate::smtp_server::{Action, Step, TestSmtp, Tls, ok, reply};
+use crate::{on_both_backends, on_sqlite};
+
+on_both_backends!(
+    delivers_over_starttls_with_auth,
+    one_rejected_recipient_does_not_sink_the_others,
+    transient_failure_is_retried_on_schedule,
+    dropped_connection_mid_data_is_retried,
+    retries_end_in_a_verdict_at_max_age,
+);
+on_sqlite!(
+    delivers_over_implicit_tls,
+    a_reply_that_never_comes_times_out,
+    wrong_relay_password_defers_without_losing_mail,
+    tls_required_refuses_a_relay_without_starttls,
+    expired_email_fails_without_an_attempt,
+    relay_that_refuses_connections_ends_in_failed,
+    connections_are_reused,
+    no_relay_writes_eml_files,
+);
+
+async fn delivers_over_starttls_with_auth(backend: Backend) {
+    let smtp = TestSmtp::start(Tls::Starttls).await;
+    let app = TestApp::spawn(backend, Some(&smtp)).await;
+    let id = app.send(&email_to(&["ada@example.com"])).await;
+    assert_eq!(app.drain().await, 1);
+
+    let got = smtp.received();
+    assert_eq!(got.len(), 1);
+    let m = &got[0];
+    assert!(m.tls, "the message must travel over TLS");
+    assert_eq!(m.auth_user.as_deref(), Some(crate::smtp_server::USER));
+    assert_eq!(m.rcpt_to, vec!["ada@example.com"]);
+    // The envelope sender is this recipient's signed return path.
+    let (local, domain) = m.mail_from.split_once('@').expect("address");
+    assert_eq!(domain, "bounces.herald.localhost");
+    let token = local.strip_prefix("bounces+").expect("VERP prefix");
+    assert!(VerpSigner::new(b"test-secret").verify(token).is_some());
+    let text = String::from_utf8(m.data.clone()).expect("ascii");
+    let email = app.email(&id).await;
+    assert!(text.contains(&format!(
+        "Message-ID: {}",
+        email["message_id"].as_str().expect("mid")
+    )));
+    assert!(text.contains("Subject: Your order"));
+
+    assert_eq!(email["status"], "sent");
+    let r = &email["recipients"][0];
+    assert_eq!(r["status"], "sent");
+    assert_eq!(r["attempts"], 1);
+    assert_eq!(r["smtp"]["code"], 250);
+    assert_eq!(r["smtp"]["enhanced_status"], "2.0.0");
+    let types: Vec<_> = app
+        .events(&id)
+        .await
+        .iter()
+        .map(|e| e["type"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(types, ["email.queued", "email.sent"]);
+    let sent = &app.events(&id).await[1];
+    assert_eq!(sent["smtp"]["tls"], true);
+    assert_eq!(sent["smtp"]["remote_mta"], "localhost");
+    app.finish().await;
+}
+
+async fn delivers_over_implicit_tls(backend: Backend) {
+    let smtp = TestSmtp::start(Tls::Implicit).await;
+    let app = TestApp::spawn(backend, Some(&smtp)).await;
+    let id = app.send(&email_to(&["ada@example.com"])).await;
+    app.drain().await;
+    assert!(smtp.received()[0].tls);
+    assert_eq!(app.email(&id).await["status"], "sent");
+    app.finish().await;
+}
+
+async fn one_rejected_recipient_does_not_sink_the_others(backend: Backend) {
+    let smtp = TestSmtp::start(Tls::Starttls).await;
+    smtp.script(|step| match step {
+        Step::Rcpt { to } if to == "zed@example.net" => reply(
+            550,
+            "5.1.1 <zed@example.net>: Recipient address rejected: User unknown",
+        ),
+        _ => ok(),
+    });
+    let app = TestApp::spawn(backend, Some(&smtp)).await;
+    let mut body = email_to(&["ada@example.com", "zed@example.net"]);
+    body["cc"] = json!("Bob <bob@example.org>");
+    let id = app.send(&body).await;
+    assert_eq!(app.drain().await, 3);
+
+    let mut delivered: Vec<String> = smtp
+        .received()
+        .iter()
+        .flat_map(|m| m.rcpt_to.clone())
+        .collect();
+    delivered.sort();
+    assert_eq!(delivered, ["ada@example.com", "bob@example.org"]);
+    let email = app.email(&id).await;
+    assert_eq!(
+        statuses(&email),
+        [
+            ("ada@example.com".into(), "sent".into()),
+            ("zed@example.net".into(), "bounced".into()),
+            ("bob@example.org".into(), "sent".into()),
+        ]
+    );
+    assert_eq!(
+        email["status"], "sent",
+        "sent is not final, so it wins over bounced"
+    );
+    let zed = &email["recipients"][1];
+    assert_eq!(zed["smtp"]["code"], 550);
+    assert_eq!(zed["smtp"]["enhanced_status"], "5.1.1");
+    assert_eq!(zed["smtp"]["phase"], "rcpt");
+    assert_eq!(zed["bounce"]["type"], "permanent");
+    assert_eq!(zed["bounce"]["sub_type"], "no_email");
+    let events = app.events(&id).await;
+    let bounce = events
+        .iter()
+        .find(|e| e["type"] == "email.bounced")
+        .expect("bounced event");
+    assert_eq!(bounce["recipient"], "zed@example.net");
+    assert_eq!(
+        bounce["bounce"]["diagnostic"],
+        "550 5.1.1 <zed@example.net>: Recipient address rejected: User unknown"
+    );
+    app.finish().await;
+}
+
+async fn transient_failure_is_retried_on_schedule(backend: Backend) {
+    let smtp = TestSmtp::start(Tls::Starttls).await;
+    let tries = Arc::new(AtomicUsize::new(0));
+    let t = Arc::clone(&tries);
+    smtp.script(move |step| match step {
+        Step::Message { .. } if t.fetch_add(1, Ordering::SeqCst) == 0 => {
+            reply(451, "4.3.0 Temporary local problem, try again")
+        }
+        _ => ok(),
+    });
+    let app = TestApp::spawn(backend, Some(&smtp)).await;
+    let id = app.send(&email_to(&["ada@example.com"])).await;
+    app.drain().await;
+    let email = app.email(&id).await;
+    let r = &email["recipients"][0];
+    assert_eq!(r["status"], "delivery_delayed");
+    assert_eq!(r["smtp"]["code"], 451);
+    assert_eq!(r["smtp"]["phase"], "data");
+    // Not due yet: the first retry is 5 minutes out (no jitter in tests).
+    assert_eq!(app.drain().await, 0);
+    app.advance(Duration::from_secs(299));
+    assert_eq!(app.drain().await, 0);
+    app.advance(Duration::from_secs(1));
+    assert_eq!(app.drain().await, 1);
+    let email = app.email(&id).await;
+    assert_eq!(email["status"], "sent");
+    assert_eq!(email["recipients"][0]["attempts"], 2);
+    assert_eq!(smtp.received().len(), 1);
+    let types: Vec<_> = app
+        .events(&id)
+        .await
+        .iter()
+        .map(|e| e["type"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(
+        types,
+        ["email.queued", "email.delivery_delayed", "email.sent"]
+    );
+    app.finish().await;
+}
+
+async fn dropped_connection_mid_data_is_retried(backend: Backend) {
+    let smtp = TestSmtp::start(Tls::Starttls).await;
+    let tries = Arc::new(AtomicUsize::new(0));
+    let t = Arc::clone(&tries);
+    smtp.script(move |step| match step {
+        Step::Data { .. } if t.fetch_add(1, Ordering::SeqCst) == 0 => Action::Drop,
+        _ => ok(),
+    });
+    let app = TestApp::spawn(backend, Some(&smtp)).await;
+    let id = app.send(&email_to(&["ada@example.com"])).await;
+    app.drain().await;
+    let r = &app.email(&id).await["recipients"][0];
+    assert_eq!(r["status"], "delivery_delayed");
+    assert_eq!(smtp.received().len(), 0);
+    app.advance(Duration::from_secs(300));
+    app.drain().await;
+    assert_eq!(app.email(&id).await["status"], "sent");
+    assert_eq!(smtp.received().len(), 1);
+    app.finish().await;
+}
+
+async fn a_reply_that_never_comes_times_out(backend: Backend) {
+    let smtp = TestSmtp::start(Tls::Starttls).await;
+    smtp.script(|step| match step {
+        Step::Message { .. } => Action::Hang,
+        _ => ok(),
+    });
+    let app = TestApp::spawn(backend, Some(&smtp)).await;
+    let id = app.send(&email_to(&["ada@example.com"])).await;
+    app.drain().await;
+    let events = app.events(&id).await;
+    let delayed = events
+        .iter()
+        .find(|e| e["type"] == "email.delivery_delayed")
+        .expect("delayed");
+    assert_eq!(delayed["phase"], "data");
+    assert!(
+        delayed["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no reply"),
+        "{delayed}"
+    );
+    app.finish().await;
+}
+
+async fn retries_end_in_a_verdict_at_max_age(backend: Backend) {
+    let smtp = TestSmtp::start(Tls::Starttls).await;
+    smtp.script(|step| match step {
+        Step::Rcpt { .. } => reply(450, "4.2.1 Mailbox busy"),
+        _ => ok(),
+    });
+    let app = TestApp::spawn_with(backend, Some(&smtp), |c| {
+        c.retry.max_age = Duration::from_secs(3600);
+    })
+    .await;
+    let id = app.send(&email_to(&["ada@example.com"])).await;
+    // Retries after 5, 10 and 20 minutes (at 35 minutes in all); the next would come 40
+    // minutes later, past the hour, so the fourth failure is the verdict.
+    let mut attempts = app.drain().await;
+    for minutes in [5, 10, 20] {
+        app.advance(Duration::from_secs(minutes * 60));
+        attempts += app.drain().await;
+    }
+    assert_eq!(attempts, 4);
+    app.advance(Duration::from_secs(24 * 3600));
+    assert_eq!(app.drain().await, 0);
+    let email = app.email(&id).await;
+    let r = &email["recipients"][0];
+    assert_eq!(r["status"], "bounced");
+    assert_eq!(r["bounce"]["type"], "transient");
+    assert_eq!(r["bounce"]["sub_type"], "expired");
+    assert_eq!(r["attempts"], 4);
+    assert_eq!(app.store.count_pending().await.expect("count"), 0);
+    app.finish().await;
+}
+
+async fn relay_that_refuses_connections_ends_in_failed(backend: Backend) {
+    // A port with nothing listening: bind, note the port, close.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let app = TestApp::spawn_with(backend, None, |c| {
+        c.relay_url = format!("smtp://127.0.0.1:{port}?tls=none");
+        c.retry.max_age = Duration::from_secs(600);
+    })
+    .await;
+    let id = app.send(&email_to(&["ada@example.com"])).await;
+    app.drain().await;
+    assert_eq!(
+        app.email(&id).await["recipients"][0]["status"],
+        "delivery_delayed"
+    );
+    app.advance(Duration::from_secs(300));
+    app.drain().await;
+    app.advance(Duration::from_secs(600));
+    app.drain().await;
+    let email = app.email(&id).await;
+    assert_eq!(email["status"], "failed");
+    let events = app.events(&id).await;
+    let failed = events.last().expect("event");
+    assert_eq!(failed["type"], "email.failed");
+    assert_eq!(failed["failure"]["reason"], "expired");
+    app.finish().await;
+}
+
+async fn wrong_relay_password_defers_without_losing_mail(backend: Backend) {
+    let smtp = TestSmtp::start(Tls::Starttls).await;
+    let app = TestApp::spawn_with(backend, Some(&smtp), |c| {
+        c.relay_url = c.relay_url.replace(crate::smtp_server::PASSWORD, "wrong");
+    })
+    .await;
+    let id = app.send(&email_to(&["ada@example.com"])).await;
+    app.drain().await;
+    let events = app.events(&id).await;
+    let delayed = events
+        .iter()
+        .find(|e| e["type"] == "email.delivery_delayed")
+        .expect("delayed");
+    assert_eq!(delayed["phase"], "auth");
+    assert_eq!(delayed["smtp"]["code"], 535);
+    assert!(
+        !delayed.to_string().contains("wrong"),
+        "the password must not leak: {delayed}"
+    );
+    assert!(smtp.received().is_empty());
+    app.finish().await;
+}
+
+async fn tls_required_refuses_a_relay_without_starttls(backend: Backend) {
+    let smtp = TestSmtp::start(Tls::None).await;
+    let app = TestApp::spawn_with(backend, Some(&smtp), |c| {
+        c.relay_url = c.relay_url.replace("tls=none", "tls=required");
+    })
+    .await;
+    let id = app.send(&email_to(&["ada@example.com"])).await;
+    app.drain().await;
+    let events = app.events(&id).await;
+    let delayed = events
+        .iter()
+        .find(|e| e["type"] == "email.delivery_delayed")
+        .expect("delayed");
+    assert_eq!(delayed["phase"], "helo");
+    assert!(
+        delayed["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("STARTTLS")
+    );
+    assert!(
+        smtp.received().is_empty(),
+        "nothing may be sent in the clear"
+    );
+    app.finish().await;
+}
+
+async fn expired_email_fails_without_an_attempt(backend: Backend) {
+    let smtp = TestSmtp::start(Tls::Starttls).await;
+    let app = TestApp::spawn(backend, Some(&smtp)).await;
+    let mut body = email_to(&["ada@example.com"]);
+    let soon = chrono::DateTime::from_timestamp_millis(app.clock_now() + 60_000).expect("time");
+    body["expires_at"] = json!(soon.to_rfc3339());
+    let id = app.send(&body).await;
+    app.advance(Duration::from_secs(61));
+    app.drain().await;
+    let email = app.email(&id).await;
+    assert_eq!(email["status"], "failed");
+    assert_eq!(email["recipients"][0]["attempts"], 0);
+    assert_eq!(
+        smtp.connections(),
+        0,
+        "no connection for mail that is already worthless"
+    );
+    app.finish().await;
+}
+
+async fn connections_are_reused(backend: Backend) {
+    let smtp = TestSmtp::start(Tls::Starttls).await;
+    let app = TestApp::spawn_with(backend, Some(&smtp), |c| c.relay.concurrency = 1).await;
+    for i in 0..5 {
+        app.send(&email_to(&[&format!("user{i}@example.com")]))
+            .await;
+    }
+    assert_eq!(app.drain().await, 5);
+    assert_eq!(smtp.received().len(), 5);
+    assert_eq!(smtp.connections(), 1);
+    app.finish().await;
+}
+
+async fn no_relay_writes_eml_files(backend: Backend) {
+    let app = TestApp::spawn(backend, None).await;
+    let id = app.send(&email_to(&["ada@example.com"])).await;
+    app.drain().await;
+    let files: Vec<_> = std::fs::read_dir(app.outbox.path())
+        .expect("outbox")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+        .collect();
+    assert_eq!(files.len(), 1);
+    let text = std::fs::read_to_string(&files[0]).expect("read");
+    assert!(text.starts_with("Return-Path: <bounces+"));
+    assert!(text.contains("Delivered-To: ada@example.com"));
+    assert_eq!(app.email(&id).await["status"], "sent");
+    app.finish().await;
+}
+
+impl TestApp {
+    fn clock_now(&self) -> i64 {
+        use herald::clock::Clock;
+        self.clock.now_ms()
+    }
+}

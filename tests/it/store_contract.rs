@@ -1,0 +1,289 @@
+//! The store's contract, the same tests on SQLite and Postgres: the queue's claims and
+//! leases, fenced outcome writes, idempotency records, migrations.
+
+use std::collections::HashSet;
+
+use herald::store::{
+    Backend, IdempotencyRecord, NewEmail, NewEvent, NewRecipient, Outcome, Store, StoreError,
+};
+
+use crate::helpers::TestDb;
+use crate::on_both_backends;
+
+on_both_backends!(
+    claims_only_due_recipients_in_order,
+    expired_leases_are_reclaimed_and_fenced,
+    concurrent_claims_never_overlap,
+    idempotency_key_is_unique_with_the_email,
+    migrations_are_idempotent,
+);
+
+const NOW: i64 = 1_800_000_000_000;
+
+async fn store(backend: Backend) -> (Store, TestDb) {
+    let db = TestDb::new(backend).await;
+    let store = Store::open(&db.url, 8).await.expect("open");
+    (store, db)
+}
+
+async fn project(store: &Store) -> String {
+    store.ensure_project("p", NOW).await.expect("project").id
+}
+
+fn email(project_id: &str, recipients: &[(&str, i64)]) -> NewEmail {
+    let id = uuid::Uuid::now_v7().to_string();
+    NewEmail {
+        id: id.clone(),
+        project_id: project_id.to_owned(),
+        api_key_id: None,
+        message_id: format!("<{id}@example.com>"),
+        stream: "transactional".into(),
+        from_email: "a@example.com".into(),
+        from_name: None,
+        reply_to: "[]".into(),
+        subject: "s".into(),
+        tags: "[]".into(),
+        metadata: "{}".into(),
+        text_body: Some("t".into()),
+        html_body: None,
+        mime: b"Subject: s\r\n\r\nt\r\n".to_vec(),
+        created_at: NOW,
+        scheduled_at: None,
+        expires_at: None,
+        recipients: recipients
+            .iter()
+            .enumerate()
+            .map(|(i, (addr, due))| NewRecipient {
+                id: uuid::Uuid::now_v7().to_string(),
+                position: i64::try_from(i).expect("small"),
+                address: (*addr).to_owned(),
+                name: None,
+                kind: "to".into(),
+                status: "queued".into(),
+                next_attempt_at: *due,
+                deadline_at: NOW + 86_400_000,
+            })
+            .collect(),
+        events: vec![],
+    }
+}
+
+fn sent(email_id: &str, project_id: &str, recipient_id: &str, at: i64) -> Outcome {
+    Outcome {
+        recipient_id: recipient_id.to_owned(),
+        email_id: email_id.to_owned(),
+        project_id: project_id.to_owned(),
+        status: "sent".into(),
+        next_attempt_at: at,
+        attempts_delta: 1,
+        smtp_code: Some(250),
+        smtp_enhanced: Some("2.0.0".into()),
+        smtp_response: Some("250 2.0.0 OK".into()),
+        smtp_phase: None,
+        bounce_type: None,
+        bounce_sub_type: None,
+        sent_at: Some(at),
+        event: NewEvent::new(
+            Some(recipient_id),
+            None,
+            "email.sent",
+            serde_json::json!({}),
+            at,
+        ),
+    }
+}
+
+async fn claims_only_due_recipients_in_order(backend: Backend) {
+    let (store, db) = store(backend).await;
+    let p = project(&store).await;
+    let e = email(
+        &p,
+        &[
+            ("late@x.com", NOW + 60_000),
+            ("second@x.com", NOW - 1),
+            ("first@x.com", NOW - 10),
+        ],
+    );
+    store.insert_emails(&[e], None).await.expect("insert");
+    let claimed = store
+        .claim_due_recipients("w1", NOW, 1000, 1)
+        .await
+        .expect("claim");
+    assert_eq!(
+        claimed[0].recipients[0].address, "first@x.com",
+        "oldest due first"
+    );
+    let claimed = store
+        .claim_due_recipients("w1", NOW, 1000, 10)
+        .await
+        .expect("claim");
+    let addrs: Vec<_> = claimed
+        .iter()
+        .flat_map(|e| e.recipients.iter().map(|r| r.address.clone()))
+        .collect();
+    assert_eq!(
+        addrs,
+        ["second@x.com"],
+        "leased and future recipients are not due"
+    );
+    assert_eq!(claimed[0].mime, b"Subject: s\r\n\r\nt\r\n");
+    store.close().await;
+    db.drop_db().await;
+}
+
+async fn expired_leases_are_reclaimed_and_fenced(backend: Backend) {
+    let (store, db) = store(backend).await;
+    let p = project(&store).await;
+    let e = email(&p, &[("a@x.com", NOW)]);
+    let email_id = e.id.clone();
+    store.insert_emails(&[e], None).await.expect("insert");
+    let first = store
+        .claim_due_recipients("dead-worker", NOW, 1000, 10)
+        .await
+        .expect("claim");
+    let rid = first[0].recipients[0].id.clone();
+    assert!(
+        store
+            .claim_due_recipients("w2", NOW + 999, 1000, 10)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    // The lease runs out: another worker takes the recipient over.
+    let again = store
+        .claim_due_recipients("w2", NOW + 1000, 1000, 10)
+        .await
+        .expect("claim");
+    assert_eq!(again[0].recipients[0].id, rid);
+    // The first worker comes back to life: its write is refused.
+    let applied = store
+        .record_outcomes("dead-worker", &[sent(&email_id, &p, &rid, NOW + 1001)])
+        .await
+        .expect("record");
+    assert_eq!(applied, 0);
+    let applied = store
+        .record_outcomes("w2", &[sent(&email_id, &p, &rid, NOW + 1002)])
+        .await
+        .expect("record");
+    assert_eq!(applied, 1);
+    // Final: never claimed again, and a second write is refused.
+    assert!(
+        store
+            .claim_due_recipients("w3", NOW + 10_000_000, 1000, 10)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .record_outcomes("w2", &[sent(&email_id, &p, &rid, NOW + 1003)])
+            .await
+            .expect("record"),
+        0
+    );
+    let events = store
+        .list_email_events(&p, &email_id, None, 10)
+        .await
+        .expect("events");
+    assert_eq!(events.len(), 1, "exactly one sent event: {events:?}");
+    store.close().await;
+    db.drop_db().await;
+}
+
+async fn concurrent_claims_never_overlap(backend: Backend) {
+    let (store, db) = store(backend).await;
+    let p = project(&store).await;
+    let emails: Vec<NewEmail> = (0..200)
+        .map(|i| email(&p, &[(&format!("u{i}@x.com"), NOW)]))
+        .collect();
+    store.insert_emails(&emails, None).await.expect("insert");
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let got = store
+                    .claim_due_recipients(&format!("w{w}"), NOW, 60_000, 7)
+                    .await
+                    .expect("claim");
+                if got.is_empty() {
+                    return mine;
+                }
+                mine.extend(
+                    got.into_iter()
+                        .flat_map(|e| e.recipients.into_iter().map(|r| r.id)),
+                );
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("task"));
+    }
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!(all.len(), 200, "every recipient claimed");
+    assert_eq!(unique.len(), 200, "and none twice");
+    store.close().await;
+    db.drop_db().await;
+}
+
+async fn idempotency_key_is_unique_with_the_email(backend: Backend) {
+    let (store, db) = store(backend).await;
+    let p = project(&store).await;
+    let record = IdempotencyRecord {
+        project_id: p.clone(),
+        method: "POST".into(),
+        path: "/v1/emails".into(),
+        key: "k".into(),
+        fingerprint: vec![1, 2, 3],
+        response_status: 202,
+        response_body: "{\"id\":\"x\"}".into(),
+        created_at: NOW,
+        expires_at: NOW + 1000,
+    };
+    store
+        .insert_emails(&[email(&p, &[("a@x.com", NOW)])], Some(&record))
+        .await
+        .expect("first");
+    let second = store
+        .insert_emails(&[email(&p, &[("b@x.com", NOW)])], Some(&record))
+        .await;
+    assert!(matches!(second, Err(StoreError::Conflict)), "{second:?}");
+    assert_eq!(
+        store.count_pending().await.expect("count"),
+        1,
+        "the second email was rolled back with its key"
+    );
+    let found = store
+        .find_idempotent_response(&p, "POST", "/v1/emails", "k", NOW)
+        .await
+        .expect("find")
+        .expect("some");
+    assert_eq!((found.status, found.fingerprint), (202, vec![1, 2, 3]));
+    // Expired keys are free again.
+    assert!(
+        store
+            .find_idempotent_response(&p, "POST", "/v1/emails", "k", NOW + 1000)
+            .await
+            .expect("find")
+            .is_none()
+    );
+    let mut later = record.clone();
+    later.created_at = NOW + 2000;
+    later.expires_at = NOW + 3000;
+    store
+        .insert_emails(&[email(&p, &[("c@x.com", NOW)])], Some(&later))
+        .await
+        .expect("reuse after expiry");
+    store.close().await;
+    db.drop_db().await;
+}
+
+async fn migrations_are_idempotent(backend: Backend) {
+    let (store, db) = store(backend).await;
+    assert!(store.migrate().await.expect("again").is_empty());
+    store.ping().await.expect("ping");
+    store.close().await;
+    db.drop_db().await;
+}

@@ -6,6 +6,7 @@ file with the envelope in X- headers. Prints its port on stdout once listening."
 import argparse
 import asyncio
 import os
+import socket
 import ssl
 import sys
 import uuid
@@ -16,7 +17,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 def authenticator(server, session, envelope, mechanism, auth_data):
     ok = isinstance(auth_data, LoginPassword) and auth_data.login == b"herald" and auth_data.password == b"s3cret"
-    return AuthResult(success=ok)
+    return AuthResult(success=ok, auth_data=auth_data if ok else None)
 
 
 class Handler:
@@ -44,10 +45,15 @@ def main():
     args = p.parse_args()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(args.cert, args.key)
+    # aiosmtpd's Controller cannot listen on port 0 (it connects to its own port to check that
+    # it started), so take a free port from the kernel first.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     controller = Controller(
         Handler(args.maildir),
         hostname="127.0.0.1",
-        port=0,
+        port=port,
         tls_context=context,
         require_starttls=True,
         authenticator=authenticator,
@@ -55,7 +61,7 @@ def main():
         auth_require_tls=True,
     )
     controller.start()
-    print(controller.server.sockets[0].getsockname()[1], flush=True)
+    print(port, flush=True)
     try:
         asyncio.get_event_loop().run_until_complete(asyncio.Event().wait())
     except KeyboardInterrupt:

@@ -365,6 +365,45 @@ mod tests {
         assert_eq!(duration_text::format(&Duration::from_secs(14_400)), "4h");
     }
 
+    fn from_toml(text: &str) -> Result<Config, figment::Error> {
+        Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = from_toml("relay_ulr = \"smtp://x\"").expect_err("typo refused");
+        assert!(err.to_string().contains("relay_ulr"), "{err}");
+        let err = from_toml("[relay]\nconcurency = 3").expect_err("nested typo refused");
+        assert!(err.to_string().contains("concurency"), "{err}");
+        let ok = from_toml("[relay]\nconcurrency = 3\n[retry]\ninitial = \"30s\"").expect("valid");
+        assert_eq!(ok.relay.concurrency, 3);
+        assert_eq!(ok.retry.initial, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "herald.toml",
+                "listen = \"127.0.0.1:9000\"\n[relay]\nconcurrency = 3",
+            )?;
+            jail.set_env("HERALD_RELAY__CONCURRENCY", "12");
+            jail.set_env("HERALD_DATABASE_URL", "postgres://h@db/herald");
+            let c = Config::load(Some(Path::new("herald.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.listen.port(), 9000);
+            assert_eq!(c.relay.concurrency, 12);
+            assert_eq!(c.database_url, "postgres://h@db/herald");
+            jail.set_env("HERALD_NOT_A_KEY", "1");
+            assert!(
+                Config::load(None).is_err(),
+                "an unknown variable is an error too"
+            );
+            Ok(())
+        });
+    }
+
     #[test]
     fn passwords_are_redacted() {
         let r = redact_url_password("smtps://user:s3cret@relay.example.com:465");

@@ -21,6 +21,7 @@ on_both_backends!(
 );
 on_sqlite!(
     delivers_over_implicit_tls,
+    authenticates_with_auth_login,
     a_reply_that_never_comes_times_out,
     wrong_relay_password_defers_without_losing_mail,
     tls_required_refuses_a_relay_without_starttls,
@@ -80,6 +81,20 @@ async fn delivers_over_implicit_tls(backend: Backend) {
     let id = app.send(&email_to(&["ada@example.com"])).await;
     app.drain().await;
     assert!(smtp.received()[0].tls);
+    assert_eq!(app.email(&id).await["status"], "sent");
+    app.finish().await;
+}
+
+async fn authenticates_with_auth_login(backend: Backend) {
+    let smtp = TestSmtp::start(Tls::Implicit).await;
+    smtp.advertise_auth("LOGIN");
+    let app = TestApp::spawn(backend, Some(&smtp)).await;
+    let id = app.send(&email_to(&["ada@example.com"])).await;
+    app.drain().await;
+    assert_eq!(
+        smtp.received()[0].auth_user.as_deref(),
+        Some(crate::smtp_server::USER)
+    );
     assert_eq!(app.email(&id).await["status"], "sent");
     app.finish().await;
 }

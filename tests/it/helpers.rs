@@ -19,7 +19,7 @@ use crate::smtp_server::TestSmtp;
 
 /// The Postgres server tests create their databases on.
 pub fn postgres_admin_url() -> String {
-    std::env::var("HERALD_TEST_POSTGRES_URL")
+    std::env::var("TEST_HERALD_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 

@@ -1,6 +1,6 @@
 //! Interoperability with an SMTP server nobody here wrote: Python's aiosmtpd with AUTH and
 //! STARTTLS (tests/interop/aiosmtpd_relay.py). `.ci/run` installs it and sets
-//! `HERALD_REQUIRE_INTEROP=1`, so there a missing aiosmtpd is a failure, not a skip.
+//! `TEST_HERALD_REQUIRE_INTEROP=1`, so there a missing aiosmtpd is a failure, not a skip.
 
 use std::process::Stdio;
 
@@ -17,7 +17,7 @@ async fn delivers_to_aiosmtpd_over_starttls_with_auth() {
         .is_ok_and(|s| s.success());
     if !has_aiosmtpd {
         assert!(
-            std::env::var("HERALD_REQUIRE_INTEROP").is_err(),
+            std::env::var("TEST_HERALD_REQUIRE_INTEROP").is_err(),
             "aiosmtpd is not installed"
         );
         eprintln!("skipping: python3 -m pip install aiosmtpd to run this test");

@@ -71,6 +71,8 @@ pub struct Received {
 
 #[derive(Default)]
 struct Shared {
+    /// The AUTH mechanisms advertised in EHLO (empty: "PLAIN LOGIN").
+    auth_mechanisms: Mutex<String>,
     received: Mutex<Vec<Received>>,
     arrived: Notify,
     connections: Mutex<usize>,
@@ -120,6 +122,11 @@ impl TestSmtp {
     /// Replaces the reply script.
     pub fn script(&self, f: impl Fn(&Step) -> Action + Send + Sync + 'static) {
         *self.script.lock().expect("lock") = Arc::new(f);
+    }
+
+    /// Advertises only these AUTH mechanisms (such as "LOGIN").
+    pub fn advertise_auth(&self, mechanisms: &str) {
+        *self.shared.auth_mechanisms.lock().expect("lock") = mechanisms.to_owned();
     }
 
     /// The relay URL Herald should use for this server.
@@ -251,7 +258,13 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 ext.push("250-STARTTLS".into());
             }
             if tls || !offer_starttls {
-                ext.push("250-AUTH PLAIN LOGIN".into());
+                let mechanisms = shared.auth_mechanisms.lock().expect("lock").clone();
+                let mechanisms = if mechanisms.is_empty() {
+                    "PLAIN LOGIN".to_owned()
+                } else {
+                    mechanisms
+                };
+                ext.push(format!("250-AUTH {mechanisms}"));
             }
             ext.push("250 ENHANCEDSTATUSCODES".into());
             io.write_all(format!("{}\r\n", ext.join("\r\n")).as_bytes())

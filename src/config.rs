@@ -365,10 +365,11 @@ mod tests {
         assert_eq!(duration_text::format(&Duration::from_secs(14_400)), "4h");
     }
 
-    fn from_toml(text: &str) -> Result<Config, figment::Error> {
+    fn from_toml(text: &str) -> Result<Config, Box<figment::Error>> {
         Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::string(text))
             .extract()
+            .map_err(Box::new)
     }
 
     #[test]
@@ -383,6 +384,7 @@ mod tests {
     }
 
     #[test]
+    #[expect(clippy::result_large_err, reason = "figment::Jail's closure type")]
     fn environment_overrides_the_file() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(

@@ -16,7 +16,9 @@ use crate::clock::format_ms;
 use crate::domain::email::OutgoingEmail;
 use crate::domain::mime::build_mime;
 use crate::domain::status::{RecipientStatus, aggregate_status};
-use crate::store::{IdempotencyRecord, NewEmail, NewEvent, NewRecipient, RecipientRecord};
+use crate::store::{
+    EmailRecord, IdempotencyRecord, NewEmail, NewEvent, NewRecipient, RecipientRecord,
+};
 
 use super::AppState;
 use super::auth::Principal;
@@ -379,16 +381,27 @@ fn recipient_json(r: &RecipientRecord) -> Value {
     })
 }
 
+/// One of the project's emails, if this key may see it (404 otherwise, so a sending key
+/// cannot learn what another key sent).
+async fn load_email(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> ApiResult<(EmailRecord, Vec<RecipientRecord>)> {
+    let (email, recipients) = state.store.get_email(&principal.project_id, id).await?;
+    if !principal.may_access_email_of(email.api_key_id.as_deref()) {
+        return Err(ApiError::not_found());
+    }
+    Ok((email, recipients))
+}
+
 /// `GET /v1/emails/{id}`.
 pub async fn get_email(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let (email, recipients) = state.store.get_email(&principal.project_id, &id).await?;
-    if !principal.may_access_email_of(email.api_key_id.as_deref()) {
-        return Err(ApiError::not_found());
-    }
+    let (email, recipients) = load_email(&state, &principal, &id).await?;
     let statuses = recipients
         .iter()
         .filter_map(|r| RecipientStatus::parse(&r.status));
@@ -477,10 +490,7 @@ pub async fn cancel_email(
     principal: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let (email, _) = state.store.get_email(&principal.project_id, &id).await?;
-    if !principal.may_access_email_of(email.api_key_id.as_deref()) {
-        return Err(ApiError::not_found());
-    }
+    load_email(&state, &principal, &id).await?;
     let canceled = state
         .store
         .cancel_email(&principal.project_id, &id, state.clock.now_ms())

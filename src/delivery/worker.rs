@@ -19,7 +19,10 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::clock::{Clock, format_ms};
-use crate::domain::bounce::{BounceSubType, BounceType, SmtpReply, classify};
+use crate::domain::bounce::{
+    BounceClass, BounceSubType, BounceType, SmtpPhase, SmtpReply, classify,
+};
+use crate::domain::event::EventType;
 use crate::domain::retry::RetryPolicy;
 use crate::domain::status::RecipientStatus;
 use crate::domain::verp::VerpSigner;
@@ -198,40 +201,33 @@ impl Worker {
                 "attempt": ctx.attempt,
             })
         };
+        let bounced = |reply: SmtpReply, phase: SmtpPhase, class: BounceClass| {
+            let data = json!({
+                "bounce": {
+                    "type": class.kind, "sub_type": class.sub_type, "phase": phase,
+                    "smtp_code": reply.code, "enhanced_status": reply.enhanced_status,
+                    "diagnostic": reply.response, "remote_mta": remote_mta,
+                    "suppressed": false,
+                },
+                "attempt": ctx.attempt,
+            });
+            ctx.outcome(RecipientStatus::Bounced, now)
+                .reply(&reply, phase)
+                .bounce(class)
+                .event(data)
+        };
         match verdict {
             Verdict::Accepted { reply, tls } => {
                 let data = json!({ "smtp": smtp(&reply, Some(tls)) });
-                ctx.outcome(
-                    RecipientStatus::Sent,
-                    now,
-                    now,
-                    Some(&reply),
-                    None,
-                    None,
-                    data,
-                )
-                .sent_at(now)
+                let mut o = ctx
+                    .outcome(RecipientStatus::Sent, now)
+                    .reply(&reply, SmtpPhase::Data);
+                o.sent_at = Some(now);
+                o.event(data)
             }
             Verdict::Rejected { reply, phase } => {
                 let class = classify(&reply);
-                let data = json!({
-                    "bounce": {
-                        "type": class.kind, "sub_type": class.sub_type, "phase": phase,
-                        "smtp_code": reply.code, "enhanced_status": reply.enhanced_status,
-                        "diagnostic": reply.response, "remote_mta": remote_mta,
-                        "suppressed": false,
-                    },
-                    "attempt": ctx.attempt,
-                });
-                ctx.outcome(
-                    RecipientStatus::Bounced,
-                    now,
-                    now,
-                    Some(&reply),
-                    Some(phase.as_str()),
-                    Some((class.kind, class.sub_type)),
-                    data,
-                )
+                bounced(reply, phase, class)
             }
             Verdict::Deferred {
                 reply,
@@ -240,63 +236,42 @@ impl Worker {
             } => {
                 let attempt = u32::try_from(ctx.attempt).unwrap_or(u32::MAX);
                 let unit: f64 = rand::random();
-                match self.retry.next_attempt_at(now, attempt, unit, ctx.deadline) {
-                    Some(next) => {
+                match (
+                    self.retry.next_attempt_at(now, attempt, unit, ctx.deadline),
+                    reply,
+                ) {
+                    (Some(next), reply) => {
                         let data = json!({
                             "smtp": reply.as_ref().map(|r| smtp(r, None)),
                             "phase": phase, "reason": detail, "attempt": ctx.attempt,
                             "next_attempt_at": format_ms(next),
                         });
-                        ctx.outcome(
-                            RecipientStatus::DeliveryDelayed,
-                            now,
-                            next,
-                            reply.as_ref(),
-                            Some(phase.as_str()),
-                            None,
-                            data,
-                        )
+                        let mut o = ctx.outcome(RecipientStatus::DeliveryDelayed, now);
+                        o = match &reply {
+                            Some(r) => o.reply(r, phase),
+                            None => o.phase(phase),
+                        };
+                        o.next_attempt_at = next;
+                        o.event(data)
                     }
                     // Out of time. A relay that kept answering 4xx is a (transient) bounce;
                     // a relay that never answered is Herald's failure to deliver.
-                    None => match reply {
-                        Some(reply) => {
-                            let data = json!({
-                                "bounce": {
-                                    "type": BounceType::Transient, "sub_type": BounceSubType::Expired,
-                                    "phase": phase, "smtp_code": reply.code,
-                                    "enhanced_status": reply.enhanced_status,
-                                    "diagnostic": reply.response, "remote_mta": remote_mta,
-                                    "suppressed": false,
-                                },
-                                "attempt": ctx.attempt,
-                            });
-                            ctx.outcome(
-                                RecipientStatus::Bounced,
-                                now,
-                                now,
-                                Some(&reply),
-                                Some(phase.as_str()),
-                                Some((BounceType::Transient, BounceSubType::Expired)),
-                                data,
-                            )
-                        }
-                        None => {
-                            let data = json!({
-                                "failure": {"reason": "expired", "detail": detail},
-                                "attempt": ctx.attempt,
-                            });
-                            ctx.outcome(
-                                RecipientStatus::Failed,
-                                now,
-                                now,
-                                None,
-                                Some(phase.as_str()),
-                                None,
-                                data,
-                            )
-                        }
-                    },
+                    (None, Some(reply)) => {
+                        let class = BounceClass {
+                            kind: BounceType::Transient,
+                            sub_type: BounceSubType::Expired,
+                        };
+                        bounced(reply, phase, class)
+                    }
+                    (None, None) => {
+                        let data = json!({
+                            "failure": {"reason": "expired", "detail": detail},
+                            "attempt": ctx.attempt,
+                        });
+                        ctx.outcome(RecipientStatus::Failed, now)
+                            .phase(phase)
+                            .event(data)
+                    }
                 }
             }
         }
@@ -322,10 +297,10 @@ impl Worker {
             "failure": {"reason": "expired", "detail": "the email expired before it could be delivered"},
             "attempt": attempts,
         });
-        let mut o = ctx.outcome(RecipientStatus::Failed, now, now, None, None, None, data);
-        // Not an attempt: undo the increment `record_outcomes` applies.
+        let mut o = ctx.outcome(RecipientStatus::Failed, now);
+        // Not an attempt: the attempt count stays as it was.
         o.attempts_delta = 0;
-        o
+        o.event(data)
     }
 }
 
@@ -341,45 +316,63 @@ struct Attempt {
 }
 
 impl Attempt {
-    #[expect(clippy::too_many_arguments, reason = "one flat record of an outcome")]
-    fn outcome(
-        &self,
-        status: RecipientStatus,
-        now: i64,
-        next_attempt_at: i64,
-        reply: Option<&SmtpReply>,
-        phase: Option<&str>,
-        bounce: Option<(BounceType, BounceSubType)>,
-        data: serde_json::Value,
-    ) -> Outcome {
+    /// An outcome moving this recipient to `status` at `now`; the builder methods below add
+    /// the reply, the bounce class and, last, the event's data.
+    fn outcome(&self, status: RecipientStatus, now: i64) -> Outcome {
         Outcome {
             recipient_id: self.recipient_id.clone(),
             email_id: self.email_id.clone(),
             project_id: self.project_id.clone(),
             status: status.as_str().to_owned(),
-            next_attempt_at,
+            next_attempt_at: now,
             attempts_delta: 1,
-            smtp_code: reply.map(|r| i64::from(r.code)),
-            smtp_enhanced: reply.and_then(|r| r.enhanced_status.clone()),
-            smtp_response: reply.map(|r| r.response.clone()),
-            smtp_phase: phase.map(str::to_owned),
-            bounce_type: bounce.map(|b| b.0.as_str().to_owned()),
-            bounce_sub_type: bounce.map(|b| b.1.as_str().to_owned()),
+            smtp_code: None,
+            smtp_enhanced: None,
+            smtp_response: None,
+            smtp_phase: None,
+            bounce_type: None,
+            bounce_sub_type: None,
             sent_at: None,
             event: NewEvent::new(
                 Some(&self.recipient_id),
                 Some(&self.address),
-                crate::domain::event::EventType::for_status(status).as_str(),
-                data,
+                EventType::for_status(status).as_str(),
+                serde_json::Value::Null,
                 now,
             ),
         }
     }
 }
 
-impl Outcome {
-    fn sent_at(mut self, at: i64) -> Self {
-        self.sent_at = Some(at);
+/// Builder steps for the outcome of an attempt.
+trait OutcomeExt {
+    fn reply(self, reply: &SmtpReply, phase: SmtpPhase) -> Self;
+    fn phase(self, phase: SmtpPhase) -> Self;
+    fn bounce(self, class: BounceClass) -> Self;
+    fn event(self, data: serde_json::Value) -> Self;
+}
+
+impl OutcomeExt for Outcome {
+    fn reply(mut self, reply: &SmtpReply, phase: SmtpPhase) -> Self {
+        self.smtp_code = Some(i64::from(reply.code));
+        self.smtp_enhanced.clone_from(&reply.enhanced_status);
+        self.smtp_response = Some(reply.response.clone());
+        self.phase(phase)
+    }
+
+    fn phase(mut self, phase: SmtpPhase) -> Self {
+        self.smtp_phase = Some(phase.as_str().to_owned());
+        self
+    }
+
+    fn bounce(mut self, class: BounceClass) -> Self {
+        self.bounce_type = Some(class.kind.as_str().to_owned());
+        self.bounce_sub_type = Some(class.sub_type.as_str().to_owned());
+        self
+    }
+
+    fn event(mut self, data: serde_json::Value) -> Self {
+        self.event.data = data.to_string();
         self
     }
 }

@@ -96,10 +96,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let dir = std::fs::canonicalize(".")
             .map(|d| d.join(&config.outbox_dir))
             .unwrap_or_else(|_| config.outbox_dir.clone());
-        tracing::warn!("╔══════════════════════════════════════════════════════════════════╗");
-        tracing::warn!("║ NO SMTP RELAY CONFIGURED: mail is written to files, not sent.   ║");
-        tracing::warn!("║ Set HERALD_RELAY_URL=smtps://user:pass@host:465 to send for real. ║");
-        tracing::warn!("╚══════════════════════════════════════════════════════════════════╝");
+        tracing::warn!("************************************************************");
+        tracing::warn!("* NO SMTP RELAY CONFIGURED: mail is written to files, NOT sent *");
+        tracing::warn!("* set HERALD_RELAY_URL=smtps://user:pass@host:465 to send     *");
+        tracing::warn!("************************************************************");
         tracing::warn!(outbox = %dir.display(), "delivering into this directory as .eml files");
     }
     let workers = config.delivery.workers;

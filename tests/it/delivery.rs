@@ -408,3 +408,55 @@ impl TestApp {
         self.clock.now_ms()
     }
 }
+
+/// SIGTERM's path: the shutdown token stops claiming, and a send in flight finishes and is
+/// recorded before `run` returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_deliveries_in_flight() {
+    let smtp = TestSmtp::start(Tls::Starttls).await;
+    let in_flight = Arc::new(tokio::sync::Notify::new());
+    let signal = Arc::clone(&in_flight);
+    smtp.script(move |step| match step {
+        Step::Message { .. } => {
+            signal.notify_one();
+            Action::ReplyAfter(Duration::from_millis(300), 250, "2.0.0 OK".into())
+        }
+        _ => ok(),
+    });
+    let db = crate::helpers::TestDb::new(Backend::Sqlite).await;
+    let outbox = tempfile::tempdir().expect("tempdir");
+    let config = crate::helpers::test_config(&db.url, Some(&smtp), outbox.path());
+    let app = herald::app::App::from_config(config).await.expect("app");
+    let store = app.state.store.clone();
+    let key = crate::helpers::create_key(
+        &store,
+        "alpha",
+        herald::domain::api_key::Permission::FullAccess,
+        0,
+    )
+    .await;
+    let base = format!("http://{}", app.addr);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(app.run(shutdown.clone(), 2));
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/v1/emails"))
+        .bearer_auth(&key)
+        .json(&email_to(&["ada@example.com"]))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), reqwest::StatusCode::ACCEPTED);
+    in_flight.notified().await;
+    shutdown.cancel();
+    running.await.expect("join").expect("clean exit");
+    assert_eq!(smtp.received().len(), 1);
+    let store = herald::store::Store::connect(&db.url, 1)
+        .await
+        .expect("store");
+    assert_eq!(
+        store.count_with_status("sent").await.expect("count"),
+        1,
+        "recorded before exit"
+    );
+    assert_eq!(store.count_pending().await.expect("count"), 0);
+}

@@ -5,6 +5,7 @@ mod helpers;
 mod smtp_server;
 
 mod api_keys;
+mod cli;
 mod crash;
 mod delivery;
 mod emails;

@@ -5,10 +5,12 @@ pub mod api_keys;
 pub mod auth;
 pub mod emails;
 pub mod error;
+pub mod events;
 pub mod health;
 pub mod idempotency;
 pub mod json;
 pub mod request_id;
+pub mod webhooks;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,6 +24,7 @@ use tokio::sync::Notify;
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::domain::sealing::Sealer;
 use crate::store::Store;
 
 use error::ApiError;
@@ -34,6 +37,10 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// Wakes delivery workers when new mail is committed.
     pub wake: Arc<Notify>,
+    /// Wakes the webhook dispatcher when events are committed.
+    pub events_wake: Arc<Notify>,
+    /// Seals and opens secrets kept in the database.
+    pub sealer: Arc<Sealer>,
     pub idempotency: idempotency::InFlight,
     /// When this process last recorded each key's use, so it writes at most once a minute.
     key_touches: Arc<Mutex<HashMap<String, i64>>>,
@@ -44,13 +51,15 @@ impl AppState {
         store: Store,
         config: Arc<Config>,
         clock: Arc<dyn Clock>,
-        wake: Arc<Notify>,
+        sealer: Arc<Sealer>,
     ) -> Self {
         Self {
             store,
             config,
             clock,
-            wake,
+            wake: Arc::new(Notify::new()),
+            events_wake: Arc::new(Notify::new()),
+            sealer,
             idempotency: idempotency::InFlight::default(),
             key_touches: Arc::default(),
         }
@@ -93,6 +102,31 @@ pub fn router(state: AppState) -> Router {
             post(api_keys::create_api_key).get(api_keys::list_api_keys),
         )
         .route("/v1/api-keys/{id}", delete(api_keys::delete_api_key))
+        .route("/v1/events", get(events::list_events))
+        .route("/v1/events/{id}/redeliver", post(events::redeliver_event))
+        .route(
+            "/v1/webhooks",
+            post(webhooks::create_webhook).get(webhooks::list_webhooks),
+        )
+        .route(
+            "/v1/webhooks/{id}",
+            get(webhooks::get_webhook)
+                .patch(webhooks::update_webhook)
+                .delete(webhooks::delete_webhook),
+        )
+        .route(
+            "/v1/webhooks/{id}/secret/rotate",
+            post(webhooks::rotate_secret),
+        )
+        .route("/v1/webhooks/{id}/test", post(webhooks::test_webhook))
+        .route(
+            "/v1/webhooks/{id}/deliveries",
+            get(webhooks::list_deliveries),
+        )
+        .route(
+            "/v1/webhooks/{id}/deliveries/{delivery_id}/retry",
+            post(webhooks::retry_delivery),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(not_found)

@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
@@ -20,14 +19,18 @@ use crate::delivery::mailer::DirectoryMailer;
 use crate::delivery::relay::RelayUrl;
 use crate::delivery::smtp::{SmtpRelay, SmtpSettings};
 use crate::delivery::{Mailer, Worker};
+use crate::domain::sealing::Sealer;
 use crate::domain::verp::VerpSigner;
 use crate::store::Store;
+use crate::webhooks::Dispatcher;
 
 /// A built, not yet running Herald.
 pub struct App {
     pub state: AppState,
     /// A worker configured like the running ones; tests call `run_once` on it.
     pub worker: Worker,
+    /// The webhook dispatcher (tests call `run_once` on it).
+    pub dispatcher: Dispatcher,
     pub listener: TcpListener,
     pub addr: SocketAddr,
 }
@@ -71,7 +74,7 @@ impl App {
         let mailer = Arc::new(mailer(&config)?);
         let key = if config.secret_key.is_empty() {
             store
-                .setting_or_insert("verp_key", || {
+                .setting_or_insert("master_key", || {
                     let bytes: [u8; 32] = rand::random();
                     bytes.iter().map(|b| format!("{b:02x}")).collect()
                 })
@@ -84,6 +87,26 @@ impl App {
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
         let config = Arc::new(config);
+        let sealer = Arc::new(Sealer::new(key.as_bytes()));
+        let state = AppState::new(
+            store.clone(),
+            Arc::clone(&config),
+            Arc::clone(&clock),
+            Arc::clone(&sealer),
+        );
+        let w = &config.webhooks;
+        let client = crate::webhooks::client::build_client(w.timeout, w.allow_private_targets)
+            .context("building the webhook client")?;
+        let dispatcher = Dispatcher::new(
+            store.clone(),
+            Arc::clone(&clock),
+            client,
+            sealer,
+            w.retry_schedule.clone(),
+            w.jitter,
+            w.allow_private_targets,
+            w.concurrency_per_endpoint,
+        );
         let worker = Worker {
             store: store.clone(),
             mailer,
@@ -94,11 +117,12 @@ impl App {
             owner: format!("herald-{}", uuid::Uuid::now_v7()),
             batch_size: config.delivery.batch_size,
             lease: config.delivery.lease,
+            events_wake: Arc::clone(&state.events_wake),
         };
-        let state = AppState::new(store, Arc::clone(&config), clock, Arc::new(Notify::new()));
         Ok(Self {
             state,
             worker,
+            dispatcher,
             listener,
             addr,
         })
@@ -109,7 +133,8 @@ impl App {
         Self::build(config, Arc::new(SystemClock)).await
     }
 
-    /// Serves HTTP and, if `workers` is set, runs that many delivery loops, until `shutdown`.
+    /// Serves HTTP and, if `workers` is set, runs that many delivery loops and the webhook
+    /// dispatcher, until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken, workers: usize) -> anyhow::Result<()> {
         let config = Arc::clone(&self.state.config);
         let tracker = tokio_util::task::TaskTracker::new();
@@ -120,6 +145,13 @@ impl App {
             owners.push(w.owner.clone());
             tracker.spawn(w.run(
                 Arc::clone(&self.state.wake),
+                shutdown.clone(),
+                config.delivery.poll_interval,
+            ));
+        }
+        if workers > 0 {
+            tracker.spawn(self.dispatcher.clone().run(
+                Arc::clone(&self.state.events_wake),
                 shutdown.clone(),
                 config.delivery.poll_interval,
             ));

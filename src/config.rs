@@ -32,6 +32,7 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub retry: RetryConfig,
     pub limits: LimitsConfig,
+    pub webhooks: WebhooksConfig,
     pub log: LogConfig,
 }
 
@@ -48,6 +49,7 @@ impl Default for Config {
             delivery: DeliveryConfig::default(),
             retry: RetryConfig::default(),
             limits: LimitsConfig::default(),
+            webhooks: WebhooksConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -196,6 +198,62 @@ impl LimitsConfig {
     /// The request body cap for one email: base64 inflates attachments by 4/3, plus headroom.
     pub fn max_email_body_bytes(&self) -> usize {
         self.max_message_bytes / 3 * 4 + 1024 * 1024
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Allow endpoints on loopback, private and link-local addresses (receivers on the LAN).
+    pub allow_private_targets: bool,
+    /// Delays before the second, third, … attempt; the first is immediate.
+    #[serde(with = "duration_list")]
+    pub retry_schedule: Vec<Duration>,
+    /// Each delay is moved randomly by up to this fraction.
+    pub jitter: f64,
+    /// Time allowed for one request.
+    #[serde(with = "duration_text")]
+    pub timeout: Duration,
+    /// Requests in flight at once to one endpoint.
+    pub concurrency_per_endpoint: usize,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        let s = |secs| Duration::from_secs(secs);
+        Self {
+            allow_private_targets: false,
+            retry_schedule: vec![
+                s(5),
+                s(300),
+                s(1800),
+                s(7200),
+                s(18_000),
+                s(36_000),
+                s(36_000),
+            ],
+            jitter: 0.1,
+            timeout: s(15),
+            concurrency_per_endpoint: 4,
+        }
+    }
+}
+
+/// A list of durations written as text (`["5s", "5m"]`).
+mod duration_list {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(list: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(list.iter().map(super::duration_text::format))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|t| super::duration_text::parse(t).map_err(serde::de::Error::custom))
+            .collect()
     }
 }
 

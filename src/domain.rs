@@ -10,5 +10,6 @@ pub mod email;
 pub mod event;
 pub mod mime;
 pub mod retry;
+pub mod sealing;
 pub mod status;
 pub mod verp;

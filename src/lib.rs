@@ -16,3 +16,4 @@ pub mod delivery;
 pub mod domain;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;

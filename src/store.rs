@@ -13,6 +13,7 @@ mod emails;
 mod migrate;
 mod projects;
 mod queue;
+mod webhooks;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -21,11 +22,12 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use emails::{
-    EmailRecord, EventRecord, IdempotencyRecord, NewEmail, NewEvent, NewRecipient, RecipientRecord,
-    StoredResponse,
+    EmailRecord, EventFilter, EventRecord, IdempotencyRecord, NewEmail, NewEvent, NewRecipient,
+    RecipientRecord, StoredResponse,
 };
 pub use projects::{ApiKeyRecord, Project};
 pub use queue::{ClaimedEmail, ClaimedRecipient, Outcome};
+pub use webhooks::{AttemptLogRecord, AttemptRecord, DeliveryEmail, DueDelivery, EndpointRecord};
 
 /// Which database the URL named.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -72,10 +72,11 @@ CREATE INDEX recipients_email ON recipients (email_id, position);
 CREATE INDEX recipients_due ON recipients (next_attempt_at)
     WHERE status IN ('scheduled', 'queued', 'delivery_delayed');
 
+-- Append-only timeline. email_id is NULL for events about something else (webhook tests).
 CREATE TABLE events (
     id            TEXT PRIMARY KEY,
     project_id    TEXT NOT NULL,
-    email_id      TEXT NOT NULL,
+    email_id      TEXT,
     recipient_id  TEXT,
     recipient     TEXT,
     type          TEXT NOT NULL,

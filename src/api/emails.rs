@@ -460,25 +460,7 @@ pub async fn list_email_events(
         .await?;
     let has_more = events.len() > usize::try_from(limit).unwrap_or(usize::MAX);
     events.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-    let data: Vec<Value> = events
-        .iter()
-        .map(|e| {
-            let mut v = json!({
-                "object": "event",
-                "id": e.id,
-                "type": e.event_type,
-                "email_id": e.email_id,
-                "recipient": e.recipient,
-                "occurred_at": format_ms(e.created_at),
-            });
-            if let (Value::Object(obj), Ok(Value::Object(extra))) =
-                (&mut v, serde_json::from_str::<Value>(&e.data))
-            {
-                obj.extend(extra);
-            }
-            v
-        })
-        .collect();
+    let data: Vec<Value> = events.iter().map(super::events::event_json).collect();
     Ok(Json(
         json!({"object": "list", "has_more": has_more, "data": data}),
     ))
@@ -495,6 +477,7 @@ pub async fn cancel_email(
         .store
         .cancel_email(&principal.project_id, &id, state.clock.now_ms())
         .await?;
+    state.events_wake.notify_waiters();
     if canceled == 0 {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -52,6 +52,8 @@ pub struct Worker {
     pub owner: String,
     pub batch_size: usize,
     pub lease: Duration,
+    /// Told when outcomes (and so events) are committed, to wake the webhook dispatcher.
+    pub events_wake: Arc<Notify>,
 }
 
 impl Worker {
@@ -95,6 +97,7 @@ impl Worker {
                 let ctx = Attempt {
                     email_id: email.id.clone(),
                     project_id: email.project_id.clone(),
+                    stream: email.stream.clone(),
                     recipient_id: r.id.clone(),
                     address: r.address.clone(),
                     attempt: r.attempts + 1,
@@ -154,6 +157,9 @@ impl Worker {
             return Ok(());
         }
         let applied = self.store.record_outcomes(&self.owner, outcomes).await?;
+        if applied > 0 {
+            self.events_wake.notify_waiters();
+        }
         if applied < outcomes.len() {
             tracing::warn!(
                 lost = outcomes.len() - applied,
@@ -288,6 +294,7 @@ impl Worker {
         let ctx = Attempt {
             email_id: email.id.clone(),
             project_id: email.project_id.clone(),
+            stream: email.stream.clone(),
             recipient_id,
             address: address.to_owned(),
             attempt: attempts,
@@ -308,6 +315,7 @@ impl Worker {
 struct Attempt {
     email_id: String,
     project_id: String,
+    stream: String,
     recipient_id: String,
     address: String,
     /// 1-based number of this attempt.
@@ -323,6 +331,7 @@ impl Attempt {
             recipient_id: self.recipient_id.clone(),
             email_id: self.email_id.clone(),
             project_id: self.project_id.clone(),
+            stream: self.stream.clone(),
             status: status.as_str().to_owned(),
             next_attempt_at: now,
             attempts_delta: 1,

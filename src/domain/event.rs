@@ -48,3 +48,50 @@ impl EventType {
         }
     }
 }
+
+/// Whether an endpoint's event filter takes `event_type`: exact names, `email.*`-style
+/// prefixes, and `*` for everything except `email.queued`, which is noisy and only sent to
+/// endpoints that name it.
+pub fn filter_matches(filter: &[String], event_type: &str) -> bool {
+    filter.iter().any(|f| {
+        f == event_type
+            || (f == "*" && event_type != "email.queued")
+            || f.strip_suffix('*').is_some_and(|prefix| {
+                prefix.ends_with('.')
+                    && event_type.starts_with(prefix)
+                    && event_type != "email.queued"
+            })
+    })
+}
+
+/// The event types an endpoint may subscribe to (besides `*` and `email.*`).
+pub const SUBSCRIBABLE: &[&str] = &[
+    "email.scheduled",
+    "email.queued",
+    "email.sent",
+    "email.delivered",
+    "email.delivery_delayed",
+    "email.bounced",
+    "email.complained",
+    "email.failed",
+    "email.suppressed",
+    "email.canceled",
+    "webhook.test",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_match_names_prefixes_and_star() {
+        let f = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert!(filter_matches(&f(&["email.bounced"]), "email.bounced"));
+        assert!(!filter_matches(&f(&["email.bounced"]), "email.sent"));
+        assert!(filter_matches(&f(&["*"]), "email.sent"));
+        assert!(!filter_matches(&f(&["*"]), "email.queued"));
+        assert!(filter_matches(&f(&["email.queued"]), "email.queued"));
+        assert!(filter_matches(&f(&["email.*"]), "email.failed"));
+        assert!(!filter_matches(&f(&["email.*"]), "webhook.test"));
+    }
+}

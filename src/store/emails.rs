@@ -4,6 +4,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 use uuid::Uuid;
 
+use super::webhooks::{Outbox, enqueue_deliveries};
 use super::{Store, StoreError, StoreResult};
 
 /// An accepted email with its recipients and first events, as the API prepared it.
@@ -134,10 +135,20 @@ pub struct RecipientRecord {
     pub last_event_at: i64,
 }
 
+/// Filters of the event feed; `None` means any.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub after: Option<String>,
+    pub event_type: Option<String>,
+    pub recipient: Option<String>,
+    pub email_id: Option<String>,
+    pub created_after: Option<i64>,
+}
+
 #[derive(Debug, Clone)]
 pub struct EventRecord {
     pub id: String,
-    pub email_id: String,
+    pub email_id: Option<String>,
     pub recipient: Option<String>,
     pub event_type: String,
     pub data: String,
@@ -200,10 +211,13 @@ fn event_from_row(r: &AnyRow) -> StoreResult<EventRecord> {
     })
 }
 
+/// Inserts an event and, in the same transaction, the webhook deliveries that announce it.
 pub(super) async fn insert_event(
     tx: &mut Transaction<'static, Any>,
+    outbox: &mut Outbox,
     project_id: &str,
     email_id: &str,
+    stream: &str,
     e: &NewEvent,
 ) -> StoreResult<()> {
     sqlx::query(
@@ -220,10 +234,14 @@ pub(super) async fn insert_event(
     .bind(e.created_at)
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    enqueue_deliveries(tx, outbox, project_id, Some(stream), e).await
 }
 
-async fn insert_one(tx: &mut Transaction<'static, Any>, e: &NewEmail) -> StoreResult<()> {
+async fn insert_one(
+    tx: &mut Transaction<'static, Any>,
+    outbox: &mut Outbox,
+    e: &NewEmail,
+) -> StoreResult<()> {
     sqlx::query(
         "INSERT INTO emails (id, project_id, api_key_id, message_id, stream, from_email, \
          from_name, reply_to, subject, tags, metadata, text_body, html_body, mime, mime_size, \
@@ -271,7 +289,7 @@ async fn insert_one(tx: &mut Transaction<'static, Any>, e: &NewEmail) -> StoreRe
         .await?;
     }
     for ev in &e.events {
-        insert_event(tx, &e.project_id, &e.id, ev).await?;
+        insert_event(tx, outbox, &e.project_id, &e.id, &e.stream, ev).await?;
     }
     Ok(())
 }
@@ -316,8 +334,9 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        let mut outbox = Outbox::default();
         for e in emails {
-            insert_one(&mut tx, e).await?;
+            insert_one(&mut tx, &mut outbox, e).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -404,6 +423,31 @@ impl Store {
         rows.iter().map(event_from_row).collect()
     }
 
+    /// The project's event feed, oldest first, after the event id `after`.
+    pub async fn list_events(
+        &self,
+        project_id: &str,
+        filter: &EventFilter,
+        limit: i64,
+    ) -> StoreResult<Vec<EventRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, email_id, recipient, type, data, created_at FROM events \
+             WHERE project_id = $1 AND id > $2 AND ($3 = '' OR type = $3) \
+             AND ($4 = '' OR recipient = $4) AND ($5 = '' OR email_id = $5) \
+             AND created_at >= $6 ORDER BY id LIMIT $7",
+        )
+        .bind(project_id)
+        .bind(filter.after.as_deref().unwrap_or(""))
+        .bind(filter.event_type.as_deref().unwrap_or(""))
+        .bind(filter.recipient.as_deref().unwrap_or(""))
+        .bind(filter.email_id.as_deref().unwrap_or(""))
+        .bind(filter.created_after.unwrap_or(i64::MIN))
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
     /// Cancels every recipient of the email that is still waiting and not held by a worker.
     /// Returns how many were canceled; `NotFound` if the project has no such email.
     pub async fn cancel_email(
@@ -413,14 +457,14 @@ impl Store {
         now_ms: i64,
     ) -> StoreResult<usize> {
         let mut tx = self.write.begin().await?;
-        let exists = sqlx::query("SELECT 1 FROM emails WHERE project_id = $1 AND id = $2")
-            .bind(project_id)
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_none() {
-            return Err(StoreError::NotFound);
-        }
+        let stream: String =
+            sqlx::query_scalar("SELECT stream FROM emails WHERE project_id = $1 AND id = $2")
+                .bind(project_id)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+        let mut outbox = Outbox::default();
         let rows = sqlx::query(
             "UPDATE recipients SET status = 'canceled', lease_owner = NULL, \
              lease_expires_at = NULL, last_event_at = $1 \
@@ -441,7 +485,7 @@ impl Store {
                 serde_json::json!({}),
                 now_ms,
             );
-            insert_event(&mut tx, project_id, id, &ev).await?;
+            insert_event(&mut tx, &mut outbox, project_id, id, &stream, &ev).await?;
         }
         tx.commit().await?;
         Ok(rows.len())

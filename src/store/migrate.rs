@@ -13,12 +13,20 @@ struct Migration {
     postgres: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "core",
-    sqlite: include_str!("../../migrations/sqlite/0001_core.sql"),
-    postgres: include_str!("../../migrations/postgres/0001_core.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "core",
+        sqlite: include_str!("../../migrations/sqlite/0001_core.sql"),
+        postgres: include_str!("../../migrations/postgres/0001_core.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "webhooks",
+        sqlite: include_str!("../../migrations/sqlite/0002_webhooks.sql"),
+        postgres: include_str!("../../migrations/postgres/0002_webhooks.sql"),
+    },
+];
 
 /// An arbitrary constant: the advisory lock id Herald's migrations hold on Postgres.
 const PG_MIGRATION_LOCK: i64 = 0x4845_5241_4c44;

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use sqlx::Row;
 
 use super::emails::{NewEvent, insert_event};
+use super::webhooks::Outbox;
 use super::{Backend, Store, StoreResult, placeholders};
 
 /// A recipient a worker now holds.
@@ -28,6 +29,7 @@ pub struct ClaimedRecipient {
 pub struct ClaimedEmail {
     pub id: String,
     pub project_id: String,
+    pub stream: String,
     pub mime: Vec<u8>,
     pub expires_at: Option<i64>,
     pub recipients: Vec<ClaimedRecipient>,
@@ -39,6 +41,7 @@ pub struct Outcome {
     pub recipient_id: String,
     pub email_id: String,
     pub project_id: String,
+    pub stream: String,
     pub status: String,
     pub next_attempt_at: i64,
     /// 1 for an SMTP attempt, 0 for a verdict reached without one (expired before sending).
@@ -110,7 +113,7 @@ impl Store {
         }
         let ids: Vec<&String> = by_email.keys().collect();
         let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT id, project_id, mime, expires_at FROM emails WHERE id IN ({})",
+            "SELECT id, project_id, mime, expires_at, stream FROM emails WHERE id IN ({})",
             placeholders(1, ids.len())
         ));
         let mut q = sqlx::query(sql);
@@ -127,6 +130,7 @@ impl Store {
                 project_id: r.try_get(1)?,
                 mime: r.try_get::<Option<Vec<u8>>, _>(2)?.unwrap_or_default(),
                 expires_at: r.try_get(3)?,
+                stream: r.try_get(4)?,
                 recipients,
             });
         }
@@ -137,6 +141,7 @@ impl Store {
     /// lease; returns how many were applied (the rest had lost their lease).
     pub async fn record_outcomes(&self, owner: &str, outcomes: &[Outcome]) -> StoreResult<usize> {
         let mut tx = self.write.begin().await?;
+        let mut outbox = Outbox::default();
         let mut applied = 0;
         for o in outcomes {
             let done = sqlx::query(
@@ -164,7 +169,15 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             if done.rows_affected() == 1 {
-                insert_event(&mut tx, &o.project_id, &o.email_id, &o.event).await?;
+                insert_event(
+                    &mut tx,
+                    &mut outbox,
+                    &o.project_id,
+                    &o.email_id,
+                    &o.stream,
+                    &o.event,
+                )
+                .await?;
                 applied += 1;
             }
         }

@@ -11,6 +11,7 @@ use herald::config::Config;
 use herald::delivery::{RunOutcome, Worker};
 use herald::domain::api_key::{ApiKeyToken, Permission};
 use herald::store::{ApiKeyRecord, Backend, Store};
+use herald::webhooks::Dispatcher;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -87,6 +88,7 @@ pub struct TestApp {
     /// A full_access key of project "alpha".
     pub key: String,
     pub worker: Worker,
+    pub dispatcher: Dispatcher,
     pub clock: ManualClock,
     pub store: Store,
     pub outbox: tempfile::TempDir,
@@ -113,6 +115,9 @@ pub fn test_config(db_url: &str, relay: Option<&TestSmtp>, outbox: &std::path::P
     c.relay.data_timeout = Duration::from_secs(2);
     c.relay.connect_timeout = Duration::from_secs(2);
     c.retry.jitter = 0.0;
+    c.webhooks.allow_private_targets = true;
+    c.webhooks.jitter = 0.0;
+    c.webhooks.timeout = Duration::from_secs(1);
     c
 }
 
@@ -137,6 +142,7 @@ impl TestApp {
         let base = format!("http://{}", app.addr);
         let store = app.state.store.clone();
         let worker = app.worker.clone();
+        let dispatcher = app.dispatcher.clone();
         let key = create_key(&store, "alpha", Permission::FullAccess, clock.now_ms()).await;
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(app.run(shutdown.clone(), 0));
@@ -145,6 +151,7 @@ impl TestApp {
             http: reqwest::Client::new(),
             key,
             worker,
+            dispatcher,
             clock,
             store,
             outbox,
@@ -159,6 +166,17 @@ impl TestApp {
         let mut total = 0;
         loop {
             match self.worker.run_once().await.expect("delivery step") {
+                RunOutcome::Worked(n) => total += n,
+                RunOutcome::Idle => return total,
+            }
+        }
+    }
+
+    /// Runs webhook dispatch steps until nothing is due; returns how many attempts were made.
+    pub async fn dispatch(&self) -> usize {
+        let mut total = 0;
+        loop {
+            match self.dispatcher.run_once().await.expect("dispatch step") {
                 RunOutcome::Worked(n) => total += n,
                 RunOutcome::Idle => return total,
             }

@@ -10,7 +10,9 @@ mod crash;
 mod delivery;
 mod emails;
 mod interop;
+mod receiver;
 mod store_contract;
+mod webhooks;
 
 /// Runs an `async fn(Backend)` test once on SQLite and once on Postgres.
 #[macro_export]

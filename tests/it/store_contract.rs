@@ -73,6 +73,7 @@ fn sent(email_id: &str, project_id: &str, recipient_id: &str, at: i64) -> Outcom
         recipient_id: recipient_id.to_owned(),
         email_id: email_id.to_owned(),
         project_id: project_id.to_owned(),
+        stream: "transactional".into(),
         status: "sent".into(),
         next_attempt_at: at,
         attempts_delta: 1,

@@ -1,0 +1,112 @@
+//! `GET /v1/events`: the project's event feed, a cursor over time-ordered event ids, for
+//! reconciliation when a webhook was missed; `POST /v1/events/{id}/redeliver`.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::clock::format_ms;
+use crate::store::{EventFilter, EventRecord};
+
+use super::AppState;
+use super::auth::Principal;
+use super::error::{ApiError, ApiResult};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    #[serde(default, rename = "type")]
+    event_type: Option<String>,
+    #[serde(default)]
+    recipient: Option<String>,
+    #[serde(default)]
+    email_id: Option<String>,
+    #[serde(default)]
+    after: Option<String>,
+    #[serde(default)]
+    created_after: Option<String>,
+    #[serde(default)]
+    limit: Option<i64>,
+}
+
+/// One event as the API shows it: its own fields plus its type-specific data.
+pub fn event_json(e: &EventRecord) -> Value {
+    let mut v = json!({
+        "object": "event",
+        "id": e.id,
+        "type": e.event_type,
+        "email_id": e.email_id,
+        "recipient": e.recipient,
+        "occurred_at": format_ms(e.created_at),
+    });
+    if let (Value::Object(obj), Ok(Value::Object(extra))) =
+        (&mut v, serde_json::from_str::<Value>(&e.data))
+    {
+        obj.extend(extra);
+    }
+    v
+}
+
+/// `GET /v1/events`.
+pub async fn list_events(
+    State(state): State<AppState>,
+    principal: Principal,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    principal.require_full_access()?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "limit must be between 1 and 100",
+        ));
+    }
+    let created_after = match q.created_after.as_deref() {
+        None => None,
+        Some(t) => Some(
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map_err(|_| {
+                    ApiError::bad_request("invalid_query", "created_after must be an RFC 3339 time")
+                })?
+                .timestamp_millis(),
+        ),
+    };
+    let filter = EventFilter {
+        after: q.after,
+        event_type: q.event_type,
+        recipient: q.recipient,
+        email_id: q.email_id,
+        created_after,
+    };
+    let mut events = state
+        .store
+        .list_events(&principal.project_id, &filter, limit + 1)
+        .await?;
+    let has_more = events.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+    events.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let data: Vec<Value> = events.iter().map(event_json).collect();
+    Ok(Json(
+        json!({"object": "list", "has_more": has_more, "data": data}),
+    ))
+}
+
+/// `POST /v1/events/{id}/redeliver`: queue the event again for every endpoint that takes it.
+pub async fn redeliver_event(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    principal.require_full_access()?;
+    let n = state
+        .store
+        .redeliver_event(&principal.project_id, &id, state.clock.now_ms())
+        .await?;
+    state.events_wake.notify_waiters();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"object": "event", "id": id, "deliveries": n})),
+    ))
+}

@@ -1,0 +1,436 @@
+//! `/v1/webhooks`: endpoints, secret rotation, test sends, the attempt log and manual retries.
+//! Full-access keys only; secrets are shown to them on create, get and rotate.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::clock::format_ms;
+use crate::domain::event::SUBSCRIBABLE;
+use crate::store::EndpointRecord;
+use crate::webhooks::client::{TargetError, check_target};
+use crate::webhooks::signing::generate_secret;
+
+use super::AppState;
+use super::auth::Principal;
+use super::error::{ApiError, ApiResult, FieldError};
+use super::json::JsonBody;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhookRequest {
+    url: String,
+    events: Vec<String>,
+    #[serde(default)]
+    streams: Option<Vec<String>>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateWebhookRequest {
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    events: Option<Vec<String>>,
+    #[serde(default)]
+    streams: Option<Vec<String>>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {
+    #[serde(default)]
+    grace_period_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttemptsQuery {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    limit: Option<i64>,
+    #[serde(default)]
+    before: Option<String>,
+}
+
+const MAX_GRACE_SECONDS: u64 = 7 * 86_400;
+
+fn webhook_json(state: &AppState, e: &EndpointRecord, with_secret: bool) -> ApiResult<Value> {
+    let mut v = json!({
+        "object": "webhook",
+        "id": e.id,
+        "url": e.url,
+        "events": e.event_types,
+        "streams": e.streams,
+        "description": e.description,
+        "status": e.status,
+        "disabled_reason": e.disabled_reason,
+        "created_at": format_ms(e.created_at),
+        "updated_at": format_ms(e.updated_at),
+    });
+    if with_secret {
+        let secret = state
+            .sealer
+            .open(&e.secret)
+            .map_err(|err| ApiError::internal(&err))?;
+        v["secret"] = Value::String(secret);
+    }
+    Ok(v)
+}
+
+async fn check_url(state: &AppState, url: &str, errors: &mut Vec<FieldError>) {
+    match check_target(url, state.config.webhooks.allow_private_targets).await {
+        Ok(_) => {}
+        Err(e @ TargetError::InvalidUrl) => {
+            errors.push(FieldError::new("/url", "invalid_url", e.to_string()))
+        }
+        Err(e) => errors.push(FieldError::new("/url", "forbidden_target", e.to_string())),
+    }
+}
+
+fn check_events(events: &[String], errors: &mut Vec<FieldError>) {
+    if events.is_empty() {
+        errors.push(FieldError::new(
+            "/events",
+            "validation_error",
+            "name at least one event type, or \"*\"",
+        ));
+    }
+    for (i, e) in events.iter().enumerate() {
+        if !(e == "*" || e == "email.*" || SUBSCRIBABLE.contains(&e.as_str())) {
+            errors.push(FieldError::new(
+                format!("/events/{i}"),
+                "invalid_event_type",
+                format!("'{e}' is not an event type"),
+            ));
+        }
+    }
+}
+
+fn check_streams(state: &AppState, streams: &[String], errors: &mut Vec<FieldError>) {
+    for (i, s) in streams.iter().enumerate() {
+        if !state.config.streams.contains(s) {
+            errors.push(FieldError::new(
+                format!("/streams/{i}"),
+                "invalid_stream",
+                format!("'{s}' is not a configured stream"),
+            ));
+        }
+    }
+}
+
+fn check_description(d: Option<&str>, errors: &mut Vec<FieldError>) {
+    if d.is_some_and(|d| d.chars().count() > 200 || d.chars().any(char::is_control)) {
+        errors.push(FieldError::new(
+            "/description",
+            "validation_error",
+            "at most 200 printable characters",
+        ));
+    }
+}
+
+/// `POST /v1/webhooks`.
+pub async fn create_webhook(
+    State(state): State<AppState>,
+    principal: Principal,
+    JsonBody(req): JsonBody<CreateWebhookRequest>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    principal.require_full_access()?;
+    let mut errors = Vec::new();
+    check_url(&state, &req.url, &mut errors).await;
+    check_events(&req.events, &mut errors);
+    let streams = req.streams.unwrap_or_default();
+    check_streams(&state, &streams, &mut errors);
+    check_description(req.description.as_deref(), &mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let now = state.clock.now_ms();
+    let record = EndpointRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        project_id: principal.project_id.clone(),
+        url: req.url,
+        description: req.description,
+        event_types: req.events,
+        streams,
+        status: "enabled".into(),
+        disabled_reason: None,
+        secret: state.sealer.seal(&generate_secret()),
+        previous_secret: None,
+        previous_secret_expires_at: None,
+        created_at: now,
+        updated_at: now,
+    };
+    state.store.insert_webhook_endpoint(&record).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(webhook_json(&state, &record, true)?),
+    ))
+}
+
+/// `GET /v1/webhooks`.
+pub async fn list_webhooks(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> ApiResult<Json<Value>> {
+    principal.require_full_access()?;
+    let list = state
+        .store
+        .list_webhook_endpoints(&principal.project_id)
+        .await?;
+    let data = list
+        .iter()
+        .map(|e| webhook_json(&state, e, false))
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok(Json(
+        json!({"object": "list", "has_more": false, "data": data}),
+    ))
+}
+
+/// `GET /v1/webhooks/{id}`.
+pub async fn get_webhook(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    principal.require_full_access()?;
+    let e = state
+        .store
+        .get_webhook_endpoint(&principal.project_id, &id)
+        .await?;
+    Ok(Json(webhook_json(&state, &e, true)?))
+}
+
+/// `PATCH /v1/webhooks/{id}`: change the URL, filters, description, or enable/disable.
+pub async fn update_webhook(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<UpdateWebhookRequest>,
+) -> ApiResult<Json<Value>> {
+    principal.require_full_access()?;
+    let mut e = state
+        .store
+        .get_webhook_endpoint(&principal.project_id, &id)
+        .await?;
+    let mut errors = Vec::new();
+    if let Some(url) = req.url {
+        check_url(&state, &url, &mut errors).await;
+        e.url = url;
+    }
+    if let Some(events) = req.events {
+        check_events(&events, &mut errors);
+        e.event_types = events;
+    }
+    if let Some(streams) = req.streams {
+        check_streams(&state, &streams, &mut errors);
+        e.streams = streams;
+    }
+    if req.description.is_some() {
+        check_description(req.description.as_deref(), &mut errors);
+        e.description = req.description;
+    }
+    match req.status.as_deref() {
+        None => {}
+        Some("enabled") => {
+            e.status = "enabled".into();
+            e.disabled_reason = None;
+        }
+        Some("disabled") => {
+            e.status = "disabled".into();
+            e.disabled_reason = Some("disabled by the operator".into());
+        }
+        Some(_) => errors.push(FieldError::new(
+            "/status",
+            "validation_error",
+            "status must be enabled or disabled",
+        )),
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    e.updated_at = state.clock.now_ms();
+    state.store.update_webhook_endpoint(&e).await?;
+    Ok(Json(webhook_json(&state, &e, false)?))
+}
+
+/// `DELETE /v1/webhooks/{id}`.
+pub async fn delete_webhook(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    principal.require_full_access()?;
+    state
+        .store
+        .delete_webhook_endpoint(&principal.project_id, &id, state.clock.now_ms())
+        .await?;
+    Ok(Json(
+        json!({"object": "webhook", "id": id, "deleted": true}),
+    ))
+}
+
+/// `POST /v1/webhooks/{id}/secret/rotate`: a new secret; the old one keeps signing (a second
+/// `v1,` signature) for the grace period.
+pub async fn rotate_secret(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    principal.require_full_access()?;
+    // The body is optional: none at all means the default grace period.
+    let req: RotateRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateRequest {
+            grace_period_seconds: None,
+        }
+    } else {
+        super::json::parse(&body, "")?
+    };
+    let grace = req.grace_period_seconds.unwrap_or(86_400);
+    if grace > MAX_GRACE_SECONDS {
+        return Err(ApiError::validation(vec![FieldError::new(
+            "/grace_period_seconds",
+            "validation_error",
+            format!("at most {MAX_GRACE_SECONDS} seconds"),
+        )]));
+    }
+    let mut e = state
+        .store
+        .get_webhook_endpoint(&principal.project_id, &id)
+        .await?;
+    let now = state.clock.now_ms();
+    e.previous_secret = Some(std::mem::replace(
+        &mut e.secret,
+        state.sealer.seal(&generate_secret()),
+    ));
+    e.previous_secret_expires_at = Some(now + i64::try_from(grace * 1000).unwrap_or(i64::MAX));
+    e.updated_at = now;
+    state.store.update_webhook_endpoint(&e).await?;
+    let mut v = webhook_json(&state, &e, true)?;
+    v["previous_secret_expires_at"] = json!(e.previous_secret_expires_at.map(format_ms));
+    Ok(Json(v))
+}
+
+/// `POST /v1/webhooks/{id}/test`: sends a `webhook.test` event to this endpoint.
+pub async fn test_webhook(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    principal.require_full_access()?;
+    state
+        .store
+        .get_webhook_endpoint(&principal.project_id, &id)
+        .await?;
+    let (event_id, delivery_id) = state
+        .store
+        .create_test_delivery(&principal.project_id, &id, state.clock.now_ms())
+        .await?;
+    state.events_wake.notify_waiters();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(
+            json!({"object": "webhook_delivery", "id": delivery_id, "event_id": event_id, "status": "pending"}),
+        ),
+    ))
+}
+
+/// `GET /v1/webhooks/{id}/deliveries`: the attempt log, newest first.
+pub async fn list_deliveries(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    query: Result<Query<AttemptsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    principal.require_full_access()?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    state
+        .store
+        .get_webhook_endpoint(&principal.project_id, &id)
+        .await?;
+    let succeeded = match q.status.as_deref() {
+        None => None,
+        Some("succeeded") => Some(true),
+        Some("failed") => Some(false),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "status must be succeeded or failed",
+            ));
+        }
+    };
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "limit must be between 1 and 100",
+        ));
+    }
+    let mut rows = state
+        .store
+        .list_webhook_attempts(&id, succeeded, q.before.as_deref(), limit + 1)
+        .await?;
+    let has_more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let data: Vec<Value> = rows
+        .iter()
+        .map(|a| {
+            json!({
+                "object": "webhook_attempt",
+                "id": a.id,
+                "delivery_id": a.delivery_id,
+                "event_id": a.event_id,
+                "attempt": a.attempt,
+                "status": if a.succeeded { "succeeded" } else { "failed" },
+                "status_code": a.status_code,
+                "response_body": a.response_body,
+                "error": a.error,
+                "duration_ms": a.duration_ms,
+                "attempted_at": format_ms(a.attempted_at),
+                "next_attempt_at": a.next_attempt_at.map(format_ms),
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({"object": "list", "has_more": has_more, "data": data}),
+    ))
+}
+
+/// `POST /v1/webhooks/{id}/deliveries/{delivery_id}/retry`.
+pub async fn retry_delivery(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path((id, delivery_id)): Path<(String, String)>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    principal.require_full_access()?;
+    let e = state
+        .store
+        .get_webhook_endpoint(&principal.project_id, &id)
+        .await?;
+    if e.status != "enabled" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_state",
+            "the endpoint is not enabled",
+        ));
+    }
+    state
+        .store
+        .retry_webhook_delivery(&id, &delivery_id, state.clock.now_ms())
+        .await?;
+    state.events_wake.notify_waiters();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"object": "webhook_delivery", "id": delivery_id, "status": "pending"})),
+    ))
+}

@@ -1,0 +1,631 @@
+//! Webhooks end to end: a real receiver, signed deliveries, retries on schedule through an
+//! outage (driven by the manual clock), 410, give-up, rotation, SSRF, filters, replay, and a
+//! third-party Standard Webhooks library verifying what Herald sent.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use base64::Engine;
+use herald::store::Backend;
+use hmac::{Hmac, Mac};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use crate::helpers::{TestApp, email_to};
+use crate::receiver::{Hit, Mode, Receiver};
+use crate::smtp_server::{Step, TestSmtp, Tls, ok, reply};
+use crate::{on_both_backends, on_sqlite};
+
+on_both_backends!(every_event_arrives_through_an_outage, filters_and_outbox);
+on_sqlite!(
+    gone_disables_the_endpoint,
+    failing_past_the_schedule_disables_the_endpoint,
+    retry_after_is_honoured,
+    rotation_signs_with_both_secrets,
+    refuses_private_targets,
+    test_send_replay_and_manual_retry,
+    management_and_secrets,
+    standard_webhooks_library_verifies_deliveries,
+);
+
+/// Checks a delivery's signature with an HMAC computed here, not by Herald's signer.
+fn valid_signatures(hit: &Hit, secret: &str) -> usize {
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(&secret[6..])
+        .expect("secret");
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("key");
+    mac.update(format!("{}.{}.{}", hit.id, hit.timestamp, hit.body).as_bytes());
+    let expected = format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    );
+    hit.signature.split(' ').filter(|s| *s == expected).count()
+}
+
+async fn create_webhook(app: &TestApp, url: &str, events: Value) -> (String, String) {
+    let (s, v, _) = app
+        .post(
+            "/v1/webhooks",
+            &app.key,
+            &json!({"url": url, "events": events}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    (
+        v["id"].as_str().expect("id").to_owned(),
+        v["secret"].as_str().expect("secret").to_owned(),
+    )
+}
+
+async fn every_event_arrives_through_an_outage(backend: Backend) {
+    let smtp = TestSmtp::start(Tls::Starttls).await;
+    let mut receiver = Receiver::start().await;
+    let app = TestApp::spawn(backend, Some(&smtp)).await;
+    let (hook, secret) = create_webhook(&app, &receiver.url(), json!(["*"])).await;
+    receiver.stop();
+
+    let mut emails = Vec::new();
+    for i in 0..5 {
+        emails.push(app.send(&email_to(&[&format!("u{i}@example.com")])).await);
+    }
+    app.drain().await;
+    assert_eq!(
+        app.store.count_pending_webhooks().await.expect("count"),
+        5,
+        "one sent event each"
+    );
+
+    // Down: connection refused.
+    assert_eq!(app.dispatch().await, 5);
+    // Slow: the receiver answers after Herald's 1 s timeout. Next attempt 5 s later.
+    receiver.restart().await;
+    receiver.set(Mode::Slow(Duration::from_secs(3)));
+    app.advance(Duration::from_millis(4_999));
+    assert_eq!(app.dispatch().await, 0, "not before the 5 s retry");
+    app.advance(Duration::from_millis(1));
+    assert_eq!(app.dispatch().await, 5);
+    // 500s. Next attempt 5 minutes later.
+    receiver.set(Mode::Status(500));
+    app.advance(Duration::from_secs(300));
+    assert_eq!(app.dispatch().await, 5);
+    // Recovered. Next attempt 30 minutes later.
+    receiver.set(Mode::Status(200));
+    app.advance(Duration::from_secs(1800));
+    assert_eq!(app.dispatch().await, 5);
+    app.advance(Duration::from_secs(86_400));
+    assert_eq!(app.dispatch().await, 0, "nothing left to send");
+    assert_eq!(app.store.count_pending_webhooks().await.expect("count"), 0);
+
+    let hits = receiver.hits();
+    let delivered: Vec<&Hit> = hits
+        .iter()
+        .filter(|h| h.answered == 200 && h.body.contains("email.sent"))
+        .collect();
+    let mut per_id: HashMap<&str, usize> = HashMap::new();
+    for h in &hits {
+        assert_eq!(
+            valid_signatures(h, &secret),
+            1,
+            "every request is signed: {h:?}"
+        );
+        *per_id.entry(h.id.as_str()).or_default() += 1;
+    }
+    // Slow (timed out but received), 500, 200: three requests per event reached the receiver.
+    assert!(per_id.values().all(|n| *n == 3), "{per_id:?}");
+    let ok_ids: std::collections::HashSet<&str> = hits
+        .iter()
+        .filter(|h| h.answered == 200 && !h.body.is_empty())
+        .map(|h| h.id.as_str())
+        .collect();
+    assert_eq!(ok_ids.len(), 5);
+    for (email, h) in emails.iter().zip(delivered.iter()) {
+        let body: Value = serde_json::from_str(&h.body).expect("json");
+        assert_eq!(body["type"], "email.sent");
+        assert!(
+            emails.contains(
+                &body["data"]["email_id"]
+                    .as_str()
+                    .expect("email_id")
+                    .to_owned()
+            ),
+            "{email}"
+        );
+        assert_eq!(body["data"]["from"], "Acme <orders@acme.com>");
+        assert_eq!(body["data"]["smtp"]["code"], 250);
+    }
+    println!(
+        "webhook outage test ({backend:?}): events 5, requests received {}, delivered {}, duplicates among successes {}",
+        hits.len(),
+        ok_ids.len(),
+        hits.iter()
+            .filter(|h| h.answered == 200 && !h.body.is_empty())
+            .count()
+            - ok_ids.len()
+    );
+
+    // The attempt log tells the story, newest first, with the schedule's delays.
+    let (_, log) = app
+        .get(
+            &format!("/v1/webhooks/{hook}/deliveries?limit=100"),
+            &app.key,
+        )
+        .await;
+    let rows = log["data"].as_array().expect("data");
+    assert_eq!(rows.len(), 20);
+    let failed = rows.iter().filter(|r| r["status"] == "failed").count();
+    assert_eq!(failed, 15);
+    assert!(
+        rows.iter()
+            .any(|r| r["status_code"] == 500 && r["response_body"] == "ok")
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r["error"].as_str().unwrap_or("").contains("timed out")),
+        "{log}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r["error"].as_str().unwrap_or("").contains("connect")),
+        "{log}"
+    );
+    let (_, only_failed) = app
+        .get(
+            &format!("/v1/webhooks/{hook}/deliveries?status=failed&limit=100"),
+            &app.key,
+        )
+        .await;
+    assert_eq!(only_failed["data"].as_array().expect("data").len(), 15);
+    app.finish().await;
+}
+
+async fn filters_and_outbox(backend: Backend) {
+    let smtp = TestSmtp::start(Tls::Starttls).await;
+    smtp.script(|step| match step {
+        Step::Rcpt { to } if to.starts_with("bad") => reply(550, "5.1.1 User unknown"),
+        _ => ok(),
+    });
+    let receiver = Receiver::start().await;
+    let app = TestApp::spawn(backend, Some(&smtp)).await;
+    let (bounces, _) = create_webhook(&app, &receiver.url(), json!(["email.bounced"])).await;
+    let (s, v, _) = app
+        .post(
+            "/v1/webhooks",
+            &app.key,
+            &json!({"url": receiver.url(), "events": ["email.*"], "streams": ["broadcast"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let id = app
+        .send(&email_to(&["good@example.com", "bad@example.com"]))
+        .await;
+    app.drain().await;
+    assert_eq!(
+        app.store.count_pending_webhooks().await.expect("count"),
+        1,
+        "only the bounce, only to its endpoint"
+    );
+    app.dispatch().await;
+    let hits = receiver.hits();
+    assert_eq!(hits.len(), 1);
+    let body: Value = serde_json::from_str(&hits[0].body).expect("json");
+    assert_eq!(body["type"], "email.bounced");
+    assert_eq!(body["data"]["email_id"], id.as_str());
+    assert_eq!(body["data"]["recipient"], "bad@example.com");
+    assert_eq!(body["data"]["bounce"]["type"], "permanent");
+    assert_eq!(body["data"]["bounce"]["sub_type"], "no_email");
+    // webhook-id is the event id, so consumers can find it in the feed.
+    let (_, feed) = app
+        .get(
+            &format!("/v1/events?type=email.bounced&email_id={id}"),
+            &app.key,
+        )
+        .await;
+    assert_eq!(feed["data"][0]["id"].as_str(), Some(hits[0].id.as_str()));
+    let _ = bounces;
+    app.finish().await;
+}
+
+async fn gone_disables_the_endpoint(backend: Backend) {
+    let receiver = Receiver::start().await;
+    receiver.set(Mode::Status(410));
+    let app = TestApp::spawn(backend, None).await;
+    let (hook, _) = create_webhook(&app, &receiver.url(), json!(["*"])).await;
+    app.send(&email_to(&["a@example.com", "b@example.com"]))
+        .await;
+    app.drain().await;
+    app.dispatch().await;
+    // Both deliveries were in flight together; neither is tried again.
+    let first = receiver.hits().len();
+    assert!((1..=2).contains(&first), "{first}");
+    app.advance(Duration::from_secs(86_400));
+    assert_eq!(app.dispatch().await, 0);
+    assert_eq!(receiver.hits().len(), first);
+    let (_, v) = app.get(&format!("/v1/webhooks/{hook}"), &app.key).await;
+    assert_eq!(v["status"], "auto_disabled");
+    assert!(v["disabled_reason"].as_str().unwrap_or("").contains("410"));
+    app.send(&email_to(&["c@example.com"])).await;
+    app.drain().await;
+    assert_eq!(
+        app.store.count_pending_webhooks().await.expect("count"),
+        0,
+        "a disabled endpoint gets nothing"
+    );
+    app.finish().await;
+}
+
+async fn failing_past_the_schedule_disables_the_endpoint(backend: Backend) {
+    let receiver = Receiver::start().await;
+    receiver.set(Mode::Status(500));
+    let app = TestApp::spawn_with(backend, None, |c| {
+        c.webhooks.retry_schedule = vec![Duration::from_secs(5), Duration::from_secs(60)];
+    })
+    .await;
+    let (hook, _) = create_webhook(&app, &receiver.url(), json!(["*"])).await;
+    app.send(&email_to(&["a@example.com"])).await;
+    app.drain().await;
+    for step in [0, 5, 60] {
+        app.advance(Duration::from_secs(step));
+        assert_eq!(app.dispatch().await, 1);
+    }
+    app.advance(Duration::from_secs(86_400));
+    assert_eq!(app.dispatch().await, 0);
+    assert_eq!(receiver.hits().len(), 3);
+    let (_, v) = app.get(&format!("/v1/webhooks/{hook}"), &app.key).await;
+    assert_eq!(v["status"], "auto_disabled");
+    assert!(
+        v["disabled_reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("past the retry schedule"),
+        "{v}"
+    );
+    app.finish().await;
+}
+
+async fn retry_after_is_honoured(backend: Backend) {
+    let receiver = Receiver::start().await;
+    receiver.set(Mode::StatusRetryAfter(503, 120));
+    let app = TestApp::spawn(backend, None).await;
+    create_webhook(&app, &receiver.url(), json!(["*"])).await;
+    app.send(&email_to(&["a@example.com"])).await;
+    app.drain().await;
+    app.dispatch().await;
+    receiver.set(Mode::Status(200));
+    app.advance(Duration::from_secs(119));
+    assert_eq!(
+        app.dispatch().await,
+        0,
+        "the schedule says 5 s, Retry-After says 120 s"
+    );
+    app.advance(Duration::from_secs(1));
+    assert_eq!(app.dispatch().await, 1);
+    assert_eq!(receiver.hits().len(), 2);
+    app.finish().await;
+}
+
+async fn rotation_signs_with_both_secrets(backend: Backend) {
+    let receiver = Receiver::start().await;
+    let app = TestApp::spawn(backend, None).await;
+    let (hook, old) = create_webhook(&app, &receiver.url(), json!(["*"])).await;
+    let (s, v, _) = app
+        .post(
+            &format!("/v1/webhooks/{hook}/secret/rotate"),
+            &app.key,
+            &json!({"grace_period_seconds": 3600}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let new = v["secret"].as_str().expect("secret").to_owned();
+    assert_ne!(new, old);
+    app.send(&email_to(&["a@example.com"])).await;
+    app.drain().await;
+    app.dispatch().await;
+    let hit = &receiver.hits()[0];
+    assert_eq!(hit.signature.split(' ').count(), 2);
+    assert_eq!(valid_signatures(hit, &old), 1);
+    assert_eq!(valid_signatures(hit, &new), 1);
+    // After the grace period only the new secret signs.
+    app.advance(Duration::from_secs(3601));
+    app.send(&email_to(&["b@example.com"])).await;
+    app.drain().await;
+    app.dispatch().await;
+    let hit = &receiver.hits()[1];
+    assert_eq!(hit.signature.split(' ').count(), 1);
+    assert_eq!(valid_signatures(hit, &new), 1);
+    assert_eq!(valid_signatures(hit, &old), 0);
+    app.finish().await;
+}
+
+async fn refuses_private_targets(backend: Backend) {
+    let receiver = Receiver::start().await;
+    let app =
+        TestApp::spawn_with(backend, None, |c| c.webhooks.allow_private_targets = false).await;
+    for url in [
+        receiver.url(),
+        format!("http://localhost:{}/h", receiver.addr.port()),
+        "http://169.254.169.254/latest/meta-data".into(),
+        "http://[::1]/h".into(),
+        "http://10.0.0.8/h".into(),
+    ] {
+        let (s, v, _) = app
+            .post(
+                "/v1/webhooks",
+                &app.key,
+                &json!({"url": url, "events": ["*"]}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{url}: {v}");
+        assert_eq!(v["errors"][0]["code"], "forbidden_target", "{url}");
+    }
+    let (s, v, _) = app
+        .post(
+            "/v1/webhooks",
+            &app.key,
+            &json!({"url": "file:///etc/passwd", "events": ["*"]}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["errors"][0]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_url"))
+    );
+
+    // A name that resolved somewhere public when saved and points at loopback now (DNS
+    // rebinding) is refused at connect time: stand in for it with an endpoint written
+    // straight to the store.
+    let project = app.store.ensure_project("alpha", 0).await.expect("project");
+    let now = chrono::Utc::now().timestamp_millis();
+    app.store
+        .insert_webhook_endpoint(&herald::store::EndpointRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            project_id: project.id,
+            url: format!("http://localhost:{}/hooks", receiver.addr.port()),
+            description: None,
+            event_types: vec!["*".into()],
+            streams: vec![],
+            status: "enabled".into(),
+            disabled_reason: None,
+            secret: app
+                .dispatcher
+                .sealer
+                .seal(&herald::webhooks::signing::generate_secret()),
+            previous_secret: None,
+            previous_secret_expires_at: None,
+            created_at: now,
+            updated_at: now,
+        })
+        .await
+        .expect("insert");
+    app.send(&email_to(&["a@example.com"])).await;
+    app.drain().await;
+    assert_eq!(app.dispatch().await, 1);
+    assert!(
+        receiver.hits().is_empty(),
+        "nothing reached the private address"
+    );
+    app.finish().await;
+}
+
+async fn test_send_replay_and_manual_retry(backend: Backend) {
+    let receiver = Receiver::start().await;
+    let app = TestApp::spawn(backend, None).await;
+    let (hook, secret) = create_webhook(&app, &receiver.url(), json!(["email.sent"])).await;
+    let (s, v, _) = app
+        .post(&format!("/v1/webhooks/{hook}/test"), &app.key, &json!({}))
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    app.dispatch().await;
+    let hit = &receiver.hits()[0];
+    assert!(
+        hit.body.contains("\"type\":\"webhook.test\""),
+        "{}",
+        hit.body
+    );
+    assert_eq!(valid_signatures(hit, &secret), 1);
+
+    // A failed delivery, retried by hand.
+    receiver.set(Mode::Status(500));
+    app.send(&email_to(&["a@example.com"])).await;
+    app.drain().await;
+    app.dispatch().await;
+    receiver.set(Mode::Status(200));
+    let (_, log) = app
+        .get(
+            &format!("/v1/webhooks/{hook}/deliveries?status=failed"),
+            &app.key,
+        )
+        .await;
+    let delivery = log["data"][0]["delivery_id"]
+        .as_str()
+        .expect("delivery")
+        .to_owned();
+    let (s, _, _) = app
+        .post(
+            &format!("/v1/webhooks/{hook}/deliveries/{delivery}/retry"),
+            &app.key,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    assert_eq!(app.dispatch().await, 1, "due at once, not in 5 s");
+    let hits = receiver.hits();
+    assert_eq!(hits.len(), 3);
+    assert_eq!(hits[1].id, hits[2].id, "the same webhook-id on retry");
+
+    // Replay of an event: the same webhook-id again.
+    let (s, v, _) = app
+        .post(
+            &format!("/v1/events/{}/redeliver", hits[2].id),
+            &app.key,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["deliveries"].as_i64()),
+        (StatusCode::ACCEPTED, Some(1))
+    );
+    app.dispatch().await;
+    assert_eq!(receiver.hits()[3].id, hits[2].id);
+    let (s, _, _) = app
+        .post(
+            "/v1/events/0190f3c2-7a1e-7c44-9b1d-3f5a2e6c8d10/redeliver",
+            &app.key,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    app.finish().await;
+}
+
+async fn management_and_secrets(backend: Backend) {
+    let app = TestApp::spawn(backend, None).await;
+    let url = "http://127.0.0.1:9/h";
+    let (hook, secret) =
+        create_webhook(&app, url, json!(["email.bounced", "email.delivered"])).await;
+    assert!(secret.starts_with("whsec_"));
+    let (_, list) = app.get("/v1/webhooks", &app.key).await;
+    assert_eq!(list["data"][0]["id"], hook.as_str());
+    assert!(
+        list["data"][0].get("secret").is_none(),
+        "listings do not show secrets"
+    );
+    let (_, one) = app.get(&format!("/v1/webhooks/{hook}"), &app.key).await;
+    assert_eq!(one["secret"], secret.as_str());
+    // Stored sealed, never in the clear.
+    let raw: String = sqlx::query_scalar("SELECT secret FROM webhook_endpoints")
+        .fetch_one(&sqlx::AnyPool::connect(&app.db.url).await.expect("pool"))
+        .await
+        .expect("row");
+    assert!(!raw.contains(&secret[6..]), "secret stored in the clear");
+
+    let (s, v, _) = app
+        .request(
+            reqwest::Method::PATCH,
+            &format!("/v1/webhooks/{hook}"),
+            &app.key,
+            Some(&json!({"events": ["nope"], "status": "paused"})),
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    let codes: Vec<&str> = v["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(|e| e["code"].as_str())
+        .collect();
+    assert_eq!(codes, ["invalid_event_type", "validation_error"]);
+    let (s, v, _) = app
+        .request(
+            reqwest::Method::PATCH,
+            &format!("/v1/webhooks/{hook}"),
+            &app.key,
+            Some(&json!({"status": "disabled"})),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        (s, v["status"].as_str()),
+        (StatusCode::OK, Some("disabled"))
+    );
+
+    let beta = crate::helpers::create_key(
+        &app.store,
+        "beta",
+        herald::domain::api_key::Permission::FullAccess,
+        0,
+    )
+    .await;
+    let (s, _) = app.get(&format!("/v1/webhooks/{hook}"), &beta).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "another project's endpoint");
+    let sender = crate::helpers::create_key(
+        &app.store,
+        "alpha",
+        herald::domain::api_key::Permission::SendingAccess,
+        0,
+    )
+    .await;
+    let (s, _) = app.get(&format!("/v1/webhooks/{hook}"), &sender).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    let (s, _, _) = app
+        .request(
+            reqwest::Method::DELETE,
+            &format!("/v1/webhooks/{hook}"),
+            &app.key,
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = app.get(&format!("/v1/webhooks/{hook}"), &app.key).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    app.finish().await;
+}
+
+/// The `standardwebhooks` package (PyPI), which nobody here wrote, verifies Herald's requests.
+async fn standard_webhooks_library_verifies_deliveries(backend: Backend) {
+    let available = std::process::Command::new("python3")
+        .args(["-c", "import standardwebhooks"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !available {
+        assert!(
+            std::env::var("TEST_HERALD_REQUIRE_INTEROP").is_err(),
+            "standardwebhooks is not installed"
+        );
+        eprintln!("skipping: python3 -m pip install standardwebhooks to run this test");
+        return;
+    }
+    let receiver = Receiver::start().await;
+    let app = TestApp::spawn(backend, None).await;
+    let (hook, old) = create_webhook(&app, &receiver.url(), json!(["*"])).await;
+    app.send(&email_to(&["a@example.com", "b@example.com"]))
+        .await;
+    app.drain().await;
+    app.dispatch().await;
+    let (_, rotated, _) = app
+        .post(
+            &format!("/v1/webhooks/{hook}/secret/rotate"),
+            &app.key,
+            &json!({}),
+        )
+        .await;
+    let new = rotated["secret"].as_str().expect("secret").to_owned();
+    app.send(&email_to(&["c@example.com"])).await;
+    app.drain().await;
+    app.dispatch().await;
+    let hits = receiver.hits();
+    assert_eq!(hits.len(), 3);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases: Vec<Value> = hits
+        .iter()
+        .enumerate()
+        .flat_map(|(i, h)| {
+            let secrets = if i < 2 { vec![old.clone()] } else { vec![old.clone(), new.clone()] };
+            secrets.into_iter().map(move |secret| {
+                json!({"secret": secret, "body": h.body,
+                       "headers": {"webhook-id": h.id, "webhook-timestamp": h.timestamp, "webhook-signature": h.signature}})
+            })
+        })
+        .collect();
+    let file = dir.path().join("deliveries.json");
+    std::fs::write(&file, serde_json::to_vec(&cases).expect("json")).expect("write");
+    let out = std::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/interop/verify_webhooks.py"
+        ))
+        .arg(&file)
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("verified 4 of 4"), "{stdout}");
+    app.finish().await;
+}

@@ -30,6 +30,8 @@ pub enum Mode {
     StatusRetryAfter(u16, u64),
     /// Answer 200, but only after this long (longer than Herald waits).
     Slow(Duration),
+    /// Answer 307 pointing elsewhere.
+    Redirect(String),
 }
 
 #[derive(Clone)]
@@ -117,6 +119,7 @@ async fn hook(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Respo
     let answered = match &mode {
         Mode::Status(c) | Mode::StatusRetryAfter(c, _) => *c,
         Mode::Slow(_) => 200,
+        Mode::Redirect(_) => 307,
     };
     s.hits.lock().expect("lock").push(Hit {
         id: h("webhook-id"),
@@ -134,6 +137,9 @@ async fn hook(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Respo
             "busy",
         )
             .into_response(),
+        Mode::Redirect(to) => {
+            (StatusCode::TEMPORARY_REDIRECT, [("location", to)], "moved").into_response()
+        }
         Mode::Slow(d) => {
             tokio::time::sleep(d).await;
             (StatusCode::OK, "late").into_response()

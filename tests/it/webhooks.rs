@@ -27,7 +27,82 @@ on_sqlite!(
     test_send_replay_and_manual_retry,
     management_and_secrets,
     standard_webhooks_library_verifies_deliveries,
+    redirects_are_not_followed,
+    event_feed_pages_with_a_cursor,
 );
+
+async fn redirects_are_not_followed(backend: Backend) {
+    let elsewhere = Receiver::start().await;
+    let receiver = Receiver::start().await;
+    receiver.set(Mode::Redirect(elsewhere.url()));
+    let app = TestApp::spawn(backend, None).await;
+    let (hook, _) = create_webhook(&app, &receiver.url(), json!(["*"])).await;
+    app.send(&email_to(&["a@example.com"])).await;
+    app.drain().await;
+    app.dispatch().await;
+    assert_eq!(receiver.hits().len(), 1);
+    assert!(elsewhere.hits().is_empty(), "the redirect was followed");
+    let (_, log) = app
+        .get(&format!("/v1/webhooks/{hook}/deliveries"), &app.key)
+        .await;
+    assert_eq!(log["data"][0]["status"], "failed");
+    assert_eq!(log["data"][0]["status_code"], 307);
+    assert!(
+        log["data"][0]["next_attempt_at"].is_string(),
+        "retried later: {log}"
+    );
+    app.finish().await;
+}
+
+async fn event_feed_pages_with_a_cursor(backend: Backend) {
+    let app = TestApp::spawn(backend, None).await;
+    for i in 0..5 {
+        app.send(&email_to(&[&format!("u{i}@example.com")])).await;
+    }
+    app.drain().await;
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    loop {
+        let path = if after.is_empty() {
+            "/v1/events?type=email.sent&limit=2".to_owned()
+        } else {
+            format!("/v1/events?type=email.sent&limit=2&after={after}")
+        };
+        let (s, page) = app.get(&path, &app.key).await;
+        assert_eq!(s, StatusCode::OK, "{page}");
+        let data = page["data"].as_array().expect("data");
+        seen.extend(
+            data.iter()
+                .map(|e| e["id"].as_str().expect("id").to_owned()),
+        );
+        if !page["has_more"].as_bool().expect("has_more") {
+            break;
+        }
+        after = seen.last().expect("last").clone();
+    }
+    assert_eq!(seen.len(), 5);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted, "oldest first, in id order");
+    let (_, one) = app
+        .get(
+            "/v1/events?recipient=u3@example.com&type=email.sent",
+            &app.key,
+        )
+        .await;
+    assert_eq!(one["data"].as_array().expect("data").len(), 1);
+    let (s, v) = app.get("/v1/events?limit=0", &app.key).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_query"))
+    );
+    let (s, v) = app.get("/v1/events?bogus=1", &app.key).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_query"))
+    );
+    app.finish().await;
+}
 
 /// Checks a delivery's signature with an HMAC computed here, not by Herald's signer.
 fn valid_signatures(hit: &Hit, secret: &str) -> usize {

@@ -36,6 +36,8 @@ pub enum Mode {
 
 #[derive(Clone)]
 struct Shared {
+    /// Requests being answered now, and the most there ever were at once.
+    in_flight: Arc<Mutex<(usize, usize)>>,
     hits: Arc<Mutex<Vec<Hit>>>,
     mode: Arc<Mutex<Mode>>,
     arrived: Arc<Notify>,
@@ -50,6 +52,7 @@ pub struct Receiver {
 impl Receiver {
     pub async fn start() -> Self {
         let shared = Shared {
+            in_flight: Arc::default(),
             hits: Arc::default(),
             mode: Arc::new(Mutex::new(Mode::Status(200))),
             arrived: Arc::new(Notify::new()),
@@ -96,6 +99,11 @@ impl Receiver {
         *self.shared.mode.lock().expect("lock") = mode;
     }
 
+    /// The most requests this receiver was answering at one time.
+    pub fn max_concurrent(&self) -> usize {
+        self.shared.in_flight.lock().expect("lock").1
+    }
+
     pub fn hits(&self) -> Vec<Hit> {
         self.shared.hits.lock().expect("lock").clone()
     }
@@ -129,6 +137,17 @@ async fn hook(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Respo
         answered,
     });
     s.arrived.notify_waiters();
+    {
+        let mut f = s.in_flight.lock().expect("lock");
+        f.0 += 1;
+        f.1 = f.1.max(f.0);
+    }
+    let response = answer(mode).await;
+    s.in_flight.lock().expect("lock").0 -= 1;
+    response
+}
+
+async fn answer(mode: Mode) -> Response {
     match mode {
         Mode::Status(c) => (StatusCode::from_u16(c).expect("status"), "ok").into_response(),
         Mode::StatusRetryAfter(c, secs) => (

@@ -29,7 +29,23 @@ on_sqlite!(
     standard_webhooks_library_verifies_deliveries,
     redirects_are_not_followed,
     event_feed_pages_with_a_cursor,
+    concurrency_per_endpoint_is_bounded,
 );
+
+async fn concurrency_per_endpoint_is_bounded(backend: Backend) {
+    let receiver = Receiver::start().await;
+    receiver.set(Mode::Slow(Duration::from_millis(200)));
+    let app = TestApp::spawn_with(backend, None, |c| c.webhooks.concurrency_per_endpoint = 2).await;
+    create_webhook(&app, &receiver.url(), json!(["*"])).await;
+    for i in 0..6 {
+        app.send(&email_to(&[&format!("u{i}@example.com")])).await;
+    }
+    app.drain().await;
+    assert_eq!(app.dispatch().await, 6);
+    assert_eq!(receiver.hits().len(), 6);
+    assert_eq!(receiver.max_concurrent(), 2);
+    app.finish().await;
+}
 
 async fn redirects_are_not_followed(backend: Backend) {
     let elsewhere = Receiver::start().await;

@@ -3,6 +3,7 @@
 
 pub mod api_keys;
 pub mod auth;
+pub mod domains;
 pub mod emails;
 pub mod error;
 pub mod events;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub wake: Arc<Notify>,
     /// Wakes the webhook dispatcher when events are committed.
     pub events_wake: Arc<Notify>,
+    /// Wakes the domain verifier (a check was asked for).
+    pub domains_wake: Arc<Notify>,
     /// Seals and opens secrets kept in the database.
     pub sealer: Arc<Sealer>,
     pub idempotency: idempotency::InFlight,
@@ -59,6 +62,7 @@ impl AppState {
             clock,
             wake: Arc::new(Notify::new()),
             events_wake: Arc::new(Notify::new()),
+            domains_wake: Arc::new(Notify::new()),
             sealer,
             idempotency: idempotency::InFlight::default(),
             key_touches: Arc::default(),
@@ -102,6 +106,18 @@ pub fn router(state: AppState) -> Router {
             post(api_keys::create_api_key).get(api_keys::list_api_keys),
         )
         .route("/v1/api-keys/{id}", delete(api_keys::delete_api_key))
+        .route(
+            "/v1/domains",
+            post(domains::create_domain).get(domains::list_domains),
+        )
+        .route(
+            "/v1/domains/{id}",
+            get(domains::get_domain)
+                .patch(domains::update_domain)
+                .delete(domains::delete_domain),
+        )
+        .route("/v1/domains/{id}/verify", post(domains::verify_domain))
+        .route("/v1/domains/{id}/dkim/rotate", post(domains::rotate_dkim))
         .route("/v1/events", get(events::list_events))
         .route("/v1/events/{id}/redeliver", post(events::redeliver_event))
         .route(

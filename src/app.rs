@@ -21,6 +21,7 @@ use crate::delivery::smtp::{SmtpRelay, SmtpSettings};
 use crate::delivery::{Mailer, Worker};
 use crate::domain::sealing::Sealer;
 use crate::domain::verp::VerpSigner;
+use crate::domains::DomainVerifier;
 use crate::store::Store;
 use crate::webhooks::Dispatcher;
 
@@ -31,6 +32,8 @@ pub struct App {
     pub worker: Worker,
     /// The webhook dispatcher (tests call `run_once` on it).
     pub dispatcher: Dispatcher,
+    /// The domain verifier (tests call `run_once` on it).
+    pub verifier: DomainVerifier,
     pub listener: TcpListener,
     pub addr: SocketAddr,
 }
@@ -107,6 +110,16 @@ impl App {
             w.allow_private_targets,
             w.concurrency_per_endpoint,
         );
+        let resolver = crate::domains::verifier::resolver(&config.domains.dns_servers)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let verifier = DomainVerifier {
+            store: store.clone(),
+            clock: Arc::clone(&clock),
+            resolver: Arc::new(resolver),
+            bounce_domain: config.delivery.bounce_domain.clone(),
+            spf_include: (!config.domains.spf_include.is_empty())
+                .then(|| config.domains.spf_include.clone()),
+        };
         let worker = Worker {
             store: store.clone(),
             mailer,
@@ -123,6 +136,7 @@ impl App {
             state,
             worker,
             dispatcher,
+            verifier,
             listener,
             addr,
         })
@@ -152,6 +166,11 @@ impl App {
         if workers > 0 {
             tracker.spawn(self.dispatcher.clone().run(
                 Arc::clone(&self.state.events_wake),
+                shutdown.clone(),
+                config.delivery.poll_interval,
+            ));
+            tracker.spawn(self.verifier.clone().run(
+                Arc::clone(&self.state.domains_wake),
                 shutdown.clone(),
                 config.delivery.poll_interval,
             ));

@@ -33,6 +33,7 @@ pub struct Config {
     pub retry: RetryConfig,
     pub limits: LimitsConfig,
     pub webhooks: WebhooksConfig,
+    pub domains: DomainsConfig,
     pub log: LogConfig,
 }
 
@@ -50,6 +51,7 @@ impl Default for Config {
             retry: RetryConfig::default(),
             limits: LimitsConfig::default(),
             webhooks: WebhooksConfig::default(),
+            domains: DomainsConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -235,6 +237,30 @@ impl Default for WebhooksConfig {
             jitter: 0.1,
             timeout: s(15),
             concurrency_per_endpoint: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DomainsConfig {
+    /// Refuse sends whose From domain is not a verified domain of the project.
+    pub require_verified: bool,
+    /// DNS servers (`ip:port`) for verification; empty: the system's resolver.
+    pub dns_servers: Vec<String>,
+    /// The SPF `include:` to advise (the relay's); empty: no SPF advice.
+    pub spf_include: String,
+    /// The return-path host under each domain (`bounces` → `bounces.acme.com`); empty: none.
+    pub return_path_subdomain: String,
+}
+
+impl Default for DomainsConfig {
+    fn default() -> Self {
+        Self {
+            require_verified: false,
+            dns_servers: Vec::new(),
+            spf_include: String::new(),
+            return_path_subdomain: "bounces".into(),
         }
     }
 }

@@ -6,6 +6,7 @@
 pub mod address;
 pub mod api_key;
 pub mod bounce;
+pub mod dkim;
 pub mod email;
 pub mod event;
 pub mod mime;

@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod domain;
+pub mod domains;
 pub mod store;
 pub mod telemetry;
 pub mod webhooks;

@@ -51,6 +51,9 @@ enum KeysCommand {
         permission: String,
         #[arg(long, default_value = "cli")]
         name: String,
+        /// Limit the key to sending from this domain (repeat for several).
+        #[arg(long)]
+        allowed_domain: Vec<String>,
     },
     /// List a project's live keys.
     List {
@@ -122,6 +125,7 @@ async fn keys(config: Config, command: KeysCommand) -> anyhow::Result<()> {
             project,
             permission,
             name,
+            allowed_domain,
         } => {
             let project = store.ensure_project(&project, now).await?;
             let permission = Permission::parse(&permission).context("permission")?;
@@ -137,6 +141,7 @@ async fn keys(config: Config, command: KeysCommand) -> anyhow::Result<()> {
                 last_used_at: None,
                 expires_at: None,
                 revoked_at: None,
+                allowed_domains: (!allowed_domain.is_empty()).then_some(allowed_domain),
             };
             store.insert_api_key(&record).await?;
             eprintln!(

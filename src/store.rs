@@ -9,6 +9,7 @@
 //! Every write that changes a recipient's state inserts the event that records it in the same
 //! transaction.
 
+mod domains;
 mod emails;
 mod migrate;
 mod projects;
@@ -21,6 +22,7 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
+pub use domains::{DkimKeyRecord, DomainRecord};
 pub use emails::{
     EmailRecord, EventFilter, EventRecord, IdempotencyRecord, NewEmail, NewEvent, NewRecipient,
     RecipientRecord, StoredResponse,

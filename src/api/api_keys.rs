@@ -24,6 +24,9 @@ pub struct CreateApiKeyRequest {
     permission: Option<String>,
     #[serde(default)]
     expires_at: Option<String>,
+    /// Sending domains the key may use (`From` domain); absent: any.
+    #[serde(default)]
+    allowed_domains: Option<Vec<String>>,
 }
 
 fn key_json(k: &ApiKeyRecord) -> Value {
@@ -36,6 +39,7 @@ fn key_json(k: &ApiKeyRecord) -> Value {
         "created_at": format_ms(k.created_at),
         "last_used_at": k.last_used_at.map(format_ms),
         "expires_at": k.expires_at.map(format_ms),
+        "allowed_domains": k.allowed_domains,
     })
 }
 
@@ -83,6 +87,24 @@ pub async fn create_api_key(
             None
         }
     };
+    let allowed_domains = req.allowed_domains.map(|list| {
+        list.iter()
+            .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase())
+            .collect::<Vec<_>>()
+    });
+    if let Some(list) = &allowed_domains {
+        for (i, d) in list.iter().enumerate() {
+            if !d.contains('.')
+                || d.contains(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '-'))
+            {
+                errors.push(FieldError::new(
+                    format!("/allowed_domains/{i}"),
+                    "invalid_domain",
+                    format!("'{}' is not a domain name", d.escape_debug()),
+                ));
+            }
+        }
+    }
     let (Some(permission), true) = (permission, errors.is_empty()) else {
         return Err(ApiError::validation(errors));
     };
@@ -98,6 +120,7 @@ pub async fn create_api_key(
         last_used_at: None,
         expires_at,
         revoked_at: None,
+        allowed_domains,
     };
     state.store.insert_api_key(&record).await?;
     let mut body = key_json(&record);

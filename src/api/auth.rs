@@ -16,6 +16,8 @@ pub struct Principal {
     pub project_id: String,
     pub key_id: String,
     pub permission: Permission,
+    /// Sending domains this key may use; `None`: any.
+    pub allowed_domains: Option<Vec<String>>,
 }
 
 impl Principal {
@@ -78,6 +80,7 @@ impl FromRequestParts<AppState> for Principal {
             project_id: key.project_id,
             key_id: key.id,
             permission,
+            allowed_domains: key.allowed_domains,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! `/v1/emails`: send one, send a batch, read one with its recipients, its events, cancel.
 
 mod request;
+mod sender;
 
 use std::time::{Duration, SystemTime};
 
@@ -13,6 +14,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::clock::format_ms;
+use crate::domain::dkim;
 use crate::domain::email::OutgoingEmail;
 use crate::domain::mime::build_mime;
 use crate::domain::status::{RecipientStatus, aggregate_status};
@@ -27,6 +29,7 @@ use super::idempotency::{IdempotencyKey, fingerprint, key_reused};
 use super::json::{JsonBytes, from_value, parse};
 
 pub use request::CreateEmailRequest;
+use sender::{Senders, Signing};
 
 const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
 
@@ -40,12 +43,17 @@ fn prepare(
     state: &AppState,
     principal: &Principal,
     email: OutgoingEmail,
+    signing: Option<&Signing>,
     now: i64,
 ) -> ApiResult<Prepared> {
     let id = Uuid::now_v7();
     let message_id = format!("<{id}@{}>", email.from.email.domain());
     let date = SystemTime::UNIX_EPOCH + Duration::from_millis(now.unsigned_abs());
-    let mime = build_mime(&email, &message_id, date).map_err(|e| ApiError::internal(&e))?;
+    let mut mime = build_mime(&email, &message_id, date).map_err(|e| ApiError::internal(&e))?;
+    if let Some(k) = signing {
+        mime = dkim::sign(&mime, &k.domain, &k.selector, k.algorithm, &k.pkcs8)
+            .map_err(|e| ApiError::internal(&e))?;
+    }
     let max = state.config.limits.max_message_bytes;
     if mime.len() > max {
         return Err(ApiError::payload_too_large(format!(
@@ -244,7 +252,10 @@ pub async fn create_email(
         now_ms: now,
     };
     let email = request::validate(req, &ctx, "").map_err(ApiError::validation)?;
-    let prepared = prepare(&state, &principal, email, now)?;
+    let signing = Senders::default()
+        .resolve(&state, &principal, email.from.email.domain(), "/from")
+        .await?;
+    let prepared = prepare(&state, &principal, email, signing.as_deref(), now)?;
     idempotent(&state, &principal, &headers, "/v1/emails", &body, |idem| {
         commit(
             &state,
@@ -302,11 +313,24 @@ pub async fn create_batch(
     };
     let mut prepared = Vec::new();
     let mut errors: Vec<(usize, FieldError)> = Vec::new();
+    let mut senders = Senders::default();
     for (i, item) in items.into_iter().enumerate() {
         let prefix = format!("/{i}");
-        let outcome = from_value::<CreateEmailRequest>(item, &prefix)
-            .and_then(|req| request::validate(req, &ctx, &prefix).map_err(ApiError::validation))
-            .and_then(|email| prepare(&state, &principal, email, now));
+        let validated = from_value::<CreateEmailRequest>(item, &prefix)
+            .and_then(|req| request::validate(req, &ctx, &prefix).map_err(ApiError::validation));
+        let outcome = match validated {
+            Ok(email) => {
+                let domain = email.from.email.domain().to_owned();
+                match senders
+                    .resolve(&state, &principal, &domain, &format!("{prefix}/from"))
+                    .await
+                {
+                    Ok(signing) => prepare(&state, &principal, email, signing.as_deref(), now),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        };
         match outcome {
             Ok(p) => prepared.push((i, p)),
             Err(e) if e.status.is_client_error() => {

@@ -216,8 +216,8 @@ pub(super) async fn insert_event(
     tx: &mut Transaction<'static, Any>,
     outbox: &mut Outbox,
     project_id: &str,
-    email_id: &str,
-    stream: &str,
+    email_id: Option<&str>,
+    stream: Option<&str>,
     e: &NewEvent,
 ) -> StoreResult<()> {
     sqlx::query(
@@ -234,7 +234,7 @@ pub(super) async fn insert_event(
     .bind(e.created_at)
     .execute(&mut **tx)
     .await?;
-    enqueue_deliveries(tx, outbox, project_id, Some(stream), e).await
+    enqueue_deliveries(tx, outbox, project_id, stream, e).await
 }
 
 async fn insert_one(
@@ -289,7 +289,7 @@ async fn insert_one(
         .await?;
     }
     for ev in &e.events {
-        insert_event(tx, outbox, &e.project_id, &e.id, &e.stream, ev).await?;
+        insert_event(tx, outbox, &e.project_id, Some(&e.id), Some(&e.stream), ev).await?;
     }
     Ok(())
 }
@@ -485,7 +485,15 @@ impl Store {
                 serde_json::json!({}),
                 now_ms,
             );
-            insert_event(&mut tx, &mut outbox, project_id, id, &stream, &ev).await?;
+            insert_event(
+                &mut tx,
+                &mut outbox,
+                project_id,
+                Some(id),
+                Some(&stream),
+                &ev,
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(rows.len())

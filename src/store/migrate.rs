@@ -26,6 +26,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0002_webhooks.sql"),
         postgres: include_str!("../../migrations/postgres/0002_webhooks.sql"),
     },
+    Migration {
+        version: 3,
+        name: "domains",
+        sqlite: include_str!("../../migrations/sqlite/0003_domains.sql"),
+        postgres: include_str!("../../migrations/postgres/0003_domains.sql"),
+    },
 ];
 
 /// An arbitrary constant: the advisory lock id Herald's migrations hold on Postgres.

@@ -26,10 +26,12 @@ pub struct ApiKeyRecord {
     pub last_used_at: Option<i64>,
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
+    /// Sending domains this key may use; `None`: any.
+    pub allowed_domains: Option<Vec<String>>,
 }
 
 const KEY_COLUMNS: &str = "id, project_id, name, key_prefix, secret_hash, permission, \
-                           created_at, last_used_at, expires_at, revoked_at";
+                           created_at, last_used_at, expires_at, revoked_at, allowed_domains";
 
 fn key_from_row(r: &AnyRow) -> StoreResult<ApiKeyRecord> {
     Ok(ApiKeyRecord {
@@ -43,6 +45,9 @@ fn key_from_row(r: &AnyRow) -> StoreResult<ApiKeyRecord> {
         last_used_at: r.try_get(7)?,
         expires_at: r.try_get(8)?,
         revoked_at: r.try_get(9)?,
+        allowed_domains: r
+            .try_get::<Option<String>, _>(10)?
+            .map(|j| serde_json::from_str(&j).unwrap_or_default()),
     })
 }
 
@@ -73,8 +78,8 @@ impl Store {
     pub async fn insert_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO api_keys (id, project_id, name, key_prefix, secret_hash, permission, \
-             created_at, last_used_at, expires_at, revoked_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, NULL)",
+             created_at, last_used_at, expires_at, revoked_at, allowed_domains) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, NULL, $9)",
         )
         .bind(&key.id)
         .bind(&key.project_id)
@@ -84,6 +89,11 @@ impl Store {
         .bind(&key.permission)
         .bind(key.created_at)
         .bind(key.expires_at)
+        .bind(
+            key.allowed_domains
+                .as_ref()
+                .map(|d| serde_json::json!(d).to_string()),
+        )
         .execute(&self.write)
         .await?;
         Ok(())

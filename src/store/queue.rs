@@ -173,8 +173,8 @@ impl Store {
                     &mut tx,
                     &mut outbox,
                     &o.project_id,
-                    &o.email_id,
-                    &o.stream,
+                    Some(&o.email_id),
+                    Some(&o.stream),
                     &o.event,
                 )
                 .await?;

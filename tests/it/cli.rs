@@ -27,7 +27,10 @@ fn migrate_keys_and_config() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (ok, out, _) = run(herald(dir.path()).arg("migrate"));
     assert!(ok);
-    assert_eq!(out.trim(), "applied 0001_core\napplied 0002_webhooks");
+    assert_eq!(
+        out.trim(),
+        "applied 0001_core\napplied 0002_webhooks\napplied 0003_domains"
+    );
     let (ok, out, _) = run(herald(dir.path()).arg("migrate"));
     assert!(ok);
     assert_eq!(out.trim(), "database is up to date");

@@ -278,6 +278,7 @@ pub async fn create_key(store: &Store, project: &str, permission: Permission, no
             last_used_at: None,
             expires_at: None,
             revoked_at: None,
+            allowed_domains: None,
         })
         .await
         .expect("key");

@@ -1,0 +1,354 @@
+//! `/v1/domains`: sending domains, the records to publish, verification and DKIM rotation.
+//! Private keys never leave the store unsealed except to sign.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::domain::dkim::{DkimAlgorithm, generate};
+use crate::domains::records::{RecordSettings, domain_json};
+use crate::store::{DkimKeyRecord, DomainRecord, StoreError};
+
+use super::AppState;
+use super::auth::Principal;
+use super::error::{ApiError, ApiResult, FieldError};
+use super::json::JsonBody;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDomainRequest {
+    name: String,
+    #[serde(default)]
+    dkim: Option<String>,
+    #[serde(default)]
+    dkim_selector: Option<String>,
+    #[serde(default)]
+    dkim_algorithm: Option<String>,
+    #[serde(default)]
+    return_path_subdomain: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateDomainRequest {
+    #[serde(default)]
+    dkim: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {
+    #[serde(default)]
+    dkim_selector: Option<String>,
+    #[serde(default)]
+    dkim_algorithm: Option<String>,
+}
+
+fn settings(state: &AppState) -> RecordSettings<'_> {
+    let c = &state.config;
+    RecordSettings {
+        bounce_domain: &c.delivery.bounce_domain,
+        spf_include: (!c.domains.spf_include.is_empty()).then_some(c.domains.spf_include.as_str()),
+    }
+}
+
+fn valid_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn new_key(
+    state: &AppState,
+    domain_id: &str,
+    selector: String,
+    algorithm: DkimAlgorithm,
+    key_state: &str,
+    now: i64,
+) -> ApiResult<DkimKeyRecord> {
+    let key = generate(algorithm).map_err(|e| ApiError::internal(&e))?;
+    let sealed = state.sealer.seal(&base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        &key.private_pkcs8,
+    ));
+    Ok(DkimKeyRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        domain_id: domain_id.to_owned(),
+        selector,
+        algorithm: algorithm.as_str().to_owned(),
+        private_key: sealed,
+        public_key: key.public_key,
+        state: key_state.to_owned(),
+        created_at: now,
+        activated_at: (key_state == "active").then_some(now),
+        retired_at: None,
+    })
+}
+
+/// A fresh selector: `hr` + the date + 4 random characters (`hr20261122a7k2`).
+fn default_selector(now: i64) -> String {
+    let date = chrono::DateTime::from_timestamp_millis(now)
+        .unwrap_or_default()
+        .format("%Y%m%d");
+    let suffix: String = (0..4)
+        .map(|_| {
+            let n: u8 = rand::random::<u8>() % 36;
+            char::from(if n < 10 { b'0' + n } else { b'a' + n - 10 })
+        })
+        .collect();
+    format!("hr{date}{suffix}")
+}
+
+fn parse_algorithm(s: Option<&str>, errors: &mut Vec<FieldError>) -> DkimAlgorithm {
+    match s.map(DkimAlgorithm::parse) {
+        None => DkimAlgorithm::Rsa2048,
+        Some(Some(a)) => a,
+        Some(None) => {
+            errors.push(FieldError::new(
+                "/dkim_algorithm",
+                "validation_error",
+                "dkim_algorithm must be rsa or ed25519",
+            ));
+            DkimAlgorithm::Rsa2048
+        }
+    }
+}
+
+/// `POST /v1/domains`.
+pub async fn create_domain(
+    State(state): State<AppState>,
+    principal: Principal,
+    JsonBody(req): JsonBody<CreateDomainRequest>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    principal.require_full_access()?;
+    let mut errors = Vec::new();
+    let name = req.name.trim().trim_end_matches('.').to_ascii_lowercase();
+    let labels: Vec<&str> = name.split('.').collect();
+    if name.len() > 253 || labels.len() < 2 || !labels.iter().all(|l| valid_label(l)) {
+        errors.push(FieldError::new(
+            "/name",
+            "invalid_domain",
+            format!("'{}' is not a domain name", req.name.escape_debug()),
+        ));
+    }
+    let mode = req.dkim.unwrap_or_else(|| "herald".into());
+    if mode != "herald" && mode != "upstream" {
+        errors.push(FieldError::new(
+            "/dkim",
+            "validation_error",
+            "dkim must be herald or upstream",
+        ));
+    }
+    let now = state.clock.now_ms();
+    let selector = req.dkim_selector.unwrap_or_else(|| default_selector(now));
+    if !valid_label(&selector) {
+        errors.push(FieldError::new(
+            "/dkim_selector",
+            "validation_error",
+            "a selector is one DNS label",
+        ));
+    }
+    let algorithm = parse_algorithm(req.dkim_algorithm.as_deref(), &mut errors);
+    let sub = req
+        .return_path_subdomain
+        .unwrap_or_else(|| state.config.domains.return_path_subdomain.clone());
+    if !sub.is_empty() && !valid_label(&sub) {
+        errors.push(FieldError::new(
+            "/return_path_subdomain",
+            "validation_error",
+            "a subdomain is one DNS label",
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let d = DomainRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        project_id: principal.project_id.clone(),
+        name: name.clone(),
+        status: "pending".into(),
+        dkim_mode: mode.clone(),
+        return_path_name: (!sub.is_empty()).then(|| format!("{sub}.{name}")),
+        records_status: "{}".into(),
+        check_attempts: 0,
+        next_check_at: Some(now),
+        last_checked_at: None,
+        verified_at: None,
+        created_at: now,
+        updated_at: now,
+    };
+    let keys = vec![new_key(&state, &d.id, selector, algorithm, "active", now)?];
+    match state.store.insert_domain(&d, &keys).await {
+        Err(StoreError::Conflict) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "domain_exists",
+                format!("{name} is already a domain of this project"),
+            ));
+        }
+        other => other?,
+    }
+    state.domains_wake.notify_waiters();
+    Ok((
+        StatusCode::CREATED,
+        Json(domain_json(&d, &keys, &settings(&state), now)),
+    ))
+}
+
+/// `GET /v1/domains`.
+pub async fn list_domains(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> ApiResult<Json<Value>> {
+    principal.require_full_access()?;
+    let now = state.clock.now_ms();
+    let mut data = Vec::new();
+    for d in state.store.list_domains(&principal.project_id).await? {
+        let (d, keys) = state.store.get_domain(&principal.project_id, &d.id).await?;
+        data.push(domain_json(&d, &keys, &settings(&state), now));
+    }
+    Ok(Json(
+        json!({"object": "list", "has_more": false, "data": data}),
+    ))
+}
+
+/// `GET /v1/domains/{id}`.
+pub async fn get_domain(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    principal.require_full_access()?;
+    let (d, keys) = state.store.get_domain(&principal.project_id, &id).await?;
+    Ok(Json(domain_json(
+        &d,
+        &keys,
+        &settings(&state),
+        state.clock.now_ms(),
+    )))
+}
+
+/// `PATCH /v1/domains/{id}`: switch signing between Herald and the relay (`dkim`).
+pub async fn update_domain(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<UpdateDomainRequest>,
+) -> ApiResult<Json<Value>> {
+    principal.require_full_access()?;
+    let (mut d, keys) = state.store.get_domain(&principal.project_id, &id).await?;
+    let now = state.clock.now_ms();
+    if let Some(mode) = req.dkim {
+        if mode != "herald" && mode != "upstream" {
+            return Err(ApiError::validation(vec![FieldError::new(
+                "/dkim",
+                "validation_error",
+                "dkim must be herald or upstream",
+            )]));
+        }
+        if mode != d.dkim_mode {
+            d.dkim_mode = mode;
+            d.next_check_at = Some(now);
+            d.updated_at = now;
+            state.store.update_domain(&d, None).await?;
+            state.domains_wake.notify_waiters();
+        }
+    }
+    Ok(Json(domain_json(&d, &keys, &settings(&state), now)))
+}
+
+/// `DELETE /v1/domains/{id}`.
+pub async fn delete_domain(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    principal.require_full_access()?;
+    state
+        .store
+        .delete_domain(&principal.project_id, &id)
+        .await?;
+    Ok(Json(json!({"object": "domain", "id": id, "deleted": true})))
+}
+
+/// `POST /v1/domains/{id}/verify`: check the records now (asynchronously).
+pub async fn verify_domain(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    principal.require_full_access()?;
+    let (mut d, keys) = state.store.get_domain(&principal.project_id, &id).await?;
+    let now = state.clock.now_ms();
+    d.next_check_at = Some(now);
+    if d.status == "failed" {
+        // Asked again after giving up: a new verification window.
+        d.status = "pending".into();
+        d.check_attempts = 0;
+        d.updated_at = now;
+    }
+    state.store.update_domain(&d, None).await?;
+    state.domains_wake.notify_waiters();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(domain_json(&d, &keys, &settings(&state), now)),
+    ))
+}
+
+/// `POST /v1/domains/{id}/dkim/rotate`: a new pending key; it signs once its record verifies.
+pub async fn rotate_dkim(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    principal.require_full_access()?;
+    let req: RotateRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateRequest::default()
+    } else {
+        super::json::parse(&body, "")?
+    };
+    let (mut d, keys) = state.store.get_domain(&principal.project_id, &id).await?;
+    if d.dkim_mode != "herald" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_state",
+            "the relay signs for this domain (dkim: upstream)",
+        ));
+    }
+    if keys.iter().any(|k| k.state == "pending") {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_state",
+            "a rotation is already waiting for its DNS record",
+        ));
+    }
+    let now = state.clock.now_ms();
+    let mut errors = Vec::new();
+    let selector = req.dkim_selector.unwrap_or_else(|| default_selector(now));
+    if !valid_label(&selector) || keys.iter().any(|k| k.selector == selector) {
+        errors.push(FieldError::new(
+            "/dkim_selector",
+            "validation_error",
+            "a new selector: one DNS label not used before",
+        ));
+    }
+    let algorithm = parse_algorithm(req.dkim_algorithm.as_deref(), &mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let key = new_key(&state, &d.id, selector, algorithm, "pending", now)?;
+    state.store.insert_dkim_key(&key).await?;
+    d.next_check_at = Some(now);
+    state.store.update_domain(&d, None).await?;
+    state.domains_wake.notify_waiters();
+    let (d, keys) = state.store.get_domain(&principal.project_id, &id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(domain_json(&d, &keys, &settings(&state), now)),
+    ))
+}

@@ -1,0 +1,95 @@
+//! Who may send from which domain, and with which DKIM key: decided once per domain per
+//! request.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use base64::Engine;
+
+use crate::domain::dkim::DkimAlgorithm;
+
+use super::super::AppState;
+use super::super::auth::Principal;
+use super::super::error::{ApiError, ApiResult, FieldError};
+
+/// The key that signs mail from one domain.
+pub struct Signing {
+    pub domain: String,
+    pub selector: String,
+    pub algorithm: DkimAlgorithm,
+    pub pkcs8: Vec<u8>,
+}
+
+/// Per-request cache of sender decisions.
+#[derive(Default)]
+pub struct Senders {
+    decided: HashMap<String, Option<Arc<Signing>>>,
+}
+
+impl Senders {
+    /// Checks that this key may send from `domain` (403 `domain_not_allowed`) and, when the
+    /// operator requires it, that the domain is verified (422 `domain_not_verified`, at
+    /// `pointer`); returns the signing key if Herald signs for the domain.
+    pub async fn resolve(
+        &mut self,
+        state: &AppState,
+        principal: &Principal,
+        domain: &str,
+        pointer: &str,
+    ) -> ApiResult<Option<Arc<Signing>>> {
+        if let Some(allowed) = &principal.allowed_domains
+            && !allowed.iter().any(|d| d == domain)
+        {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "domain_not_allowed",
+                format!("this key may not send from {domain}"),
+            ));
+        }
+        if let Some(decided) = self.decided.get(domain) {
+            return Ok(decided.clone());
+        }
+        let found = state
+            .store
+            .find_domain(&principal.project_id, domain)
+            .await?;
+        if state.config.domains.require_verified
+            && found.as_ref().is_none_or(|(d, _)| d.status != "verified")
+        {
+            return Err(ApiError::validation(vec![FieldError::new(
+                pointer,
+                "domain_not_verified",
+                format!("{domain} is not a verified sending domain of this project"),
+            )]));
+        }
+        let signing = match found {
+            Some((d, keys)) if d.dkim_mode == "herald" => match keys
+                .iter()
+                .find(|k| k.state == "active")
+            {
+                Some(k) => {
+                    let der = state
+                        .sealer
+                        .open(&k.private_key)
+                        .ok()
+                        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+                        .ok_or_else(|| {
+                            ApiError::internal(&format!("the DKIM key of {domain} does not open"))
+                        })?;
+                    Some(Arc::new(Signing {
+                        domain: d.name.clone(),
+                        selector: k.selector.clone(),
+                        algorithm: DkimAlgorithm::parse(&k.algorithm)
+                            .unwrap_or(DkimAlgorithm::Rsa2048),
+                        pkcs8: der,
+                    }))
+                }
+                None => None,
+            },
+            _ => None,
+        };
+        self.decided.insert(domain.to_owned(), signing.clone());
+        Ok(signing)
+    }
+}

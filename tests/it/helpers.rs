@@ -89,6 +89,7 @@ pub struct TestApp {
     pub key: String,
     pub worker: Worker,
     pub dispatcher: Dispatcher,
+    pub verifier: herald::domains::DomainVerifier,
     pub clock: ManualClock,
     pub store: Store,
     pub outbox: tempfile::TempDir,
@@ -118,6 +119,8 @@ pub fn test_config(db_url: &str, relay: Option<&TestSmtp>, outbox: &std::path::P
     c.webhooks.allow_private_targets = true;
     c.webhooks.jitter = 0.0;
     c.webhooks.timeout = Duration::from_secs(1);
+    // Domain checks go to a test's own DNS server, never to the machine's resolver.
+    c.domains.dns_servers = vec!["127.0.0.1:9".into()];
     c
 }
 
@@ -143,6 +146,7 @@ impl TestApp {
         let store = app.state.store.clone();
         let worker = app.worker.clone();
         let dispatcher = app.dispatcher.clone();
+        let verifier = app.verifier.clone();
         let key = create_key(&store, "alpha", Permission::FullAccess, clock.now_ms()).await;
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(app.run(shutdown.clone(), 0));
@@ -152,6 +156,7 @@ impl TestApp {
             key,
             worker,
             dispatcher,
+            verifier,
             clock,
             store,
             outbox,
@@ -177,6 +182,17 @@ impl TestApp {
         let mut total = 0;
         loop {
             match self.dispatcher.run_once().await.expect("dispatch step") {
+                RunOutcome::Worked(n) => total += n,
+                RunOutcome::Idle => return total,
+            }
+        }
+    }
+
+    /// Runs domain checks until none is due; returns how many domains were checked.
+    pub async fn verify_domains(&self) -> usize {
+        let mut total = 0;
+        loop {
+            match self.verifier.run_once().await.expect("verification step") {
                 RunOutcome::Worked(n) => total += n,
                 RunOutcome::Idle => return total,
             }

@@ -1,6 +1,7 @@
 //! Herald's integration tests: one binary, real HTTP, real SMTP over TCP, real SQLite and
 //! Postgres.
 
+mod dns_server;
 mod helpers;
 mod smtp_server;
 
@@ -8,6 +9,7 @@ mod api_keys;
 mod cli;
 mod crash;
 mod delivery;
+mod domains;
 mod emails;
 mod interop;
 mod receiver;

@@ -11,6 +11,7 @@ pub mod health;
 pub mod idempotency;
 pub mod json;
 pub mod request_id;
+pub mod suppressions;
 pub mod webhooks;
 
 use std::collections::HashMap;
@@ -118,6 +119,19 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/domains/{id}/verify", post(domains::verify_domain))
         .route("/v1/domains/{id}/dkim/rotate", post(domains::rotate_dkim))
+        .route(
+            "/v1/suppressions",
+            get(suppressions::list_suppressions).post(suppressions::add_suppression),
+        )
+        .route("/v1/suppressions/batch/add", post(suppressions::batch_add))
+        .route(
+            "/v1/suppressions/batch/remove",
+            post(suppressions::batch_remove),
+        )
+        .route(
+            "/v1/suppressions/{target}",
+            get(suppressions::get_suppression).delete(suppressions::delete_suppression),
+        )
         .route("/v1/events", get(events::list_events))
         .route("/v1/events/{id}/redeliver", post(events::redeliver_event))
         .route(

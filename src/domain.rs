@@ -13,4 +13,5 @@ pub mod mime;
 pub mod retry;
 pub mod sealing;
 pub mod status;
+pub mod suppression;
 pub mod verp;

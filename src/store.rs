@@ -14,6 +14,7 @@ mod emails;
 mod migrate;
 mod projects;
 mod queue;
+mod suppressions;
 mod webhooks;
 
 use std::str::FromStr;
@@ -29,6 +30,7 @@ pub use emails::{
 };
 pub use projects::{ApiKeyRecord, Project};
 pub use queue::{ClaimedEmail, ClaimedRecipient, Outcome};
+pub use suppressions::SuppressionRecord;
 pub use webhooks::{AttemptLogRecord, AttemptRecord, DeliveryEmail, DueDelivery, EndpointRecord};
 
 /// Which database the URL named.

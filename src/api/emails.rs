@@ -20,6 +20,7 @@ use crate::domain::mime::build_mime;
 use crate::domain::status::{RecipientStatus, aggregate_status};
 use crate::store::{
     EmailRecord, IdempotencyRecord, NewEmail, NewEvent, NewRecipient, RecipientRecord,
+    SuppressionRecord,
 };
 
 use super::AppState;
@@ -44,6 +45,7 @@ fn prepare(
     principal: &Principal,
     email: OutgoingEmail,
     signing: Option<&Signing>,
+    suppressed: &[SuppressionRecord],
     now: i64,
 ) -> ApiResult<Prepared> {
     let id = Uuid::now_v7();
@@ -74,13 +76,26 @@ fn prepare(
     });
     let mut recipients = Vec::new();
     let mut events = Vec::new();
+    let mut suppressed_list = Vec::new();
     for (position, (kind, m)) in email.recipients().into_iter().enumerate() {
         let rid = Uuid::now_v7().to_string();
+        // A suppressed address is accepted but never attempted (API.md: no 422, so batch
+        // clients stay simple and list membership does not leak through errors).
+        let suppression = suppressed.iter().find(|s| s.email == m.email.as_str());
+        let (st, data) = match suppression {
+            Some(s) => {
+                suppressed_list.push(m.email.to_string());
+                let scope = (!s.stream.is_empty()).then_some(s.stream.as_str());
+                let data = json!({"suppression": {"reason": s.reason, "stream": scope, "created_at": format_ms(s.created_at)}});
+                (RecipientStatus::Suppressed, data)
+            }
+            None => (status, json!({})),
+        };
         events.push(NewEvent::new(
             Some(&rid),
             Some(m.email.as_str()),
-            crate::domain::event::EventType::for_status(status).as_str(),
-            json!({}),
+            crate::domain::event::EventType::for_status(st).as_str(),
+            data,
             now,
         ));
         recipients.push(NewRecipient {
@@ -89,19 +104,24 @@ fn prepare(
             address: m.email.to_string(),
             name: m.name.clone(),
             kind: kind.as_str().to_owned(),
-            status: status.as_str().to_owned(),
+            status: st.as_str().to_owned(),
             next_attempt_at: start,
             deadline_at: deadline,
         });
     }
+    let overall = aggregate_status(
+        recipients
+            .iter()
+            .filter_map(|r| RecipientStatus::parse(&r.status)),
+    );
     let accepted = json!({
         "object": "email",
         "id": id.to_string(),
-        "status": status.as_str(),
+        "status": overall.as_str(),
         "scheduled_at": email.scheduled_at.filter(|_| scheduled).map(format_ms),
         "created_at": format_ms(now),
         "message_id": message_id,
-        "suppressed": [],
+        "suppressed": suppressed_list,
     });
     let mailbox_json = |list: &[crate::domain::address::Mailbox]| {
         Value::Array(
@@ -132,6 +152,20 @@ fn prepare(
         events,
     };
     Ok(Prepared { row, accepted })
+}
+
+/// The email's recipients that are on the suppression list for its stream.
+async fn suppressed_recipients(
+    state: &AppState,
+    principal: &Principal,
+    email: &OutgoingEmail,
+) -> ApiResult<Vec<SuppressionRecord>> {
+    let recipients = email.recipients();
+    let addresses: Vec<&str> = recipients.iter().map(|(_, m)| m.email.as_str()).collect();
+    Ok(state
+        .store
+        .suppressed_among(&principal.project_id, &email.stream, &addresses)
+        .await?)
 }
 
 /// Runs `work` under the request's idempotency key, if it has one: replays a stored
@@ -255,7 +289,15 @@ pub async fn create_email(
     let signing = Senders::default()
         .resolve(&state, &principal, email.from.email.domain(), "/from")
         .await?;
-    let prepared = prepare(&state, &principal, email, signing.as_deref(), now)?;
+    let suppressed = suppressed_recipients(&state, &principal, &email).await?;
+    let prepared = prepare(
+        &state,
+        &principal,
+        email,
+        signing.as_deref(),
+        &suppressed,
+        now,
+    )?;
     idempotent(&state, &principal, &headers, "/v1/emails", &body, |idem| {
         commit(
             &state,
@@ -321,11 +363,14 @@ pub async fn create_batch(
         let outcome = match validated {
             Ok(email) => {
                 let domain = email.from.email.domain().to_owned();
-                match senders
-                    .resolve(&state, &principal, &domain, &format!("{prefix}/from"))
-                    .await
-                {
-                    Ok(signing) => prepare(&state, &principal, email, signing.as_deref(), now),
+                let pointer = format!("{prefix}/from");
+                match senders.resolve(&state, &principal, &domain, &pointer).await {
+                    Ok(signing) => match suppressed_recipients(&state, &principal, &email).await {
+                        Ok(sup) => {
+                            prepare(&state, &principal, email, signing.as_deref(), &sup, now)
+                        }
+                        Err(e) => Err(e),
+                    },
                     Err(e) => Err(e),
                 }
             }

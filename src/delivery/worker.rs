@@ -25,8 +25,9 @@ use crate::domain::bounce::{
 use crate::domain::event::EventType;
 use crate::domain::retry::RetryPolicy;
 use crate::domain::status::RecipientStatus;
+use crate::domain::suppression::{SuppressionReason, bounce_suppresses};
 use crate::domain::verp::VerpSigner;
-use crate::store::{ClaimedEmail, NewEvent, Outcome, Store, StoreError};
+use crate::store::{ClaimedEmail, NewEvent, Outcome, Store, StoreError, SuppressionRecord};
 
 use super::mailer::{Mailer, Verdict};
 
@@ -208,19 +209,34 @@ impl Worker {
             })
         };
         let bounced = |reply: SmtpReply, phase: SmtpPhase, class: BounceClass| {
+            let suppress = bounce_suppresses(&class).then(|| {
+                let mut s = SuppressionRecord::new(
+                    &ctx.project_id,
+                    &ctx.address,
+                    "",
+                    SuppressionReason::HardBounce.as_str(),
+                    now,
+                );
+                s.source_email_id = Some(ctx.email_id.clone());
+                s.details = Some(reply.response.clone());
+                s
+            });
             let data = json!({
                 "bounce": {
                     "type": class.kind, "sub_type": class.sub_type, "phase": phase,
                     "smtp_code": reply.code, "enhanced_status": reply.enhanced_status,
                     "diagnostic": reply.response, "remote_mta": remote_mta,
-                    "suppressed": false,
+                    "suppressed": suppress.is_some(),
                 },
                 "attempt": ctx.attempt,
             });
-            ctx.outcome(RecipientStatus::Bounced, now)
+            let mut o = ctx
+                .outcome(RecipientStatus::Bounced, now)
                 .reply(&reply, phase)
                 .bounce(class)
-                .event(data)
+                .event(data);
+            o.suppress = suppress;
+            o
         };
         match verdict {
             Verdict::Accepted { reply, tls } => {
@@ -342,6 +358,7 @@ impl Attempt {
             bounce_type: None,
             bounce_sub_type: None,
             sent_at: None,
+            suppress: None,
             event: NewEvent::new(
                 Some(&self.recipient_id),
                 Some(&self.address),

@@ -32,6 +32,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0003_domains.sql"),
         postgres: include_str!("../../migrations/postgres/0003_domains.sql"),
     },
+    Migration {
+        version: 4,
+        name: "suppressions",
+        sqlite: include_str!("../../migrations/sqlite/0004_suppressions.sql"),
+        postgres: include_str!("../../migrations/postgres/0004_suppressions.sql"),
+    },
 ];
 
 /// An arbitrary constant: the advisory lock id Herald's migrations hold on Postgres.

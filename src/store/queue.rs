@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use sqlx::Row;
 
 use super::emails::{NewEvent, insert_event};
+use super::suppressions::{SuppressionRecord, insert_suppression};
 use super::webhooks::Outbox;
 use super::{Backend, Store, StoreResult, placeholders};
 
@@ -54,6 +55,8 @@ pub struct Outcome {
     pub bounce_sub_type: Option<String>,
     pub sent_at: Option<i64>,
     pub event: NewEvent,
+    /// A suppression this outcome adds (a hard bounce), written in the same transaction.
+    pub suppress: Option<SuppressionRecord>,
 }
 
 const CLAIM_SQLITE: &str = "UPDATE recipients SET lease_owner = $1, lease_expires_at = $2, \
@@ -178,6 +181,9 @@ impl Store {
                     &o.event,
                 )
                 .await?;
+                if let Some(sup) = &o.suppress {
+                    insert_suppression(&mut tx, sup).await?;
+                }
                 applied += 1;
             }
         }

@@ -14,6 +14,7 @@ mod emails;
 mod interop;
 mod receiver;
 mod store_contract;
+mod suppressions;
 mod webhooks;
 
 /// Runs an `async fn(Backend)` test once on SQLite and once on Postgres.

@@ -84,6 +84,7 @@ fn sent(email_id: &str, project_id: &str, recipient_id: &str, at: i64) -> Outcom
         bounce_type: None,
         bounce_sub_type: None,
         sent_at: Some(at),
+        suppress: None,
         event: NewEvent::new(
             Some(recipient_id),
             None,

@@ -1,0 +1,341 @@
+//! `/v1/suppressions`: the addresses Herald will not send to, per project (and stream).
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::clock::format_ms;
+use crate::domain::address::EmailAddress;
+use crate::domain::suppression::SuppressionReason;
+use crate::store::SuppressionRecord;
+
+use super::AppState;
+use super::auth::Principal;
+use super::error::{ApiError, ApiResult, FieldError};
+use super::json::JsonBody;
+
+const MAX_BATCH: usize = 100;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddRequest {
+    email: String,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    stream: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchAddRequest {
+    emails: Vec<String>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    stream: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRemoveRequest {
+    #[serde(default)]
+    emails: Vec<String>,
+    #[serde(default)]
+    ids: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    limit: Option<i64>,
+    #[serde(default)]
+    before: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeQuery {
+    #[serde(default)]
+    stream: Option<String>,
+}
+
+pub fn suppression_json(s: &SuppressionRecord) -> Value {
+    json!({
+        "object": "suppression",
+        "id": s.id,
+        "email": s.email,
+        "reason": s.reason,
+        "stream": (!s.stream.is_empty()).then_some(&s.stream),
+        "source_email_id": s.source_email_id,
+        "details": s.details,
+        "created_at": format_ms(s.created_at),
+    })
+}
+
+/// Reason and scope of a manual addition.
+fn manual_scope(
+    state: &AppState,
+    reason: Option<&str>,
+    stream: Option<&str>,
+    errors: &mut Vec<FieldError>,
+) -> (SuppressionReason, String) {
+    let reason = match reason.map(SuppressionReason::parse) {
+        None => SuppressionReason::Manual,
+        Some(Some(r @ (SuppressionReason::Manual | SuppressionReason::Unsubscribe))) => r,
+        Some(_) => {
+            errors.push(FieldError::new(
+                "/reason",
+                "validation_error",
+                "reason must be manual or unsubscribe (bounces and complaints are added by Herald)",
+            ));
+            SuppressionReason::Manual
+        }
+    };
+    let stream = stream.unwrap_or_default().to_owned();
+    if !stream.is_empty() && !state.config.streams.contains(&stream) {
+        errors.push(FieldError::new(
+            "/stream",
+            "invalid_stream",
+            format!("'{stream}' is not a configured stream"),
+        ));
+    }
+    (reason, stream)
+}
+
+fn parse_email(raw: &str, pointer: String, errors: &mut Vec<FieldError>) -> Option<EmailAddress> {
+    match EmailAddress::parse(raw) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            errors.push(FieldError::new(pointer, "invalid_email", e.to_string()));
+            None
+        }
+    }
+}
+
+/// `POST /v1/suppressions`.
+pub async fn add_suppression(
+    State(state): State<AppState>,
+    principal: Principal,
+    JsonBody(req): JsonBody<AddRequest>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    principal.require_full_access()?;
+    let mut errors = Vec::new();
+    let email = parse_email(&req.email, "/email".into(), &mut errors);
+    let (reason, stream) = manual_scope(
+        &state,
+        req.reason.as_deref(),
+        req.stream.as_deref(),
+        &mut errors,
+    );
+    let Some(email) = email.filter(|_| errors.is_empty()) else {
+        return Err(ApiError::validation(errors));
+    };
+    let record = SuppressionRecord::new(
+        &principal.project_id,
+        email.as_str(),
+        &stream,
+        reason.as_str(),
+        state.clock.now_ms(),
+    );
+    let (stored, added) = state.store.add_suppression(&record).await?;
+    let status = if added {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(suppression_json(&stored))))
+}
+
+/// `POST /v1/suppressions/batch/add`: per-item results, in order.
+pub async fn batch_add(
+    State(state): State<AppState>,
+    principal: Principal,
+    JsonBody(req): JsonBody<BatchAddRequest>,
+) -> ApiResult<Json<Value>> {
+    principal.require_full_access()?;
+    if req.emails.len() > MAX_BATCH || req.emails.is_empty() {
+        return Err(ApiError::validation(vec![FieldError::new(
+            "/emails",
+            "batch_too_large",
+            format!("1 to {MAX_BATCH} addresses"),
+        )]));
+    }
+    let mut errors = Vec::new();
+    let (reason, stream) = manual_scope(
+        &state,
+        req.reason.as_deref(),
+        req.stream.as_deref(),
+        &mut errors,
+    );
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let now = state.clock.now_ms();
+    let mut data = Vec::new();
+    for (i, raw) in req.emails.iter().enumerate() {
+        let mut item_errors = Vec::new();
+        match parse_email(raw, format!("/emails/{i}"), &mut item_errors) {
+            Some(email) => {
+                let record = SuppressionRecord::new(&principal.project_id, email.as_str(), &stream, reason.as_str(), now);
+                let (stored, added) = state.store.add_suppression(&record).await?;
+                data.push(json!({"index": i, "email": stored.email, "id": stored.id, "status": if added { "added" } else { "exists" }}));
+            }
+            None => data.push(json!({"index": i, "email": raw, "status": "invalid", "error": item_errors.first().map(|e| e.detail.clone())})),
+        }
+    }
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+/// `POST /v1/suppressions/batch/remove`: by addresses (every scope) or ids.
+pub async fn batch_remove(
+    State(state): State<AppState>,
+    principal: Principal,
+    JsonBody(req): JsonBody<BatchRemoveRequest>,
+) -> ApiResult<Json<Value>> {
+    principal.require_full_access()?;
+    let n = req.emails.len() + req.ids.len();
+    if n == 0 || n > MAX_BATCH {
+        return Err(ApiError::validation(vec![FieldError::new(
+            "",
+            "batch_too_large",
+            format!("1 to {MAX_BATCH} addresses or ids"),
+        )]));
+    }
+    let mut data = Vec::new();
+    for target in req.emails.iter().chain(req.ids.iter()) {
+        let removed = remove_all(&state, &principal, target).await?;
+        data.push(json!({"target": target, "status": if removed > 0 { "removed" } else { "not_found" }, "removed": removed}));
+    }
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+/// Removes every suppression of an address (or the one with that id); returns how many.
+async fn remove_all(state: &AppState, principal: &Principal, target: &str) -> ApiResult<usize> {
+    let key = EmailAddress::parse(target).map_or_else(|_| target.to_owned(), |e| e.to_string());
+    let mut removed = 0;
+    while let Some(s) = state
+        .store
+        .find_suppression(&principal.project_id, &key, None)
+        .await?
+    {
+        audit_removal(principal, &s);
+        state
+            .store
+            .delete_suppression(&principal.project_id, &s.id)
+            .await?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+fn audit_removal(principal: &Principal, s: &SuppressionRecord) {
+    if s.reason == "complaint" {
+        tracing::warn!(
+            project_id = %principal.project_id,
+            key_id = %principal.key_id,
+            suppression_id = %s.id,
+            "a complaint suppression was removed"
+        );
+    }
+}
+
+/// `GET /v1/suppressions`.
+pub async fn list_suppressions(
+    State(state): State<AppState>,
+    principal: Principal,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    principal.require_full_access()?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "limit must be between 1 and 100",
+        ));
+    }
+    let mut rows = state
+        .store
+        .list_suppressions(
+            &principal.project_id,
+            q.reason.as_deref(),
+            q.before.as_deref(),
+            limit + 1,
+        )
+        .await?;
+    let has_more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let data: Vec<Value> = rows.iter().map(suppression_json).collect();
+    Ok(Json(
+        json!({"object": "list", "has_more": has_more, "data": data}),
+    ))
+}
+
+fn scope_of(
+    q: Result<Query<ScopeQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Option<String>> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    Ok(q.stream)
+}
+
+/// `GET /v1/suppressions/{id_or_email}?stream=`.
+pub async fn get_suppression(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(target): Path<String>,
+    query: Result<Query<ScopeQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    principal.require_full_access()?;
+    let stream = scope_of(query)?;
+    let key = EmailAddress::parse(&target).map_or(target.clone(), |e| e.to_string());
+    let found = state
+        .store
+        .find_suppression(&principal.project_id, &key, stream.as_deref())
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(Json(suppression_json(&found)))
+}
+
+/// `DELETE /v1/suppressions/{id_or_email}?stream=`: one scope if `stream` is given, else all.
+pub async fn delete_suppression(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(target): Path<String>,
+    query: Result<Query<ScopeQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    principal.require_full_access()?;
+    let stream = scope_of(query)?;
+    let removed = match stream {
+        Some(stream) => {
+            let key = EmailAddress::parse(&target).map_or(target.clone(), |e| e.to_string());
+            match state
+                .store
+                .find_suppression(&principal.project_id, &key, Some(&stream))
+                .await?
+            {
+                Some(s) => {
+                    audit_removal(&principal, &s);
+                    state
+                        .store
+                        .delete_suppression(&principal.project_id, &s.id)
+                        .await?;
+                    1
+                }
+                None => 0,
+            }
+        }
+        None => remove_all(&state, &principal, &target).await?,
+    };
+    if removed == 0 {
+        return Err(ApiError::not_found());
+    }
+    Ok(Json(
+        json!({"object": "suppression", "id": target, "deleted": true, "removed": removed}),
+    ))
+}

@@ -1,0 +1,175 @@
+//! The suppression list.
+
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
+use uuid::Uuid;
+
+use super::{Store, StoreError, StoreResult, placeholders};
+
+#[derive(Debug, Clone)]
+pub struct SuppressionRecord {
+    pub id: String,
+    pub project_id: String,
+    pub email: String,
+    /// `""`: every stream.
+    pub stream: String,
+    pub reason: String,
+    pub source_email_id: Option<String>,
+    pub details: Option<String>,
+    pub created_at: i64,
+}
+
+const COLUMNS: &str = "id, project_id, email, stream, reason, source_email_id, details, created_at";
+
+fn from_row(r: &AnyRow) -> StoreResult<SuppressionRecord> {
+    Ok(SuppressionRecord {
+        id: r.try_get(0)?,
+        project_id: r.try_get(1)?,
+        email: r.try_get(2)?,
+        stream: r.try_get(3)?,
+        reason: r.try_get(4)?,
+        source_email_id: r.try_get(5)?,
+        details: r.try_get(6)?,
+        created_at: r.try_get(7)?,
+    })
+}
+
+/// Adds a suppression unless the same (address, scope) is already there; returns whether it
+/// was added.
+pub(super) async fn insert_suppression(
+    tx: &mut Transaction<'static, Any>,
+    s: &SuppressionRecord,
+) -> StoreResult<bool> {
+    let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO suppressions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         ON CONFLICT (project_id, email, stream) DO NOTHING"
+    )))
+    .bind(&s.id)
+    .bind(&s.project_id)
+    .bind(&s.email)
+    .bind(&s.stream)
+    .bind(&s.reason)
+    .bind(s.source_email_id.as_deref())
+    .bind(s.details.as_deref())
+    .bind(s.created_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+impl SuppressionRecord {
+    pub fn new(project_id: &str, email: &str, stream: &str, reason: &str, now: i64) -> Self {
+        Self {
+            id: Uuid::now_v7().to_string(),
+            project_id: project_id.to_owned(),
+            email: email.to_owned(),
+            stream: stream.to_owned(),
+            reason: reason.to_owned(),
+            source_email_id: None,
+            details: None,
+            created_at: now,
+        }
+    }
+}
+
+impl Store {
+    /// Adds one suppression; returns the stored row (the existing one if it was there).
+    pub async fn add_suppression(
+        &self,
+        s: &SuppressionRecord,
+    ) -> StoreResult<(SuppressionRecord, bool)> {
+        let mut tx = self.write.begin().await?;
+        let added = insert_suppression(&mut tx, s).await?;
+        tx.commit().await?;
+        let stored = self
+            .find_suppression(&s.project_id, &s.email, Some(&s.stream))
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        Ok((stored, added))
+    }
+
+    /// The suppression of `email` in exactly `stream` (`Some("")` = all streams), or, with
+    /// `None`, the first one in any scope.
+    pub async fn find_suppression(
+        &self,
+        project_id: &str,
+        email: &str,
+        stream: Option<&str>,
+    ) -> StoreResult<Option<SuppressionRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM suppressions WHERE project_id = $1 AND (email = $2 OR id = $2) \
+             AND ($3 = '*' OR stream = $3) ORDER BY stream LIMIT 1"
+        )))
+        .bind(project_id)
+        .bind(email)
+        .bind(stream.unwrap_or("*"))
+        .fetch_optional(&self.write)
+        .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// Which of `emails` are suppressed for `stream` (globally or in that stream).
+    pub async fn suppressed_among(
+        &self,
+        project_id: &str,
+        stream: &str,
+        emails: &[&str],
+    ) -> StoreResult<Vec<SuppressionRecord>> {
+        if emails.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM suppressions WHERE project_id = $1 AND (stream = '' OR stream = $2) \
+             AND email IN ({})",
+            placeholders(3, emails.len())
+        ));
+        let mut q = sqlx::query(sql).bind(project_id).bind(stream);
+        for e in emails {
+            q = q.bind(*e);
+        }
+        let rows = q.fetch_all(&self.read).await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// The project's suppressions, newest first, before the id `before`.
+    pub async fn list_suppressions(
+        &self,
+        project_id: &str,
+        reason: Option<&str>,
+        before: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Vec<SuppressionRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM suppressions WHERE project_id = $1 AND ($2 = '' OR reason = $2) \
+             AND ($3 = '' OR id < $3) ORDER BY id DESC LIMIT $4"
+        )))
+        .bind(project_id)
+        .bind(reason.unwrap_or(""))
+        .bind(before.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    pub async fn delete_suppression(&self, project_id: &str, id: &str) -> StoreResult<()> {
+        let done = sqlx::query("DELETE FROM suppressions WHERE project_id = $1 AND id = $2")
+            .bind(project_id)
+            .bind(id)
+            .execute(&self.write)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    /// Suppressions in the project (active), for stats.
+    pub async fn count_suppressions(&self, project_id: &str) -> StoreResult<i64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM suppressions WHERE project_id = $1")
+            .bind(project_id)
+            .fetch_one(&self.read)
+            .await?;
+        Ok(n)
+    }
+}

@@ -39,6 +39,20 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Bounce and complaint reports.
+    Bounce {
+        #[command(subcommand)]
+        command: BounceCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BounceCommand {
+    /// Parse report files (DSN, plain-text bounces, ARF) and print one JSON object per file.
+    Parse {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -71,6 +85,13 @@ enum KeysCommand {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Bounce {
+        command: BounceCommand::Parse { files },
+    } = &cli.command
+    {
+        // Needs no configuration and no database.
+        return parse_bounces(files);
+    }
     let config = Config::load(cli.config.as_deref())?;
     herald::telemetry::init(&config.log.format, &config.log.level);
     match cli.command {
@@ -91,7 +112,19 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys { command } => keys(config, command).await,
+        Command::Bounce { .. } => Ok(()),
     }
+}
+
+fn parse_bounces(files: &[PathBuf]) -> anyhow::Result<()> {
+    for file in files {
+        let raw = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+        let report = herald::bounces::report::parse_report(&raw);
+        let mut v = serde_json::to_value(&report)?;
+        v["file"] = serde_json::Value::String(file.display().to_string());
+        println!("{}", serde_json::to_string(&v)?);
+    }
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

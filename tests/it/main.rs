@@ -6,6 +6,7 @@ mod helpers;
 mod smtp_server;
 
 mod api_keys;
+mod bounce_corpus;
 mod cli;
 mod crash;
 mod delivery;

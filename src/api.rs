@@ -9,6 +9,7 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod idempotency;
+pub mod inbound;
 pub mod json;
 pub mod request_id;
 pub mod suppressions;
@@ -24,9 +25,11 @@ use axum::middleware;
 use axum::routing::{delete, get, post};
 use tokio::sync::Notify;
 
+use crate::bounces::inbound::InboundProcessor;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::sealing::Sealer;
+use crate::domain::verp::VerpSigner;
 use crate::store::Store;
 
 use error::ApiError;
@@ -45,6 +48,8 @@ pub struct AppState {
     pub domains_wake: Arc<Notify>,
     /// Seals and opens secrets kept in the database.
     pub sealer: Arc<Sealer>,
+    /// Reads bounce and complaint reports (`POST /v1/inbound`, and the SMTP listener).
+    pub inbound: InboundProcessor,
     pub idempotency: idempotency::InFlight,
     /// When this process last recorded each key's use, so it writes at most once a minute.
     key_touches: Arc<Mutex<HashMap<String, i64>>>,
@@ -56,13 +61,23 @@ impl AppState {
         config: Arc<Config>,
         clock: Arc<dyn Clock>,
         sealer: Arc<Sealer>,
+        verp: VerpSigner,
     ) -> Self {
+        let events_wake = Arc::new(Notify::new());
+        let inbound = InboundProcessor {
+            store: store.clone(),
+            clock: Arc::clone(&clock),
+            verp,
+            bounce_domain: config.delivery.bounce_domain.clone(),
+            events_wake: Arc::clone(&events_wake),
+        };
         Self {
             store,
             config,
             clock,
             wake: Arc::new(Notify::new()),
-            events_wake: Arc::new(Notify::new()),
+            events_wake,
+            inbound,
             domains_wake: Arc::new(Notify::new()),
             sealer,
             idempotency: idempotency::InFlight::default(),
@@ -93,6 +108,7 @@ pub fn router(state: AppState) -> Router {
     let limits = &state.config.limits;
     let email_limit = DefaultBodyLimit::max(limits.max_email_body_bytes());
     let batch_limit = DefaultBodyLimit::max(limits.max_batch_body_bytes);
+    let inbound_limit = DefaultBodyLimit::max(limits.max_message_bytes + 1024 * 1024);
     Router::new()
         .route("/v1/emails", post(emails::create_email).layer(email_limit))
         .route(
@@ -131,6 +147,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/suppressions/{target}",
             get(suppressions::get_suppression).delete(suppressions::delete_suppression),
+        )
+        .route(
+            "/v1/inbound",
+            post(inbound::receive_inbound).layer(inbound_limit),
         )
         .route("/v1/events", get(events::list_events))
         .route("/v1/events/{id}/redeliver", post(events::redeliver_event))

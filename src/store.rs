@@ -11,6 +11,7 @@
 
 mod domains;
 mod emails;
+mod inbound;
 mod migrate;
 mod projects;
 mod queue;
@@ -28,6 +29,7 @@ pub use emails::{
     EmailRecord, EventFilter, EventRecord, IdempotencyRecord, NewEmail, NewEvent, NewRecipient,
     RecipientRecord, StoredResponse,
 };
+pub use inbound::{RecipientRef, ReportEffect};
 pub use projects::{ApiKeyRecord, Project};
 pub use queue::{ClaimedEmail, ClaimedRecipient, Outcome};
 pub use suppressions::SuppressionRecord;

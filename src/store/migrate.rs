@@ -38,6 +38,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0004_suppressions.sql"),
         postgres: include_str!("../../migrations/postgres/0004_suppressions.sql"),
     },
+    Migration {
+        version: 5,
+        name: "inbound",
+        sqlite: include_str!("../../migrations/sqlite/0005_inbound.sql"),
+        postgres: include_str!("../../migrations/postgres/0005_inbound.sql"),
+    },
 ];
 
 /// An arbitrary constant: the advisory lock id Herald's migrations hold on Postgres.

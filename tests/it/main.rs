@@ -12,6 +12,7 @@ mod crash;
 mod delivery;
 mod domains;
 mod emails;
+mod inbound;
 mod interop;
 mod receiver;
 mod store_contract;

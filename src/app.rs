@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
+use crate::bounces::listener::ListenerSettings;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::delivery::mailer::DirectoryMailer;
@@ -36,6 +37,9 @@ pub struct App {
     pub verifier: DomainVerifier,
     pub listener: TcpListener,
     pub addr: SocketAddr,
+    /// The bounce listener (SMTP), if `inbound.listen` is set.
+    pub inbound: Option<(TcpListener, ListenerSettings)>,
+    pub inbound_addr: Option<SocketAddr>,
 }
 
 /// The mailer the configuration asks for.
@@ -133,6 +137,31 @@ impl App {
             lease: config.delivery.lease,
             events_wake: Arc::clone(&state.events_wake),
         };
+        let inbound = if config.inbound.listen.is_empty() {
+            None
+        } else {
+            let i = &config.inbound;
+            let tls = if i.tls_cert_file.is_empty() {
+                None
+            } else {
+                Some(
+                    crate::bounces::listener::tls_acceptor(&i.tls_cert_file, &i.tls_key_file)
+                        .map_err(|e| anyhow::anyhow!("inbound TLS: {e}"))?,
+                )
+            };
+            let l = TcpListener::bind(&i.listen)
+                .await
+                .with_context(|| format!("binding the inbound SMTP listener on {}", i.listen))?;
+            let settings = ListenerSettings {
+                hostname: config.delivery.bounce_domain.clone(),
+                max_message_bytes: i.max_message_bytes,
+                max_recipients: i.max_recipients,
+                timeout: i.timeout,
+                tls,
+            };
+            Some((l, settings))
+        };
+        let inbound_addr = inbound.as_ref().and_then(|(l, _)| l.local_addr().ok());
         Ok(Self {
             state,
             worker,
@@ -140,6 +169,8 @@ impl App {
             verifier,
             listener,
             addr,
+            inbound,
+            inbound_addr,
         })
     }
 
@@ -174,6 +205,15 @@ impl App {
                 Arc::clone(&self.state.domains_wake),
                 shutdown.clone(),
                 config.delivery.poll_interval,
+            ));
+        }
+        if let Some((listener, settings)) = self.inbound {
+            tracker.spawn(crate::bounces::listener::serve(
+                listener,
+                self.state.inbound.clone(),
+                settings,
+                config.inbound.max_connections,
+                shutdown.clone(),
             ));
         }
         tracker.close();

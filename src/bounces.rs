@@ -6,4 +6,5 @@
 //! the signed VERP token, else by the returned Message-ID) and records the consequences.
 
 pub mod inbound;
+pub mod listener;
 pub mod report;

@@ -34,6 +34,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub webhooks: WebhooksConfig,
     pub domains: DomainsConfig,
+    pub inbound: InboundConfig,
     pub log: LogConfig,
 }
 
@@ -52,6 +53,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             webhooks: WebhooksConfig::default(),
             domains: DomainsConfig::default(),
+            inbound: InboundConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -261,6 +263,37 @@ impl Default for DomainsConfig {
             dns_servers: Vec::new(),
             spf_include: String::new(),
             return_path_subdomain: "bounces".into(),
+        }
+    }
+}
+
+/// Herald's own SMTP listener for bounce and complaint reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InboundConfig {
+    /// `ip:port` to listen on (the MX of the bounce domain points here); empty: no listener.
+    pub listen: String,
+    pub max_message_bytes: usize,
+    pub max_connections: usize,
+    pub max_recipients: usize,
+    /// Time allowed for each command or line of data.
+    #[serde(with = "duration_text")]
+    pub timeout: Duration,
+    /// PEM certificate chain and key for STARTTLS; empty: no STARTTLS.
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
+}
+
+impl Default for InboundConfig {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            max_message_bytes: 10 * 1024 * 1024,
+            max_connections: 100,
+            max_recipients: 50,
+            timeout: Duration::from_secs(60),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
         }
     }
 }

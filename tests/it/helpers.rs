@@ -84,6 +84,8 @@ impl TestDb {
 
 pub struct TestApp {
     pub base: String,
+    /// The bounce listener's address, when the test configured one.
+    pub inbound_addr: Option<std::net::SocketAddr>,
     pub http: reqwest::Client,
     /// A full_access key of project "alpha".
     pub key: String,
@@ -143,6 +145,7 @@ impl TestApp {
             .await
             .expect("build app");
         let base = format!("http://{}", app.addr);
+        let inbound_addr = app.inbound_addr;
         let store = app.state.store.clone();
         let worker = app.worker.clone();
         let dispatcher = app.dispatcher.clone();
@@ -152,6 +155,7 @@ impl TestApp {
         let server = tokio::spawn(app.run(shutdown.clone(), 0));
         Self {
             base,
+            inbound_addr,
             http: reqwest::Client::new(),
             key,
             worker,

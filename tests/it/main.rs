@@ -14,6 +14,7 @@ mod domains;
 mod emails;
 mod inbound;
 mod interop;
+mod listener;
 mod receiver;
 mod store_contract;
 mod suppressions;

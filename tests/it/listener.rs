@@ -1,0 +1,196 @@
+//! The bounce listener end to end: the relay accepts a message, a DSN for it arrives over
+//! SMTP (STARTTLS) at Herald's listener, the recipient becomes bounced, the address is
+//! suppressed, and the next send to it is suppressed. Forged tokens, oversized and malformed
+//! mail each get their answer.
+
+use std::time::Duration;
+
+use herald::store::Backend;
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::extension::ClientId;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use crate::helpers::{TestApp, email_to, statuses};
+use crate::inbound::dsn;
+use crate::on_both_backends;
+use crate::smtp_server::{TestSmtp, Tls};
+
+on_both_backends!(dsn_over_smtp_bounces_suppresses_and_blocks_the_next_send);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_forgeries_oversize_and_overlong_lines() {
+    let app = listener_app(Backend::Sqlite, None).await;
+    let addr = app.inbound_addr.expect("listener");
+    let mut s = Client::connect(addr).await;
+    assert!(s.expect("220").await.contains("ESMTP"));
+    s.send("EHLO tester").await;
+    let ehlo = s.expect("250").await;
+    assert!(
+        ehlo.contains("STARTTLS") && ehlo.contains("SIZE 65536"),
+        "{ehlo}"
+    );
+    s.send("MAIL FROM:<> SIZE=999999").await;
+    s.expect("552").await;
+    s.send("MAIL FROM:<>").await;
+    s.expect("250").await;
+    // A token that is not signed by Herald, another domain, an unknown local part.
+    s.send("RCPT TO:<bounces+aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa@bounces.herald.localhost>")
+        .await;
+    s.expect("550").await;
+    s.send("RCPT TO:<postmaster@example.com>").await;
+    s.expect("550").await;
+    s.send("RCPT TO:<someone@bounces.herald.localhost>").await;
+    s.expect("550").await;
+    // postmaster@ the bounce domain is accepted; garbage mail is kept, not dropped.
+    s.send("RCPT TO:<postmaster@bounces.herald.localhost>")
+        .await;
+    s.expect("250").await;
+    s.send("DATA").await;
+    s.expect("354").await;
+    s.send("this is not an email at all\r\n.").await;
+    s.expect("250").await;
+    assert_eq!(app.store.count_inbound("unknown").await.expect("count"), 1);
+    // Too much data: the whole message is read, then refused.
+    s.send("MAIL FROM:<>").await;
+    s.expect("250").await;
+    s.send("RCPT TO:<abuse@bounces.herald.localhost>").await;
+    s.expect("250").await;
+    s.send("DATA").await;
+    s.expect("354").await;
+    let line = "x".repeat(1000);
+    for _ in 0..70 {
+        s.send(&line).await;
+    }
+    s.send(".").await;
+    s.expect("552").await;
+    // A line longer than the limit ends the session.
+    s.send(&"y".repeat(5000)).await;
+    s.expect("500").await;
+    assert_eq!(
+        app.store.count_inbound("unknown").await.expect("count"),
+        1,
+        "the oversized message was not kept"
+    );
+    app.finish().await;
+}
+
+async fn listener_app(backend: Backend, relay: Option<&TestSmtp>) -> TestApp {
+    TestApp::spawn_with(backend, relay, |c| {
+        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+        c.inbound.listen = "127.0.0.1:0".into();
+        c.inbound.max_message_bytes = 64 * 1024;
+        c.inbound.timeout = Duration::from_secs(5);
+        c.inbound.tls_cert_file = format!("{fixtures}/server.pem");
+        c.inbound.tls_key_file = format!("{fixtures}/server.key");
+    })
+    .await
+}
+
+async fn dsn_over_smtp_bounces_suppresses_and_blocks_the_next_send(backend: Backend) {
+    let relay = TestSmtp::start(Tls::Starttls).await;
+    let app = listener_app(backend, Some(&relay)).await;
+    let id = app.send(&email_to(&["zed@example.net"])).await;
+    app.drain().await;
+    let return_path = relay.received()[0].mail_from.clone();
+    let message_id = app.email(&id).await["message_id"]
+        .as_str()
+        .expect("mid")
+        .to_owned();
+
+    // The remote MTA sends the bounce to the return path, over STARTTLS.
+    let addr = app.inbound_addr.expect("listener");
+    let hello = ClientId::Domain("mx.example.net".into());
+    let mut conn = AsyncSmtpConnection::connect_tokio1(
+        ("localhost", addr.port()),
+        Some(Duration::from_secs(5)),
+        &hello,
+        None,
+        None,
+    )
+    .await
+    .expect("connect");
+    let ca = Certificate::from_pem(include_bytes!("../fixtures/ca.pem")).expect("ca");
+    let tls = TlsParameters::builder("localhost".into())
+        .add_root_certificate(ca)
+        .build_rustls()
+        .expect("tls");
+    conn.starttls(tls, &hello).await.expect("starttls");
+    assert!(conn.is_encrypted());
+    conn.command(Mail::new(None, vec![])).await.expect("mail");
+    conn.command(Rcpt::new(return_path.parse().expect("address"), vec![]))
+        .await
+        .expect("rcpt");
+    conn.command(Data).await.expect("data");
+    let report = dsn(
+        &return_path,
+        "zed@example.net",
+        "failed",
+        "5.1.1",
+        "550 5.1.1 <zed@example.net>: User unknown",
+        &message_id,
+    );
+    let reply = conn.message(report.as_bytes()).await.expect("accepted");
+    assert_eq!(u16::from(reply.code()), 250);
+    let _ = conn.quit().await;
+
+    let email = app.email(&id).await;
+    assert_eq!(
+        statuses(&email),
+        [("zed@example.net".into(), "bounced".into())]
+    );
+    let (_, sup) = app.get("/v1/suppressions/zed@example.net", &app.key).await;
+    assert_eq!(sup["reason"], "hard_bounce");
+    let (_, v, _) = app
+        .post("/v1/emails", &app.key, &email_to(&["zed@example.net"]))
+        .await;
+    assert_eq!(
+        (v["status"].as_str(), v["suppressed"][0].as_str()),
+        (Some("suppressed"), Some("zed@example.net"))
+    );
+    assert_eq!(app.drain().await, 0, "not attempted");
+    assert_eq!(
+        app.store.count_inbound("processed").await.expect("count"),
+        1
+    );
+    app.finish().await;
+}
+
+/// A line-oriented SMTP client for saying things a well-behaved client would not.
+struct Client {
+    io: BufReader<TcpStream>,
+}
+
+impl Client {
+    async fn connect(addr: std::net::SocketAddr) -> Self {
+        Self {
+            io: BufReader::new(TcpStream::connect(addr).await.expect("connect")),
+        }
+    }
+
+    async fn send(&mut self, line: &str) {
+        self.io
+            .get_mut()
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .expect("write");
+    }
+
+    /// Reads one (possibly multi-line) reply and checks its code.
+    async fn expect(&mut self, code: &str) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            self.io.read_line(&mut line).await.expect("read");
+            assert!(
+                line.starts_with(code),
+                "expected {code}, got {line:?} (after {all:?})"
+            );
+            all.push_str(&line);
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return all;
+            }
+        }
+    }
+}

@@ -40,7 +40,7 @@ impl Mailer {
         name: &str,
     ) -> Verdict {
         match self {
-            Self::Smtp(relay) => relay.deliver(mail_from, rcpt, message).await,
+            Self::Smtp(relay) => relay.deliver(mail_from, rcpt, message, Some(name)).await,
             Self::Directory(dir) => dir.deliver(mail_from, rcpt, message, name).await,
         }
     }

@@ -6,14 +6,16 @@
 //! reused idle connection that turns out to be dead before anything of the transaction was
 //! accepted is replaced once by a fresh one, so relay idle timeouts do not cost a retry.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use lettre::address::Address;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
-use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
-use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
+use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt, Rset};
+use lettre::transport::smtp::extension::{
+    ClientId, Extension, MailBodyParameter, MailParameter, RcptParameter,
+};
 use tokio::sync::Semaphore;
 
 use crate::domain::bounce::{SmtpPhase, SmtpReply};
@@ -46,6 +48,8 @@ pub struct SmtpRelay {
     tls: Option<TlsParameters>,
     permits: Semaphore,
     idle: Mutex<Vec<Idle>>,
+    /// Whether the relay offers DSN, learned on the first connection.
+    relay_dsn: OnceLock<bool>,
 }
 
 impl std::fmt::Debug for SmtpRelay {
@@ -89,6 +93,7 @@ impl SmtpRelay {
         Ok(Self {
             permits: Semaphore::new(settings.concurrency.max(1)),
             idle: Mutex::new(Vec::new()),
+            relay_dsn: OnceLock::new(),
             url,
             settings,
             hello,
@@ -101,7 +106,14 @@ impl SmtpRelay {
     }
 
     /// One SMTP transaction: MAIL FROM `mail_from`, RCPT TO `rcpt`, DATA `message`.
-    pub async fn deliver(&self, mail_from: &str, rcpt: &str, message: &[u8]) -> Verdict {
+    /// `envelope_id` is sent as ENVID when the relay offers DSN.
+    pub async fn deliver(
+        &self,
+        mail_from: &str,
+        rcpt: &str,
+        message: &[u8],
+        envelope_id: Option<&str>,
+    ) -> Verdict {
         let Ok(_permit) = self.permits.acquire().await else {
             return deferred(None, SmtpPhase::Connect, "relay client is shutting down");
         };
@@ -127,7 +139,10 @@ impl SmtpRelay {
                 },
             };
             let tls = conn.is_encrypted();
-            match self.transaction(&mut conn, &from, &to, message).await {
+            match self
+                .transaction(&mut conn, &from, &to, message, envelope_id)
+                .await
+            {
                 Ok(reply) => {
                     self.put_idle(conn);
                     return Verdict::Accepted { reply, tls };
@@ -160,11 +175,34 @@ impl SmtpRelay {
         from: &Address,
         to: &Address,
         message: &[u8],
+        envelope_id: Option<&str>,
     ) -> Result<SmtpReply, Failure> {
         let cmd = self.settings.command_timeout;
         let mut params = Vec::new();
         if !message.is_ascii() && conn.server_info().supports_feature(Extension::EightBitMime) {
             params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+        }
+        let mut rcpt_params = Vec::new();
+        if self.relay_dsn.get() == Some(&true) {
+            // Ask for reports of success too, so `sent` can become `delivered` (RFC 3461).
+            params.push(MailParameter::Other {
+                keyword: "RET".into(),
+                value: Some("HDRS".into()),
+            });
+            if let Some(envid) = envelope_id {
+                params.push(MailParameter::Other {
+                    keyword: "ENVID".into(),
+                    value: Some(xtext(envid)),
+                });
+            }
+            rcpt_params.push(RcptParameter::Other {
+                keyword: "NOTIFY".into(),
+                value: Some("SUCCESS,FAILURE,DELAY".into()),
+            });
+            rcpt_params.push(RcptParameter::Other {
+                keyword: "ORCPT".into(),
+                value: Some(format!("rfc822;{}", xtext(to.as_ref()))),
+            });
         }
         self.step(
             conn,
@@ -173,8 +211,13 @@ impl SmtpRelay {
             Mail::new(Some(from.clone()), params),
         )
         .await?;
-        self.step(conn, SmtpPhase::Rcpt, cmd, Rcpt::new(to.clone(), vec![]))
-            .await?;
+        self.step(
+            conn,
+            SmtpPhase::Rcpt,
+            cmd,
+            Rcpt::new(to.clone(), rcpt_params),
+        )
+        .await?;
         self.step(conn, SmtpPhase::Data, cmd, Data).await?;
         let sent = tokio::time::timeout(self.settings.data_timeout, conn.message(message)).await;
         match sent {
@@ -257,6 +300,23 @@ impl SmtpRelay {
                 Err(_) => return Err(timeout(SmtpPhase::Auth, s.command_timeout)),
             }
         }
+        if self.relay_dsn.get().is_none() {
+            // lettre does not keep unknown EHLO keywords: ask once per relay whether it offers
+            // DSN (RFC 3461), so positive delivery reports can be requested.
+            let ehlo = tokio::time::timeout(
+                s.command_timeout,
+                conn.command(Ehlo::new(self.hello.clone())),
+            )
+            .await;
+            if let Ok(Ok(resp)) = ehlo {
+                let offers = resp.message().any(|l| {
+                    l.split_whitespace()
+                        .next()
+                        .is_some_and(|k| k.eq_ignore_ascii_case("DSN"))
+                });
+                let _ = self.relay_dsn.set(offers);
+            }
+        }
         Ok(conn)
     }
 
@@ -291,6 +351,19 @@ impl SmtpRelay {
             let _ = tokio::time::timeout(Duration::from_secs(2), entry.conn.quit()).await;
         }
     }
+}
+
+/// RFC 3461 §4 xtext: `+XX` for '+', '=' and anything outside printable ASCII.
+fn xtext(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if (33..=126).contains(&b) && b != b'+' && b != b'=' {
+                char::from(b).to_string()
+            } else {
+                format!("+{b:02X}")
+            }
+        })
+        .collect()
 }
 
 fn reply_of(resp: &lettre::transport::smtp::response::Response) -> SmtpReply {

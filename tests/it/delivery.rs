@@ -43,6 +43,17 @@ async fn delivers_over_starttls_with_auth(backend: Backend) {
     assert!(m.tls, "the message must travel over TLS");
     assert_eq!(m.auth_user.as_deref(), Some(crate::smtp_server::USER));
     assert_eq!(m.rcpt_to, vec!["ada@example.com"]);
+    // The relay offers DSN, so Herald asks for success reports too (RFC 3461).
+    assert!(
+        m.commands[0].contains(" RET=HDRS ENVID="),
+        "{:?}",
+        m.commands
+    );
+    assert!(
+        m.commands[1].ends_with(" NOTIFY=SUCCESS,FAILURE,DELAY ORCPT=rfc822;ada@example.com"),
+        "{:?}",
+        m.commands
+    );
     // The envelope sender is this recipient's signed return path.
     let (local, domain) = m.mail_from.split_once('@').expect("address");
     assert_eq!(domain, "bounces.herald.localhost");

@@ -62,6 +62,8 @@ pub enum Tls {
 
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// The MAIL and RCPT command lines as sent, parameters included.
+    pub commands: Vec<String>,
     pub mail_from: String,
     pub rcpt_to: Vec<String>,
     pub data: Vec<u8>,
@@ -239,6 +241,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     let mut auth_user: Option<String> = None;
     let mut from: Option<String> = None;
     let mut rcpts: Vec<String> = Vec::new();
+    let mut commands: Vec<String> = Vec::new();
     let mut line = String::new();
     loop {
         line.clear();
@@ -253,6 +256,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 "250-test.smtp".to_owned(),
                 "250-8BITMIME".into(),
                 "250-SIZE 52428800".into(),
+                "250-DSN".into(),
             ];
             if offer_starttls {
                 ext.push("250-STARTTLS".into());
@@ -321,6 +325,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 continue;
             }
             let addr = angle(&cmd);
+            commands = vec![cmd.clone()];
             match act(&mut io, current(&Step::Mail { from: addr.clone() })).await? {
                 Some(code) if code < 300 => from = Some(addr),
                 Some(_) => {}
@@ -329,6 +334,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             rcpts.clear();
         } else if upper.starts_with("RCPT TO:") {
             let addr = angle(&cmd);
+            commands.push(cmd.clone());
             match act(&mut io, current(&Step::Rcpt { to: addr.clone() })).await? {
                 Some(code) if code < 300 => rcpts.push(addr),
                 Some(_) => {}
@@ -379,6 +385,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             match act(&mut io, current(&Step::Message { to: to.clone() })).await? {
                 Some(code) if code < 300 => {
                     shared.received.lock().expect("lock").push(Received {
+                        commands: commands.clone(),
                         mail_from: from.clone().unwrap_or_default(),
                         rcpt_to: to,
                         data,

@@ -414,6 +414,19 @@ const TEXT_RULES: &[TextRule] = &[
         ],
         BounceSubType::DnsFailure,
     ),
+    // The sending MTA gave up retrying.
+    rule(
+        &[
+            "retry timeout exceeded",
+            "message expired",
+            "in the queue too long",
+            "delivery time expired",
+            "message timed out",
+            "maximum time in queue",
+            "time limit exceeded",
+        ],
+        BounceSubType::Expired,
+    ),
     // Load and greylisting: nothing wrong with anyone, try later.
     rule(
         &[
@@ -424,6 +437,10 @@ const TEXT_RULES: &[TextRule] = &[
             "try again in a few minutes",
             "temporarily unavailable, try again",
             "service is unavailable. try again later",
+            "connection timed out",
+            "connection refused",
+            "no answer from host",
+            "lost connection",
         ],
         BounceSubType::General,
     ),
@@ -496,7 +513,7 @@ fn sub_type_of_enhanced(enhanced: &str) -> BounceSubType {
     let subject = parts.next().unwrap_or("");
     let detail = parts.next().unwrap_or("");
     match (subject, detail) {
-        ("1", "1" | "6" | "3" | "0") | ("2", "1") | ("4", "1") => BounceSubType::NoEmail,
+        ("1", "1" | "6" | "3" | "0") | ("2", "1") => BounceSubType::NoEmail,
         ("1", "2" | "10") | ("4", "4") => BounceSubType::DnsFailure,
         ("2", "2") => BounceSubType::MailboxFull,
         ("2", "3") | ("3", "4") => BounceSubType::MessageTooLarge,

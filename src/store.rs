@@ -11,6 +11,7 @@
 
 mod domains;
 mod emails;
+mod group_commit;
 mod inbound;
 mod migrate;
 mod projects;
@@ -70,6 +71,19 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database: {0}")]
     Database(sqlx::Error),
+    /// The database could not take the write (reported to every request of a failed batch).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// The same failure for each request of a batch (sqlx errors cannot be cloned).
+    fn from_shared(msg: &str, e: &sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => Self::Conflict,
+            _ => Self::Unavailable(msg.to_owned()),
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -90,6 +104,7 @@ pub struct Store {
     backend: Backend,
     read: AnyPool,
     write: AnyPool,
+    ingest: group_commit::Ingest,
 }
 
 impl Store {
@@ -109,10 +124,12 @@ impl Store {
                 let read = sqlite_pool(max_connections.max(2))
                     .connect_with(options)
                     .await?;
+                let ingest = group_commit::Ingest::start(write.clone());
                 Ok(Self {
                     backend,
                     read,
                     write,
+                    ingest,
                 })
             }
             Backend::Postgres => {
@@ -121,10 +138,12 @@ impl Store {
                     .acquire_timeout(Duration::from_secs(10))
                     .connect(url)
                     .await?;
+                let ingest = group_commit::Ingest::start(pool.clone());
                 Ok(Self {
                     backend,
                     read: pool.clone(),
                     write: pool,
+                    ingest,
                 })
             }
         }

@@ -132,6 +132,16 @@ impl From<StoreError> for ApiError {
                 err.retry_after = Some(1);
                 err
             }
+            StoreError::Unavailable(msg) => {
+                tracing::error!(request_id = %request_id::current(), error = %msg, "database unavailable");
+                let mut err = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "service_unavailable",
+                    "the database is unavailable; retry shortly",
+                );
+                err.retry_after = Some(1);
+                err
+            }
             other => Self::internal(&other),
         }
     }

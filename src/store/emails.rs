@@ -237,6 +237,49 @@ pub(super) async fn insert_event(
     enqueue_deliveries(tx, outbox, project_id, stream, e).await
 }
 
+/// Inserts one request's emails and idempotency record inside `tx`.
+pub(super) async fn insert_request(
+    tx: &mut Transaction<'static, Any>,
+    outbox: &mut Outbox,
+    emails: &[NewEmail],
+    idempotency: Option<&IdempotencyRecord>,
+) -> StoreResult<()> {
+    if let Some(idem) = idempotency {
+        // An expired record no longer reserves the key.
+        sqlx::query(
+            "DELETE FROM idempotency_keys WHERE project_id = $1 AND method = $2 \
+             AND path = $3 AND idem_key = $4 AND expires_at <= $5",
+        )
+        .bind(&idem.project_id)
+        .bind(&idem.method)
+        .bind(&idem.path)
+        .bind(&idem.key)
+        .bind(idem.created_at)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO idempotency_keys (project_id, method, path, idem_key, fingerprint, \
+             response_status, response_body, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&idem.project_id)
+        .bind(&idem.method)
+        .bind(&idem.path)
+        .bind(&idem.key)
+        .bind(&idem.fingerprint)
+        .bind(idem.response_status)
+        .bind(&idem.response_body)
+        .bind(idem.created_at)
+        .bind(idem.expires_at)
+        .execute(&mut **tx)
+        .await?;
+    }
+    for e in emails {
+        insert_one(tx, outbox, e).await?;
+    }
+    Ok(())
+}
+
 async fn insert_one(
     tx: &mut Transaction<'static, Any>,
     outbox: &mut Outbox,
@@ -296,50 +339,18 @@ async fn insert_one(
 
 impl Store {
     /// Commits emails (one, or a whole batch) and, if given, the idempotency record that
-    /// will replay the response, in one transaction: all or nothing. A reused idempotency
-    /// key is `Conflict`.
+    /// will replay the response: all or nothing. A reused idempotency key is `Conflict`.
+    ///
+    /// Requests arriving together share one transaction and one fsync (group commit, see
+    /// `store::group_commit`); each caller is answered only after that commit.
     pub async fn insert_emails(
         &self,
         emails: &[NewEmail],
         idempotency: Option<&IdempotencyRecord>,
     ) -> StoreResult<()> {
-        let mut tx = self.write.begin().await?;
-        if let Some(idem) = idempotency {
-            // An expired record no longer reserves the key.
-            sqlx::query(
-                "DELETE FROM idempotency_keys WHERE project_id = $1 AND method = $2 \
-                 AND path = $3 AND idem_key = $4 AND expires_at <= $5",
-            )
-            .bind(&idem.project_id)
-            .bind(&idem.method)
-            .bind(&idem.path)
-            .bind(&idem.key)
-            .bind(idem.created_at)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO idempotency_keys (project_id, method, path, idem_key, fingerprint, \
-                 response_status, response_body, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(&idem.project_id)
-            .bind(&idem.method)
-            .bind(&idem.path)
-            .bind(&idem.key)
-            .bind(&idem.fingerprint)
-            .bind(idem.response_status)
-            .bind(&idem.response_body)
-            .bind(idem.created_at)
-            .bind(idem.expires_at)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let mut outbox = Outbox::default();
-        for e in emails {
-            insert_one(&mut tx, &mut outbox, e).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.ingest
+            .submit(emails.to_vec(), idempotency.cloned())
+            .await
     }
 
     /// The stored response for an idempotency key that has not expired.

@@ -16,7 +16,51 @@ on_both_backends!(
     concurrent_claims_never_overlap,
     idempotency_key_is_unique_with_the_email,
     migrations_are_idempotent,
+    concurrent_inserts_commit_together_and_fail_alone,
 );
+
+/// Group commit: 200 concurrent requests, 10 of which reuse one idempotency key. Every other
+/// request commits; exactly one of the ten does; the failures roll back only themselves.
+async fn concurrent_inserts_commit_together_and_fail_alone(backend: Backend) {
+    let (store, db) = store(backend).await;
+    let p = project(&store).await;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let store = store.clone();
+        let e = email(&p, &[(&format!("u{i}@x.com"), NOW)]);
+        let idem = (i % 20 == 0).then(|| IdempotencyRecord {
+            project_id: p.clone(),
+            method: "POST".into(),
+            path: "/v1/emails".into(),
+            key: "shared".into(),
+            fingerprint: vec![1],
+            response_status: 202,
+            response_body: "{}".into(),
+            created_at: NOW,
+            expires_at: NOW + 1000,
+        });
+        tasks.push(tokio::spawn(async move {
+            store.insert_emails(&[e], idem.as_ref()).await
+        }));
+    }
+    let mut ok = 0;
+    let mut conflicts = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(()) => ok += 1,
+            Err(StoreError::Conflict) => conflicts += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!((ok, conflicts), (191, 9));
+    assert_eq!(
+        store.count_pending().await.expect("count"),
+        191,
+        "only committed requests left rows"
+    );
+    store.close().await;
+    db.drop_db().await;
+}
 
 const NOW: i64 = 1_800_000_000_000;
 

@@ -30,6 +30,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::sealing::Sealer;
 use crate::domain::verp::VerpSigner;
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 use error::ApiError;
@@ -50,6 +51,7 @@ pub struct AppState {
     pub sealer: Arc<Sealer>,
     /// Reads bounce and complaint reports (`POST /v1/inbound`, and the SMTP listener).
     pub inbound: InboundProcessor,
+    pub metrics: Arc<Metrics>,
     pub idempotency: idempotency::InFlight,
     /// When this process last recorded each key's use, so it writes at most once a minute.
     key_touches: Arc<Mutex<HashMap<String, i64>>>,
@@ -78,6 +80,7 @@ impl AppState {
             wake: Arc::new(Notify::new()),
             events_wake,
             inbound,
+            metrics: Arc::default(),
             domains_wake: Arc::new(Notify::new()),
             sealer,
             idempotency: idempotency::InFlight::default(),
@@ -179,6 +182,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(request_id::middleware))

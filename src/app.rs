@@ -125,6 +125,8 @@ impl App {
             spf_include: (!config.domains.spf_include.is_empty())
                 .then(|| config.domains.spf_include.clone()),
         };
+        let mut dispatcher = dispatcher;
+        dispatcher.metrics = Arc::clone(&state.metrics);
         let worker = Worker {
             store: store.clone(),
             mailer,
@@ -136,6 +138,7 @@ impl App {
             batch_size: config.delivery.batch_size,
             lease: config.delivery.lease,
             events_wake: Arc::clone(&state.events_wake),
+            metrics: Arc::clone(&state.metrics),
         };
         let inbound = if config.inbound.listen.is_empty() {
             None

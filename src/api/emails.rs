@@ -255,6 +255,10 @@ async fn commit(
         r
     });
     state.store.insert_emails(rows, idem.as_ref()).await?;
+    state.metrics.emails_accepted.fetch_add(
+        u64::try_from(rows.len()).unwrap_or(0),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     state.wake.notify_waiters();
     Ok((status, body))
 }

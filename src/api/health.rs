@@ -13,6 +13,22 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// Prometheus metrics (no authentication: bind the API to a private address or filter
+/// `/metrics` at the proxy).
+pub async fn metrics(State(state): State<AppState>) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let snapshot = state.store.queue_snapshot(state.clock.now_ms()).await?;
+    let body = state.metrics.render(&snapshot);
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        body,
+    )
+        .into_response())
+}
+
 /// The process can serve: its database answers.
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     state.store.ping().await.map_err(|e| {

@@ -27,6 +27,7 @@ use crate::domain::retry::RetryPolicy;
 use crate::domain::status::RecipientStatus;
 use crate::domain::suppression::{SuppressionReason, bounce_suppresses};
 use crate::domain::verp::VerpSigner;
+use crate::metrics::Metrics;
 use crate::store::{ClaimedEmail, NewEvent, Outcome, Store, StoreError, SuppressionRecord};
 
 use super::mailer::{Mailer, Verdict};
@@ -55,6 +56,7 @@ pub struct Worker {
     pub lease: Duration,
     /// Told when outcomes (and so events) are committed, to wake the webhook dispatcher.
     pub events_wake: Arc<Notify>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Worker {
@@ -104,10 +106,24 @@ impl Worker {
                     attempt: r.attempts + 1,
                     deadline,
                 };
+                let metrics = Arc::clone(&self.metrics);
                 tasks.spawn(async move {
+                    let started = std::time::Instant::now();
                     let verdict = mailer
                         .deliver(&mail_from, &ctx.address, &message, &name)
                         .await;
+                    metrics.observe_smtp(started.elapsed());
+                    if matches!(
+                        verdict,
+                        Verdict::Deferred {
+                            phase: SmtpPhase::Connect,
+                            ..
+                        }
+                    ) {
+                        metrics
+                            .relay_connection_errors
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     (ctx, verdict)
                 });
             }
@@ -146,7 +162,11 @@ impl Worker {
         outcomes: &mut Vec<Outcome>,
     ) {
         match joined {
-            Ok((ctx, verdict)) => outcomes.push(self.outcome(&ctx, verdict)),
+            Ok((ctx, verdict)) => {
+                let o = self.outcome(&ctx, verdict);
+                self.metrics.record_outcome(&o.status);
+                outcomes.push(o);
+            }
             // A panicking send leaves its recipient leased: it comes due again when the
             // lease expires, and is retried then.
             Err(e) => tracing::error!(error = %e, "a delivery task failed"),

@@ -227,6 +227,38 @@ impl Store {
         Ok(n)
     }
 
+    /// The figures `/metrics` reads from the database.
+    pub async fn queue_snapshot(&self, now_ms: i64) -> StoreResult<crate::metrics::QueueSnapshot> {
+        let depth = sqlx::query(
+            "SELECT status, COUNT(*) FROM recipients \
+             WHERE status IN ('scheduled', 'queued', 'delivery_delayed') GROUP BY status",
+        )
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?)))
+        .collect::<StoreResult<Vec<_>>>()?;
+        let oldest: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(next_attempt_at) FROM recipients \
+             WHERE status IN ('scheduled', 'queued', 'delivery_delayed') AND next_attempt_at <= $1",
+        )
+        .bind(now_ms)
+        .fetch_one(&self.read)
+        .await?;
+        let inbound = sqlx::query("SELECT status, COUNT(*) FROM inbound_messages GROUP BY status")
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?)))
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(crate::metrics::QueueSnapshot {
+            queue_depth: depth,
+            oldest_due_seconds: oldest.map_or(0.0, |t| (now_ms - t).max(0) as f64 / 1000.0),
+            webhook_backlog: self.count_pending_webhooks().await?,
+            inbound,
+        })
+    }
+
     /// Recipients still waiting for delivery (queued, scheduled, delayed), for tests and health.
     pub async fn count_pending(&self) -> StoreResult<i64> {
         let n: i64 = sqlx::query_scalar(

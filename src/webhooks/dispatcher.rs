@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{Clock, format_ms};
 use crate::delivery::RunOutcome;
 use crate::domain::sealing::Sealer;
+use crate::metrics::Metrics;
 use crate::store::{AttemptRecord, DueDelivery, Store, StoreError};
 
 use super::client::literal_ip_is_forbidden;
@@ -40,6 +41,7 @@ pub struct Dispatcher {
     pub batch_size: usize,
     pub lease: Duration,
     pub per_endpoint: usize,
+    pub metrics: Arc<Metrics>,
     endpoint_permits: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
 }
 
@@ -67,6 +69,7 @@ impl Dispatcher {
             batch_size: 64,
             lease: Duration::from_secs(120),
             per_endpoint: per_endpoint.max(1),
+            metrics: Arc::default(),
             endpoint_permits: Arc::default(),
         }
     }
@@ -102,6 +105,7 @@ impl Dispatcher {
                 let permits = this.permits_for(&d.endpoint_id);
                 let _permit = permits.acquire_owned().await;
                 let record = this.attempt(&d).await;
+                this.metrics.record_webhook_attempt(record.succeeded);
                 this.store
                     .record_webhook_attempt(&this.owner, &record)
                     .await

@@ -28,6 +28,7 @@ on_sqlite!(
     expired_email_fails_without_an_attempt,
     relay_that_refuses_connections_ends_in_failed,
     connections_are_reused,
+    metrics_count_what_happened,
     no_relay_writes_eml_files,
 );
 
@@ -379,6 +380,57 @@ async fn expired_email_fails_without_an_attempt(backend: Backend) {
         0,
         "no connection for mail that is already worthless"
     );
+    app.finish().await;
+}
+
+async fn metrics_count_what_happened(backend: Backend) {
+    let smtp = TestSmtp::start(Tls::Starttls).await;
+    smtp.script(|step| match step {
+        Step::Rcpt { to } if to.starts_with("bad") => reply(550, "5.1.1 User unknown"),
+        _ => ok(),
+    });
+    let app = TestApp::spawn(backend, Some(&smtp)).await;
+    app.send(&email_to(&["a@example.com", "bad@example.com"]))
+        .await;
+    app.send(&email_to(&["b@example.com"])).await;
+    let before = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        before.contains("herald_queue_depth{status=\"queued\"} 3\n"),
+        "{before}"
+    );
+    app.drain().await;
+    let resp = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .expect("get");
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .expect("ct")
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = resp.text().await.expect("text");
+    for line in [
+        "herald_emails_accepted_total 2\n",
+        "herald_recipients_total{outcome=\"sent\"} 2\n",
+        "herald_recipients_total{outcome=\"bounced\"} 1\n",
+        "herald_smtp_send_seconds_count 3\n",
+        "herald_queue_depth{status=\"queued\"} 0\n",
+        "herald_queue_oldest_due_seconds 0\n",
+        "herald_webhook_backlog 0\n",
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
     app.finish().await;
 }
 

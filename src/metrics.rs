@@ -1,0 +1,194 @@
+//! Process metrics for `/metrics` (Prometheus text format 0.0.4), kept as atomics by the
+//! parts that produce them; queue gauges are read from the database at scrape time.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the SMTP send latency histogram.
+const BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub emails_accepted: AtomicU64,
+    pub relay_connection_errors: AtomicU64,
+    outcomes: Mutex<BTreeMap<String, u64>>,
+    webhook_attempts: Mutex<BTreeMap<String, u64>>,
+    smtp_buckets: [AtomicU64; BUCKETS.len()],
+    smtp_count: AtomicU64,
+    smtp_sum_micros: AtomicU64,
+}
+
+/// Figures read from the database when scraped.
+#[derive(Debug, Default)]
+pub struct QueueSnapshot {
+    pub queue_depth: Vec<(String, i64)>,
+    pub oldest_due_seconds: f64,
+    pub webhook_backlog: i64,
+    pub inbound: Vec<(String, i64)>,
+}
+
+fn bump(map: &Mutex<BTreeMap<String, u64>>, key: &str) {
+    let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
+    *m.entry(key.to_owned()).or_default() += 1;
+}
+
+impl Metrics {
+    pub fn record_outcome(&self, status: &str) {
+        bump(&self.outcomes, status);
+    }
+
+    pub fn record_webhook_attempt(&self, succeeded: bool) {
+        bump(
+            &self.webhook_attempts,
+            if succeeded { "succeeded" } else { "failed" },
+        );
+    }
+
+    pub fn observe_smtp(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                self.smtp_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.smtp_count.fetch_add(1, Ordering::Relaxed);
+        self.smtp_sum_micros.fetch_add(
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The whole exposition.
+    pub fn render(&self, q: &QueueSnapshot) -> String {
+        let mut out = String::new();
+        let mut counter = |name: &str, help: &str, rows: Vec<(String, u64)>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (labels, v) in rows {
+                let _ = writeln!(out, "{name}{labels} {v}");
+            }
+        };
+        counter(
+            "herald_emails_accepted_total",
+            "Emails accepted (committed) by this process.",
+            vec![(String::new(), self.emails_accepted.load(Ordering::Relaxed))],
+        );
+        let outcomes = self
+            .outcomes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        counter(
+            "herald_recipients_total",
+            "Recipient outcomes recorded by this process's workers.",
+            outcomes
+                .into_iter()
+                .map(|(k, v)| (format!("{{outcome=\"{k}\"}}"), v))
+                .collect(),
+        );
+        counter(
+            "herald_relay_connection_errors_total",
+            "Failed connections to the SMTP relay.",
+            vec![(
+                String::new(),
+                self.relay_connection_errors.load(Ordering::Relaxed),
+            )],
+        );
+        let attempts = self
+            .webhook_attempts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        counter(
+            "herald_webhook_attempts_total",
+            "Webhook delivery attempts by result.",
+            attempts
+                .into_iter()
+                .map(|(k, v)| (format!("{{result=\"{k}\"}}"), v))
+                .collect(),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP herald_smtp_send_seconds Time of one SMTP transaction with the relay.\n# TYPE herald_smtp_send_seconds histogram"
+        );
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "herald_smtp_send_seconds_bucket{{le=\"{bound}\"}} {}",
+                self.smtp_buckets[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = self.smtp_count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "herald_smtp_send_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "herald_smtp_send_seconds_sum {}",
+            self.smtp_sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "herald_smtp_send_seconds_count {count}");
+        let _ = writeln!(
+            out,
+            "# HELP herald_queue_depth Recipients waiting, by status.\n# TYPE herald_queue_depth gauge"
+        );
+        for status in ["scheduled", "queued", "delivery_delayed"] {
+            let n = q
+                .queue_depth
+                .iter()
+                .find(|(s, _)| s == status)
+                .map_or(0, |(_, n)| *n);
+            let _ = writeln!(out, "herald_queue_depth{{status=\"{status}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP herald_queue_oldest_due_seconds Age of the oldest recipient that is due now.\n# TYPE herald_queue_oldest_due_seconds gauge\nherald_queue_oldest_due_seconds {}",
+            q.oldest_due_seconds
+        );
+        let _ = writeln!(
+            out,
+            "# HELP herald_webhook_backlog Webhook deliveries waiting.\n# TYPE herald_webhook_backlog gauge\nherald_webhook_backlog {}",
+            q.webhook_backlog
+        );
+        let _ = writeln!(
+            out,
+            "# HELP herald_inbound_messages Inbound report mail kept, by outcome.\n# TYPE herald_inbound_messages gauge"
+        );
+        for (status, n) in &q.inbound {
+            let _ = writeln!(out, "herald_inbound_messages{{status=\"{status}\"}} {n}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.emails_accepted.fetch_add(3, Ordering::Relaxed);
+        m.record_outcome("sent");
+        m.record_outcome("sent");
+        m.observe_smtp(Duration::from_millis(30));
+        let text = m.render(&QueueSnapshot {
+            queue_depth: vec![("queued".into(), 7)],
+            oldest_due_seconds: 1.5,
+            webhook_backlog: 2,
+            inbound: vec![],
+        });
+        assert!(text.contains("herald_emails_accepted_total 3\n"));
+        assert!(text.contains("herald_recipients_total{outcome=\"sent\"} 2\n"));
+        assert!(text.contains("herald_smtp_send_seconds_bucket{le=\"0.025\"} 0\n"));
+        assert!(text.contains("herald_smtp_send_seconds_bucket{le=\"0.05\"} 1\n"));
+        assert!(text.contains("herald_queue_depth{status=\"queued\"} 7\n"));
+        assert!(text.contains("herald_queue_depth{status=\"scheduled\"} 0\n"));
+        assert!(text.contains("herald_queue_oldest_due_seconds 1.5\n"));
+    }
+}

@@ -13,7 +13,7 @@ WORK=$(mktemp -d)
 PORT=$((20000 + RANDOM % 20000))
 export HERALD_DATABASE_URL="sqlite://$WORK/herald.db" HERALD_LISTEN="127.0.0.1:$PORT" \
        HERALD_OUTBOX_DIR="$WORK/outbox" HERALD_DELIVERY__WORKERS=0 HERALD_LOG__LEVEL=warn \
-       HERALD_SECRET_KEY=bench
+       HERALD_SECRET_KEY=bench HERALD_LIMITS__RATE_PER_SECOND=0
 KEY=$($BIN keys create --project bench 2>/dev/null)
 $BIN serve 2>"$WORK/serve.log" &
 PID=$!

@@ -11,6 +11,7 @@ pub mod health;
 pub mod idempotency;
 pub mod inbound;
 pub mod json;
+pub mod rate_limit;
 pub mod request_id;
 pub mod suppressions;
 pub mod webhooks;
@@ -52,6 +53,7 @@ pub struct AppState {
     /// Reads bounce and complaint reports (`POST /v1/inbound`, and the SMTP listener).
     pub inbound: InboundProcessor,
     pub metrics: Arc<Metrics>,
+    pub rate_limiter: Arc<rate_limit::RateLimiter>,
     pub idempotency: idempotency::InFlight,
     /// When this process last recorded each key's use, so it writes at most once a minute.
     key_touches: Arc<Mutex<HashMap<String, i64>>>,
@@ -81,6 +83,7 @@ impl AppState {
             events_wake,
             inbound,
             metrics: Arc::default(),
+            rate_limiter: Arc::default(),
             domains_wake: Arc::new(Notify::new()),
             sealer,
             idempotency: idempotency::InFlight::default(),

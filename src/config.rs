@@ -173,6 +173,10 @@ pub struct LimitsConfig {
     pub max_batch_body_bytes: usize,
     #[serde(with = "duration_text")]
     pub max_schedule_horizon: Duration,
+    /// Requests per second each API key may make (refill rate); 0: no limit.
+    pub rate_per_second: f64,
+    /// How many requests a key may make at once before the rate applies.
+    pub rate_burst: u32,
 }
 
 impl Default for LimitsConfig {
@@ -184,6 +188,8 @@ impl Default for LimitsConfig {
             max_batch_size: 100,
             max_batch_body_bytes: 50 * 1024 * 1024,
             max_schedule_horizon: Duration::from_millis(l.max_schedule_horizon_ms.unsigned_abs()),
+            rate_per_second: 1000.0,
+            rate_burst: 2000,
         }
     }
 }

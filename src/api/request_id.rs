@@ -37,9 +37,17 @@ pub async fn middleware(req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let started = Instant::now();
-    let mut resp = CURRENT
-        .scope((id.clone(), path.clone()), next.run(req))
+    let (mut resp, rate) = CURRENT
+        .scope(
+            (id.clone(), path.clone()),
+            super::rate_limit::CURRENT.scope(std::cell::Cell::new(None), async {
+                let resp = next.run(req).await;
+                let rate = super::rate_limit::CURRENT.with(std::cell::Cell::get);
+                (resp, rate)
+            }),
+        )
         .await;
+    super::rate_limit::add_headers(&mut resp, rate);
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }

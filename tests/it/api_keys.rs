@@ -12,8 +12,43 @@ on_both_backends!(projects_are_isolated);
 on_sqlite!(
     refuses_missing_and_bad_keys,
     manages_keys_over_the_api,
-    sending_keys_only_send
+    sending_keys_only_send,
+    rate_limits_per_key
 );
+
+async fn rate_limits_per_key(backend: Backend) {
+    let app = TestApp::spawn_with(backend, None, |c| {
+        c.limits.rate_per_second = 0.5;
+        c.limits.rate_burst = 2;
+    })
+    .await;
+    let (s, _, h) = app
+        .request(reqwest::Method::GET, "/v1/api-keys", &app.key, None, &[])
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (
+            h["ratelimit-limit"].to_str().ok(),
+            h["ratelimit-remaining"].to_str().ok()
+        ),
+        (Some("2"), Some("1"))
+    );
+    app.get("/v1/api-keys", &app.key).await;
+    let (s, v, h) = app
+        .request(reqwest::Method::GET, "/v1/api-keys", &app.key, None, &[])
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("rate_limit_exceeded"))
+    );
+    assert_eq!(h["retry-after"], "2");
+    assert_eq!(h["ratelimit-remaining"], "0");
+    // Another key has its own bucket.
+    let other = create_key(&app.store, "alpha", Permission::FullAccess, 0).await;
+    let (s, _) = app.get("/v1/api-keys", &other).await;
+    assert_eq!(s, StatusCode::OK);
+    app.finish().await;
+}
 
 async fn refuses_missing_and_bad_keys(backend: Backend) {
     let app = TestApp::spawn(backend, None).await;

@@ -1,0 +1,107 @@
+//! Per-key rate limits: a token bucket per API key (in this process), `RateLimit-Limit`,
+//! `RateLimit-Remaining` and `RateLimit-Reset` on every authenticated response, and 429
+//! `rate_limit_exceeded` with `Retry-After` when the bucket is empty.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use axum::http::{HeaderValue, StatusCode};
+
+use super::error::ApiError;
+
+/// What one request learned about its key's bucket, for the response headers.
+#[derive(Debug, Clone, Copy)]
+pub struct RateInfo {
+    pub limit: u32,
+    pub remaining: u32,
+    /// Seconds until the bucket is full again.
+    pub reset: u64,
+}
+
+tokio::task_local! {
+    pub(super) static CURRENT: Cell<Option<RateInfo>>;
+}
+
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// Token buckets by key id.
+#[derive(Default)]
+pub struct RateLimiter {
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+impl RateLimiter {
+    /// Takes one token for `key_id`; `per_second` refills up to `burst`. `per_second == 0`
+    /// turns limits off.
+    pub fn check(&self, key_id: &str, per_second: f64, burst: u32) -> Result<(), ApiError> {
+        if per_second <= 0.0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let burst_f = f64::from(burst.max(1));
+        let (allowed, tokens) = {
+            let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+            let b = buckets.entry(key_id.to_owned()).or_insert(Bucket {
+                tokens: burst_f,
+                last: now,
+            });
+            b.tokens =
+                (b.tokens + now.duration_since(b.last).as_secs_f64() * per_second).min(burst_f);
+            b.last = now;
+            let allowed = b.tokens >= 1.0;
+            if allowed {
+                b.tokens -= 1.0;
+            }
+            (allowed, b.tokens)
+        };
+        let info = RateInfo {
+            limit: burst.max(1),
+            remaining: tokens.floor().max(0.0) as u32,
+            reset: ((burst_f - tokens) / per_second).ceil().max(0.0) as u64,
+        };
+        let _ = CURRENT.try_with(|c| c.set(Some(info)));
+        if allowed {
+            return Ok(());
+        }
+        let mut err = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_exceeded",
+            format!("this key may make {per_second} requests per second (bursts of {burst})"),
+        );
+        err.retry_after = Some(((1.0 - tokens) / per_second).ceil().max(1.0) as u64);
+        Err(err)
+    }
+}
+
+/// Adds the `RateLimit-*` headers a request's bucket check left behind.
+pub(super) fn add_headers(resp: &mut axum::response::Response, info: Option<RateInfo>) {
+    if let Some(i) = info {
+        let h = resp.headers_mut();
+        h.insert("ratelimit-limit", HeaderValue::from(i.limit));
+        h.insert("ratelimit-remaining", HeaderValue::from(i.remaining));
+        h.insert("ratelimit-reset", HeaderValue::from(i.reset));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_allow_a_burst_then_refuse() {
+        let r = RateLimiter::default();
+        for _ in 0..5 {
+            assert!(r.check("k", 1.0, 5).is_ok());
+        }
+        let err = r.check("k", 1.0, 5).expect_err("empty");
+        assert_eq!(err.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(err.retry_after, Some(1));
+        assert!(r.check("other", 1.0, 5).is_ok(), "buckets are per key");
+        assert!(r.check("k", 0.0, 5).is_ok(), "0 turns limits off");
+    }
+}

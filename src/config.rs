@@ -361,7 +361,12 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        figment = figment.merge(Env::prefixed("HERALD_").split("__"));
+        // HERALD_CONFIG names the file; HERALD_URL and HERALD_API_KEY are the shell client's.
+        figment = figment.merge(
+            Env::prefixed("HERALD_")
+                .ignore(&["config", "url", "api_key"])
+                .split("__"),
+        );
         let config: Config = figment.extract().map_err(Box::new)?;
         config.validate()?;
         Ok(config)
@@ -520,6 +525,11 @@ mod tests {
             assert_eq!(c.listen.port(), 9000);
             assert_eq!(c.relay.concurrency, 12);
             assert_eq!(c.database_url, "postgres://h@db/herald");
+            // The client's and the CLI's own variables are not configuration keys.
+            jail.set_env("HERALD_CONFIG", "herald.toml");
+            jail.set_env("HERALD_API_KEY", "hk_x");
+            jail.set_env("HERALD_URL", "http://h");
+            assert!(Config::load(None).is_ok());
             jail.set_env("HERALD_NOT_A_KEY", "1");
             assert!(
                 Config::load(None).is_err(),

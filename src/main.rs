@@ -39,11 +39,42 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Send an email through a running Herald (a small client for trying it from a shell).
+    Send {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        from: String,
+        #[arg(long, required = true)]
+        to: Vec<String>,
+        #[arg(long)]
+        subject: String,
+        #[arg(long)]
+        text: Option<String>,
+        #[arg(long)]
+        html: Option<String>,
+    },
+    /// Show where an email is: its status and each recipient's.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+    },
     /// Bounce and complaint reports.
     Bounce {
         #[command(subcommand)]
         command: BounceCommand,
     },
+}
+
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// Herald's base URL.
+    #[arg(long, env = "HERALD_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// An API key (hk_…).
+    #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
+    key: String,
 }
 
 #[derive(Subcommand)]
@@ -92,6 +123,29 @@ async fn main() -> anyhow::Result<()> {
         // Needs no configuration and no database.
         return parse_bounces(files);
     }
+    match &cli.command {
+        Command::Send {
+            client,
+            from,
+            to,
+            subject,
+            text,
+            html,
+        } => {
+            let body = serde_json::json!({"from": from, "to": to, "subject": subject, "text": text, "html": html});
+            return client_call(client, reqwest::Method::POST, "/v1/emails", Some(body)).await;
+        }
+        Command::Status { client, id } => {
+            return client_call(
+                client,
+                reqwest::Method::GET,
+                &format!("/v1/emails/{id}"),
+                None,
+            )
+            .await;
+        }
+        _ => {}
+    }
     let config = Config::load(cli.config.as_deref())?;
     herald::telemetry::init(&config.log.format, &config.log.level);
     match cli.command {
@@ -112,7 +166,47 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys { command } => keys(config, command).await,
-        Command::Bounce { .. } => Ok(()),
+        Command::Bounce { .. } | Command::Send { .. } | Command::Status { .. } => Ok(()),
+    }
+}
+
+/// Calls the API and prints the answer: the JSON body on success, the problem on failure
+/// (exit status 1).
+async fn client_call(
+    c: &ClientArgs,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<()> {
+    let mut req = reqwest::Client::new()
+        .request(method, format!("{}{path}", c.url.trim_end_matches('/')))
+        .bearer_auth(&c.key);
+    if let Some(b) = body {
+        let b = serde_json::to_vec(&strip_nulls(b))?;
+        req = req.header("content-type", "application/json").body(b);
+    }
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("calling {}", c.url))?;
+    let status = resp.status();
+    let text = resp.text().await?;
+    let pretty = serde_json::from_str::<serde_json::Value>(&text)
+        .and_then(|v| serde_json::to_string_pretty(&v))
+        .unwrap_or(text);
+    if status.is_success() {
+        println!("{pretty}");
+        Ok(())
+    } else {
+        eprintln!("{pretty}");
+        anyhow::bail!("Herald answered {status}")
+    }
+}
+
+fn strip_nulls(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(m) => m.into_iter().filter(|(_, v)| !v.is_null()).collect(),
+        other => other,
     }
 }
 

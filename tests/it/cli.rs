@@ -83,3 +83,61 @@ fn migrate_keys_and_config() {
         .env("HERALD_RELAY_URL", "http://nope"));
     assert!(!ok && err.contains("relay_url"), "{err}");
 }
+
+/// `herald send` and `herald status` against a running Herald.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_client_sends_and_reads_status() {
+    let app = crate::helpers::TestApp::spawn(herald::store::Backend::Sqlite, None).await;
+    let run = |args: Vec<String>| {
+        let (base, key) = (app.base.clone(), app.key.clone());
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+                .args(args)
+                .env_clear()
+                .env("HERALD_URL", base)
+                .env("HERALD_API_KEY", key)
+                .output()
+                .await
+                .expect("run");
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let (ok, out, err) = run(args(&[
+        "send",
+        "--from",
+        "Acme <orders@acme.com>",
+        "--to",
+        "ada@example.com",
+        "--subject",
+        "Hi",
+        "--text",
+        "Hello",
+    ]))
+    .await;
+    assert!(ok, "{err}");
+    let sent: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let id = sent["id"].as_str().expect("id").to_owned();
+    let (ok, out, _) = run(args(&["status", &id])).await;
+    assert!(ok);
+    let email: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(email["recipients"][0]["email"], "ada@example.com");
+    let (ok, _, err) = run(args(&[
+        "send",
+        "--from",
+        "x",
+        "--to",
+        "bob@",
+        "--subject",
+        "Hi",
+        "--text",
+        "t",
+    ]))
+    .await;
+    assert!(!ok && err.contains("invalid_email"), "{err}");
+    app.finish().await;
+}

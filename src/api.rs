@@ -11,6 +11,7 @@ pub mod health;
 pub mod idempotency;
 pub mod inbound;
 pub mod json;
+pub mod projects;
 pub mod rate_limit;
 pub mod request_id;
 pub mod suppressions;
@@ -29,6 +30,7 @@ use tokio::sync::Notify;
 use crate::bounces::inbound::InboundProcessor;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::domain::admin_token::AdminTokens;
 use crate::domain::sealing::Sealer;
 use crate::domain::verp::VerpSigner;
 use crate::metrics::Metrics;
@@ -54,6 +56,7 @@ pub struct AppState {
     pub inbound: InboundProcessor,
     pub metrics: Arc<Metrics>,
     pub rate_limiter: Arc<rate_limit::RateLimiter>,
+    pub admin_tokens: AdminTokens,
     pub idempotency: idempotency::InFlight,
     /// When this process last recorded each key's use, so it writes at most once a minute.
     key_touches: Arc<Mutex<HashMap<String, i64>>>,
@@ -66,6 +69,7 @@ impl AppState {
         clock: Arc<dyn Clock>,
         sealer: Arc<Sealer>,
         verp: VerpSigner,
+        admin_tokens: AdminTokens,
     ) -> Self {
         let events_wake = Arc::new(Notify::new());
         let inbound = InboundProcessor {
@@ -84,6 +88,7 @@ impl AppState {
             inbound,
             metrics: Arc::default(),
             rate_limiter: Arc::default(),
+            admin_tokens,
             domains_wake: Arc::new(Notify::new()),
             sealer,
             idempotency: idempotency::InFlight::default(),
@@ -182,6 +187,24 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/webhooks/{id}/deliveries/{delivery_id}/retry",
             post(webhooks::retry_delivery),
+        )
+        .route(
+            "/v1/projects",
+            post(projects::create_project).get(projects::list_projects),
+        )
+        .route(
+            "/v1/projects/{id}",
+            get(projects::get_project)
+                .patch(projects::update_project)
+                .delete(projects::delete_project),
+        )
+        .route(
+            "/v1/projects/{id}/api-keys",
+            post(projects::create_project_key).get(projects::list_project_keys),
+        )
+        .route(
+            "/v1/projects/{id}/api-keys/{key_id}",
+            delete(projects::delete_project_key),
         )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -101,6 +101,7 @@ impl App {
             Arc::clone(&clock),
             Arc::clone(&sealer),
             VerpSigner::new(key.as_bytes()),
+            crate::domain::admin_token::AdminTokens::new(key.as_bytes()),
         );
         let w = &config.webhooks;
         let client = crate::webhooks::client::build_client(w.timeout, w.allow_private_targets)

@@ -4,6 +4,7 @@
 //! types first, so the rest of the code never re-checks an address or a key.
 
 pub mod address;
+pub mod admin_token;
 pub mod api_key;
 pub mod bounce;
 pub mod dkim;

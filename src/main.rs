@@ -39,6 +39,15 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Mint an admin token (a JWT) for project administration over the API.
+    AdminToken {
+        /// How long the token is valid (such as 30m, 1h, 1d).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Who the token is for (logged with every change made with it).
+        #[arg(long, default_value = "admin")]
+        subject: String,
+    },
     /// Send an email through a running Herald (a small client for trying it from a shell).
     Send {
         #[command(flatten)]
@@ -166,6 +175,38 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys { command } => keys(config, command).await,
+        Command::AdminToken { ttl, subject } => {
+            let ttl = herald::config::duration_text::parse(&ttl)
+                .map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
+            let key = if config.secret_key.is_empty() {
+                let store = Store::open(&config.database_url, 2)
+                    .await
+                    .context("opening the database")?;
+                let k = store
+                    .setting_or_insert("master_key", || {
+                        let bytes: [u8; 32] = rand::random();
+                        bytes.iter().map(|b| format!("{b:02x}")).collect()
+                    })
+                    .await?;
+                store.close().await;
+                k
+            } else {
+                config.secret_key.clone()
+            };
+            let tokens = herald::domain::admin_token::AdminTokens::new(key.as_bytes());
+            let now = SystemClock.now_ms() / 1000;
+            let token = tokens.mint(
+                &subject,
+                now,
+                i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
+            )?;
+            eprintln!(
+                "admin token for {subject}, valid until {}:",
+                format_ms((now + i64::try_from(ttl.as_secs()).unwrap_or(0)) * 1000)
+            );
+            println!("{token}");
+            Ok(())
+        }
         Command::Bounce { .. } | Command::Send { .. } | Command::Status { .. } => Ok(()),
     }
 }

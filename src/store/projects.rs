@@ -75,6 +75,88 @@ impl Store {
         })
     }
 
+    pub async fn list_projects(&self) -> StoreResult<Vec<Project>> {
+        let rows = sqlx::query("SELECT id, name, created_at FROM projects ORDER BY id")
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Project {
+                    id: r.try_get(0)?,
+                    name: r.try_get(1)?,
+                    created_at: r.try_get(2)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn get_project(&self, id: &str) -> StoreResult<Project> {
+        let r = sqlx::query("SELECT id, name, created_at FROM projects WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        Ok(Project {
+            id: r.try_get(0)?,
+            name: r.try_get(1)?,
+            created_at: r.try_get(2)?,
+        })
+    }
+
+    /// Creates a project; a name already taken is `Conflict`.
+    pub async fn create_project(&self, name: &str, now_ms: i64) -> StoreResult<Project> {
+        let p = Project {
+            id: Uuid::now_v7().to_string(),
+            name: name.to_owned(),
+            created_at: now_ms,
+        };
+        sqlx::query("INSERT INTO projects (id, name, created_at) VALUES ($1, $2, $3)")
+            .bind(&p.id)
+            .bind(&p.name)
+            .bind(p.created_at)
+            .execute(&self.write)
+            .await?;
+        Ok(p)
+    }
+
+    pub async fn rename_project(&self, id: &str, name: &str) -> StoreResult<()> {
+        let done = sqlx::query("UPDATE projects SET name = $1 WHERE id = $2")
+            .bind(name)
+            .bind(id)
+            .execute(&self.write)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    /// Deletes a project that never sent mail (its keys go with it); one with mail is
+    /// `Conflict`: its history belongs to the operator.
+    pub async fn delete_project(&self, id: &str) -> StoreResult<()> {
+        let mut tx = self.write.begin().await?;
+        let has_mail = sqlx::query("SELECT 1 FROM emails WHERE project_id = $1 LIMIT 1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if has_mail.is_some() {
+            return Err(StoreError::Conflict);
+        }
+        sqlx::query("DELETE FROM api_keys WHERE project_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query("DELETE FROM projects WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn insert_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO api_keys (id, project_id, name, key_prefix, secret_hash, permission, \

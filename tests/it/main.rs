@@ -15,6 +15,7 @@ mod emails;
 mod inbound;
 mod interop;
 mod listener;
+mod projects;
 mod receiver;
 mod store_contract;
 mod suppressions;

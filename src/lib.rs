@@ -16,6 +16,7 @@ pub mod config;
 pub mod delivery;
 pub mod domain;
 pub mod domains;
+pub mod job_loop;
 pub mod metrics;
 pub mod store;
 pub mod telemetry;

@@ -32,14 +32,7 @@ use crate::store::{ClaimedEmail, NewEvent, Outcome, Store, StoreError, Suppressi
 
 use super::mailer::{Mailer, Verdict};
 
-/// What one step did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunOutcome {
-    /// Recipients were attempted (this many).
-    Worked(usize),
-    /// Nothing was due.
-    Idle,
-}
+pub use crate::job_loop::RunOutcome;
 
 /// Everything a worker needs; cheap to clone (one per worker loop, each its own lease owner).
 #[derive(Clone)]
@@ -194,25 +187,8 @@ impl Worker {
     /// Loops until `cancel`: runs steps while there is work, then sleeps until new mail is
     /// announced on `wake` or `poll` passes.
     pub async fn run(self, wake: Arc<Notify>, cancel: CancellationToken, poll: Duration) {
-        loop {
-            // Arm the notification before looking, so mail stored meanwhile is not missed.
-            let notified = wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if cancel.is_cancelled() {
-                return;
-            }
-            match self.run_once().await {
-                Ok(RunOutcome::Worked(_)) => continue,
-                Ok(RunOutcome::Idle) => {}
-                Err(e) => tracing::error!(error = %e, "delivery step failed; will retry"),
-            }
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = &mut notified => {}
-                () = tokio::time::sleep(poll) => {}
-            }
-        }
+        crate::job_loop::run_until_cancelled("delivery", wake, cancel, poll, || self.run_once())
+            .await;
     }
 
     fn outcome(&self, ctx: &Attempt, verdict: Verdict) -> Outcome {

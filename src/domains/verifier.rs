@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::delivery::RunOutcome;
+use crate::job_loop::RunOutcome;
 use crate::store::{DkimKeyRecord, DomainRecord, NewEvent, Store, StoreError};
 
 use super::records::{DnsRecord, RecordCheck, RecordSettings, RecordStatuses, records};
@@ -254,26 +254,10 @@ impl DomainVerifier {
     }
 
     pub async fn run(self, wake: Arc<Notify>, cancel: CancellationToken, poll: Duration) {
-        loop {
-            let notified = wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if cancel.is_cancelled() {
-                return;
-            }
-            match self.run_once().await {
-                Ok(RunOutcome::Worked(_)) => continue,
-                Ok(RunOutcome::Idle) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, "domain verification step failed; will retry")
-                }
-            }
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = &mut notified => {}
-                () = tokio::time::sleep(poll) => {}
-            }
-        }
+        crate::job_loop::run_until_cancelled("domain verification", wake, cancel, poll, || {
+            self.run_once()
+        })
+        .await;
     }
 }
 

@@ -16,8 +16,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, format_ms};
-use crate::delivery::RunOutcome;
 use crate::domain::sealing::Sealer;
+use crate::job_loop::RunOutcome;
 use crate::metrics::Metrics;
 use crate::store::{AttemptRecord, DueDelivery, Store, StoreError};
 
@@ -126,24 +126,8 @@ impl Dispatcher {
 
     /// Loops until `cancel`, woken by new events or the poll timer.
     pub async fn run(self, wake: Arc<Notify>, cancel: CancellationToken, poll: Duration) {
-        loop {
-            let notified = wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if cancel.is_cancelled() {
-                return;
-            }
-            match self.run_once().await {
-                Ok(RunOutcome::Worked(_)) => continue,
-                Ok(RunOutcome::Idle) => {}
-                Err(e) => tracing::error!(error = %e, "webhook dispatch step failed; will retry"),
-            }
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = &mut notified => {}
-                () = tokio::time::sleep(poll) => {}
-            }
-        }
+        crate::job_loop::run_until_cancelled("webhooks", wake, cancel, poll, || self.run_once())
+            .await;
     }
 
     /// The request body: the event, with the email it is about echoed.

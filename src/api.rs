@@ -121,7 +121,12 @@ pub fn router(state: AppState) -> Router {
     let batch_limit = DefaultBodyLimit::max(limits.max_batch_body_bytes);
     let inbound_limit = DefaultBodyLimit::max(limits.max_message_bytes + 1024 * 1024);
     Router::new()
-        .route("/v1/emails", post(emails::create_email).layer(email_limit))
+        .route(
+            "/v1/emails",
+            post(emails::create_email)
+                .layer(email_limit)
+                .get(emails::list_emails),
+        )
         .route(
             "/v1/emails/batch",
             post(emails::create_batch).layer(batch_limit),

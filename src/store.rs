@@ -27,8 +27,8 @@ use sqlx::{AnyPool, Executor};
 
 pub use domains::{DkimKeyRecord, DomainRecord};
 pub use emails::{
-    EmailRecord, EventFilter, EventRecord, IdempotencyRecord, NewEmail, NewEvent, NewRecipient,
-    RecipientRecord, StoredResponse,
+    EmailFilter, EmailRecord, EventFilter, EventRecord, IdempotencyRecord, NewEmail, NewEvent,
+    NewRecipient, RecipientRecord, StoredResponse,
 };
 pub use inbound::{RecipientRef, ReportEffect};
 pub use projects::{ApiKeyRecord, Project};

@@ -454,6 +454,108 @@ fn recipient_json(r: &RecipientRecord) -> Value {
     })
 }
 
+/// `GET /v1/emails`: search the project's emails, newest first, with a cursor
+/// (`after`/`before` an email id) and the filters `status` (any recipient in it), `recipient`,
+/// `from`, `tag`, `stream`, `metadata[<key>]=<value>`, `created_after`, `created_before`.
+pub async fn list_emails(
+    State(state): State<AppState>,
+    principal: Principal,
+    query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    principal.require_full_access()?;
+    let Query(pairs) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let bad = |m: String| ApiError::bad_request("invalid_query", m);
+    let time = |v: &str| {
+        chrono::DateTime::parse_from_rfc3339(v)
+            .map(|t| t.timestamp_millis())
+            .map_err(|_| bad(format!("'{v}' is not an RFC 3339 time")))
+    };
+    let mut f = crate::store::EmailFilter::default();
+    let mut limit: i64 = 20;
+    for (k, v) in pairs {
+        match k.as_str() {
+            "status" => {
+                RecipientStatus::parse(&v).ok_or_else(|| bad(format!("'{v}' is not a status")))?;
+                f.status = Some(v);
+            }
+            "recipient" => {
+                f.recipient = Some(
+                    crate::domain::address::EmailAddress::parse(&v)
+                        .map(|a| a.to_string())
+                        .unwrap_or(v),
+                )
+            }
+            "from" => {
+                f.from = Some(
+                    crate::domain::address::EmailAddress::parse(&v)
+                        .map(|a| a.to_string())
+                        .unwrap_or(v),
+                )
+            }
+            "tag" => f.tag = Some(v),
+            "stream" => f.stream = Some(v),
+            "created_after" => f.created_after = Some(time(&v)?),
+            "created_before" => f.created_before = Some(time(&v)?),
+            "after" => f.after = Some(v),
+            "before" => f.before = Some(v),
+            "limit" => {
+                limit = v
+                    .parse()
+                    .map_err(|_| bad("limit must be a number".into()))?
+            }
+            other => match other
+                .strip_prefix("metadata[")
+                .and_then(|r| r.strip_suffix(']'))
+            {
+                Some(key) if !key.is_empty() => f.metadata.push((key.to_owned(), v)),
+                _ => return Err(bad(format!("unknown query parameter '{other}'"))),
+            },
+        }
+    }
+    if !(1..=100).contains(&limit) {
+        return Err(bad("limit must be between 1 and 100".into()));
+    }
+    if f.after.is_some() && f.before.is_some() {
+        return Err(bad("after and before cannot be used together".into()));
+    }
+    let mut rows = state
+        .store
+        .search_emails(&principal.project_id, &f, limit + 1)
+        .await?;
+    let has_more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+    if has_more {
+        if f.before.is_some() {
+            rows.remove(0);
+        } else {
+            rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        }
+    }
+    let parse_json = |s: &str| serde_json::from_str::<Value>(s).unwrap_or(Value::Null);
+    let data: Vec<Value> = rows
+        .iter()
+        .map(|(e, statuses)| {
+            let status =
+                aggregate_status(statuses.iter().filter_map(|s| RecipientStatus::parse(s)));
+            json!({
+                "object": "email",
+                "id": e.id,
+                "message_id": e.message_id,
+                "stream": e.stream,
+                "from": {"email": e.from_email, "name": e.from_name},
+                "subject": e.subject,
+                "tags": parse_json(&e.tags),
+                "metadata": parse_json(&e.metadata),
+                "status": status.as_str(),
+                "recipients": statuses.len(),
+                "created_at": format_ms(e.created_at),
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({"object": "list", "has_more": has_more, "data": data}),
+    ))
+}
+
 /// One of the project's emails, if this key may see it (404 otherwise, so a sending key
 /// cannot learn what another key sent).
 async fn load_email(

@@ -135,6 +135,25 @@ pub struct RecipientRecord {
     pub last_event_at: i64,
 }
 
+/// Filters of the email search; `None` means any.
+#[derive(Debug, Clone, Default)]
+pub struct EmailFilter {
+    /// Emails with at least one recipient in this status.
+    pub status: Option<String>,
+    pub recipient: Option<String>,
+    pub from: Option<String>,
+    pub tag: Option<String>,
+    pub stream: Option<String>,
+    /// `(key, value)` pairs that must all be in the metadata.
+    pub metadata: Vec<(String, String)>,
+    pub created_after: Option<i64>,
+    pub created_before: Option<i64>,
+    /// Older than this email id (the next page, newest first).
+    pub after: Option<String>,
+    /// Newer than this email id (the previous page).
+    pub before: Option<String>,
+}
+
 /// Filters of the event feed; `None` means any.
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
@@ -432,6 +451,105 @@ impl Store {
         .fetch_all(&self.read)
         .await?;
         rows.iter().map(event_from_row).collect()
+    }
+
+    /// The project's emails matching `f`, newest first (or, with `f.before`, the page just
+    /// newer than it, still returned newest first), at most `limit`, each with its
+    /// recipients' statuses.
+    pub async fn search_emails(
+        &self,
+        project_id: &str,
+        f: &EmailFilter,
+        limit: i64,
+    ) -> StoreResult<Vec<(EmailRecord, Vec<String>)>> {
+        let mut sql = format!("SELECT {EMAIL_COLUMNS} FROM emails e WHERE project_id = $1");
+        let mut args: Vec<String> = vec![project_id.to_owned()];
+        let arg = |v: String, args: &mut Vec<String>| {
+            args.push(v);
+            format!("${}", args.len())
+        };
+        if let Some(s) = &f.status {
+            let p = arg(s.clone(), &mut args);
+            sql.push_str(&format!(" AND EXISTS (SELECT 1 FROM recipients r WHERE r.email_id = e.id AND r.status = {p})"));
+        }
+        if let Some(r) = &f.recipient {
+            let p = arg(r.clone(), &mut args);
+            sql.push_str(&format!(" AND EXISTS (SELECT 1 FROM recipients r WHERE r.project_id = e.project_id AND r.email_id = e.id AND r.address = {p})"));
+        }
+        if let Some(v) = &f.from {
+            let p = arg(v.clone(), &mut args);
+            sql.push_str(&format!(" AND from_email = {p}"));
+        }
+        if let Some(v) = &f.stream {
+            let p = arg(v.clone(), &mut args);
+            sql.push_str(&format!(" AND stream = {p}"));
+        }
+        if let Some(t) = &f.tag {
+            // Tags are a JSON array of strings as serde_json writes them.
+            let p = arg(
+                format!("%{}%", serde_json::Value::String(t.clone())),
+                &mut args,
+            );
+            sql.push_str(&format!(" AND tags LIKE {p}"));
+        }
+        for (k, v) in &f.metadata {
+            let needle = format!(
+                "{}:{}",
+                serde_json::Value::String(k.clone()),
+                serde_json::Value::String(v.clone())
+            );
+            let p = arg(format!("%{needle}%"), &mut args);
+            sql.push_str(&format!(" AND metadata LIKE {p}"));
+        }
+        if let Some(v) = &f.after {
+            let p = arg(v.clone(), &mut args);
+            sql.push_str(&format!(" AND id < {p}"));
+        }
+        if let Some(v) = &f.before {
+            let p = arg(v.clone(), &mut args);
+            sql.push_str(&format!(" AND id > {p}"));
+        }
+        let times = [(f.created_after, ">="), (f.created_before, "<")];
+        let mut time_args = Vec::new();
+        for (t, op) in times {
+            if let Some(t) = t {
+                time_args.push(t);
+                sql.push_str(&format!(
+                    " AND created_at {op} ${}",
+                    args.len() + time_args.len()
+                ));
+            }
+        }
+        let order = if f.before.is_some() { "ASC" } else { "DESC" };
+        sql.push_str(&format!(
+            " ORDER BY id {order} LIMIT ${}",
+            args.len() + time_args.len() + 1
+        ));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for a in &args {
+            q = q.bind(a.as_str());
+        }
+        for t in &time_args {
+            q = q.bind(*t);
+        }
+        let rows = q.bind(limit).fetch_all(&self.read).await?;
+        let mut emails = rows
+            .iter()
+            .map(email_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        if f.before.is_some() {
+            emails.reverse();
+        }
+        let mut out = Vec::with_capacity(emails.len());
+        for e in emails {
+            let statuses: Vec<String> =
+                sqlx::query_scalar("SELECT status FROM recipients WHERE email_id = $1")
+                    .bind(&e.id)
+                    .fetch_all(&self.read)
+                    .await?;
+            out.push((e, statuses));
+        }
+        Ok(out)
     }
 
     /// The project's event feed, oldest first, after the event id `after`.

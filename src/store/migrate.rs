@@ -44,6 +44,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0005_inbound.sql"),
         postgres: include_str!("../../migrations/postgres/0005_inbound.sql"),
     },
+    Migration {
+        version: 6,
+        name: "search",
+        sqlite: include_str!("../../migrations/sqlite/0006_search.sql"),
+        postgres: include_str!("../../migrations/postgres/0006_search.sql"),
+    },
 ];
 
 /// An arbitrary constant: the advisory lock id Herald's migrations hold on Postgres.

@@ -8,6 +8,7 @@ use crate::helpers::{TestApp, email_to};
 use crate::{on_both_backends, on_sqlite};
 
 on_both_backends!(
+    search_filters_and_pages,
     accepts_and_reads_back,
     idempotency_replays_and_refuses_reuse,
     batch_strict_is_all_or_nothing
@@ -23,6 +24,78 @@ on_sqlite!(
     builds_multipart_mime_with_attachments,
     unknown_routes_and_methods_are_problems,
 );
+
+async fn search_filters_and_pages(backend: Backend) {
+    let app = TestApp::spawn(backend, None).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let mut body = email_to(&[&format!("user{i}@example.com")]);
+        body["tags"] = json!([if i % 2 == 0 { "even" } else { "odd" }]);
+        body["metadata"] = json!({"order_id": format!("o-{i}")});
+        ids.push(app.send(&body).await);
+    }
+    let page = |q: &str| {
+        let q = q.to_owned();
+        let app = &app;
+        async move {
+            let (s, v) = app.get(&format!("/v1/emails{q}"), &app.key).await;
+            assert_eq!(s, StatusCode::OK, "{q}: {v}");
+            let ids: Vec<String> = v["data"]
+                .as_array()
+                .expect("data")
+                .iter()
+                .map(|e| e["id"].as_str().unwrap_or("").to_owned())
+                .collect();
+            (ids, v["has_more"].as_bool().expect("has_more"))
+        }
+    };
+    let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+    assert_eq!(page("").await, (newest_first.clone(), false));
+    let (first, more) = page("?limit=2").await;
+    assert_eq!((first.clone(), more), (newest_first[..2].to_vec(), true));
+    let (second, _) = page(&format!("?limit=2&after={}", first[1])).await;
+    assert_eq!(second, newest_first[2..4].to_vec());
+    let (back, _) = page(&format!("?limit=2&before={}", second[0])).await;
+    assert_eq!(back, first, "before pages back");
+    assert_eq!(page("?tag=even").await.0.len(), 3);
+    assert_eq!(
+        page("?recipient=user3@example.com").await.0,
+        vec![ids[3].clone()]
+    );
+    assert_eq!(
+        page("?metadata[order_id]=o-4").await.0,
+        vec![ids[4].clone()]
+    );
+    assert_eq!(
+        page("?status=queued&from=orders@acme.com&stream=transactional")
+            .await
+            .0
+            .len(),
+        5
+    );
+    assert_eq!(page("?status=sent").await.0.len(), 0);
+    let (s, v) = app.get("/v1/emails?bogus=1", &app.key).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_query"))
+    );
+    let (s, _) = app.get("/v1/emails?status=nope", &app.key).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let beta = crate::helpers::create_key(
+        &app.store,
+        "beta",
+        herald::domain::api_key::Permission::FullAccess,
+        0,
+    )
+    .await;
+    let (_, v) = app.get("/v1/emails", &beta).await;
+    assert_eq!(
+        v["data"].as_array().expect("data").len(),
+        0,
+        "another project sees none"
+    );
+    app.finish().await;
+}
 
 async fn accepts_and_reads_back(backend: Backend) {
     let app = TestApp::spawn(backend, None).await;

@@ -11,6 +11,7 @@ pub mod health;
 pub mod idempotency;
 pub mod inbound;
 pub mod json;
+pub mod pagination;
 pub mod projects;
 pub mod rate_limit;
 pub mod request_id;

@@ -307,11 +307,7 @@ pub async fn rotate_dkim(
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     principal.require_full_access()?;
-    let req: RotateRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        RotateRequest::default()
-    } else {
-        super::json::parse(&body, "")?
-    };
+    let req: RotateRequest = super::json::parse_optional(&body)?;
     let (mut d, keys) = state.store.get_domain(&principal.project_id, &id).await?;
     if d.dkim_mode != "herald" {
         return Err(ApiError::new(

@@ -512,9 +512,7 @@ pub async fn list_emails(
             },
         }
     }
-    if !(1..=100).contains(&limit) {
-        return Err(bad("limit must be between 1 and 100".into()));
-    }
+    let limit = super::pagination::page_size(Some(limit), 20, 100)?;
     if f.after.is_some() && f.before.is_some() {
         return Err(bad("after and before cannot be used together".into()));
     }
@@ -620,21 +618,14 @@ pub async fn list_email_events(
 ) -> ApiResult<Json<Value>> {
     principal.require_full_access()?;
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "limit must be between 1 and 1000",
-        ));
-    }
+    let limit = super::pagination::page_size(q.limit, 100, 1000)?;
     // 404 for another project's email, not an empty list.
     state.store.get_email(&principal.project_id, &id).await?;
     let mut events = state
         .store
         .list_email_events(&principal.project_id, &id, q.after.as_deref(), limit + 1)
         .await?;
-    let has_more = events.len() > usize::try_from(limit).unwrap_or(usize::MAX);
-    events.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let has_more = super::pagination::trim_page(&mut events, limit);
     let data: Vec<Value> = events.iter().map(super::events::event_json).collect();
     Ok(Json(
         json!({"object": "list", "has_more": has_more, "data": data}),

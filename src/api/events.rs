@@ -57,13 +57,7 @@ pub async fn list_events(
 ) -> ApiResult<Json<Value>> {
     principal.require_full_access()?;
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let limit = q.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "limit must be between 1 and 100",
-        ));
-    }
+    let limit = super::pagination::page_size(q.limit, 20, 100)?;
     let created_after = match q.created_after.as_deref() {
         None => None,
         Some(t) => Some(
@@ -85,8 +79,7 @@ pub async fn list_events(
         .store
         .list_events(&principal.project_id, &filter, limit + 1)
         .await?;
-    let has_more = events.len() > usize::try_from(limit).unwrap_or(usize::MAX);
-    events.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let has_more = super::pagination::trim_page(&mut events, limit);
     let data: Vec<Value> = events.iter().map(event_json).collect();
     Ok(Json(
         json!({"object": "list", "has_more": has_more, "data": data}),

@@ -69,6 +69,15 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8], prefix: &str) -> Result<T, ApiEr
     Ok(value)
 }
 
+/// Parses a body that may be left out entirely (empty or blank: `T::default()`).
+pub fn parse_optional<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        Ok(T::default())
+    } else {
+        parse(bytes, "")
+    }
+}
+
 /// Parses an already-decoded JSON value as `T` (a batch item).
 pub fn from_value<T: DeserializeOwned>(
     value: serde_json::Value,

@@ -253,13 +253,7 @@ pub async fn list_suppressions(
 ) -> ApiResult<Json<Value>> {
     principal.require_full_access()?;
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let limit = q.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "limit must be between 1 and 100",
-        ));
-    }
+    let limit = super::pagination::page_size(q.limit, 20, 100)?;
     let mut rows = state
         .store
         .list_suppressions(
@@ -269,8 +263,7 @@ pub async fn list_suppressions(
             limit + 1,
         )
         .await?;
-    let has_more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
-    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let has_more = super::pagination::trim_page(&mut rows, limit);
     let data: Vec<Value> = rows.iter().map(suppression_json).collect();
     Ok(Json(
         json!({"object": "list", "has_more": has_more, "data": data}),

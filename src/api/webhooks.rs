@@ -44,7 +44,7 @@ pub struct UpdateWebhookRequest {
     status: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RotateRequest {
     #[serde(default)]
@@ -289,13 +289,7 @@ pub async fn rotate_secret(
 ) -> ApiResult<Json<Value>> {
     principal.require_full_access()?;
     // The body is optional: none at all means the default grace period.
-    let req: RotateRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        RotateRequest {
-            grace_period_seconds: None,
-        }
-    } else {
-        super::json::parse(&body, "")?
-    };
+    let req: RotateRequest = super::json::parse_optional(&body)?;
     let grace = req.grace_period_seconds.unwrap_or(86_400);
     if grace > MAX_GRACE_SECONDS {
         return Err(ApiError::validation(vec![FieldError::new(
@@ -369,19 +363,12 @@ pub async fn list_deliveries(
             ));
         }
     };
-    let limit = q.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "limit must be between 1 and 100",
-        ));
-    }
+    let limit = super::pagination::page_size(q.limit, 20, 100)?;
     let mut rows = state
         .store
         .list_webhook_attempts(&id, succeeded, q.before.as_deref(), limit + 1)
         .await?;
-    let has_more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
-    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let has_more = super::pagination::trim_page(&mut rows, limit);
     let data: Vec<Value> = rows
         .iter()
         .map(|a| {

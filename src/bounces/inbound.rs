@@ -19,7 +19,7 @@ use crate::domain::suppression::{SuppressionReason, bounce_suppresses};
 use crate::domain::verp::VerpSigner;
 use crate::store::{NewEvent, RecipientRef, ReportEffect, Store, StoreError, SuppressionRecord};
 
-use super::report::{Action, Report, ReportKind, ReportRecipient, parse_report};
+use super::report::{Action, Report, ReportKind, ReportRecipient, first_reply_code, parse_report};
 
 #[derive(Clone)]
 pub struct InboundProcessor {
@@ -174,7 +174,7 @@ impl InboundProcessor {
             });
         }
         let smtp = json!({
-            "code": rr.diagnostic.as_deref().and_then(first_code),
+            "code": rr.diagnostic.as_deref().and_then(|d| first_reply_code(d, 200)),
             "enhanced_status": rr.status,
             "response": rr.diagnostic,
             "remote_mta": rr.remote_mta,
@@ -233,7 +233,7 @@ impl InboundProcessor {
                         "email.bounced",
                         json!({"bounce": {
                             "type": kind, "sub_type": rr.sub_type, "phase": "async_dsn",
-                            "smtp_code": rr.diagnostic.as_deref().and_then(first_code),
+                            "smtp_code": rr.diagnostic.as_deref().and_then(|d| first_reply_code(d, 200)),
                             "enhanced_status": rr.status, "diagnostic": rr.diagnostic,
                             "remote_mta": rr.remote_mta, "reporting_mta": report.reporting_mta,
                             "suppressed": suppress.is_some(),
@@ -244,11 +244,4 @@ impl InboundProcessor {
             }
         }
     }
-}
-
-fn first_code(text: &str) -> Option<u16> {
-    text.split(|c: char| !c.is_ascii_digit())
-        .filter(|w| w.len() == 3)
-        .filter_map(|w| w.parse().ok())
-        .find(|c| (200..600).contains(c))
 }

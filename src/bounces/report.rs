@@ -271,10 +271,16 @@ fn classify_report(
 
 /// The first SMTP reply code (4xx or 5xx) in a diagnostic text.
 fn basic_code(text: &str) -> Option<u16> {
+    first_reply_code(text, 400)
+}
+
+/// The first three-digit number from `lowest` to 599 in a text: the reply code a diagnostic
+/// quotes (`smtp; 550 5.1.1 …`, `250 2.0.0 OK`).
+pub(crate) fn first_reply_code(text: &str, lowest: u16) -> Option<u16> {
     text.split(|c: char| !c.is_ascii_digit())
         .filter(|w| w.len() == 3)
         .filter_map(|w| w.parse::<u16>().ok())
-        .find(|c| (400..600).contains(c))
+        .find(|c| (lowest..600).contains(c))
 }
 
 /// A header's value in header-style text, case-insensitively.

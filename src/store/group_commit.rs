@@ -101,8 +101,8 @@ async fn commit(pool: &AnyPool, jobs: Vec<Job>) {
             };
             sqlx::query(end).execute(&mut *tx).await?;
             if r.is_err() {
-                // The rolled-back request may have loaded endpoints that are fine; the cache
-                // is only a read cache, so it stays valid.
+                // ROLLBACK TO leaves the savepoint open; close it so the next request starts
+                // from a clean slate. (The outbox's endpoint cache is read-only: still valid.)
                 sqlx::query("RELEASE SAVEPOINT ingest")
                     .execute(&mut *tx)
                     .await?;

@@ -15,6 +15,7 @@ pub mod pagination;
 pub mod projects;
 pub mod rate_limit;
 pub mod request_id;
+pub mod stats;
 pub mod suppressions;
 pub mod webhooks;
 
@@ -170,6 +171,8 @@ pub fn router(state: AppState) -> Router {
             post(inbound::receive_inbound).layer(inbound_limit),
         )
         .route("/v1/events", get(events::list_events))
+        .route("/v1/stats", get(stats::get_stats))
+        .route("/v1/stats/bounces", get(stats::get_bounce_stats))
         .route("/v1/events/{id}/redeliver", post(events::redeliver_event))
         .route(
             "/v1/webhooks",

@@ -35,6 +35,8 @@ pub struct App {
     pub dispatcher: Dispatcher,
     /// The domain verifier (tests call `run_once` on it).
     pub verifier: DomainVerifier,
+    /// The retention purge (tests call `run_once` on it).
+    pub retention: crate::retention::RetentionJob,
     pub listener: TcpListener,
     pub addr: SocketAddr,
     /// The bounce listener (SMTP), if `inbound.listen` is set.
@@ -166,11 +168,17 @@ impl App {
             Some((l, settings))
         };
         let inbound_addr = inbound.as_ref().and_then(|(l, _)| l.local_addr().ok());
+        let retention = crate::retention::RetentionJob {
+            store: store.clone(),
+            clock: Arc::clone(&clock),
+            config: config.retention.clone(),
+        };
         Ok(Self {
             state,
             worker,
             dispatcher,
             verifier,
+            retention,
             listener,
             addr,
             inbound,
@@ -210,6 +218,7 @@ impl App {
                 shutdown.clone(),
                 config.delivery.poll_interval,
             ));
+            tracker.spawn(self.retention.clone().run(shutdown.clone()));
         }
         if let Some((listener, settings)) = self.inbound {
             tracker.spawn(crate::bounces::listener::serve(

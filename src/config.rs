@@ -35,6 +35,7 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     pub domains: DomainsConfig,
     pub inbound: InboundConfig,
+    pub retention: RetentionConfig,
     pub log: LogConfig,
 }
 
@@ -53,6 +54,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             webhooks: WebhooksConfig::default(),
             domains: DomainsConfig::default(),
+            retention: RetentionConfig::default(),
             inbound: InboundConfig::default(),
             log: LogConfig::default(),
         }
@@ -273,6 +275,32 @@ impl Default for DomainsConfig {
     }
 }
 
+/// How long Herald keeps what it stores. The stats rollups are kept indefinitely.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Days after which message bodies and the built MIME are purged (0: kept forever).
+    pub content_retention_days: u32,
+    /// Days after which emails, their recipients and events are deleted (0: kept forever).
+    pub event_retention_days: u32,
+    /// Rows per purge transaction: small, so ingest and delivery commit in between.
+    pub batch_size: u32,
+    /// How often the purge job looks for work.
+    #[serde(with = "duration_text")]
+    pub interval: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            content_retention_days: 7,
+            event_retention_days: 30,
+            batch_size: 500,
+            interval: Duration::from_secs(600),
+        }
+    }
+}
+
 /// Herald's own SMTP listener for bounce and complaint reports.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -379,6 +407,9 @@ impl Config {
         }
         if self.delivery.batch_size == 0 {
             return bad("delivery.batch_size must be at least 1");
+        }
+        if self.retention.batch_size == 0 {
+            return bad("retention.batch_size must be at least 1");
         }
         if self.streams.is_empty() {
             return bad("streams must name at least one stream");

@@ -18,6 +18,7 @@ pub mod domain;
 pub mod domains;
 pub mod job_loop;
 pub mod metrics;
+pub mod retention;
 pub mod store;
 pub mod telemetry;
 pub mod webhooks;

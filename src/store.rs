@@ -16,6 +16,8 @@ mod inbound;
 mod migrate;
 mod projects;
 mod queue;
+mod retention;
+mod stats;
 mod suppressions;
 mod webhooks;
 
@@ -33,6 +35,7 @@ pub use emails::{
 pub use inbound::{RecipientRef, ReportEffect};
 pub use projects::{ApiKeyRecord, Project};
 pub use queue::{ClaimedEmail, ClaimedRecipient, Outcome};
+pub use stats::{BounceCount, METRICS, StatsDimension, StatsQuery, StatsRow};
 pub use suppressions::SuppressionRecord;
 pub use webhooks::{AttemptLogRecord, AttemptRecord, DeliveryEmail, DueDelivery, EndpointRecord};
 

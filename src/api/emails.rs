@@ -580,7 +580,7 @@ pub async fn get_email(
         .filter_map(|r| RecipientStatus::parse(&r.status));
     let status = aggregate_status(statuses);
     let parse_json = |s: &str| serde_json::from_str::<Value>(s).unwrap_or(Value::Null);
-    Ok(Json(json!({
+    let mut body = json!({
         "object": "email",
         "id": email.id,
         "message_id": email.message_id,
@@ -588,6 +588,9 @@ pub async fn get_email(
         "from": {"email": email.from_email, "name": email.from_name},
         "reply_to": parse_json(&email.reply_to),
         "subject": email.subject,
+        "text": email.text_body,
+        "html": email.html_body,
+        "content_purged": email.content_purged_at.is_some(),
         "tags": parse_json(&email.tags),
         "metadata": parse_json(&email.metadata),
         "status": status.as_str(),
@@ -597,7 +600,13 @@ pub async fn get_email(
         "sent_at": recipients.iter().filter_map(|r| r.sent_at).min().map(format_ms),
         "last_event_at": recipients.iter().map(|r| r.last_event_at).max().map(format_ms),
         "recipients": recipients.iter().map(recipient_json).collect::<Vec<_>>(),
-    })))
+    });
+    if let (Some(_), Some(o)) = (email.content_purged_at, body.as_object_mut()) {
+        // After the retention purge the bodies are gone: say so rather than show nulls.
+        o.remove("text");
+        o.remove("html");
+    }
+    Ok(Json(body))
 }
 
 #[derive(Debug, Deserialize)]

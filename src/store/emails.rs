@@ -114,6 +114,11 @@ pub struct EmailRecord {
     pub created_at: i64,
     pub scheduled_at: Option<i64>,
     pub expires_at: Option<i64>,
+    /// When retention removed the bodies.
+    pub content_purged_at: Option<i64>,
+    /// The bodies as given (only [`Store::get_email`] reads them).
+    pub text_body: Option<String>,
+    pub html_body: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -175,7 +180,8 @@ pub struct EventRecord {
 }
 
 const EMAIL_COLUMNS: &str = "id, project_id, api_key_id, message_id, stream, from_email, \
-     from_name, reply_to, subject, tags, metadata, created_at, scheduled_at, expires_at";
+     from_name, reply_to, subject, tags, metadata, created_at, scheduled_at, expires_at, \
+     content_purged_at";
 const RECIPIENT_COLUMNS: &str = "id, address, name, kind, status, attempts, next_attempt_at, \
      smtp_code, smtp_enhanced, smtp_response, smtp_phase, bounce_type, bounce_sub_type, \
      sent_at, last_event_at";
@@ -196,6 +202,9 @@ fn email_from_row(r: &AnyRow) -> StoreResult<EmailRecord> {
         created_at: r.try_get(11)?,
         scheduled_at: r.try_get(12)?,
         expires_at: r.try_get(13)?,
+        content_purged_at: r.try_get(14)?,
+        text_body: None,
+        html_body: None,
     })
 }
 
@@ -253,7 +262,51 @@ pub(super) async fn insert_event(
     .bind(e.created_at)
     .execute(&mut **tx)
     .await?;
+    if let (Some(email_id), Some(address), false) =
+        (email_id, e.recipient.as_deref(), outbox.uncounted)
+    {
+        outbox.stats.event(
+            project_id,
+            email_id,
+            address,
+            &e.event_type,
+            &e.data,
+            e.created_at,
+        );
+    }
     enqueue_deliveries(tx, outbox, project_id, stream, e).await
+}
+
+/// Writes the rows that index an email's tags and metadata for search.
+async fn insert_search_keys(tx: &mut Transaction<'static, Any>, e: &NewEmail) -> StoreResult<()> {
+    let tags: Vec<String> = serde_json::from_str(&e.tags).unwrap_or_default();
+    for t in tags {
+        sqlx::query("INSERT INTO email_tags (project_id, tag, email_id) VALUES ($1, $2, $3)")
+            .bind(&e.project_id)
+            .bind(t)
+            .bind(&e.id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    let metadata: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&e.metadata).unwrap_or_default();
+    for (k, v) in metadata {
+        let value = match v {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        };
+        sqlx::query(
+            "INSERT INTO email_metadata (project_id, key, value, email_id) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&e.project_id)
+        .bind(k)
+        .bind(value)
+        .bind(&e.id)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Inserts one request's emails and idempotency record inside `tx`.
@@ -350,6 +403,15 @@ async fn insert_one(
         .execute(&mut **tx)
         .await?;
     }
+    outbox
+        .stats
+        .note_email(&e.id, &e.stream, &e.tags, &e.from_email);
+    for r in &e.recipients {
+        outbox
+            .stats
+            .accepted(&e.project_id, &e.id, &r.address, e.created_at);
+    }
+    insert_search_keys(tx, e).await?;
     for ev in &e.events {
         insert_event(tx, outbox, &e.project_id, Some(&e.id), Some(&e.stream), ev).await?;
     }
@@ -412,7 +474,8 @@ impl Store {
         id: &str,
     ) -> StoreResult<(EmailRecord, Vec<RecipientRecord>)> {
         let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT {EMAIL_COLUMNS} FROM emails WHERE project_id = $1 AND id = $2"
+            "SELECT {EMAIL_COLUMNS}, text_body, html_body FROM emails \
+             WHERE project_id = $1 AND id = $2"
         ));
         let row = sqlx::query(sql)
             .bind(project_id)
@@ -420,7 +483,9 @@ impl Store {
             .fetch_optional(&self.read)
             .await?
             .ok_or(StoreError::NotFound)?;
-        let email = email_from_row(&row)?;
+        let mut email = email_from_row(&row)?;
+        email.text_body = row.try_get(15)?;
+        email.html_body = row.try_get(16)?;
         let sql = sqlx::AssertSqlSafe(format!(
             "SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE email_id = $1 ORDER BY position"
         ));
@@ -624,7 +689,7 @@ impl Store {
             )
             .await?;
         }
-        tx.commit().await?;
+        outbox.commit(tx).await?;
         Ok(rows.len())
     }
 }

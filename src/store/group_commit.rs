@@ -90,6 +90,7 @@ async fn commit(pool: &AnyPool, jobs: Vec<Job>) {
             );
             continue;
         }
+        let mark = outbox.stats.mark();
         let step = async {
             sqlx::query("SAVEPOINT ingest").execute(&mut *tx).await?;
             let r =
@@ -110,7 +111,12 @@ async fn commit(pool: &AnyPool, jobs: Vec<Job>) {
             Ok::<_, StoreError>(r)
         };
         match step.await {
-            Ok(r) => outcomes.push(r),
+            Ok(r) => {
+                if r.is_err() {
+                    outbox.stats.rollback_to(mark);
+                }
+                outcomes.push(r)
+            }
             Err(e) => {
                 // The transaction itself is broken: nothing of this batch is committed.
                 let msg = e.to_string();
@@ -130,7 +136,7 @@ async fn commit(pool: &AnyPool, jobs: Vec<Job>) {
         }
         return;
     }
-    match tx.commit().await {
+    match outbox.commit(tx).await {
         Ok(()) => {
             for (job, outcome) in jobs.into_iter().zip(outcomes) {
                 let _ = job.reply.send(outcome);
@@ -139,7 +145,7 @@ async fn commit(pool: &AnyPool, jobs: Vec<Job>) {
         Err(e) => {
             let msg = e.to_string();
             for job in jobs {
-                let _ = job.reply.send(Err(StoreError::from_shared(&msg, &e)));
+                let _ = job.reply.send(Err(StoreError::Unavailable(msg.clone())));
             }
         }
     }

@@ -151,9 +151,13 @@ impl Store {
             changed = done.rows_affected() == 1;
         }
         let r = &effect.recipient;
+        // A report that repeats a verdict (a second complaint) is kept in the timeline but
+        // not counted twice.
+        let mut outbox = Outbox::default();
+        outbox.uncounted = effect.new_status.is_some() && !changed;
         insert_event(
             &mut tx,
-            &mut Outbox::default(),
+            &mut outbox,
             &r.project_id,
             Some(&r.email_id),
             Some(&r.stream),
@@ -163,7 +167,7 @@ impl Store {
         if let Some(s) = &effect.suppression {
             insert_suppression(&mut tx, s).await?;
         }
-        tx.commit().await?;
+        outbox.commit(tx).await?;
         Ok(changed)
     }
 }

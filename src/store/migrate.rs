@@ -50,6 +50,18 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0006_search.sql"),
         postgres: include_str!("../../migrations/postgres/0006_search.sql"),
     },
+    Migration {
+        version: 7,
+        name: "stats",
+        sqlite: include_str!("../../migrations/sqlite/0007_stats.sql"),
+        postgres: include_str!("../../migrations/postgres/0007_stats.sql"),
+    },
+    Migration {
+        version: 8,
+        name: "search_retention",
+        sqlite: include_str!("../../migrations/sqlite/0008_search_retention.sql"),
+        postgres: include_str!("../../migrations/postgres/0008_search_retention.sql"),
+    },
 ];
 
 /// An arbitrary constant: the advisory lock id Herald's migrations hold on Postgres.

@@ -187,7 +187,7 @@ impl Store {
                 applied += 1;
             }
         }
-        tx.commit().await?;
+        outbox.commit(tx).await?;
         Ok(applied)
     }
 

@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::domain::event::filter_matches;
 
 use super::emails::NewEvent;
+use super::stats::StatsLog;
 use super::{Backend, Store, StoreError, StoreResult, placeholders};
 
 #[derive(Debug, Clone)]
@@ -98,10 +99,24 @@ async fn subscriptions(
         .collect()
 }
 
-/// The enabled endpoints of projects, loaded once per transaction.
+/// What a transaction that writes events owes besides the events: the enabled endpoints of
+/// projects (loaded once per transaction, for the webhook deliveries) and the stats
+/// increments (flushed by [`Outbox::commit`]).
 #[derive(Default)]
 pub(super) struct Outbox {
     endpoints: HashMap<String, Vec<Subscription>>,
+    pub(super) stats: StatsLog,
+    /// Set when the events being written repeat a state the stats already counted.
+    pub(super) uncounted: bool,
+}
+
+impl Outbox {
+    /// Writes the stats increments and commits.
+    pub(super) async fn commit(mut self, mut tx: Transaction<'static, Any>) -> StoreResult<()> {
+        self.stats.flush(&mut tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
 /// Writes the deliveries that announce `event` (in the event's own transaction).

@@ -92,6 +92,7 @@ pub struct TestApp {
     pub worker: Worker,
     pub dispatcher: Dispatcher,
     pub verifier: herald::domains::DomainVerifier,
+    pub retention: herald::retention::RetentionJob,
     pub clock: ManualClock,
     pub store: Store,
     pub outbox: tempfile::TempDir,
@@ -150,6 +151,7 @@ impl TestApp {
         let worker = app.worker.clone();
         let dispatcher = app.dispatcher.clone();
         let verifier = app.verifier.clone();
+        let retention = app.retention.clone();
         let key = create_key(&store, "alpha", Permission::FullAccess, clock.now_ms()).await;
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(app.run(shutdown.clone(), 0));
@@ -161,6 +163,7 @@ impl TestApp {
             worker,
             dispatcher,
             verifier,
+            retention,
             clock,
             store,
             outbox,
@@ -197,6 +200,17 @@ impl TestApp {
         let mut total = 0;
         loop {
             match self.verifier.run_once().await.expect("verification step") {
+                RunOutcome::Worked(n) => total += n,
+                RunOutcome::Idle => return total,
+            }
+        }
+    }
+
+    /// Runs retention steps until nothing is left to purge; returns how many rows went.
+    pub async fn purge(&self) -> usize {
+        let mut total = 0;
+        loop {
+            match self.retention.run_once().await.expect("retention step") {
                 RunOutcome::Worked(n) => total += n,
                 RunOutcome::Idle => return total,
             }

@@ -34,7 +34,7 @@ pub fn dsn(
     )
 }
 
-async fn post_inbound(app: &TestApp, raw: &str) -> Value {
+pub async fn post_inbound(app: &TestApp, raw: &str) -> Value {
     let resp = app
         .http
         .post(format!("{}/v1/inbound", app.base))

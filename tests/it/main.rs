@@ -17,6 +17,8 @@ mod interop;
 mod listener;
 mod projects;
 mod receiver;
+mod retention;
+mod stats;
 mod store_contract;
 mod suppressions;
 mod webhooks;

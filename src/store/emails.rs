@@ -186,6 +186,21 @@ const RECIPIENT_COLUMNS: &str = "id, address, name, kind, status, attempts, next
      smtp_code, smtp_enhanced, smtp_response, smtp_phase, bounce_type, bounce_sub_type, \
      sent_at, last_event_at";
 
+/// The index a search page walks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Driver {
+    Metadata,
+    Recipient,
+    Tag,
+    From,
+    Emails,
+}
+
+/// [`EMAIL_COLUMNS`] qualified by the alias `e`.
+const EMAIL_COLUMNS_E: &str = "e.id, e.project_id, e.api_key_id, e.message_id, e.stream, \
+     e.from_email, e.from_name, e.reply_to, e.subject, e.tags, e.metadata, e.created_at, \
+     e.scheduled_at, e.expires_at, e.content_purged_at";
+
 fn email_from_row(r: &AnyRow) -> StoreResult<EmailRecord> {
     Ok(EmailRecord {
         id: r.try_get(0)?,
@@ -527,52 +542,107 @@ impl Store {
         f: &EmailFilter,
         limit: i64,
     ) -> StoreResult<Vec<(EmailRecord, Vec<String>)>> {
-        let mut sql = format!("SELECT {EMAIL_COLUMNS} FROM emails e WHERE project_id = $1");
+        // The page walks one index in email-id order: the most selective filter that has
+        // one (a metadata pair, a recipient, a tag, a sender), or the project's emails.
+        // Every other filter is a probe of a primary key or index per candidate row.
         let mut args: Vec<String> = vec![project_id.to_owned()];
-        let arg = |v: String, args: &mut Vec<String>| {
-            args.push(v);
+        let arg = |v: &str, args: &mut Vec<String>| {
+            args.push(v.to_owned());
             format!("${}", args.len())
         };
+        let driver = match () {
+            () if !f.metadata.is_empty() => Driver::Metadata,
+            () if f.recipient.is_some() => Driver::Recipient,
+            () if f.tag.is_some() => Driver::Tag,
+            () if f.from.is_some() => Driver::From,
+            () => Driver::Emails,
+        };
+        let mut metadata = f.metadata.iter();
+        let (from_clause, id_col) = if let Some((k, v)) = metadata.next() {
+            let (k, v) = (arg(k, &mut args), arg(v, &mut args));
+            (
+                format!(
+                    "email_metadata d JOIN emails e ON e.id = d.email_id \
+                     WHERE d.project_id = $1 AND d.key = {k} AND d.value = {v}"
+                ),
+                "d.email_id",
+            )
+        } else if let Some(r) = &f.recipient {
+            let r = arg(r, &mut args);
+            (
+                format!(
+                    "recipients d JOIN emails e ON e.id = d.email_id \
+                     WHERE d.project_id = $1 AND d.address = {r}"
+                ),
+                "d.email_id",
+            )
+        } else if let Some(t) = &f.tag {
+            let t = arg(t, &mut args);
+            (
+                format!(
+                    "email_tags d JOIN emails e ON e.id = d.email_id \
+                     WHERE d.project_id = $1 AND d.tag = {t}"
+                ),
+                "d.email_id",
+            )
+        } else if let Some(from) = &f.from {
+            let from = arg(from, &mut args);
+            (
+                format!("emails e WHERE e.project_id = $1 AND e.from_email = {from}"),
+                "e.id",
+            )
+        } else {
+            ("emails e WHERE e.project_id = $1".to_owned(), "e.id")
+        };
+        let mut sql = format!("SELECT {EMAIL_COLUMNS_E} FROM {from_clause}");
+        for (k, v) in metadata {
+            let (k, v) = (arg(k, &mut args), arg(v, &mut args));
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM email_metadata m WHERE m.project_id = $1 \
+                 AND m.key = {k} AND m.value = {v} AND m.email_id = e.id)"
+            ));
+        }
+        if let Some(r) = &f.recipient
+            && driver != Driver::Recipient
+        {
+            let r = arg(r, &mut args);
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM recipients r WHERE r.project_id = $1 \
+                 AND r.address = {r} AND r.email_id = e.id)"
+            ));
+        }
+        if let Some(t) = &f.tag
+            && driver != Driver::Tag
+        {
+            let t = arg(t, &mut args);
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM email_tags t WHERE t.project_id = $1 \
+                 AND t.tag = {t} AND t.email_id = e.id)"
+            ));
+        }
+        if let Some(v) = &f.from
+            && driver != Driver::From
+        {
+            let p = arg(v, &mut args);
+            sql.push_str(&format!(" AND e.from_email = {p}"));
+        }
         if let Some(s) = &f.status {
-            let p = arg(s.clone(), &mut args);
-            sql.push_str(&format!(" AND EXISTS (SELECT 1 FROM recipients r WHERE r.email_id = e.id AND r.status = {p})"));
-        }
-        if let Some(r) = &f.recipient {
-            let p = arg(r.clone(), &mut args);
-            sql.push_str(&format!(" AND EXISTS (SELECT 1 FROM recipients r WHERE r.project_id = e.project_id AND r.email_id = e.id AND r.address = {p})"));
-        }
-        if let Some(v) = &f.from {
-            let p = arg(v.clone(), &mut args);
-            sql.push_str(&format!(" AND from_email = {p}"));
+            let p = arg(s, &mut args);
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM recipients r WHERE r.email_id = e.id AND r.status = {p})"
+            ));
         }
         if let Some(v) = &f.stream {
-            let p = arg(v.clone(), &mut args);
-            sql.push_str(&format!(" AND stream = {p}"));
-        }
-        if let Some(t) = &f.tag {
-            // Tags are a JSON array of strings as serde_json writes them.
-            let p = arg(
-                format!("%{}%", serde_json::Value::String(t.clone())),
-                &mut args,
-            );
-            sql.push_str(&format!(" AND tags LIKE {p}"));
-        }
-        for (k, v) in &f.metadata {
-            let needle = format!(
-                "{}:{}",
-                serde_json::Value::String(k.clone()),
-                serde_json::Value::String(v.clone())
-            );
-            let p = arg(format!("%{needle}%"), &mut args);
-            sql.push_str(&format!(" AND metadata LIKE {p}"));
+            let p = arg(v, &mut args);
+            sql.push_str(&format!(" AND e.stream = {p}"));
         }
         if let Some(v) = &f.after {
-            let p = arg(v.clone(), &mut args);
-            sql.push_str(&format!(" AND id < {p}"));
+            let p = arg(v, &mut args);
+            sql.push_str(&format!(" AND {id_col} < {p}"));
         }
         if let Some(v) = &f.before {
-            let p = arg(v.clone(), &mut args);
-            sql.push_str(&format!(" AND id > {p}"));
+            let p = arg(v, &mut args);
+            sql.push_str(&format!(" AND {id_col} > {p}"));
         }
         let times = [(f.created_after, ">="), (f.created_before, "<")];
         let mut time_args = Vec::new();
@@ -580,14 +650,14 @@ impl Store {
             if let Some(t) = t {
                 time_args.push(t);
                 sql.push_str(&format!(
-                    " AND created_at {op} ${}",
+                    " AND e.created_at {op} ${}",
                     args.len() + time_args.len()
                 ));
             }
         }
         let order = if f.before.is_some() { "ASC" } else { "DESC" };
         sql.push_str(&format!(
-            " ORDER BY id {order} LIMIT ${}",
+            " ORDER BY {id_col} {order} LIMIT ${}",
             args.len() + time_args.len() + 1
         ));
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -605,16 +675,31 @@ impl Store {
         if f.before.is_some() {
             emails.reverse();
         }
-        let mut out = Vec::with_capacity(emails.len());
-        for e in emails {
-            let statuses: Vec<String> =
-                sqlx::query_scalar("SELECT status FROM recipients WHERE email_id = $1")
-                    .bind(&e.id)
-                    .fetch_all(&self.read)
-                    .await?;
-            out.push((e, statuses));
+        // Every listed email's recipient statuses, in one query.
+        let mut statuses: std::collections::HashMap<String, Vec<String>> = Default::default();
+        if !emails.is_empty() {
+            let sql = format!(
+                "SELECT email_id, status FROM recipients WHERE email_id IN ({})",
+                super::placeholders(1, emails.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for e in &emails {
+                q = q.bind(e.id.as_str());
+            }
+            for r in q.fetch_all(&self.read).await? {
+                statuses
+                    .entry(r.try_get(0)?)
+                    .or_default()
+                    .push(r.try_get(1)?);
+            }
         }
-        Ok(out)
+        Ok(emails
+            .into_iter()
+            .map(|e| {
+                let s = statuses.remove(&e.id).unwrap_or_default();
+                (e, s)
+            })
+            .collect())
     }
 
     /// The project's event feed, oldest first, after the event id `after`.

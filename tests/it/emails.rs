@@ -74,6 +74,23 @@ async fn search_filters_and_pages(backend: Backend) {
         5
     );
     assert_eq!(page("?status=sent").await.0.len(), 0);
+    // Filters combine whichever index the page walks.
+    assert_eq!(
+        page("?tag=even&recipient=user2@example.com").await.0,
+        vec![ids[2].clone()]
+    );
+    assert_eq!(page("?tag=odd&recipient=user2@example.com").await.0.len(), 0);
+    assert_eq!(
+        page("?metadata[order_id]=o-1&tag=odd&status=queued").await.0,
+        vec![ids[1].clone()]
+    );
+    assert_eq!(page("?metadata[order_id]=o-1&tag=even").await.0.len(), 0);
+    assert_eq!(
+        page(&format!("?tag=even&limit=1&after={}", ids[4])).await,
+        (vec![ids[2].clone()], true),
+        "pages through a tag"
+    );
+    assert_eq!(page("?from=someone@else.com").await.0.len(), 0);
     let (s, v) = app.get("/v1/emails?bogus=1", &app.key).await;
     assert_eq!(
         (s, v["code"].as_str()),

@@ -438,7 +438,13 @@ pub fn validate(
             html: req.html,
             headers,
             attachments,
-            tags,
+            // A repeated tag is the same tag: counted and indexed once.
+            tags: tags.iter().fold(Vec::new(), |mut seen, t| {
+                if !seen.contains(t) {
+                    seen.push(t.clone());
+                }
+                seen
+            }),
             metadata,
             stream,
             scheduled_at,

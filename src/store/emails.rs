@@ -449,6 +449,16 @@ impl Store {
             .await
     }
 
+    /// How many emails a project holds (a full count: for tools, not for requests).
+    pub async fn count_project_emails(&self, project_id: &str) -> StoreResult<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM emails WHERE project_id = $1")
+                .bind(project_id)
+                .fetch_one(&self.read)
+                .await?,
+        )
+    }
+
     /// The stored response for an idempotency key that has not expired.
     pub async fn find_idempotent_response(
         &self,

@@ -11,6 +11,7 @@ pub mod health;
 pub mod idempotency;
 pub mod inbound;
 pub mod json;
+pub mod openapi;
 pub mod pagination;
 pub mod projects;
 pub mod rate_limit;
@@ -218,6 +219,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url(
+            "/openapi.json",
+            <openapi::ApiDoc as utoipa::OpenApi>::openapi(),
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(request_id::middleware))

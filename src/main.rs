@@ -34,6 +34,8 @@ enum Command {
     Migrate,
     /// Print the effective configuration, secrets redacted.
     Config,
+    /// Print the OpenAPI document (as committed in `openapi/openapi.json`).
+    Openapi,
     /// Manage API keys.
     Keys {
         #[command(subcommand)]
@@ -132,6 +134,10 @@ async fn main() -> anyhow::Result<()> {
         // Needs no configuration and no database.
         return parse_bounces(files);
     }
+    if let Command::Openapi = &cli.command {
+        println!("{}", herald::api::openapi::document_json());
+        return Ok(());
+    }
     match &cli.command {
         Command::Send {
             client,
@@ -207,7 +213,10 @@ async fn main() -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
-        Command::Bounce { .. } | Command::Send { .. } | Command::Status { .. } => Ok(()),
+        Command::Bounce { .. }
+        | Command::Send { .. }
+        | Command::Status { .. }
+        | Command::Openapi => Ok(()),
     }
 }
 

@@ -219,6 +219,7 @@ fn add(into: &mut [i64; METRICS.len()], from: &[i64; METRICS.len()]) {
 }
 
 /// `GET /v1/stats`.
+#[utoipa::path(get, path = "/v1/stats", tag = "stats", params(("start" = Option<String>, Query, description = "RFC 3339 (default: 7 days before end)"), ("end" = Option<String>, Query, description = "RFC 3339 (default: now)"), ("granularity" = Option<String>, Query, description = "hour, day (default), week or month"), ("timezone" = Option<String>, Query, description = "IANA time zone for the periods (default UTC)"), ("group_by" = Option<String>, Query, description = "Up to two of tag, stream, domain, recipient_domain, comma-separated"), ("tag" = Option<String>, Query, description = "Only this tag"), ("stream" = Option<String>, Query, description = "Only this stream"), ("domain" = Option<String>, Query, description = "Only this sending domain"), ("recipient_domain" = Option<String>, Query, description = "Only this recipient domain"), ("metrics" = Option<String>, Query, description = "A comma-separated subset of the metrics")), responses((status = 200, description = "Per-recipient counts from the hourly rollups", body = crate::api::openapi::schemas::Stats), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
 pub async fn get_stats(
     State(state): State<AppState>,
     principal: Principal,
@@ -366,6 +367,7 @@ pub async fn get_stats(
 }
 
 /// `GET /v1/stats/bounces`: bounces by type and sub-type, and the active suppressions.
+#[utoipa::path(get, path = "/v1/stats/bounces", tag = "stats", params(("start" = Option<String>, Query, description = "RFC 3339"), ("end" = Option<String>, Query, description = "RFC 3339"), ("stream" = Option<String>, Query, description = "Only this stream"), ("domain" = Option<String>, Query, description = "Only this sending domain")), responses((status = 200, description = "Bounces by type and sub-type", body = crate::api::openapi::schemas::BounceStats), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
 pub async fn get_bounce_stats(
     State(state): State<AppState>,
     principal: Principal,

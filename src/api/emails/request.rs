@@ -24,7 +24,7 @@ pub enum AddressItem {
     Object(AddressObject),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddressObject {
     email: String,
@@ -70,6 +70,57 @@ impl<'de> Deserialize<'de> for AddressList {
     }
 }
 
+impl utoipa::PartialSchema for AddressItem {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .description(Some("`a@b` or `Name <a@b>`"))
+                    .examples(["Acme <orders@acme.com>"]),
+            )
+            .item(utoipa::openapi::Ref::from_schema_name("AddressObject"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for AddressItem {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        schemas.push((
+            "AddressObject".into(),
+            <AddressObject as utoipa::PartialSchema>::schema(),
+        ));
+    }
+}
+
+impl utoipa::PartialSchema for AddressList {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, OneOfBuilder};
+        OneOfBuilder::new()
+            .item(AddressItem::schema())
+            .item(ArrayBuilder::new().items(AddressItem::schema()))
+            .description(Some("One address or an array of them"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for AddressList {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        AddressItem::schemas(schemas);
+    }
+}
+
 impl AddressList {
     fn items(&self) -> Vec<&AddressItem> {
         match self {
@@ -79,7 +130,7 @@ impl AddressList {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AttachmentRequest {
     #[serde(default)]
@@ -95,7 +146,7 @@ pub struct AttachmentRequest {
 }
 
 /// `POST /v1/emails` (and each item of a batch).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEmailRequest {
     #[serde(default)]

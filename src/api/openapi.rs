@@ -1,0 +1,568 @@
+//! The OpenAPI document, generated from the handlers' `#[utoipa::path]` annotations and the
+//! request and response types. Served at `/openapi.json` (Swagger UI, vendored, at `/docs`),
+//! committed as `openapi/openapi.json`; a test fails when the two drift.
+//!
+//! Handlers build their bodies with `serde_json::json!`; the response types below are the
+//! documented shapes of those bodies. The schemathesis run in `.ci/run` checks every response
+//! against them, so a handler that drifts from its schema fails CI.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{api_keys, domains, emails, events, health, inbound, projects, stats};
+use super::{suppressions, webhooks};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Herald",
+        description = "A self-hosted HTTP-to-SMTP transactional email gateway. Every request \
+            to /v1 takes `Authorization: Bearer <key>`; errors are RFC 9457 problem details \
+            with a stable `code`.",
+        license(name = "Apache-2.0"),
+    ),
+    paths(
+        emails::create_email, emails::create_batch, emails::list_emails, emails::get_email,
+        emails::list_email_events, emails::cancel_email,
+        events::list_events, events::redeliver_event,
+        stats::get_stats, stats::get_bounce_stats,
+        suppressions::list_suppressions, suppressions::add_suppression,
+        suppressions::batch_add, suppressions::batch_remove,
+        suppressions::get_suppression, suppressions::delete_suppression,
+        webhooks::create_webhook, webhooks::list_webhooks, webhooks::get_webhook,
+        webhooks::update_webhook, webhooks::delete_webhook, webhooks::rotate_secret,
+        webhooks::test_webhook, webhooks::list_deliveries, webhooks::retry_delivery,
+        domains::create_domain, domains::list_domains, domains::get_domain,
+        domains::update_domain, domains::delete_domain, domains::verify_domain,
+        domains::rotate_dkim,
+        api_keys::create_api_key, api_keys::list_api_keys, api_keys::delete_api_key,
+        inbound::receive_inbound,
+        projects::create_project, projects::list_projects, projects::get_project,
+        projects::update_project, projects::delete_project, projects::create_project_key,
+        projects::list_project_keys, projects::delete_project_key,
+        health::healthz, health::readyz, health::metrics,
+    ),
+    modifiers(&Security),
+    tags(
+        (name = "emails", description = "Sending and tracking email"),
+        (name = "events", description = "The event log"),
+        (name = "stats", description = "Delivery statistics"),
+        (name = "suppressions", description = "Addresses Herald will not send to"),
+        (name = "webhooks", description = "Signed event delivery (Standard Webhooks)"),
+        (name = "domains", description = "Sending domains, DNS records and DKIM"),
+        (name = "api-keys", description = "The project's API keys"),
+        (name = "inbound", description = "Bounce and complaint reports"),
+        (name = "projects", description = "Cross-project administration (admin tokens)"),
+        (name = "operations", description = "Health and metrics"),
+    ),
+)]
+pub struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("hk_…")
+                    .description(Some("A project API key (`herald keys create`)"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("An admin token (`herald admin-token --ttl 1h`)"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The document as pretty JSON, as committed in `openapi/openapi.json`.
+pub fn document_json() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+/// The documented response bodies (see the module docs).
+#[allow(dead_code)]
+pub mod schemas {
+    use std::collections::BTreeMap;
+
+    use serde_json::Value;
+    use utoipa::ToSchema;
+
+    /// An RFC 9457 problem.
+    #[derive(ToSchema)]
+    pub struct Problem {
+        /// `https://herald.dev/errors/<code>`.
+        #[schema(rename = "type")]
+        pub kind: String,
+        pub title: String,
+        pub status: u16,
+        pub detail: String,
+        /// The request path.
+        pub instance: String,
+        /// Stable, snake_case: what clients branch on.
+        pub code: String,
+        /// Also in the `X-Request-Id` header.
+        pub request_id: String,
+        /// One entry per field at fault, with a JSON pointer into the request body.
+        pub errors: Option<Vec<FieldProblem>>,
+    }
+
+    #[derive(ToSchema)]
+    pub struct FieldProblem {
+        pub pointer: String,
+        pub code: String,
+        pub detail: String,
+    }
+
+    #[derive(ToSchema)]
+    pub struct Mailbox {
+        pub email: String,
+        pub name: Option<String>,
+    }
+
+    /// The 202 answer to a send.
+    #[derive(ToSchema)]
+    pub struct EmailAccepted {
+        /// `email`.
+        pub object: String,
+        pub id: String,
+        /// `queued`, `scheduled`, or `suppressed` when every recipient is.
+        pub status: String,
+        pub scheduled_at: Option<String>,
+        pub created_at: String,
+        /// The RFC 5322 Message-ID the mail carries.
+        pub message_id: String,
+        /// Recipients that will not be attempted (on the suppression list).
+        pub suppressed: Vec<String>,
+    }
+
+    #[derive(ToSchema)]
+    pub struct BatchItem {
+        pub index: usize,
+        pub id: String,
+        pub status: String,
+        pub message_id: String,
+    }
+
+    #[derive(ToSchema)]
+    pub struct BatchError {
+        pub index: usize,
+        pub code: String,
+        pub detail: String,
+        pub pointer: String,
+    }
+
+    /// The answer to a batch: one entry per accepted item, one error per refused item.
+    #[derive(ToSchema)]
+    pub struct BatchAccepted {
+        pub object: String,
+        pub data: Vec<BatchItem>,
+        pub errors: Vec<BatchError>,
+    }
+
+    #[derive(ToSchema)]
+    pub struct SmtpReply {
+        pub code: Option<i64>,
+        pub enhanced_status: Option<String>,
+        pub response: Option<String>,
+        pub phase: Option<String>,
+    }
+
+    #[derive(ToSchema)]
+    pub struct BounceClass {
+        /// `permanent`, `transient` or `undetermined`.
+        #[schema(rename = "type")]
+        pub kind: String,
+        pub sub_type: Option<String>,
+    }
+
+    /// One recipient and where it stands.
+    #[derive(ToSchema)]
+    pub struct Recipient {
+        pub email: String,
+        pub name: Option<String>,
+        /// `to`, `cc` or `bcc`.
+        #[schema(rename = "type")]
+        pub kind: String,
+        pub status: String,
+        pub attempts: i64,
+        pub last_event_at: String,
+        pub next_attempt_at: Option<String>,
+        pub sent_at: Option<String>,
+        pub smtp: Option<SmtpReply>,
+        pub bounce: Option<BounceClass>,
+    }
+
+    /// One email with its recipients.
+    #[derive(ToSchema)]
+    pub struct Email {
+        pub object: String,
+        pub id: String,
+        pub message_id: String,
+        pub stream: String,
+        pub from: Mailbox,
+        pub reply_to: Vec<Mailbox>,
+        pub subject: String,
+        /// Absent once retention purged the content.
+        pub text: Option<String>,
+        pub html: Option<String>,
+        pub content_purged: bool,
+        pub tags: Vec<String>,
+        pub metadata: BTreeMap<String, String>,
+        /// The aggregate of the recipients' statuses.
+        pub status: String,
+        pub created_at: String,
+        pub scheduled_at: Option<String>,
+        pub expires_at: Option<String>,
+        pub sent_at: Option<String>,
+        pub last_event_at: Option<String>,
+        pub recipients: Vec<Recipient>,
+    }
+
+    /// An email in a search result.
+    #[derive(ToSchema)]
+    pub struct EmailSummary {
+        pub object: String,
+        pub id: String,
+        pub message_id: String,
+        pub stream: String,
+        pub from: Mailbox,
+        pub subject: String,
+        pub tags: Vec<String>,
+        pub metadata: BTreeMap<String, String>,
+        pub status: String,
+        /// How many recipients it has.
+        pub recipients: i64,
+        pub created_at: String,
+    }
+
+    #[derive(ToSchema)]
+    pub struct EmailList {
+        pub object: String,
+        pub has_more: bool,
+        pub data: Vec<EmailSummary>,
+    }
+
+    /// One event; the type's own data (`smtp`, `bounce`, `complaint`, …) sits beside these.
+    #[derive(ToSchema)]
+    pub struct Event {
+        pub object: String,
+        pub id: String,
+        #[schema(rename = "type")]
+        pub kind: String,
+        pub email_id: Option<String>,
+        pub recipient: Option<String>,
+        pub occurred_at: String,
+    }
+
+    #[derive(ToSchema)]
+    pub struct EventList {
+        pub object: String,
+        pub has_more: bool,
+        pub data: Vec<Event>,
+    }
+
+    #[derive(ToSchema)]
+    pub struct Redelivery {
+        pub object: String,
+        pub id: String,
+        /// How many deliveries were queued.
+        pub deliveries: i64,
+    }
+
+    #[derive(ToSchema)]
+    pub struct EmailCanceled {
+        pub object: String,
+        pub id: String,
+        pub status: String,
+        /// How many recipients were canceled.
+        pub canceled: i64,
+        pub recipients: Vec<Recipient>,
+    }
+
+    /// A deletion's answer.
+    #[derive(ToSchema)]
+    pub struct Deleted {
+        pub object: String,
+        pub id: String,
+        pub deleted: bool,
+    }
+
+    /// Counters and rates of one period (or the totals). Which keys appear follows
+    /// `metrics=`; rates are null when their denominator is 0.
+    #[derive(ToSchema)]
+    pub struct StatsMetrics {
+        pub accepted: Option<i64>,
+        pub sent: Option<i64>,
+        pub delivered: Option<i64>,
+        pub delivery_delayed: Option<i64>,
+        pub bounced: Option<i64>,
+        pub bounced_permanent: Option<i64>,
+        pub bounced_transient: Option<i64>,
+        pub bounced_undetermined: Option<i64>,
+        pub complained: Option<i64>,
+        pub failed: Option<i64>,
+        pub suppressed: Option<i64>,
+        pub canceled: Option<i64>,
+        pub opened: Option<i64>,
+        pub unique_opened: Option<i64>,
+        pub clicked: Option<i64>,
+        pub unique_clicked: Option<i64>,
+        /// delivered / sent.
+        pub delivery_rate: Option<f64>,
+        /// bounced / sent.
+        pub bounce_rate: Option<f64>,
+        /// complained / delivered.
+        pub complaint_rate: Option<f64>,
+    }
+
+    #[derive(ToSchema)]
+    pub struct Stats {
+        pub object: String,
+        pub start: String,
+        pub end: String,
+        pub granularity: String,
+        pub timezone: String,
+        pub group_by: Vec<String>,
+        pub totals: StatsMetrics,
+        /// One entry per period (and group): `period`, the group's dimensions, the metrics.
+        pub data: Vec<Value>,
+    }
+
+    #[derive(ToSchema)]
+    pub struct BounceCount {
+        #[schema(rename = "type")]
+        pub kind: String,
+        pub sub_type: String,
+        pub count: i64,
+    }
+
+    #[derive(ToSchema)]
+    pub struct BounceStats {
+        pub object: String,
+        pub start: String,
+        pub end: String,
+        pub bounces: Vec<BounceCount>,
+        pub active_suppressions: i64,
+    }
+
+    #[derive(ToSchema)]
+    pub struct Suppression {
+        pub object: String,
+        pub id: String,
+        pub email: String,
+        /// `hard_bounce`, `complaint`, `manual` or `unsubscribe`.
+        pub reason: String,
+        /// Null: every stream.
+        pub stream: Option<String>,
+        pub source_email_id: Option<String>,
+        pub details: Option<String>,
+        pub created_at: String,
+    }
+
+    #[derive(ToSchema)]
+    pub struct SuppressionList {
+        pub object: String,
+        pub has_more: bool,
+        pub data: Vec<Suppression>,
+    }
+
+    /// Per-item results of a batch add or remove.
+    #[derive(ToSchema)]
+    pub struct BatchResults {
+        pub object: String,
+        pub data: Vec<Value>,
+    }
+
+    #[derive(ToSchema)]
+    pub struct SuppressionDeleted {
+        pub object: String,
+        pub id: String,
+        pub deleted: bool,
+        pub removed: i64,
+    }
+
+    #[derive(ToSchema)]
+    pub struct Webhook {
+        pub object: String,
+        pub id: String,
+        pub url: String,
+        pub events: Vec<String>,
+        pub streams: Option<Vec<String>>,
+        pub description: Option<String>,
+        /// `enabled`, `disabled` or `auto_disabled`.
+        pub status: String,
+        pub disabled_reason: Option<String>,
+        pub created_at: String,
+        pub updated_at: String,
+        /// Shown to full-access keys on create, get and rotate.
+        pub secret: Option<String>,
+    }
+
+    #[derive(ToSchema)]
+    pub struct WebhookList {
+        pub object: String,
+        pub has_more: bool,
+        pub data: Vec<Webhook>,
+    }
+
+    #[derive(ToSchema)]
+    pub struct WebhookAttempt {
+        pub object: String,
+        pub id: String,
+        pub delivery_id: String,
+        pub event_id: String,
+        pub attempt: i64,
+        /// `succeeded` or `failed`.
+        pub status: String,
+        pub status_code: Option<i64>,
+        /// The first kilobyte of the receiver's answer.
+        pub response_body: Option<String>,
+        pub error: Option<String>,
+        pub duration_ms: i64,
+        pub attempted_at: String,
+        pub next_attempt_at: Option<String>,
+    }
+
+    #[derive(ToSchema)]
+    pub struct WebhookAttemptList {
+        pub object: String,
+        pub has_more: bool,
+        pub data: Vec<WebhookAttempt>,
+    }
+
+    #[derive(ToSchema)]
+    pub struct WebhookDelivery {
+        pub object: String,
+        pub id: String,
+        pub event_id: Option<String>,
+        pub status: String,
+    }
+
+    #[derive(ToSchema)]
+    pub struct DnsRecord {
+        /// `DKIM`, `RETURN_PATH`, `SPF` or `DMARC`.
+        pub record: String,
+        #[schema(rename = "type")]
+        pub kind: String,
+        pub name: String,
+        pub value: String,
+        /// `pending`, `verified`, `failed` or `temporary_failure`.
+        pub status: String,
+        pub failure_reason: Option<String>,
+        pub required: bool,
+        pub priority: Option<i64>,
+        pub selector: Option<String>,
+        pub key_state: Option<String>,
+        pub algorithm: Option<String>,
+        pub safe_to_remove: Option<bool>,
+        pub safe_to_remove_at: Option<String>,
+    }
+
+    #[derive(ToSchema)]
+    pub struct Domain {
+        pub object: String,
+        pub id: String,
+        pub name: String,
+        pub status: String,
+        /// `herald` (Herald signs) or `upstream` (the relay does).
+        pub dkim: String,
+        pub records: Vec<DnsRecord>,
+        pub last_checked_at: Option<String>,
+        pub next_check_at: Option<String>,
+        pub verified_at: Option<String>,
+        pub created_at: String,
+    }
+
+    #[derive(ToSchema)]
+    pub struct DomainList {
+        pub object: String,
+        pub has_more: bool,
+        pub data: Vec<Domain>,
+    }
+
+    #[derive(ToSchema)]
+    pub struct ApiKey {
+        pub object: String,
+        pub id: String,
+        pub name: String,
+        /// `full_access` or `sending_access`.
+        pub permission: String,
+        pub prefix: String,
+        pub created_at: String,
+        pub last_used_at: Option<String>,
+        pub expires_at: Option<String>,
+        pub allowed_domains: Option<Vec<String>>,
+        pub project_id: Option<String>,
+        /// The whole key: shown once, when it is created.
+        pub token: Option<String>,
+    }
+
+    #[derive(ToSchema)]
+    pub struct ApiKeyList {
+        pub object: String,
+        pub has_more: bool,
+        pub data: Vec<ApiKey>,
+    }
+
+    #[derive(ToSchema)]
+    pub struct InboundResult {
+        pub object: String,
+        /// The stored report's id.
+        pub id: String,
+        /// `dsn`, `arf`, `bounce` or null (not a report).
+        pub kind: Option<String>,
+        pub recipients: Option<Vec<Value>>,
+        pub complaint: Option<Value>,
+        pub original_message_id: Option<String>,
+        /// How many recipients it changed.
+        pub matched: i64,
+    }
+
+    #[derive(ToSchema)]
+    pub struct Project {
+        pub object: String,
+        pub id: String,
+        pub name: String,
+        pub created_at: String,
+    }
+
+    #[derive(ToSchema)]
+    pub struct ProjectList {
+        pub object: String,
+        pub has_more: bool,
+        pub data: Vec<Project>,
+    }
+
+    #[derive(ToSchema)]
+    pub struct Health {
+        pub status: String,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The committed document is the one the code generates. After changing a route or a
+    /// type: `cargo run -- openapi > openapi/openapi.json`.
+    #[test]
+    fn committed_document_matches_the_code() {
+        let committed = include_str!("../../openapi/openapi.json");
+        assert!(
+            committed.trim_end() == super::document_json().trim_end(),
+            "openapi/openapi.json is stale: run `cargo run -- openapi > openapi/openapi.json`"
+        );
+    }
+}

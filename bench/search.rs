@@ -111,12 +111,14 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let url = std::env::var("HERALD_BENCH_DATABASE_URL").unwrap_or_else(|_| {
-        format!(
-            "sqlite://{}/target/bench-search-{n}.db",
-            env!("CARGO_MANIFEST_DIR")
-        )
-    });
+    let url = match std::env::var("HERALD_BENCH_DATABASE_URL") {
+        Ok(url) => url,
+        Err(_) => {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+            std::fs::create_dir_all(&dir)?;
+            format!("sqlite://{}/bench-search-{n}.db", dir.display())
+        }
+    };
     let mut config = Config {
         listen: "127.0.0.1:0".parse()?,
         database_url: url.clone(),

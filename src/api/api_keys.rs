@@ -18,6 +18,7 @@ use super::json::JsonBody;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "website", "permission": "sending_access"}))]
 pub struct CreateApiKeyRequest {
     name: String,
     #[serde(default)]

@@ -18,6 +18,7 @@ use super::json::JsonBody;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "acme.com"}))]
 pub struct CreateDomainRequest {
     name: String,
     #[serde(default)]
@@ -306,7 +307,7 @@ pub async fn verify_domain(
 }
 
 /// `POST /v1/domains/{id}/dkim/rotate`: a new pending key; it signs once its record verifies.
-#[utoipa::path(post, path = "/v1/domains/{id}/dkim/rotate", tag = "domains", params(("id" = String, Path, description = "The object's id")), request_body(content = Option<RotateRequest>, description = "Optional"), responses((status = 201, description = "A new selector to publish; the old key signs until it is seen", body = crate::api::openapi::schemas::Domain), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v1/domains/{id}/dkim/rotate", tag = "domains", params(("id" = String, Path, description = "The object's id")), request_body(content = Option<RotateRequest>, description = "Optional"), responses((status = 202, description = "A new selector to publish; the old key signs until it is seen", body = crate::api::openapi::schemas::Domain), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
 pub async fn rotate_dkim(
     State(state): State<AppState>,
     principal: Principal,

@@ -27,7 +27,7 @@ use super::AppState;
 use super::auth::Principal;
 use super::error::{ApiError, ApiResult, FieldError};
 use super::idempotency::{IdempotencyKey, fingerprint, key_reused};
-use super::json::{JsonBytes, from_value, parse};
+use super::json::{JsonBytes, from_value, parse, parse_object};
 
 pub use request::CreateEmailRequest;
 use sender::{Senders, Signing};
@@ -282,7 +282,7 @@ pub async fn create_email(
     headers: HeaderMap,
     JsonBytes(body): JsonBytes,
 ) -> ApiResult<Response> {
-    let req: CreateEmailRequest = parse(&body, "")?;
+    let req: CreateEmailRequest = parse_object(&body)?;
     let now = state.clock.now_ms();
     let (limits, streams, now) = validation_context(&state, now);
     let ctx = request::Context {

@@ -53,8 +53,29 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let JsonBytes(bytes) = JsonBytes::from_request(req, state).await?;
-        parse(&bytes, "").map(JsonBody)
+        parse_object(&bytes).map(JsonBody)
     }
+}
+
+/// Parses a body that must be a JSON object as `T`. (Serde would read a struct from an array
+/// too, `[null, null]` as two absent fields: that is refused here.)
+pub fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') | None => parse(bytes, ""),
+        Some(_) => {
+            // Still report bad JSON as bad JSON.
+            serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(|e| syntax_error(&e))?;
+            Err(not_an_object(""))
+        }
+    }
+}
+
+fn not_an_object(pointer: &str) -> ApiError {
+    ApiError::validation(vec![FieldError::new(
+        pointer,
+        "validation_error",
+        "expected a JSON object",
+    )])
 }
 
 /// Parses `bytes` as `T`; field errors get pointers under `prefix` (such as `/3` in a batch).
@@ -74,7 +95,7 @@ pub fn parse_optional<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, 
     if bytes.iter().all(u8::is_ascii_whitespace) {
         Ok(T::default())
     } else {
-        parse(bytes, "")
+        parse_object(bytes)
     }
 }
 
@@ -83,6 +104,9 @@ pub fn from_value<T: DeserializeOwned>(
     value: serde_json::Value,
     prefix: &str,
 ) -> Result<T, ApiError> {
+    if !value.is_object() {
+        return Err(not_an_object(prefix));
+    }
     serde_path_to_error::deserialize(value).map_err(|e| shape_error(&e, prefix))
 }
 

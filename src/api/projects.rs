@@ -56,6 +56,7 @@ impl FromRequestParts<AppState> for Admin {
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "shop"}))]
 pub struct ProjectRequest {
     name: String,
 }

@@ -20,6 +20,7 @@ const MAX_BATCH: usize = 100;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"email": "ada@example.com", "reason": "manual"}))]
 pub struct AddRequest {
     email: String,
     #[serde(default)]
@@ -30,6 +31,7 @@ pub struct AddRequest {
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"emails": ["ada@example.com", "bob@example.org"], "reason": "manual"}))]
 pub struct BatchAddRequest {
     emails: Vec<String>,
     #[serde(default)]
@@ -40,6 +42,7 @@ pub struct BatchAddRequest {
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"emails": ["ada@example.com"]}))]
 pub struct BatchRemoveRequest {
     #[serde(default)]
     emails: Vec<String>,

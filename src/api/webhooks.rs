@@ -20,6 +20,7 @@ use super::json::JsonBody;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"url": "https://hooks.example.com/mail", "events": ["email.delivered", "email.bounced"]}))]
 pub struct CreateWebhookRequest {
     url: String,
     events: Vec<String>,

@@ -228,6 +228,16 @@ async fn refuses_bad_input_with_pointers(backend: Backend) {
     assert_eq!(v["code"], "unknown_field");
     assert_eq!(pointers(&v), [("/htmlbody".into(), "unknown_field".into())]);
 
+    // Serde would read a struct from an array; the API wants an object.
+    for not_object in [json!([null, null]), json!(["orders@acme.com"]), json!("hi")] {
+        let v = problem(&app, &not_object, unprocessable).await;
+        assert_eq!(
+            pointers(&v),
+            [("".into(), "validation_error".into())],
+            "{not_object}"
+        );
+    }
+
     let mut nested = email_to(&["ada@example.com"]);
     nested["attachments"] = json!([{"filename": "a.txt", "content": "aGk=", "path": "http://x"}]);
     assert_eq!(

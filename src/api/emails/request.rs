@@ -148,6 +148,7 @@ pub struct AttachmentRequest {
 /// `POST /v1/emails` (and each item of a batch).
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"from": "Acme <orders@acme.com>", "to": ["ada@example.com"], "subject": "Your order", "text": "Thanks for your order.", "tags": ["order"], "metadata": {"order_id": "1042"}}))]
 pub struct CreateEmailRequest {
     #[serde(default)]
     pub from: Option<AddressItem>,

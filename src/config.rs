@@ -571,6 +571,20 @@ mod tests {
     }
 
     #[test]
+    #[expect(clippy::result_large_err, reason = "figment::Jail's closure type")]
+    fn the_example_file_is_valid() {
+        figment::Jail::expect_with(|_| {
+            let example = Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/config/herald.example.toml"
+            ));
+            let c = Config::load(Some(example)).map_err(|e| e.to_string())?;
+            assert_eq!(c.retention.event_retention_days, 30);
+            Ok(())
+        });
+    }
+
+    #[test]
     fn passwords_are_redacted() {
         let r = redact_url_password("smtps://user:s3cret@relay.example.com:465");
         assert_eq!(r, "smtps://user:<redacted>@relay.example.com:465");

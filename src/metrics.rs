@@ -29,7 +29,8 @@ pub struct QueueSnapshot {
     pub queue_depth: Vec<(String, i64)>,
     pub oldest_due_seconds: f64,
     pub webhook_backlog: i64,
-    pub inbound: Vec<(String, i64)>,
+    /// Inbound report mail kept, by kind (`dsn`, `arf`, …) and processing status.
+    pub inbound: Vec<(String, String, i64)>,
 }
 
 fn bump(map: &Mutex<BTreeMap<String, u64>>, key: &str) {
@@ -157,10 +158,13 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "# HELP herald_inbound_messages Inbound report mail kept, by outcome.\n# TYPE herald_inbound_messages gauge"
+            "# HELP herald_inbound_messages Inbound report mail kept, by kind and outcome.\n# TYPE herald_inbound_messages gauge"
         );
-        for (status, n) in &q.inbound {
-            let _ = writeln!(out, "herald_inbound_messages{{status=\"{status}\"}} {n}");
+        for (kind, status, n) in &q.inbound {
+            let _ = writeln!(
+                out,
+                "herald_inbound_messages{{kind=\"{kind}\",status=\"{status}\"}} {n}"
+            );
         }
         out
     }
@@ -181,7 +185,7 @@ mod tests {
             queue_depth: vec![("queued".into(), 7)],
             oldest_due_seconds: 1.5,
             webhook_backlog: 2,
-            inbound: vec![],
+            inbound: vec![("arf".into(), "processed".into(), 2)],
         });
         assert!(text.contains("herald_emails_accepted_total 3\n"));
         assert!(text.contains("herald_recipients_total{outcome=\"sent\"} 2\n"));
@@ -190,5 +194,6 @@ mod tests {
         assert!(text.contains("herald_queue_depth{status=\"queued\"} 7\n"));
         assert!(text.contains("herald_queue_depth{status=\"scheduled\"} 0\n"));
         assert!(text.contains("herald_queue_oldest_due_seconds 1.5\n"));
+        assert!(text.contains("herald_inbound_messages{kind=\"arf\",status=\"processed\"} 2\n"));
     }
 }

@@ -192,6 +192,9 @@ enum Driver {
     Metadata,
     Recipient,
     Tag,
+    /// Recipients by status: an email with two recipients in the status comes twice, so the
+    /// page is grouped by email (along the index's own order, no sort).
+    Status,
     From,
     Emails,
 }
@@ -564,6 +567,7 @@ impl Store {
             () if !f.metadata.is_empty() => Driver::Metadata,
             () if f.recipient.is_some() => Driver::Recipient,
             () if f.tag.is_some() => Driver::Tag,
+            () if f.status.is_some() => Driver::Status,
             () if f.from.is_some() => Driver::From,
             () => Driver::Emails,
         };
@@ -592,6 +596,15 @@ impl Store {
                 format!(
                     "email_tags d JOIN emails e ON e.id = d.email_id \
                      WHERE d.project_id = $1 AND d.tag = {t}"
+                ),
+                "d.email_id",
+            )
+        } else if let (Driver::Status, Some(s)) = (driver, &f.status) {
+            let s = arg(s, &mut args);
+            (
+                format!(
+                    "recipients d JOIN emails e ON e.id = d.email_id \
+                     WHERE d.project_id = $1 AND d.status = {s}"
                 ),
                 "d.email_id",
             )
@@ -636,7 +649,9 @@ impl Store {
             let p = arg(v, &mut args);
             sql.push_str(&format!(" AND e.from_email = {p}"));
         }
-        if let Some(s) = &f.status {
+        if let Some(s) = &f.status
+            && driver != Driver::Status
+        {
             let p = arg(s, &mut args);
             sql.push_str(&format!(
                 " AND EXISTS (SELECT 1 FROM recipients r WHERE r.email_id = e.id AND r.status = {p})"
@@ -666,8 +681,18 @@ impl Store {
             }
         }
         let order = if f.before.is_some() { "ASC" } else { "DESC" };
+        let mut order_col = id_col;
+        if driver == Driver::Status {
+            // SQLite streams a GROUP BY on the index column; Postgres wants the grouped
+            // table's primary key to select its other columns.
+            order_col = match self.backend {
+                super::Backend::Sqlite => "d.email_id",
+                super::Backend::Postgres => "e.id",
+            };
+            sql.push_str(&format!(" GROUP BY {order_col}"));
+        }
         sql.push_str(&format!(
-            " ORDER BY {id_col} {order} LIMIT ${}",
+            " ORDER BY {order_col} {order} LIMIT ${}",
             args.len() + time_args.len() + 1
         ));
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));

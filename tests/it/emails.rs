@@ -116,6 +116,17 @@ async fn search_filters_and_pages(backend: Backend) {
         0,
         "another project sees none"
     );
+    // Two recipients in the same status: the email is listed once.
+    let pair = app
+        .send(&email_to(&["x@example.com", "y@example.com"]))
+        .await;
+    let (queued, _) = page("?status=queued&limit=100").await;
+    assert_eq!(queued.len(), 6);
+    assert_eq!(queued[0], pair);
+    let (first, more) = page("?status=queued&limit=1").await;
+    assert_eq!((first, more), (vec![pair.clone()], true));
+    let (next, _) = page(&format!("?status=queued&limit=1&after={pair}")).await;
+    assert_eq!(next, vec![ids[4].clone()], "pages past a grouped email");
     app.finish().await;
 }
 

@@ -1,0 +1,283 @@
+#!/usr/bin/env bash
+# End-to-end throughput, Herald beside Postfix, on this machine, in one run.
+#
+#   bash bench/throughput.sh [N=100000] [concurrency=64] [runs=3]
+#   BENCH_BACKENDS="sqlite postgres" (default both), BENCH_POSTFIX=0 to skip Postfix,
+#   BENCH_RELAY_CONCURRENCY (32), BENCH_OUT (bench/results.json).
+#
+# For each run: Postfix's smtp-sink is the relay (it answers 250 and keeps nothing). Herald
+# (release build) accepts N emails over HTTP keep-alive from wrk, every 202 durably committed
+# (SQLite synchronous=FULL with group commit, or Postgres), and delivers them to the sink.
+# Workloads: "plain" (2 KB text, one recipient) and "mix" (every 20th email has three
+# recipients, every 20th a 24 KB attachment). The same N plain 2 KB messages go through a
+# throwaway Postfix instance configured as a relay (smtp-source -> Postfix -> smtp-sink; its
+# queue files are fsynced, as Herald's commits are). Runs are interleaved system by system and
+# the table shows the median and the spread (min-max) of the runs; the JSON file has every run.
+# Requires: postfix (smtp-sink, smtp-source), wrk, curl, python3. Cleans up what it starts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-100000}; C=${2:-64}; RUNS=${3:-3}
+BACKENDS=${BENCH_BACKENDS:-"sqlite postgres"}
+POSTFIX=${BENCH_POSTFIX:-1}
+RELAY_CONCURRENCY=${BENCH_RELAY_CONCURRENCY:-32}
+OUT=${BENCH_OUT:-bench/results.json}
+PG_ADMIN=${BENCH_PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/test}
+DEADLINE=$((SECONDS + ${BENCH_TIMEOUT:-3000}))
+for tool in smtp-sink smtp-source postfix wrk curl python3; do
+    command -v "$tool" >/dev/null || {
+        echo "needs $tool (apt-get install postfix wrk curl)"
+        exit 1
+    }
+done
+
+cargo build --release --quiet --bin herald
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/herald
+WORK=$(mktemp -d /tmp/herald-bench.XXXXXX)
+chmod 755 "$WORK"
+PIDS=()
+PF_STARTED=0
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    if [ "$PF_STARTED" = 1 ]; then postfix -c "$WORK/pf" stop >/dev/null 2>&1 || true; fi
+    if [ -f "$WORK/main.cf.orig" ]; then cp "$WORK/main.cf.orig" /etc/postfix/main.cf; fi
+    psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS herald_bench_tp WITH (FORCE)" >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+now() { date +%s.%N; }
+wait_port() { for _ in $(seq 1 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+
+python3 - "$WORK" <<'PY'
+import base64, json, os, sys
+work = sys.argv[1]
+text = ("Thank you for your order. " * 80)[:2000]
+plain = {"from": "Acme <orders@acme.com>", "to": ["ada@example.com"], "subject": "Your order",
+         "text": text, "tags": ["bench"], "metadata": {"order_id": "1042"}}
+multi = dict(plain, to=["ada@example.com", "bob@example.org", "cy@example.net"])
+attach = dict(plain, attachments=[{"filename": "invoice.pdf", "content_type": "application/pdf",
+                                   "content": base64.b64encode(os.urandom(18000)).decode()}])
+for name, body in [("plain", plain), ("multi", multi), ("attach", attach)]:
+    open(f"{work}/{name}.json", "w").write(json.dumps(body))
+PY
+export BENCH_BODY_PLAIN=$WORK/plain.json BENCH_BODY_MULTI=$WORK/multi.json BENCH_BODY_ATTACH=$WORK/attach.json
+
+# A process's CPU seconds (user + system) and peak RSS in MB.
+proc_stats() {
+    python3 - "$1" <<'PY'
+import os, sys
+pid = sys.argv[1]
+fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+hwm = next(l for l in open(f"/proc/{pid}/status") if l.startswith("VmHWM")).split()[1]
+print(f"{cpu:.2f} {int(hwm) / 1024:.1f}")
+PY
+}
+
+# Busy CPU seconds of the whole machine so far (every process: load generator, sink, system).
+machine_cpu() {
+    awk -v t="$(getconf CLK_TCK)" '/^cpu / {print ($2 + $3 + $4 + $7 + $8 + $9) / t}' /proc/stat
+}
+
+accepted_emails() {
+    curl -s "http://127.0.0.1:$1/metrics" | awk '/^herald_emails_accepted_total/ {print $2 + 0; f=1} END {if (!f) print 0}'
+}
+
+# Prometheus counter sum for a metric name prefix from Herald's /metrics.
+settled_recipients() {
+    curl -s "http://127.0.0.1:$1/metrics" |
+        awk '/^herald_recipients_total\{outcome="(sent|bounced|failed)"\}/ {s += $2} END {print s + 0}'
+}
+
+RESULTS=$WORK/results.jsonl
+: >"$RESULTS"
+
+run_herald() { # backend workload
+    local backend=$1 mix=$2 sink port db key pid sinkpid
+    sink=$(free_port); port=$(free_port)
+    smtp-sink -u nobody -4 "127.0.0.1:$sink" 1024 >/dev/null 2>&1 &
+    sinkpid=$!; PIDS+=("$sinkpid")
+    wait_port "$sink"
+    if [ "$backend" = sqlite ]; then
+        rm -f "$WORK"/herald.db*
+        db="sqlite://$WORK/herald.db"
+    else
+        psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS herald_bench_tp WITH (FORCE)" -c "CREATE DATABASE herald_bench_tp" >/dev/null
+        db="${PG_ADMIN%/*}/herald_bench_tp"
+    fi
+    export HERALD_DATABASE_URL=$db HERALD_LISTEN=127.0.0.1:$port HERALD_OUTBOX_DIR=$WORK/outbox \
+        HERALD_RELAY_URL="smtp://127.0.0.1:$sink?tls=none" HERALD_RELAY__CONCURRENCY=$RELAY_CONCURRENCY \
+        HERALD_LOG__LEVEL=warn HERALD_SECRET_KEY=bench HERALD_LIMITS__RATE_PER_SECOND=0
+    key=$("$BIN" keys create --project bench 2>/dev/null)
+    "$BIN" serve 2>"$WORK/serve.log" &
+    pid=$!; PIDS+=("$pid")
+    wait_port "$port"
+    local threads=2 t0 t1 t2 wrk_out expected settled
+    export BENCH_KEY=$key BENCH_MIX=$mix BENCH_PER_THREAD=$((N / threads))
+    local mcpu0 mcpu
+    mcpu0=$(machine_cpu)
+    t0=$(now)
+    # wrk runs for its whole -d even after every thread stopped at its share: stop it (SIGINT
+    # makes it print its summary) as soon as Herald has accepted them all.
+    wrk -t"$threads" -c"$C" -d3600s --timeout 30s -s bench/throughput.lua \
+        "http://127.0.0.1:$port" >"$WORK/wrk.out" 2>&1 &
+    local wrkpid=$!
+    while [ "$(accepted_emails "$port")" -lt $((N / threads * threads)) ] && [ $SECONDS -lt $DEADLINE ]; do
+        sleep 0.02
+    done
+    t1=$(now)
+    kill -INT "$wrkpid"; wait "$wrkpid" || true
+    wrk_out=$(cat "$WORK/wrk.out")
+    # Recipients accepted, from Herald's own stats.
+    expected=$(curl -s -H "Authorization: Bearer $key" "http://127.0.0.1:$port/v1/stats?granularity=month&metrics=accepted" |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["totals"]["accepted"])')
+    settled=0
+    while [ "$settled" -lt "$expected" ] && [ $SECONDS -lt $DEADLINE ]; do
+        sleep 0.1
+        settled=$(settled_recipients "$port")
+    done
+    t2=$(now)
+    mcpu=$(python3 -c "print(f'{$(machine_cpu) - $mcpu0:.2f}')")
+    read -r cpu rss < <(proc_stats "$pid")
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    kill "$sinkpid"; wait "$sinkpid" 2>/dev/null || true
+    python3 - "$RESULTS" "$backend" "$mix" "$t0" "$t1" "$t2" "$expected" "$settled" "$cpu" "$rss" "$mcpu" "$wrk_out" <<'PY'
+import json, re, sys
+out, backend, mix, t0, t1, t2, expected, settled, cpu, rss, mcpu, wrk = sys.argv[1:]
+m = dict(re.findall(r"(\w+)=(\d+)", next(l for l in wrk.splitlines() if l.startswith("BENCH "))))
+t0, t1, t2 = float(t0), float(t1), float(t2)
+emails = int(m["requests"])
+row = {"system": f"herald-{backend}", "workload": mix, "emails": emails,
+       "recipients": int(expected), "delivered": int(settled), "non_202": int(m["non202"]),
+       "accepted_per_s": round(emails / (t1 - t0), 1),
+       "delivered_per_s": round(int(settled) / (t2 - t0), 1),
+       "accept_p50_ms": int(m["p50_us"]) / 1000, "accept_p99_ms": int(m["p99_us"]) / 1000,
+       "accept_max_ms": int(m["max_us"]) / 1000, "drain_s": round(t2 - t0, 2),
+       "drain_after_accept_s": round(t2 - t1, 2), "peak_rss_mb": float(rss),
+       "cpu_s_per_1000": round(float(cpu) / emails * 1000, 3),
+       "machine_cpu_s_per_1000": round(float(mcpu) / emails * 1000, 3)}
+open(out, "a").write(json.dumps(row) + "\n")
+print(f"  {row['system']:<16} {mix:<6} accepted {row['accepted_per_s']:>8}/s  delivered {row['delivered_per_s']:>8}/s  "
+      f"p99 {row['accept_p99_ms']} ms  rss {rss} MB  cpu {row['cpu_s_per_1000']} s/1000")
+PY
+}
+
+setup_postfix() {
+    local pf=$WORK/pf
+    mkdir -p "$pf"
+    cp /etc/postfix/main.cf "$WORK/main.cf.orig"
+    postconf -e "alternate_config_directories = $pf"
+    PF_PORT=$(free_port); PF_SINK=$(free_port)
+    cp /etc/postfix/master.cf "$pf/master.cf"
+    sed -i "s/^smtp      inet/127.0.0.1:$PF_PORT inet/" "$pf/master.cf"
+    cat >"$pf/main.cf" <<EOF
+compatibility_level = 3.6
+queue_directory = $pf/queue
+data_directory = $pf/data
+myhostname = bench.localhost
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mydestination =
+mynetworks = 127.0.0.0/8
+relayhost = [127.0.0.1]:$PF_SINK
+smtpd_relay_restrictions = permit_mynetworks, reject
+smtp_tls_security_level = none
+smtpd_tls_security_level = none
+maillog_file = $pf/maillog
+maillog_file_prefixes = /var, /tmp
+meta_directory = /etc/postfix
+default_process_limit = 200
+smtp_destination_concurrency_limit = $RELAY_CONCURRENCY
+default_destination_concurrency_limit = $RELAY_CONCURRENCY
+EOF
+}
+
+run_postfix() {
+    local pf=$WORK/pf sinkpid t0 t1 t2 sent=0 cpu
+    rm -rf "$pf/queue" "$pf/data" "$pf/maillog"
+    mkdir -p "$pf/queue" "$pf/data"
+    chown postfix "$pf/data"
+    smtp-sink -u nobody -4 "127.0.0.1:$PF_SINK" 1024 >/dev/null 2>&1 &
+    sinkpid=$!; PIDS+=("$sinkpid")
+    wait_port "$PF_SINK"
+    postfix -c "$pf" check >/dev/null 2>&1 || true
+    postfix -c "$pf" start >/dev/null 2>&1
+    PF_STARTED=1
+    wait_port "$PF_PORT"
+    local cpu0
+    cpu0=$(machine_cpu)
+    t0=$(now)
+    smtp-source -c -l 2048 -m "$N" -s "$C" -f orders@acme.com -t ada@example.com "127.0.0.1:$PF_PORT" >/dev/null
+    t1=$(now)
+    while [ "$sent" -lt "$N" ] && [ $SECONDS -lt $DEADLINE ]; do
+        sleep 0.2
+        sent=$(grep -c 'status=sent' "$pf/maillog" 2>/dev/null || true)
+    done
+    t2=$(now)
+    cpu=$(python3 -c "print(f'{$(machine_cpu) - $cpu0:.2f}')")
+    postfix -c "$pf" stop >/dev/null 2>&1 || true
+    PF_STARTED=0
+    kill "$sinkpid"; wait "$sinkpid" 2>/dev/null || true
+    python3 - "$RESULTS" "$t0" "$t1" "$t2" "$N" "$sent" "$cpu" <<'PY'
+import json, sys
+out, t0, t1, t2, n, sent, cpu = sys.argv[1:]
+t0, t1, t2, n, sent = float(t0), float(t1), float(t2), int(n), int(sent)
+row = {"system": "postfix", "workload": "plain", "emails": n, "recipients": n, "delivered": sent,
+       "accepted_per_s": round(n / (t1 - t0), 1), "delivered_per_s": round(sent / (t2 - t0), 1),
+       "drain_s": round(t2 - t0, 2), "drain_after_accept_s": round(t2 - t1, 2),
+       "machine_cpu_s_per_1000": round(float(cpu) / n * 1000, 3)}
+open(out, "a").write(json.dumps(row) + "\n")
+print(f"  {'postfix':<16} plain  accepted {row['accepted_per_s']:>8}/s  delivered {row['delivered_per_s']:>8}/s")
+PY
+}
+
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "N=$N emails per run, concurrency $C, relay connections $RELAY_CONCURRENCY, $RUNS runs"
+[ "$POSTFIX" = 1 ] && setup_postfix
+for r in $(seq 1 "$RUNS"); do
+    echo "run $r (load $(cut -d' ' -f1 /proc/loadavg))"
+    for backend in $BACKENDS; do
+        run_herald "$backend" plain
+        run_herald "$backend" mix
+    done
+    [ "$POSTFIX" = 1 ] && run_postfix
+done
+
+python3 - "$RESULTS" "$OUT" "$N" "$C" "$RUNS" <<'PY'
+import json, os, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+out, n, c, runs = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+groups = {}
+for r in rows:
+    groups.setdefault((r["system"], r["workload"]), []).append(r)
+def med(vals):
+    return statistics.median(vals) if vals else None
+summary = []
+print()
+print(f"{'system':<16} {'load':<6} {'accepted/s':>18} {'delivered/s':>18} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'drain s':>8} {'RSS MB':>7} {'CPU s/1k':>8} {'machine CPU s/1k':>16}")
+for (system, workload), rs in groups.items():
+    def col(k):
+        v = [r[k] for r in rs if r.get(k) is not None]
+        return (med(v), min(v), max(v)) if v else (None, None, None)
+    s = {"system": system, "workload": workload, "runs": len(rs)}
+    for k in ["accepted_per_s", "delivered_per_s", "accept_p50_ms", "accept_p99_ms", "accept_max_ms",
+              "drain_s", "peak_rss_mb", "cpu_s_per_1000", "machine_cpu_s_per_1000"]:
+        s[k] = dict(zip(["median", "min", "max"], col(k)))
+    summary.append(s)
+    f = lambda k: "-" if s[k]["median"] is None else f"{s[k]['median']:.0f} ({s[k]['min']:.0f}-{s[k]['max']:.0f})"
+    g = lambda k: "-" if s[k]["median"] is None else f"{s[k]['median']:.3g}"
+    print(f"{system:<16} {workload:<6} {f('accepted_per_s'):>18} {f('delivered_per_s'):>18} {g('accept_p50_ms'):>7} {g('accept_p99_ms'):>7} {g('accept_max_ms'):>7} {g('drain_s'):>8} {g('peak_rss_mb'):>7} {g('cpu_s_per_1000'):>8} {g('machine_cpu_s_per_1000'):>16}")
+pf = next((s for s in summary if s["system"] == "postfix"), None)
+ratios = {}
+if pf:
+    for s in summary:
+        if s["system"] != "postfix" and s["workload"] == "plain":
+            ratios[s["system"]] = {k: round(s[k]["median"] / pf[k]["median"], 2)
+                                   for k in ["accepted_per_s", "delivered_per_s"]}
+            print(f"{s['system']} / postfix (plain): accepted x{ratios[s['system']]['accepted_per_s']}, delivered x{ratios[s['system']]['delivered_per_s']}")
+machine = {"cores": os.cpu_count(), "loadavg_end": open("/proc/loadavg").read().split()[:3]}
+json.dump({"n": n, "concurrency": c, "runs": runs, "machine": machine, "summary": summary,
+           "ratios_vs_postfix": ratios, "all_runs": rows}, open(out, "w"), indent=2)
+print(f"\nwritten: {out}")
+PY

@@ -3,6 +3,7 @@
 
 pub mod api_keys;
 pub mod auth;
+pub mod cache;
 pub mod domains;
 pub mod emails;
 pub mod error;
@@ -41,6 +42,9 @@ use crate::store::Store;
 
 use error::ApiError;
 
+/// How long cached keys and domain decisions live.
+const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What every handler can reach. Cheap to clone: all `Arc`s and pools.
 #[derive(Clone)]
 pub struct AppState {
@@ -63,6 +67,10 @@ pub struct AppState {
     pub idempotency: idempotency::InFlight,
     /// When this process last recorded each key's use, so it writes at most once a minute.
     key_touches: Arc<Mutex<HashMap<String, i64>>>,
+    /// API keys by prefix, for a second (see [`cache`]).
+    pub api_keys: Arc<cache::TtlCache<crate::store::ApiKeyRecord>>,
+    /// Sending-domain decisions by project and domain, for a second.
+    pub senders: Arc<cache::TtlCache<emails::SenderDecision>>,
 }
 
 impl AppState {
@@ -96,7 +104,25 @@ impl AppState {
             sealer,
             idempotency: idempotency::InFlight::default(),
             key_touches: Arc::default(),
+            api_keys: Arc::new(cache::TtlCache::new(CACHE_TTL, 10_000)),
+            senders: Arc::new(cache::TtlCache::new(CACHE_TTL, 10_000)),
         }
+    }
+
+    /// The key with this prefix (revoked or not: the caller checks), cached for a second.
+    pub async fn api_key(
+        &self,
+        prefix: &str,
+    ) -> Result<Option<crate::store::ApiKeyRecord>, crate::store::StoreError> {
+        if let Some(k) = self.api_keys.get(prefix) {
+            return Ok(Some(k));
+        }
+        let found = self.store.find_api_key(prefix).await?;
+        if let Some(k) = &found {
+            // Only keys that exist are cached: random prefixes cannot fill the cache.
+            self.api_keys.put(prefix.to_owned(), k.clone());
+        }
+        Ok(found)
     }
 
     /// Records that a key was used (`last_used_at`), without a write on every request.

@@ -120,7 +120,9 @@ impl App {
         );
         let resolver = crate::domains::verifier::resolver(&config.domains.dns_servers)
             .map_err(|e| anyhow::anyhow!(e))?;
+        let senders = Arc::clone(&state.senders);
         let verifier = DomainVerifier {
+            on_change: Arc::new(move || senders.clear()),
             store: store.clone(),
             clock: Arc::clone(&clock),
             resolver: Arc::new(resolver),

@@ -9,6 +9,7 @@
 //! Every write that changes a recipient's state inserts the event that records it in the same
 //! transaction.
 
+mod bulk;
 mod domains;
 mod emails;
 mod group_commit;

@@ -156,6 +156,7 @@ pub async fn delete_api_key(
         .store
         .revoke_api_key(&principal.project_id, &id, state.clock.now_ms())
         .await?;
+    state.api_keys.clear();
     Ok(Json(
         json!({"object": "api_key", "id": id, "deleted": true}),
     ))

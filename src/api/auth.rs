@@ -62,11 +62,7 @@ impl FromRequestParts<AppState> for Principal {
             .map(str::trim)
             .and_then(ApiKeyToken::parse)
             .ok_or_else(invalid)?;
-        let key = state
-            .store
-            .find_api_key(&token.prefix())
-            .await?
-            .ok_or_else(invalid)?;
+        let key = state.api_key(&token.prefix()).await?.ok_or_else(invalid)?;
         let now = state.clock.now_ms();
         // The hash is compared even for revoked keys, so timing does not tell them apart.
         let matches = token.matches(&key.secret_hash);

@@ -195,6 +195,8 @@ pub async fn create_domain(
         other => other?,
     }
     state.domains_wake.notify_waiters();
+    // Sends pick up the change now, not a second later.
+    state.senders.clear();
     Ok((
         StatusCode::CREATED,
         Json(domain_json(&d, &keys, &settings(&state), now)),
@@ -263,6 +265,8 @@ pub async fn update_domain(
             state.domains_wake.notify_waiters();
         }
     }
+    // Sends pick up the change now, not a second later.
+    state.senders.clear();
     Ok(Json(domain_json(&d, &keys, &settings(&state), now)))
 }
 
@@ -278,6 +282,8 @@ pub async fn delete_domain(
         .store
         .delete_domain(&principal.project_id, &id)
         .await?;
+    // Sends pick up the change now, not a second later.
+    state.senders.clear();
     Ok(Json(json!({"object": "domain", "id": id, "deleted": true})))
 }
 
@@ -300,6 +306,8 @@ pub async fn verify_domain(
     }
     state.store.update_domain(&d, None).await?;
     state.domains_wake.notify_waiters();
+    // Sends pick up the change now, not a second later.
+    state.senders.clear();
     Ok((
         StatusCode::ACCEPTED,
         Json(domain_json(&d, &keys, &settings(&state), now)),
@@ -351,6 +359,8 @@ pub async fn rotate_dkim(
     state.store.update_domain(&d, None).await?;
     state.domains_wake.notify_waiters();
     let (d, keys) = state.store.get_domain(&principal.project_id, &id).await?;
+    // Sends pick up the change now, not a second later.
+    state.senders.clear();
     Ok((
         StatusCode::ACCEPTED,
         Json(domain_json(&d, &keys, &settings(&state), now)),

@@ -30,6 +30,7 @@ use super::idempotency::{IdempotencyKey, fingerprint, key_reused};
 use super::json::{JsonBytes, from_value, parse, parse_object};
 
 pub use request::CreateEmailRequest;
+pub use sender::SenderDecision;
 use sender::{Senders, Signing};
 
 const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;

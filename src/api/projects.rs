@@ -170,6 +170,7 @@ pub async fn delete_project(
         ),
         e => e.into(),
     })?;
+    state.api_keys.clear();
     tracing::info!(admin = %admin.subject, project_id = %id, "project deleted");
     Ok(Json(
         json!({"object": "project", "id": id, "deleted": true}),
@@ -253,6 +254,7 @@ pub async fn delete_project_key(
         .store
         .revoke_api_key(&id, &key_id, state.clock.now_ms())
         .await?;
+    state.api_keys.clear();
     tracing::info!(admin = %admin.subject, project_id = %id, key_id = %key_id, "API key revoked");
     Ok(Json(
         json!({"object": "api_key", "id": key_id, "deleted": true}),

@@ -60,6 +60,9 @@ pub struct DomainVerifier {
     pub resolver: Arc<TokioResolver>,
     pub bounce_domain: String,
     pub spf_include: Option<String>,
+    /// Called after a check changed a domain (its status, its active key): lets the API drop
+    /// what it cached about the domain.
+    pub on_change: Arc<dyn Fn() + Send + Sync>,
 }
 
 enum Lookup {
@@ -234,6 +237,7 @@ impl DomainVerifier {
             )
         });
         self.store.update_domain(&d, event.as_ref()).await?;
+        (self.on_change)();
         Ok(d)
     }
 

@@ -4,7 +4,8 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 use uuid::Uuid;
 
-use super::webhooks::{Outbox, enqueue_deliveries};
+use super::bulk::{Val, insert_rows};
+use super::webhooks::{EventRow, Outbox, enqueue_deliveries};
 use super::{Store, StoreError, StoreResult};
 
 /// An accepted email with its recipients and first events, as the API prepared it.
@@ -266,65 +267,68 @@ pub(super) async fn insert_event(
     stream: Option<&str>,
     e: &NewEvent,
 ) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO events (id, project_id, email_id, recipient_id, recipient, type, data, \
-         created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(&e.id)
-    .bind(project_id)
-    .bind(email_id)
-    .bind(e.recipient_id.as_deref())
-    .bind(e.recipient.as_deref())
-    .bind(&e.event_type)
-    .bind(&e.data)
-    .bind(e.created_at)
-    .execute(&mut **tx)
-    .await?;
-    if let (Some(email_id), Some(address), false) =
-        (email_id, e.recipient.as_deref(), outbox.uncounted)
-    {
-        outbox.stats.event(
-            project_id,
-            email_id,
-            address,
-            &e.event_type,
-            &e.data,
-            e.created_at,
-        );
-    }
-    enqueue_deliveries(tx, outbox, project_id, stream, e).await
+    let row = EventRow {
+        project_id,
+        email_id,
+        stream,
+        event: e,
+    };
+    insert_events(tx, outbox, std::slice::from_ref(&row)).await
 }
 
-/// Writes the rows that index an email's tags and metadata for search.
-async fn insert_search_keys(tx: &mut Transaction<'static, Any>, e: &NewEmail) -> StoreResult<()> {
-    let tags: Vec<String> = serde_json::from_str(&e.tags).unwrap_or_default();
-    for t in tags {
-        sqlx::query("INSERT INTO email_tags (project_id, tag, email_id) VALUES ($1, $2, $3)")
-            .bind(&e.project_id)
-            .bind(t)
-            .bind(&e.id)
-            .execute(&mut **tx)
-            .await?;
+const EVENT_COLUMNS: [&str; 8] = [
+    "id",
+    "project_id",
+    "email_id",
+    "recipient_id",
+    "recipient",
+    "type",
+    "data",
+    "created_at",
+];
+
+/// Inserts events (one statement) with their webhook deliveries and stats increments.
+pub(super) async fn insert_events(
+    tx: &mut Transaction<'static, Any>,
+    outbox: &mut Outbox,
+    events: &[EventRow<'_>],
+) -> StoreResult<()> {
+    if events.is_empty() {
+        return Ok(());
     }
-    let metadata: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(&e.metadata).unwrap_or_default();
-    for (k, v) in metadata {
-        let value = match v {
-            serde_json::Value::String(s) => s,
-            other => other.to_string(),
-        };
-        sqlx::query(
-            "INSERT INTO email_metadata (project_id, key, value, email_id) \
-             VALUES ($1, $2, $3, $4)",
-        )
-        .bind(&e.project_id)
-        .bind(k)
-        .bind(value)
-        .bind(&e.id)
-        .execute(&mut **tx)
-        .await?;
+    let rows: Vec<Vec<Val<'_>>> = events
+        .iter()
+        .map(|r| {
+            let e = r.event;
+            vec![
+                Val::Text(&e.id),
+                Val::Text(r.project_id),
+                Val::OptText(r.email_id),
+                Val::OptText(e.recipient_id.as_deref()),
+                Val::OptText(e.recipient.as_deref()),
+                Val::Text(&e.event_type),
+                Val::Text(&e.data),
+                Val::Int(e.created_at),
+            ]
+        })
+        .collect();
+    insert_rows(tx, "events", &EVENT_COLUMNS, &rows).await?;
+    for r in events {
+        let e = r.event;
+        if let (Some(email_id), Some(address), false) =
+            (r.email_id, e.recipient.as_deref(), outbox.uncounted)
+        {
+            outbox.stats.event(
+                r.project_id,
+                email_id,
+                address,
+                &e.event_type,
+                &e.data,
+                e.created_at,
+            );
+        }
     }
-    Ok(())
+    enqueue_deliveries(tx, outbox, events).await
 }
 
 /// Inserts one request's emails and idempotency record inside `tx`.
@@ -364,76 +368,168 @@ pub(super) async fn insert_request(
         .execute(&mut **tx)
         .await?;
     }
-    for e in emails {
-        insert_one(tx, outbox, e).await?;
-    }
-    Ok(())
+    insert_emails(tx, outbox, emails.iter()).await
 }
 
-async fn insert_one(
+const EMAIL_INSERT_COLUMNS: [&str; 18] = [
+    "id",
+    "project_id",
+    "api_key_id",
+    "message_id",
+    "stream",
+    "from_email",
+    "from_name",
+    "reply_to",
+    "subject",
+    "tags",
+    "metadata",
+    "text_body",
+    "html_body",
+    "mime",
+    "mime_size",
+    "created_at",
+    "scheduled_at",
+    "expires_at",
+];
+
+const RECIPIENT_INSERT_COLUMNS: [&str; 12] = [
+    "id",
+    "email_id",
+    "project_id",
+    "position",
+    "address",
+    "name",
+    "kind",
+    "status",
+    "attempts",
+    "next_attempt_at",
+    "deadline_at",
+    "last_event_at",
+];
+
+/// Inserts emails with their recipients, search keys, first events (and their webhook
+/// deliveries) and stats increments: one statement per table for all of them.
+pub(super) async fn insert_emails<'a>(
     tx: &mut Transaction<'static, Any>,
     outbox: &mut Outbox,
-    e: &NewEmail,
+    emails: impl Iterator<Item = &'a NewEmail> + Clone,
 ) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO emails (id, project_id, api_key_id, message_id, stream, from_email, \
-         from_name, reply_to, subject, tags, metadata, text_body, html_body, mime, mime_size, \
-         created_at, scheduled_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
-    )
-    .bind(&e.id)
-    .bind(&e.project_id)
-    .bind(e.api_key_id.as_deref())
-    .bind(&e.message_id)
-    .bind(&e.stream)
-    .bind(&e.from_email)
-    .bind(e.from_name.as_deref())
-    .bind(&e.reply_to)
-    .bind(&e.subject)
-    .bind(&e.tags)
-    .bind(&e.metadata)
-    .bind(e.text_body.as_deref())
-    .bind(e.html_body.as_deref())
-    .bind(&e.mime)
-    .bind(i64::try_from(e.mime.len()).unwrap_or(i64::MAX))
-    .bind(e.created_at)
-    .bind(e.scheduled_at)
-    .bind(e.expires_at)
-    .execute(&mut **tx)
-    .await?;
-    for r in &e.recipients {
-        sqlx::query(
-            "INSERT INTO recipients (id, email_id, project_id, position, address, name, kind, \
-             status, attempts, next_attempt_at, deadline_at, last_event_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $10, $11)",
-        )
-        .bind(&r.id)
-        .bind(&e.id)
-        .bind(&e.project_id)
-        .bind(r.position)
-        .bind(&r.address)
-        .bind(r.name.as_deref())
-        .bind(&r.kind)
-        .bind(&r.status)
-        .bind(r.next_attempt_at)
-        .bind(r.deadline_at)
-        .bind(e.created_at)
-        .execute(&mut **tx)
-        .await?;
+    let sizes: Vec<i64> = emails
+        .clone()
+        .map(|e| i64::try_from(e.mime.len()).unwrap_or(i64::MAX))
+        .collect();
+    let email_rows: Vec<Vec<Val<'_>>> = emails
+        .clone()
+        .zip(&sizes)
+        .map(|(e, size)| {
+            vec![
+                Val::Text(&e.id),
+                Val::Text(&e.project_id),
+                Val::OptText(e.api_key_id.as_deref()),
+                Val::Text(&e.message_id),
+                Val::Text(&e.stream),
+                Val::Text(&e.from_email),
+                Val::OptText(e.from_name.as_deref()),
+                Val::Text(&e.reply_to),
+                Val::Text(&e.subject),
+                Val::Text(&e.tags),
+                Val::Text(&e.metadata),
+                Val::OptText(e.text_body.as_deref()),
+                Val::OptText(e.html_body.as_deref()),
+                Val::Blob(&e.mime),
+                Val::Int(*size),
+                Val::Int(e.created_at),
+                Val::OptInt(e.scheduled_at),
+                Val::OptInt(e.expires_at),
+            ]
+        })
+        .collect();
+    insert_rows(tx, "emails", &EMAIL_INSERT_COLUMNS, &email_rows).await?;
+
+    let recipient_rows: Vec<Vec<Val<'_>>> = emails
+        .clone()
+        .flat_map(|e| {
+            e.recipients.iter().map(move |r| {
+                vec![
+                    Val::Text(&r.id),
+                    Val::Text(&e.id),
+                    Val::Text(&e.project_id),
+                    Val::Int(r.position),
+                    Val::Text(&r.address),
+                    Val::OptText(r.name.as_deref()),
+                    Val::Text(&r.kind),
+                    Val::Text(&r.status),
+                    Val::Int(0),
+                    Val::Int(r.next_attempt_at),
+                    Val::Int(r.deadline_at),
+                    Val::Int(e.created_at),
+                ]
+            })
+        })
+        .collect();
+    insert_rows(tx, "recipients", &RECIPIENT_INSERT_COLUMNS, &recipient_rows).await?;
+
+    // Search keys: tags and metadata pairs as rows.
+    let mut tags: Vec<(&str, String, &str)> = Vec::new();
+    let mut metadata: Vec<(&str, String, String, &str)> = Vec::new();
+    for e in emails.clone() {
+        for t in serde_json::from_str::<Vec<String>>(&e.tags).unwrap_or_default() {
+            tags.push((&e.project_id, t, &e.id));
+        }
+        let pairs: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&e.metadata).unwrap_or_default();
+        for (k, v) in pairs {
+            let value = match v {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            metadata.push((&e.project_id, k, value, &e.id));
+        }
     }
-    outbox
-        .stats
-        .note_email(&e.id, &e.stream, &e.tags, &e.from_email);
-    for r in &e.recipients {
+    let tag_rows: Vec<Vec<Val<'_>>> = tags
+        .iter()
+        .map(|(p, t, id)| vec![Val::Text(p), Val::Text(t), Val::Text(id)])
+        .collect();
+    insert_rows(
+        tx,
+        "email_tags",
+        &["project_id", "tag", "email_id"],
+        &tag_rows,
+    )
+    .await?;
+    let metadata_rows: Vec<Vec<Val<'_>>> = metadata
+        .iter()
+        .map(|(p, k, v, id)| vec![Val::Text(p), Val::Text(k), Val::Text(v), Val::Text(id)])
+        .collect();
+    insert_rows(
+        tx,
+        "email_metadata",
+        &["project_id", "key", "value", "email_id"],
+        &metadata_rows,
+    )
+    .await?;
+
+    for e in emails.clone() {
         outbox
             .stats
-            .accepted(&e.project_id, &e.id, &r.address, e.created_at);
+            .note_email(&e.id, &e.stream, &e.tags, &e.from_email);
+        for r in &e.recipients {
+            outbox
+                .stats
+                .accepted(&e.project_id, &e.id, &r.address, e.created_at);
+        }
     }
-    insert_search_keys(tx, e).await?;
-    for ev in &e.events {
-        insert_event(tx, outbox, &e.project_id, Some(&e.id), Some(&e.stream), ev).await?;
-    }
-    Ok(())
+    let events: Vec<EventRow<'_>> = emails
+        .flat_map(|e| {
+            e.events.iter().map(move |ev| EventRow {
+                project_id: &e.project_id,
+                email_id: Some(&e.id),
+                stream: Some(&e.stream),
+                event: ev,
+            })
+        })
+        .collect();
+    insert_events(tx, outbox, &events).await
 }
 
 impl Store {

@@ -1,16 +1,17 @@
 //! Group commit for ingest: concurrent requests share one transaction and one fsync.
 //!
 //! Requests queue on a channel; one task takes whatever is waiting (up to `MAX_BATCH`),
-//! writes each request inside its own savepoint (so one request's failure, such as a reused
-//! idempotency key, rolls back only that request), commits once, and only then answers every
-//! request. While one commit is in flight the next requests gather, so the batch size follows
+//! writes the emails of every request without an idempotency key together (one multi-row
+//! statement per table: their ids are new, they cannot conflict), then each request with a key
+//! inside its own savepoint (a reused key rolls back only that request), commits once, and
+//! only then answers every request. While one commit is in flight the next requests gather, so the batch size follows
 //! the load: one at a time when idle, hundreds under pressure. On SQLite this is the single
 //! writer; on Postgres it turns N commits into one.
 
 use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::emails::{IdempotencyRecord, NewEmail, insert_request};
+use super::emails::{IdempotencyRecord, NewEmail, insert_emails, insert_request};
 use super::webhooks::Outbox;
 use super::{StoreError, StoreResult};
 
@@ -80,12 +81,40 @@ async fn commit(pool: &AnyPool, jobs: Vec<Job>) {
             return;
         }
     };
-    let single = jobs.len() == 1;
-    let mut outcomes: Vec<StoreResult<()>> = Vec::with_capacity(jobs.len());
+    let mut outcomes: Vec<Option<StoreResult<()>>> = jobs.iter().map(|_| None).collect();
     let mut outbox = Outbox::default();
-    for job in &jobs {
-        if single {
-            outcomes.push(
+    // Requests without an idempotency key cannot conflict with anything (their ids are new):
+    // all their emails go in together, one statement per table.
+    let plain: Vec<&NewEmail> = jobs
+        .iter()
+        .filter(|j| j.idempotency.is_none())
+        .flat_map(|j| &j.emails)
+        .collect();
+    if !plain.is_empty() {
+        if let Err(e) = insert_emails(&mut tx, &mut outbox, plain.iter().copied()).await {
+            // The transaction is unusable: nothing of this batch is committed.
+            let msg = e.to_string();
+            drop(tx);
+            for job in jobs {
+                let _ = job.reply.send(Err(StoreError::Unavailable(msg.clone())));
+            }
+            return;
+        }
+        for (job, outcome) in jobs.iter().zip(outcomes.iter_mut()) {
+            if job.idempotency.is_none() {
+                *outcome = Some(Ok(()));
+            }
+        }
+    }
+    // A request with a key may find it taken: each goes in its own savepoint, so its failure
+    // rolls back only that request.
+    let keyed = jobs.iter().filter(|j| j.idempotency.is_some()).count();
+    for (job, outcome) in jobs.iter().zip(outcomes.iter_mut()) {
+        if job.idempotency.is_none() {
+            continue;
+        }
+        if keyed == 1 && plain.is_empty() {
+            *outcome = Some(
                 insert_request(&mut tx, &mut outbox, &job.emails, job.idempotency.as_ref()).await,
             );
             continue;
@@ -115,7 +144,7 @@ async fn commit(pool: &AnyPool, jobs: Vec<Job>) {
                 if r.is_err() {
                     outbox.stats.rollback_to(mark);
                 }
-                outcomes.push(r)
+                *outcome = Some(r);
             }
             Err(e) => {
                 // The transaction itself is broken: nothing of this batch is committed.
@@ -128,7 +157,9 @@ async fn commit(pool: &AnyPool, jobs: Vec<Job>) {
             }
         }
     }
-    if single && outcomes.iter().any(Result::is_err) {
+    let outcomes: Vec<StoreResult<()>> =
+        outcomes.into_iter().map(|o| o.unwrap_or(Ok(()))).collect();
+    if outcomes.iter().all(Result::is_err) {
         // Nothing to keep: roll back (dropping the transaction does) and report.
         drop(tx);
         for (job, outcome) in jobs.into_iter().zip(outcomes) {

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::domain::event::filter_matches;
 
+use super::bulk::{Val, insert_rows};
 use super::emails::NewEvent;
 use super::stats::StatsLog;
 use super::{Backend, Store, StoreError, StoreResult, placeholders};
@@ -119,38 +120,76 @@ impl Outbox {
     }
 }
 
-/// Writes the deliveries that announce `event` (in the event's own transaction).
+/// An event being written, with what decides who hears of it.
+pub(super) struct EventRow<'a> {
+    pub project_id: &'a str,
+    pub email_id: Option<&'a str>,
+    pub stream: Option<&'a str>,
+    pub event: &'a NewEvent,
+}
+
+/// Writes the deliveries that announce `events` (in the events' own transaction), in one
+/// statement.
 pub(super) async fn enqueue_deliveries(
     tx: &mut Transaction<'static, Any>,
     outbox: &mut Outbox,
-    project_id: &str,
-    stream: Option<&str>,
-    event: &NewEvent,
+    events: &[EventRow<'_>],
 ) -> StoreResult<()> {
-    if !outbox.endpoints.contains_key(project_id) {
-        let list = subscriptions(tx, project_id).await?;
-        outbox.endpoints.insert(project_id.to_owned(), list);
+    // (delivery id, endpoint id, project, event id, time)
+    let mut deliveries: Vec<(String, String, &str, &str, i64)> = Vec::new();
+    for row in events {
+        if !outbox.endpoints.contains_key(row.project_id) {
+            let list = subscriptions(tx, row.project_id).await?;
+            outbox.endpoints.insert(row.project_id.to_owned(), list);
+        }
+        let endpoints = outbox
+            .endpoints
+            .get(row.project_id)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for sub in endpoints
+            .iter()
+            .filter(|s| s.takes(&row.event.event_type, row.stream))
+        {
+            deliveries.push((
+                Uuid::now_v7().to_string(),
+                sub.endpoint_id.clone(),
+                row.project_id,
+                &row.event.id,
+                row.event.created_at,
+            ));
+        }
     }
-    let endpoints = outbox
-        .endpoints
-        .get(project_id)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    for sub in endpoints
+    let rows: Vec<Vec<Val<'_>>> = deliveries
         .iter()
-        .filter(|s| s.takes(&event.event_type, stream))
-    {
-        insert_delivery(
-            tx,
-            &sub.endpoint_id,
-            project_id,
-            &event.id,
-            event.created_at,
-        )
-        .await?;
-    }
-    Ok(())
+        .map(|(id, endpoint, project, event, at)| {
+            vec![
+                Val::Text(id),
+                Val::Text(endpoint),
+                Val::Text(project),
+                Val::Text(event),
+                Val::Text("pending"),
+                Val::Int(0),
+                Val::Int(*at),
+                Val::Int(*at),
+                Val::Int(*at),
+            ]
+        })
+        .collect();
+    insert_rows(tx, "webhook_deliveries", &DELIVERY_COLUMNS, &rows).await
 }
+
+const DELIVERY_COLUMNS: [&str; 9] = [
+    "id",
+    "endpoint_id",
+    "project_id",
+    "event_id",
+    "status",
+    "attempts",
+    "next_attempt_at",
+    "created_at",
+    "updated_at",
+];
 
 async fn insert_delivery(
     tx: &mut Transaction<'static, Any>,

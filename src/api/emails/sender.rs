@@ -50,19 +50,46 @@ impl Senders {
         if let Some(decided) = self.decided.get(domain) {
             return Ok(decided.clone());
         }
-        let found = state
-            .store
-            .find_domain(&principal.project_id, domain)
-            .await?;
-        if state.config.domains.require_verified
-            && found.as_ref().is_none_or(|(d, _)| d.status != "verified")
-        {
+        let cache_key = format!("{}\n{domain}", principal.project_id);
+        let decision = match state.senders.get(&cache_key) {
+            Some(d) => d,
+            None => {
+                let d = decide(state, principal, domain).await?;
+                state.senders.put(cache_key, d.clone());
+                d
+            }
+        };
+        if state.config.domains.require_verified && !decision.verified {
             return Err(ApiError::validation(vec![FieldError::new(
                 pointer,
                 "domain_not_verified",
                 format!("{domain} is not a verified sending domain of this project"),
             )]));
         }
+        self.decided
+            .insert(domain.to_owned(), decision.signing.clone());
+        Ok(decision.signing)
+    }
+}
+
+/// What the store says about a sending domain: verified or not, and the key to sign with.
+#[derive(Clone)]
+pub struct SenderDecision {
+    verified: bool,
+    signing: Option<Arc<Signing>>,
+}
+
+async fn decide(
+    state: &AppState,
+    principal: &Principal,
+    domain: &str,
+) -> ApiResult<SenderDecision> {
+    {
+        let found = state
+            .store
+            .find_domain(&principal.project_id, domain)
+            .await?;
+        let verified = found.as_ref().is_some_and(|(d, _)| d.status == "verified");
         let signing = match found {
             Some((d, keys)) if d.dkim_mode == "herald" => match keys
                 .iter()
@@ -89,7 +116,6 @@ impl Senders {
             },
             _ => None,
         };
-        self.decided.insert(domain.to_owned(), signing.clone());
-        Ok(signing)
+        Ok(SenderDecision { verified, signing })
     }
 }

@@ -31,6 +31,9 @@ pub(super) async fn insert_rows(
     rows: &[Vec<Val<'_>>],
 ) -> StoreResult<()> {
     let per_row = cols.len();
+    // SQLite looks a numbered parameter up by name, walking the statement's list of names:
+    // quadratic in a statement of thousands. Its anonymous `?` is bound by position.
+    let anonymous = tx.backend_name().eq_ignore_ascii_case("sqlite");
     for chunk in rows.chunks((MAX_PARAMS / per_row).max(1)) {
         let mut sql = format!("INSERT INTO {table} ({}) VALUES ", cols.join(", "));
         let mut n = 0;
@@ -39,7 +42,12 @@ pub(super) async fn insert_rows(
             sql.push_str(if i == 0 { "(" } else { ", (" });
             for c in 0..per_row {
                 n += 1;
-                let _ = write!(sql, "{}${n}", if c == 0 { "" } else { ", " });
+                let sep = if c == 0 { "" } else { ", " };
+                let _ = if anonymous {
+                    write!(sql, "{sep}?")
+                } else {
+                    write!(sql, "{sep}${n}")
+                };
             }
             sql.push(')');
         }

@@ -10,9 +10,9 @@ use std::collections::HashMap;
 
 use sqlx::Row;
 
-use super::emails::{NewEvent, insert_event};
+use super::emails::{NewEvent, insert_events};
 use super::suppressions::{SuppressionRecord, insert_suppression};
-use super::webhooks::Outbox;
+use super::webhooks::{EventRow, Outbox};
 use super::{Backend, Store, StoreResult, placeholders};
 
 /// A recipient a worker now holds.
@@ -145,7 +145,7 @@ impl Store {
     pub async fn record_outcomes(&self, owner: &str, outcomes: &[Outcome]) -> StoreResult<usize> {
         let mut tx = self.write.begin().await?;
         let mut outbox = Outbox::default();
-        let mut applied = 0;
+        let mut events = Vec::with_capacity(outcomes.len());
         for o in outcomes {
             let done = sqlx::query(
                 "UPDATE recipients SET status = $1, attempts = attempts + $13, \
@@ -172,23 +172,21 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             if done.rows_affected() == 1 {
-                insert_event(
-                    &mut tx,
-                    &mut outbox,
-                    &o.project_id,
-                    Some(&o.email_id),
-                    Some(&o.stream),
-                    &o.event,
-                )
-                .await?;
+                events.push(EventRow {
+                    project_id: &o.project_id,
+                    email_id: Some(&o.email_id),
+                    stream: Some(&o.stream),
+                    event: &o.event,
+                });
                 if let Some(sup) = &o.suppress {
                     insert_suppression(&mut tx, sup).await?;
                 }
-                applied += 1;
             }
         }
+        // The events of every applied outcome, in one statement.
+        insert_events(&mut tx, &mut outbox, &events).await?;
         outbox.commit(tx).await?;
-        Ok(applied)
+        Ok(events.len())
     }
 
     /// Extends every lease `owner` holds to `until` (a worker still at work).

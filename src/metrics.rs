@@ -114,7 +114,7 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "# HELP herald_smtp_send_seconds Time of one SMTP transaction with the relay.\n# TYPE herald_smtp_send_seconds histogram"
+            "# HELP herald_smtp_send_seconds Time to hand one message to the relay (waiting for a free relay connection included).\n# TYPE herald_smtp_send_seconds histogram"
         );
         for (i, bound) in BUCKETS.iter().enumerate() {
             let _ = writeln!(

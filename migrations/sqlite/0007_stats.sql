@@ -1,7 +1,9 @@
 -- Hourly delivery statistics, per recipient, written in the same transaction as the events
 -- they count, so they survive retention purges and never need an event scan.
 -- `tag = '*'` rows count every recipient once; a row per tag counts the recipients of emails
--- carrying that tag (an email with two tags is in both).
+-- carrying that tag (an email with two tags is in both). `shard` spreads one key over several
+-- rows (the ingest writer, each delivery worker…) so that concurrent writers on Postgres do
+-- not queue on one hot row's lock; readers sum the shards.
 CREATE TABLE stats_hourly (
     project_id            TEXT NOT NULL,
     tag                   TEXT NOT NULL,
@@ -9,6 +11,7 @@ CREATE TABLE stats_hourly (
     stream                TEXT NOT NULL,
     domain                TEXT NOT NULL,
     recipient_domain      TEXT NOT NULL,
+    shard                 INTEGER NOT NULL,
     accepted              INTEGER NOT NULL DEFAULT 0,
     sent                  INTEGER NOT NULL DEFAULT 0,
     delivered             INTEGER NOT NULL DEFAULT 0,
@@ -20,7 +23,7 @@ CREATE TABLE stats_hourly (
     failed                INTEGER NOT NULL DEFAULT 0,
     suppressed            INTEGER NOT NULL DEFAULT 0,
     canceled              INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (project_id, tag, hour, stream, domain, recipient_domain)
+    PRIMARY KEY (project_id, tag, hour, stream, domain, recipient_domain, shard)
 );
 
 -- Bounces by type and sub-type, for GET /v1/stats/bounces.
@@ -31,6 +34,7 @@ CREATE TABLE stats_bounces (
     domain       TEXT NOT NULL,
     bounce_type  TEXT NOT NULL,
     sub_type     TEXT NOT NULL,
+    shard        INTEGER NOT NULL,
     count        INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (project_id, hour, stream, domain, bounce_type, sub_type)
+    PRIMARY KEY (project_id, hour, stream, domain, bounce_type, sub_type, shard)
 );

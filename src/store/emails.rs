@@ -875,6 +875,7 @@ impl Store {
                 .await?
                 .ok_or(StoreError::NotFound)?;
         let mut outbox = Outbox::default();
+        outbox.stats.use_shard_of(id);
         let rows = sqlx::query(
             "UPDATE recipients SET status = 'canceled', lease_owner = NULL, \
              lease_expires_at = NULL, last_event_at = $1 \

@@ -154,6 +154,7 @@ impl Store {
         // A report that repeats a verdict (a second complaint) is kept in the timeline but
         // not counted twice.
         let mut outbox = Outbox::default();
+        outbox.stats.use_shard_of(&effect.event.id);
         outbox.uncounted = effect.new_status.is_some() && !changed;
         insert_event(
             &mut tx,

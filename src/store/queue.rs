@@ -145,6 +145,7 @@ impl Store {
     pub async fn record_outcomes(&self, owner: &str, outcomes: &[Outcome]) -> StoreResult<usize> {
         let mut tx = self.write.begin().await?;
         let mut outbox = Outbox::default();
+        outbox.stats.use_shard_of(owner);
         let mut events = Vec::with_capacity(outcomes.len());
         for o in outcomes {
             let done = sqlx::query(

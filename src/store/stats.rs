@@ -105,12 +105,26 @@ struct Pending {
 pub(super) struct StatsLog {
     pending: Vec<Pending>,
     dims: HashMap<String, EmailDims>,
+    /// Which of a key's rows this writer adds to (0: ingest).
+    shard: i64,
 }
+
+/// How many rows one rollup key may be spread over.
+const SHARDS: u64 = 16;
 
 type HourKey = (String, String, i64, String, String, String);
 type BounceKey = (String, i64, String, String, String, String);
 
 impl StatsLog {
+    /// Writes this log's increments to the shard of `writer` (a delivery worker's owner id,
+    /// say), not to the ingest writer's.
+    pub(super) fn use_shard_of(&mut self, writer: &str) {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        writer.hash(&mut h);
+        self.shard = i64::try_from(1 + h.finish() % (SHARDS - 1)).unwrap_or(1);
+    }
+
     /// A point to roll back to when a savepoint is rolled back.
     pub(super) fn mark(&self) -> usize {
         self.pending.len()
@@ -209,7 +223,8 @@ impl StatsLog {
                 .bind(k.2)
                 .bind(k.3)
                 .bind(k.4)
-                .bind(k.5);
+                .bind(k.5)
+                .bind(self.shard);
             for c in counts {
                 q = q.bind(c);
             }
@@ -218,8 +233,8 @@ impl StatsLog {
         for (k, n) in bounces {
             sqlx::query(
                 "INSERT INTO stats_bounces (project_id, hour, stream, domain, bounce_type, \
-                 sub_type, count) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                 ON CONFLICT (project_id, hour, stream, domain, bounce_type, sub_type) \
+                 sub_type, shard, count) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (project_id, hour, stream, domain, bounce_type, sub_type, shard) \
                  DO UPDATE SET count = stats_bounces.count + excluded.count",
             )
             .bind(k.0)
@@ -228,6 +243,7 @@ impl StatsLog {
             .bind(k.3)
             .bind(k.4)
             .bind(k.5)
+            .bind(self.shard)
             .bind(n)
             .execute(&mut **tx)
             .await?;
@@ -268,7 +284,7 @@ impl StatsLog {
 
 fn upsert_hourly_sql() -> String {
     let cols = METRICS.join(", ");
-    let values = placeholders(7, METRICS.len());
+    let values = placeholders(8, METRICS.len());
     let updates = METRICS
         .iter()
         .map(|m| format!("{m} = stats_hourly.{m} + excluded.{m}"))
@@ -276,8 +292,8 @@ fn upsert_hourly_sql() -> String {
         .join(", ");
     format!(
         "INSERT INTO stats_hourly (project_id, tag, hour, stream, domain, recipient_domain, \
-         {cols}) VALUES ($1, $2, $3, $4, $5, $6, {values}) \
-         ON CONFLICT (project_id, tag, hour, stream, domain, recipient_domain) \
+         shard, {cols}) VALUES ($1, $2, $3, $4, $5, $6, $7, {values}) \
+         ON CONFLICT (project_id, tag, hour, stream, domain, recipient_domain, shard) \
          DO UPDATE SET {updates}"
     )
 }

@@ -22,6 +22,9 @@ POSTFIX=${BENCH_POSTFIX:-1}
 RELAY_CONCURRENCY=${BENCH_RELAY_CONCURRENCY:-32}
 OUT=${BENCH_OUT:-bench/results.json}
 PG_ADMIN=${BENCH_PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/test}
+# Herald reaches Postgres through its Unix socket, as the README advises for a local server
+# (over TCP, sqlx's sockets keep Nagle's algorithm on: see src/store/bulk.rs).
+PG_SOCKET=${BENCH_PG_SOCKET:-/var/run/postgresql}
 DEADLINE=$((SECONDS + ${BENCH_TIMEOUT:-3000}))
 for tool in smtp-sink smtp-source postfix wrk curl python3; do
     command -v "$tool" >/dev/null || {
@@ -104,7 +107,7 @@ run_herald() { # backend workload
         db="sqlite://$WORK/herald.db"
     else
         psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS herald_bench_tp WITH (FORCE)" -c "CREATE DATABASE herald_bench_tp" >/dev/null
-        db="${PG_ADMIN%/*}/herald_bench_tp"
+        db="postgres://postgres@localhost/herald_bench_tp?host=$PG_SOCKET"
     fi
     export HERALD_DATABASE_URL=$db HERALD_LISTEN=127.0.0.1:$port HERALD_OUTBOX_DIR=$WORK/outbox \
         HERALD_RELAY_URL="smtp://127.0.0.1:$sink?tls=none" HERALD_RELAY__CONCURRENCY=$RELAY_CONCURRENCY \

@@ -180,9 +180,10 @@ pub struct EventRecord {
     pub created_at: i64,
 }
 
-const EMAIL_COLUMNS: &str = "id, project_id, api_key_id, message_id, stream, from_email, \
-     from_name, reply_to, subject, tags, metadata, created_at, scheduled_at, expires_at, \
-     content_purged_at";
+/// An email's columns, qualified by the alias `e` every query gives `emails`.
+const EMAIL_COLUMNS: &str = "e.id, e.project_id, e.api_key_id, e.message_id, e.stream, \
+     e.from_email, e.from_name, e.reply_to, e.subject, e.tags, e.metadata, e.created_at, \
+     e.scheduled_at, e.expires_at, e.content_purged_at";
 const RECIPIENT_COLUMNS: &str = "id, address, name, kind, status, attempts, next_attempt_at, \
      smtp_code, smtp_enhanced, smtp_response, smtp_phase, bounce_type, bounce_sub_type, \
      sent_at, last_event_at";
@@ -199,11 +200,6 @@ enum Driver {
     From,
     Emails,
 }
-
-/// [`EMAIL_COLUMNS`] qualified by the alias `e`.
-const EMAIL_COLUMNS_E: &str = "e.id, e.project_id, e.api_key_id, e.message_id, e.stream, \
-     e.from_email, e.from_name, e.reply_to, e.subject, e.tags, e.metadata, e.created_at, \
-     e.scheduled_at, e.expires_at, e.content_purged_at";
 
 fn email_from_row(r: &AnyRow) -> StoreResult<EmailRecord> {
     Ok(EmailRecord {
@@ -469,13 +465,20 @@ pub(super) async fn insert_emails<'a>(
         .collect();
     insert_rows(tx, "recipients", &RECIPIENT_INSERT_COLUMNS, &recipient_rows).await?;
 
-    // Search keys: tags and metadata pairs as rows.
+    // Search keys: tags and metadata pairs as rows. The tags, parsed once, also go to the
+    // stats log below.
     let mut tags: Vec<(&str, String, &str)> = Vec::new();
     let mut metadata: Vec<(&str, String, String, &str)> = Vec::new();
     for e in emails.clone() {
-        for t in serde_json::from_str::<Vec<String>>(&e.tags).unwrap_or_default() {
-            tags.push((&e.project_id, t, &e.id));
-        }
+        let email_tags = serde_json::from_str::<Vec<String>>(&e.tags).unwrap_or_default();
+        tags.extend(
+            email_tags
+                .iter()
+                .map(|t| (e.project_id.as_str(), t.clone(), e.id.as_str())),
+        );
+        outbox
+            .stats
+            .note_email(&e.id, &e.stream, email_tags, &e.from_email);
         let pairs: serde_json::Map<String, serde_json::Value> =
             serde_json::from_str(&e.metadata).unwrap_or_default();
         for (k, v) in pairs {
@@ -510,9 +513,6 @@ pub(super) async fn insert_emails<'a>(
     .await?;
 
     for e in emails.clone() {
-        outbox
-            .stats
-            .note_email(&e.id, &e.stream, &e.tags, &e.from_email);
         for r in &e.recipients {
             outbox
                 .stats
@@ -598,8 +598,8 @@ impl Store {
         id: &str,
     ) -> StoreResult<(EmailRecord, Vec<RecipientRecord>)> {
         let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT {EMAIL_COLUMNS}, text_body, html_body FROM emails \
-             WHERE project_id = $1 AND id = $2"
+            "SELECT {EMAIL_COLUMNS}, e.text_body, e.html_body FROM emails e \
+             WHERE e.project_id = $1 AND e.id = $2"
         ));
         let row = sqlx::query(sql)
             .bind(project_id)
@@ -713,7 +713,7 @@ impl Store {
         } else {
             ("emails e WHERE e.project_id = $1".to_owned(), "e.id")
         };
-        let mut sql = format!("SELECT {EMAIL_COLUMNS_E} FROM {from_clause}");
+        let mut sql = format!("SELECT {EMAIL_COLUMNS} FROM {from_clause}");
         for (k, v) in metadata {
             let (k, v) = (arg(k, &mut args), arg(v, &mut args));
             sql.push_str(&format!(

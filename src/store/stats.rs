@@ -73,10 +73,10 @@ struct EmailDims {
 }
 
 impl EmailDims {
-    fn new(stream: &str, tags_json: &str, from_email: &str) -> Self {
+    fn new(stream: &str, tags: Vec<String>, from_email: &str) -> Self {
         Self {
             stream: stream.to_owned(),
-            tags: serde_json::from_str(tags_json).unwrap_or_default(),
+            tags,
             domain: domain_of(from_email),
         }
     }
@@ -135,9 +135,9 @@ impl StatsLog {
     }
 
     /// Tells the log an email's dimensions, so flushing needs no lookup for it.
-    pub(super) fn note_email(&mut self, id: &str, stream: &str, tags_json: &str, from: &str) {
+    pub(super) fn note_email(&mut self, id: &str, stream: &str, tags: Vec<String>, from: &str) {
         self.dims
-            .insert(id.to_owned(), EmailDims::new(stream, tags_json, from));
+            .insert(id.to_owned(), EmailDims::new(stream, tags, from));
     }
 
     /// Counts a recipient the API accepted.
@@ -275,7 +275,8 @@ impl StatsLog {
                 let stream: String = r.try_get(1)?;
                 let tags: String = r.try_get(2)?;
                 let from: String = r.try_get(3)?;
-                self.dims.insert(id, EmailDims::new(&stream, &tags, &from));
+                let tags = serde_json::from_str(&tags).unwrap_or_default();
+                self.dims.insert(id, EmailDims::new(&stream, tags, &from));
             }
         }
         Ok(())

@@ -162,19 +162,7 @@ pub(super) async fn enqueue_deliveries(
     }
     let rows: Vec<Vec<Val<'_>>> = deliveries
         .iter()
-        .map(|(id, endpoint, project, event, at)| {
-            vec![
-                Val::Text(id),
-                Val::Text(endpoint),
-                Val::Text(project),
-                Val::Text(event),
-                Val::Text("pending"),
-                Val::Int(0),
-                Val::Int(*at),
-                Val::Int(*at),
-                Val::Int(*at),
-            ]
-        })
+        .map(|(id, endpoint, project, event, at)| delivery_row(id, endpoint, project, event, *at))
         .collect();
     insert_rows(tx, "webhook_deliveries", &DELIVERY_COLUMNS, &rows).await
 }
@@ -199,18 +187,35 @@ async fn insert_delivery(
     now: i64,
 ) -> StoreResult<String> {
     let id = Uuid::now_v7().to_string();
-    sqlx::query(
-        "INSERT INTO webhook_deliveries (id, endpoint_id, project_id, event_id, status, attempts, \
-         next_attempt_at, created_at, updated_at) VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5, $5)",
+    insert_rows(
+        tx,
+        "webhook_deliveries",
+        &DELIVERY_COLUMNS,
+        &[delivery_row(&id, endpoint_id, project_id, event_id, now)],
     )
-    .bind(&id)
-    .bind(endpoint_id)
-    .bind(project_id)
-    .bind(event_id)
-    .bind(now)
-    .execute(&mut **tx)
     .await?;
     Ok(id)
+}
+
+/// A pending delivery's values, in [`DELIVERY_COLUMNS`] order.
+fn delivery_row<'a>(
+    id: &'a str,
+    endpoint_id: &'a str,
+    project_id: &'a str,
+    event_id: &'a str,
+    now: i64,
+) -> Vec<Val<'a>> {
+    vec![
+        Val::Text(id),
+        Val::Text(endpoint_id),
+        Val::Text(project_id),
+        Val::Text(event_id),
+        Val::Text("pending"),
+        Val::Int(0),
+        Val::Int(now),
+        Val::Int(now),
+        Val::Int(now),
+    ]
 }
 
 /// A delivery a dispatcher holds, with everything needed to build and sign its request.

@@ -45,7 +45,7 @@ fn key_json(k: &ApiKeyRecord) -> Value {
 }
 
 /// Creates a key in the caller's project and shows its token, once.
-#[utoipa::path(post, path = "/v1/api-keys", tag = "api-keys", request_body = CreateApiKeyRequest, responses((status = 201, description = "Created; the token is shown this once", body = crate::api::openapi::schemas::ApiKey), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v1/api-keys", tag = "api-keys", request_body = CreateApiKeyRequest, responses((status = 201, description = "Created; the token is shown this once", body = crate::api::openapi::schemas::ApiKey), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn create_api_key(
     State(state): State<AppState>,
     principal: Principal,
@@ -131,7 +131,7 @@ pub async fn create_api_key(
 }
 
 /// Lists the project's live keys, newest first.
-#[utoipa::path(get, path = "/v1/api-keys", tag = "api-keys", responses((status = 200, description = "The project's keys (never their tokens)", body = crate::api::openapi::schemas::ApiKeyList), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v1/api-keys", tag = "api-keys", responses((status = 200, description = "The project's keys (never their tokens)", body = crate::api::openapi::schemas::ApiKeyList), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn list_api_keys(
     State(state): State<AppState>,
     principal: Principal,
@@ -145,7 +145,7 @@ pub async fn list_api_keys(
 }
 
 /// Revokes one of the project's keys.
-#[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "api-keys", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "Revoked", body = crate::api::openapi::schemas::Deleted), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "api-keys", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "Revoked", body = crate::api::openapi::schemas::Deleted), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn delete_api_key(
     State(state): State<AppState>,
     principal: Principal,

@@ -120,7 +120,7 @@ fn parse_algorithm(s: Option<&str>, errors: &mut Vec<FieldError>) -> DkimAlgorit
 }
 
 /// `POST /v1/domains`.
-#[utoipa::path(post, path = "/v1/domains", tag = "domains", request_body = CreateDomainRequest, responses((status = 201, description = "Added, with the DNS records to publish", body = crate::api::openapi::schemas::Domain), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v1/domains", tag = "domains", request_body = CreateDomainRequest, responses((status = 201, description = "Added, with the DNS records to publish", body = crate::api::openapi::schemas::Domain), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn create_domain(
     State(state): State<AppState>,
     principal: Principal,
@@ -204,7 +204,7 @@ pub async fn create_domain(
 }
 
 /// `GET /v1/domains`.
-#[utoipa::path(get, path = "/v1/domains", tag = "domains", responses((status = 200, description = "The project's domains", body = crate::api::openapi::schemas::DomainList), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v1/domains", tag = "domains", responses((status = 200, description = "The project's domains", body = crate::api::openapi::schemas::DomainList), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn list_domains(
     State(state): State<AppState>,
     principal: Principal,
@@ -222,7 +222,7 @@ pub async fn list_domains(
 }
 
 /// `GET /v1/domains/{id}`.
-#[utoipa::path(get, path = "/v1/domains/{id}", tag = "domains", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The domain and its records", body = crate::api::openapi::schemas::Domain), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v1/domains/{id}", tag = "domains", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The domain and its records", body = crate::api::openapi::schemas::Domain), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn get_domain(
     State(state): State<AppState>,
     principal: Principal,
@@ -239,7 +239,7 @@ pub async fn get_domain(
 }
 
 /// `PATCH /v1/domains/{id}`: switch signing between Herald and the relay (`dkim`).
-#[utoipa::path(patch, path = "/v1/domains/{id}", tag = "domains", params(("id" = String, Path, description = "The object's id")), request_body = UpdateDomainRequest, responses((status = 200, description = "Updated", body = crate::api::openapi::schemas::Domain), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(patch, path = "/v1/domains/{id}", tag = "domains", params(("id" = String, Path, description = "The object's id")), request_body = UpdateDomainRequest, responses((status = 200, description = "Updated", body = crate::api::openapi::schemas::Domain), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn update_domain(
     State(state): State<AppState>,
     principal: Principal,
@@ -271,7 +271,7 @@ pub async fn update_domain(
 }
 
 /// `DELETE /v1/domains/{id}`.
-#[utoipa::path(delete, path = "/v1/domains/{id}", tag = "domains", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "Deleted", body = crate::api::openapi::schemas::Deleted), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(delete, path = "/v1/domains/{id}", tag = "domains", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "Deleted", body = crate::api::openapi::schemas::Deleted), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn delete_domain(
     State(state): State<AppState>,
     principal: Principal,
@@ -288,7 +288,7 @@ pub async fn delete_domain(
 }
 
 /// `POST /v1/domains/{id}/verify`: check the records now (asynchronously).
-#[utoipa::path(post, path = "/v1/domains/{id}/verify", tag = "domains", params(("id" = String, Path, description = "The object's id")), responses((status = 202, description = "The records will be checked now", body = crate::api::openapi::schemas::Domain), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v1/domains/{id}/verify", tag = "domains", params(("id" = String, Path, description = "The object's id")), responses((status = 202, description = "The records will be checked now", body = crate::api::openapi::schemas::Domain), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn verify_domain(
     State(state): State<AppState>,
     principal: Principal,
@@ -315,7 +315,7 @@ pub async fn verify_domain(
 }
 
 /// `POST /v1/domains/{id}/dkim/rotate`: a new pending key; it signs once its record verifies.
-#[utoipa::path(post, path = "/v1/domains/{id}/dkim/rotate", tag = "domains", params(("id" = String, Path, description = "The object's id")), request_body(content = Option<RotateRequest>, description = "Optional"), responses((status = 202, description = "A new selector to publish; the old key signs until it is seen", body = crate::api::openapi::schemas::Domain), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v1/domains/{id}/dkim/rotate", tag = "domains", params(("id" = String, Path, description = "The object's id")), request_body(content = Option<RotateRequest>, description = "Optional"), responses((status = 202, description = "A new selector to publish; the old key signs until it is seen", body = crate::api::openapi::schemas::Domain), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn rotate_dkim(
     State(state): State<AppState>,
     principal: Principal,

@@ -276,7 +276,7 @@ fn validation_context(
 }
 
 /// `POST /v1/emails`: validate, build the MIME message, commit, answer 202.
-#[utoipa::path(post, path = "/v1/emails", tag = "emails", params(("Idempotency-Key" = Option<String>, Header, description = "Replays answer with the first response for 24 h")), request_body = CreateEmailRequest, responses((status = 202, description = "Committed and queued", body = crate::api::openapi::schemas::EmailAccepted), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v1/emails", tag = "emails", params(("Idempotency-Key" = Option<String>, Header, description = "Replays answer with the first response for 24 h")), request_body = CreateEmailRequest, responses((status = 202, description = "Committed and queued", body = crate::api::openapi::schemas::EmailAccepted), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn create_email(
     State(state): State<AppState>,
     principal: Principal,
@@ -317,7 +317,7 @@ pub async fn create_email(
 }
 
 /// `POST /v1/emails/batch`: up to 100 emails, strict (all or nothing) or permissive.
-#[utoipa::path(post, path = "/v1/emails/batch", tag = "emails", params(("Idempotency-Key" = Option<String>, Header, description = "Replays answer with the first response for 24 h"), ("Batch-Validation" = Option<String>, Header, description = "strict (default) or permissive")), request_body = Vec<CreateEmailRequest>, responses((status = 202, description = "Committed and queued", body = crate::api::openapi::schemas::BatchAccepted), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v1/emails/batch", tag = "emails", params(("Idempotency-Key" = Option<String>, Header, description = "Replays answer with the first response for 24 h"), ("Batch-Validation" = Option<String>, Header, description = "strict (default) or permissive")), request_body = Vec<CreateEmailRequest>, responses((status = 202, description = "Committed and queued", body = crate::api::openapi::schemas::BatchAccepted), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn create_batch(
     State(state): State<AppState>,
     principal: Principal,
@@ -460,7 +460,7 @@ fn recipient_json(r: &RecipientRecord) -> Value {
 /// `GET /v1/emails`: search the project's emails, newest first, with a cursor
 /// (`after`/`before` an email id) and the filters `status` (any recipient in it), `recipient`,
 /// `from`, `tag`, `stream`, `metadata[<key>]=<value>`, `created_after`, `created_before`.
-#[utoipa::path(get, path = "/v1/emails", tag = "emails", params(("status" = Option<String>, Query, description = "Emails with a recipient in this status"), ("recipient" = Option<String>, Query, description = "Emails to this address"), ("from" = Option<String>, Query, description = "Emails from this address"), ("tag" = Option<String>, Query, description = "Emails with this tag"), ("stream" = Option<String>, Query, description = "Emails of this stream"), ("created_after" = Option<String>, Query, description = "RFC 3339"), ("created_before" = Option<String>, Query, description = "RFC 3339"), ("after" = Option<String>, Query, description = "The next page: emails older than this id"), ("before" = Option<String>, Query, description = "The previous page: emails newer than this id"), ("limit" = Option<i64>, Query, description = "1 to 100 (default 20)")), responses((status = 200, description = "Newest first; `metadata[<key>]=<value>` filters too", body = crate::api::openapi::schemas::EmailList), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v1/emails", tag = "emails", params(("status" = Option<String>, Query, description = "Emails with a recipient in this status"), ("recipient" = Option<String>, Query, description = "Emails to this address"), ("from" = Option<String>, Query, description = "Emails from this address"), ("tag" = Option<String>, Query, description = "Emails with this tag"), ("stream" = Option<String>, Query, description = "Emails of this stream"), ("created_after" = Option<String>, Query, description = "RFC 3339"), ("created_before" = Option<String>, Query, description = "RFC 3339"), ("after" = Option<String>, Query, description = "The next page: emails older than this id"), ("before" = Option<String>, Query, description = "The previous page: emails newer than this id"), ("limit" = Option<i64>, Query, description = "1 to 100 (default 20)")), responses((status = 200, description = "Newest first; `metadata[<key>]=<value>` filters too", body = crate::api::openapi::schemas::EmailList), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn list_emails(
     State(state): State<AppState>,
     principal: Principal,
@@ -573,7 +573,7 @@ async fn load_email(
 }
 
 /// `GET /v1/emails/{id}`.
-#[utoipa::path(get, path = "/v1/emails/{id}", tag = "emails", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The email and its recipients", body = crate::api::openapi::schemas::Email), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v1/emails/{id}", tag = "emails", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The email and its recipients", body = crate::api::openapi::schemas::Email), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn get_email(
     State(state): State<AppState>,
     principal: Principal,
@@ -625,7 +625,7 @@ pub struct EventsQuery {
 }
 
 /// `GET /v1/emails/{id}/events`: the email's timeline, oldest first.
-#[utoipa::path(get, path = "/v1/emails/{id}/events", tag = "emails", params(("id" = String, Path, description = "The object's id"), EventsQuery), responses((status = 200, description = "The email's timeline, oldest first", body = crate::api::openapi::schemas::EventList), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v1/emails/{id}/events", tag = "emails", params(("id" = String, Path, description = "The object's id"), EventsQuery), responses((status = 200, description = "The email's timeline, oldest first", body = crate::api::openapi::schemas::EventList), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn list_email_events(
     State(state): State<AppState>,
     principal: Principal,
@@ -649,7 +649,7 @@ pub async fn list_email_events(
 }
 
 /// `POST /v1/emails/{id}/cancel`: cancels recipients not yet handed to SMTP.
-#[utoipa::path(post, path = "/v1/emails/{id}/cancel", tag = "emails", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "Recipients not yet handed to SMTP are canceled", body = crate::api::openapi::schemas::EmailCanceled), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v1/emails/{id}/cancel", tag = "emails", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "Recipients not yet handed to SMTP are canceled", body = crate::api::openapi::schemas::EmailCanceled), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn cancel_email(
     State(state): State<AppState>,
     principal: Principal,

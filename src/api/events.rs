@@ -51,7 +51,7 @@ pub fn event_json(e: &EventRecord) -> Value {
 }
 
 /// `GET /v1/events`.
-#[utoipa::path(get, path = "/v1/events", tag = "events", params(EventsQuery), responses((status = 200, description = "Events, oldest first", body = crate::api::openapi::schemas::EventList), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(EventsQuery), responses((status = 200, description = "Events, oldest first", body = crate::api::openapi::schemas::EventList), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn list_events(
     State(state): State<AppState>,
     principal: Principal,
@@ -89,7 +89,7 @@ pub async fn list_events(
 }
 
 /// `POST /v1/events/{id}/redeliver`: queue the event again for every endpoint that takes it.
-#[utoipa::path(post, path = "/v1/events/{id}/redeliver", tag = "events", params(("id" = String, Path, description = "The object's id")), responses((status = 202, description = "Queued again for every endpoint that takes it", body = crate::api::openapi::schemas::Redelivery), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v1/events/{id}/redeliver", tag = "events", params(("id" = String, Path, description = "The object's id")), responses((status = 202, description = "Queued again for every endpoint that takes it", body = crate::api::openapi::schemas::Redelivery), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn redeliver_event(
     State(state): State<AppState>,
     principal: Principal,

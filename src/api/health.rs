@@ -9,14 +9,14 @@ use super::AppState;
 use super::error::ApiError;
 
 /// The process is up.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process is up", body = crate::api::openapi::schemas::Health), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process is up", body = crate::api::openapi::schemas::Health), crate::api::openapi::Problems))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// Prometheus metrics (no authentication: bind the API to a private address or filter
 /// `/metrics` at the proxy).
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"), crate::api::openapi::Problems))]
 pub async fn metrics(State(state): State<AppState>) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     let snapshot = state.store.queue_snapshot(state.clock.now_ms()).await?;
@@ -32,7 +32,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<axum::response::Re
 }
 
 /// The process can serve: its database answers.
-#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "The database answers", body = crate::api::openapi::schemas::Health), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "The database answers", body = crate::api::openapi::schemas::Health), crate::api::openapi::Problems))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     state.store.ping().await.map_err(|e| {
         tracing::warn!(error = %e, "readiness check failed");

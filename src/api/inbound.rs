@@ -12,7 +12,7 @@ use super::AppState;
 use super::auth::Principal;
 use super::error::{ApiError, ApiResult};
 
-#[utoipa::path(post, path = "/v1/inbound", tag = "inbound", request_body(content((String = "message/rfc822"), (String = "text/plain")), description = "A bounce (DSN), complaint (ARF) or plain bounce message"), responses((status = 200, description = "Stored, parsed and applied", body = crate::api::openapi::schemas::InboundResult), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v1/inbound", tag = "inbound", request_body(content((String = "message/rfc822"), (String = "text/plain")), description = "A bounce (DSN), complaint (ARF) or plain bounce message"), responses((status = 200, description = "Stored, parsed and applied", body = crate::api::openapi::schemas::InboundResult), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn receive_inbound(
     State(state): State<AppState>,
     principal: Principal,

@@ -42,6 +42,7 @@ use super::{suppressions, webhooks};
         projects::list_project_keys, projects::delete_project_key,
         health::healthz, health::readyz, health::metrics,
     ),
+    components(schemas(schemas::Problem, schemas::FieldProblem)),
     modifiers(&Security),
     tags(
         (name = "emails", description = "Sending and tracking email"),
@@ -83,6 +84,41 @@ impl Modify for Security {
                     .build(),
             ),
         );
+    }
+}
+
+/// The error answers every operation shares: a problem for any 4xx, and 503 while the
+/// database is unavailable. Listed once here, named in each `#[utoipa::path]`.
+pub struct Problems;
+
+impl utoipa::IntoResponses for Problems {
+    fn responses() -> std::collections::BTreeMap<
+        String,
+        utoipa::openapi::RefOr<utoipa::openapi::response::Response>,
+    > {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+                .into()
+        };
+        [
+            ("4XX", problem("A problem with the request (RFC 9457)")),
+            (
+                "503",
+                problem("The database is unavailable; retry after `Retry-After`"),
+            ),
+        ]
+        .into_iter()
+        .map(|(status, response)| (status.to_owned(), response))
+        .collect()
     }
 }
 

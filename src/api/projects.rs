@@ -85,7 +85,7 @@ fn valid_name(name: &str) -> Result<String, ApiError> {
     Ok(n.to_owned())
 }
 
-#[utoipa::path(post, path = "/v1/projects", tag = "projects", request_body = ProjectRequest, responses((status = 201, description = "Created", body = crate::api::openapi::schemas::Project), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("admin_token" = [])))]
+#[utoipa::path(post, path = "/v1/projects", tag = "projects", request_body = ProjectRequest, responses((status = 201, description = "Created", body = crate::api::openapi::schemas::Project), crate::api::openapi::Problems), security(("admin_token" = [])))]
 pub async fn create_project(
     State(state): State<AppState>,
     admin: Admin,
@@ -110,7 +110,7 @@ pub async fn create_project(
     }
 }
 
-#[utoipa::path(get, path = "/v1/projects", tag = "projects", responses((status = 200, description = "Every project", body = crate::api::openapi::schemas::ProjectList), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("admin_token" = [])))]
+#[utoipa::path(get, path = "/v1/projects", tag = "projects", responses((status = 200, description = "Every project", body = crate::api::openapi::schemas::ProjectList), crate::api::openapi::Problems), security(("admin_token" = [])))]
 pub async fn list_projects(State(state): State<AppState>, _admin: Admin) -> ApiResult<Json<Value>> {
     let data: Vec<Value> = state
         .store
@@ -124,7 +124,7 @@ pub async fn list_projects(State(state): State<AppState>, _admin: Admin) -> ApiR
     ))
 }
 
-#[utoipa::path(get, path = "/v1/projects/{id}", tag = "projects", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The project", body = crate::api::openapi::schemas::Project), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("admin_token" = [])))]
+#[utoipa::path(get, path = "/v1/projects/{id}", tag = "projects", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The project", body = crate::api::openapi::schemas::Project), crate::api::openapi::Problems), security(("admin_token" = [])))]
 pub async fn get_project(
     State(state): State<AppState>,
     _admin: Admin,
@@ -133,7 +133,7 @@ pub async fn get_project(
     Ok(Json(project_json(&state.store.get_project(&id).await?)))
 }
 
-#[utoipa::path(patch, path = "/v1/projects/{id}", tag = "projects", params(("id" = String, Path, description = "The object's id")), request_body = ProjectRequest, responses((status = 200, description = "Renamed", body = crate::api::openapi::schemas::Project), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("admin_token" = [])))]
+#[utoipa::path(patch, path = "/v1/projects/{id}", tag = "projects", params(("id" = String, Path, description = "The object's id")), request_body = ProjectRequest, responses((status = 200, description = "Renamed", body = crate::api::openapi::schemas::Project), crate::api::openapi::Problems), security(("admin_token" = [])))]
 pub async fn update_project(
     State(state): State<AppState>,
     _admin: Admin,
@@ -156,7 +156,7 @@ pub async fn update_project(
     Ok(Json(project_json(&state.store.get_project(&id).await?)))
 }
 
-#[utoipa::path(delete, path = "/v1/projects/{id}", tag = "projects", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "Deleted", body = crate::api::openapi::schemas::Deleted), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("admin_token" = [])))]
+#[utoipa::path(delete, path = "/v1/projects/{id}", tag = "projects", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "Deleted", body = crate::api::openapi::schemas::Deleted), crate::api::openapi::Problems), security(("admin_token" = [])))]
 pub async fn delete_project(
     State(state): State<AppState>,
     admin: Admin,
@@ -177,7 +177,7 @@ pub async fn delete_project(
     ))
 }
 
-#[utoipa::path(post, path = "/v1/projects/{id}/api-keys", tag = "projects", params(("id" = String, Path, description = "The object's id")), request_body = KeyRequest, responses((status = 201, description = "Created; the token is shown this once", body = crate::api::openapi::schemas::ApiKey), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("admin_token" = [])))]
+#[utoipa::path(post, path = "/v1/projects/{id}/api-keys", tag = "projects", params(("id" = String, Path, description = "The object's id")), request_body = KeyRequest, responses((status = 201, description = "Created; the token is shown this once", body = crate::api::openapi::schemas::ApiKey), crate::api::openapi::Problems), security(("admin_token" = [])))]
 pub async fn create_project_key(
     State(state): State<AppState>,
     admin: Admin,
@@ -224,7 +224,7 @@ pub async fn create_project_key(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/projects/{id}/api-keys", tag = "projects", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The project's keys", body = crate::api::openapi::schemas::ApiKeyList), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("admin_token" = [])))]
+#[utoipa::path(get, path = "/v1/projects/{id}/api-keys", tag = "projects", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The project's keys", body = crate::api::openapi::schemas::ApiKeyList), crate::api::openapi::Problems), security(("admin_token" = [])))]
 pub async fn list_project_keys(
     State(state): State<AppState>,
     _admin: Admin,
@@ -244,7 +244,7 @@ pub async fn list_project_keys(
     ))
 }
 
-#[utoipa::path(delete, path = "/v1/projects/{id}/api-keys/{key_id}", tag = "projects", params(("id" = String, Path, description = "The object's id"), ("key_id" = String, Path, description = "The key")), responses((status = 200, description = "Revoked", body = crate::api::openapi::schemas::Deleted), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("admin_token" = [])))]
+#[utoipa::path(delete, path = "/v1/projects/{id}/api-keys/{key_id}", tag = "projects", params(("id" = String, Path, description = "The object's id"), ("key_id" = String, Path, description = "The key")), responses((status = 200, description = "Revoked", body = crate::api::openapi::schemas::Deleted), crate::api::openapi::Problems), security(("admin_token" = [])))]
 pub async fn delete_project_key(
     State(state): State<AppState>,
     admin: Admin,

@@ -124,7 +124,7 @@ fn parse_email(raw: &str, pointer: String, errors: &mut Vec<FieldError>) -> Opti
 }
 
 /// `POST /v1/suppressions`.
-#[utoipa::path(post, path = "/v1/suppressions", tag = "suppressions", request_body = AddRequest, responses((status = 201, description = "Added", body = crate::api::openapi::schemas::Suppression), (status = 200, description = "Already there", body = crate::api::openapi::schemas::Suppression), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v1/suppressions", tag = "suppressions", request_body = AddRequest, responses((status = 201, description = "Added", body = crate::api::openapi::schemas::Suppression), (status = 200, description = "Already there", body = crate::api::openapi::schemas::Suppression), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn add_suppression(
     State(state): State<AppState>,
     principal: Principal,
@@ -159,7 +159,7 @@ pub async fn add_suppression(
 }
 
 /// `POST /v1/suppressions/batch/add`: per-item results, in order.
-#[utoipa::path(post, path = "/v1/suppressions/batch/add", tag = "suppressions", request_body = BatchAddRequest, responses((status = 200, description = "One result per address", body = crate::api::openapi::schemas::BatchResults), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v1/suppressions/batch/add", tag = "suppressions", request_body = BatchAddRequest, responses((status = 200, description = "One result per address", body = crate::api::openapi::schemas::BatchResults), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn batch_add(
     State(state): State<AppState>,
     principal: Principal,
@@ -200,7 +200,7 @@ pub async fn batch_add(
 }
 
 /// `POST /v1/suppressions/batch/remove`: by addresses (every scope) or ids.
-#[utoipa::path(post, path = "/v1/suppressions/batch/remove", tag = "suppressions", request_body = BatchRemoveRequest, responses((status = 200, description = "One result per address or id", body = crate::api::openapi::schemas::BatchResults), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v1/suppressions/batch/remove", tag = "suppressions", request_body = BatchRemoveRequest, responses((status = 200, description = "One result per address or id", body = crate::api::openapi::schemas::BatchResults), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn batch_remove(
     State(state): State<AppState>,
     principal: Principal,
@@ -254,7 +254,7 @@ fn audit_removal(principal: &Principal, s: &SuppressionRecord) {
 }
 
 /// `GET /v1/suppressions`.
-#[utoipa::path(get, path = "/v1/suppressions", tag = "suppressions", params(ListQuery), responses((status = 200, description = "Newest first", body = crate::api::openapi::schemas::SuppressionList), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v1/suppressions", tag = "suppressions", params(ListQuery), responses((status = 200, description = "Newest first", body = crate::api::openapi::schemas::SuppressionList), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn list_suppressions(
     State(state): State<AppState>,
     principal: Principal,
@@ -287,7 +287,7 @@ fn scope_of(
 }
 
 /// `GET /v1/suppressions/{id_or_email}?stream=`.
-#[utoipa::path(get, path = "/v1/suppressions/{target}", tag = "suppressions", params(("target" = String, Path, description = "An id or an address"), ScopeQuery), responses((status = 200, description = "The suppression", body = crate::api::openapi::schemas::Suppression), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v1/suppressions/{target}", tag = "suppressions", params(("target" = String, Path, description = "An id or an address"), ScopeQuery), responses((status = 200, description = "The suppression", body = crate::api::openapi::schemas::Suppression), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn get_suppression(
     State(state): State<AppState>,
     principal: Principal,
@@ -306,7 +306,7 @@ pub async fn get_suppression(
 }
 
 /// `DELETE /v1/suppressions/{id_or_email}?stream=`: one scope if `stream` is given, else all.
-#[utoipa::path(delete, path = "/v1/suppressions/{target}", tag = "suppressions", params(("target" = String, Path, description = "An id or an address"), ScopeQuery), responses((status = 200, description = "Removed", body = crate::api::openapi::schemas::SuppressionDeleted), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(delete, path = "/v1/suppressions/{target}", tag = "suppressions", params(("target" = String, Path, description = "An id or an address"), ScopeQuery), responses((status = 200, description = "Removed", body = crate::api::openapi::schemas::SuppressionDeleted), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn delete_suppression(
     State(state): State<AppState>,
     principal: Principal,

@@ -141,7 +141,7 @@ fn check_description(d: Option<&str>, errors: &mut Vec<FieldError>) {
 }
 
 /// `POST /v1/webhooks`.
-#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateWebhookRequest, responses((status = 201, description = "Created, with its signing secret", body = crate::api::openapi::schemas::Webhook), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateWebhookRequest, responses((status = 201, description = "Created, with its signing secret", body = crate::api::openapi::schemas::Webhook), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn create_webhook(
     State(state): State<AppState>,
     principal: Principal,
@@ -181,7 +181,7 @@ pub async fn create_webhook(
 }
 
 /// `GET /v1/webhooks`.
-#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", responses((status = 200, description = "The project's endpoints", body = crate::api::openapi::schemas::WebhookList), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", responses((status = 200, description = "The project's endpoints", body = crate::api::openapi::schemas::WebhookList), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn list_webhooks(
     State(state): State<AppState>,
     principal: Principal,
@@ -201,7 +201,7 @@ pub async fn list_webhooks(
 }
 
 /// `GET /v1/webhooks/{id}`.
-#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The endpoint", body = crate::api::openapi::schemas::Webhook), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The endpoint", body = crate::api::openapi::schemas::Webhook), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn get_webhook(
     State(state): State<AppState>,
     principal: Principal,
@@ -216,7 +216,7 @@ pub async fn get_webhook(
 }
 
 /// `PATCH /v1/webhooks/{id}`: change the URL, filters, description, or enable/disable.
-#[utoipa::path(patch, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "The object's id")), request_body = UpdateWebhookRequest, responses((status = 200, description = "Updated", body = crate::api::openapi::schemas::Webhook), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(patch, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "The object's id")), request_body = UpdateWebhookRequest, responses((status = 200, description = "Updated", body = crate::api::openapi::schemas::Webhook), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn update_webhook(
     State(state): State<AppState>,
     principal: Principal,
@@ -270,7 +270,7 @@ pub async fn update_webhook(
 }
 
 /// `DELETE /v1/webhooks/{id}`.
-#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "Deleted; pending deliveries canceled", body = crate::api::openapi::schemas::Deleted), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "Deleted; pending deliveries canceled", body = crate::api::openapi::schemas::Deleted), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn delete_webhook(
     State(state): State<AppState>,
     principal: Principal,
@@ -288,7 +288,7 @@ pub async fn delete_webhook(
 
 /// `POST /v1/webhooks/{id}/secret/rotate`: a new secret; the old one keeps signing (a second
 /// `v1,` signature) for the grace period.
-#[utoipa::path(post, path = "/v1/webhooks/{id}/secret/rotate", tag = "webhooks", params(("id" = String, Path, description = "The object's id")), request_body(content = Option<RotateRequest>, description = "Optional"), responses((status = 200, description = "The new secret; the old one signs too until the grace period ends", body = crate::api::openapi::schemas::Webhook), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v1/webhooks/{id}/secret/rotate", tag = "webhooks", params(("id" = String, Path, description = "The object's id")), request_body(content = Option<RotateRequest>, description = "Optional"), responses((status = 200, description = "The new secret; the old one signs too until the grace period ends", body = crate::api::openapi::schemas::Webhook), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn rotate_secret(
     State(state): State<AppState>,
     principal: Principal,
@@ -324,7 +324,7 @@ pub async fn rotate_secret(
 }
 
 /// `POST /v1/webhooks/{id}/test`: sends a `webhook.test` event to this endpoint.
-#[utoipa::path(post, path = "/v1/webhooks/{id}/test", tag = "webhooks", params(("id" = String, Path, description = "The object's id")), responses((status = 202, description = "A webhook.test event is on its way", body = crate::api::openapi::schemas::WebhookDelivery), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v1/webhooks/{id}/test", tag = "webhooks", params(("id" = String, Path, description = "The object's id")), responses((status = 202, description = "A webhook.test event is on its way", body = crate::api::openapi::schemas::WebhookDelivery), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn test_webhook(
     State(state): State<AppState>,
     principal: Principal,
@@ -349,7 +349,7 @@ pub async fn test_webhook(
 }
 
 /// `GET /v1/webhooks/{id}/deliveries`: the attempt log, newest first.
-#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", params(("id" = String, Path, description = "The object's id"), AttemptsQuery), responses((status = 200, description = "The attempt log, newest first", body = crate::api::openapi::schemas::WebhookAttemptList), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", params(("id" = String, Path, description = "The object's id"), AttemptsQuery), responses((status = 200, description = "The attempt log, newest first", body = crate::api::openapi::schemas::WebhookAttemptList), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn list_deliveries(
     State(state): State<AppState>,
     principal: Principal,
@@ -404,7 +404,7 @@ pub async fn list_deliveries(
 }
 
 /// `POST /v1/webhooks/{id}/deliveries/{delivery_id}/retry`.
-#[utoipa::path(post, path = "/v1/webhooks/{id}/deliveries/{delivery_id}/retry", tag = "webhooks", params(("id" = String, Path, description = "The object's id"), ("delivery_id" = String, Path, description = "The delivery")), responses((status = 202, description = "Due again now", body = crate::api::openapi::schemas::WebhookDelivery), (status = "4XX", description = "A problem with the request (RFC 9457)", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unavailable; retry after `Retry-After`", body = crate::api::openapi::schemas::Problem, content_type = "application/problem+json")), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v1/webhooks/{id}/deliveries/{delivery_id}/retry", tag = "webhooks", params(("id" = String, Path, description = "The object's id"), ("delivery_id" = String, Path, description = "The delivery")), responses((status = 202, description = "Due again now", body = crate::api::openapi::schemas::WebhookDelivery), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn retry_delivery(
     State(state): State<AppState>,
     principal: Principal,

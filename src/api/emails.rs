@@ -31,7 +31,7 @@ use super::json::{JsonBytes, from_value, parse, parse_object};
 
 pub use request::CreateEmailRequest;
 pub use sender::SenderDecision;
-use sender::{Senders, Signing};
+use sender::Signing;
 
 const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
 
@@ -292,9 +292,7 @@ pub async fn create_email(
         now_ms: now,
     };
     let email = request::validate(req, &ctx, "").map_err(ApiError::validation)?;
-    let signing = Senders::default()
-        .resolve(&state, &principal, email.from.email.domain(), "/from")
-        .await?;
+    let signing = sender::resolve(&state, &principal, email.from.email.domain(), "/from").await?;
     let suppressed = suppressed_recipients(&state, &principal, &email).await?;
     let prepared = prepare(
         &state,
@@ -362,7 +360,6 @@ pub async fn create_batch(
     };
     let mut prepared = Vec::new();
     let mut errors: Vec<(usize, FieldError)> = Vec::new();
-    let mut senders = Senders::default();
     for (i, item) in items.into_iter().enumerate() {
         let prefix = format!("/{i}");
         let validated = from_value::<CreateEmailRequest>(item, &prefix)
@@ -371,7 +368,7 @@ pub async fn create_batch(
             Ok(email) => {
                 let domain = email.from.email.domain().to_owned();
                 let pointer = format!("{prefix}/from");
-                match senders.resolve(&state, &principal, &domain, &pointer).await {
+                match sender::resolve(&state, &principal, &domain, &pointer).await {
                     Ok(signing) => match suppressed_recipients(&state, &principal, &email).await {
                         Ok(sup) => {
                             prepare(&state, &principal, email, signing.as_deref(), &sup, now)

@@ -108,7 +108,7 @@ pub struct Store {
     backend: Backend,
     read: AnyPool,
     write: AnyPool,
-    ingest: group_commit::Ingest,
+    writer: group_commit::Writer,
 }
 
 impl Store {
@@ -128,12 +128,12 @@ impl Store {
                 let read = sqlite_pool(max_connections.max(2))
                     .connect_with(options)
                     .await?;
-                let ingest = group_commit::Ingest::start(write.clone());
+                let writer = group_commit::Writer::start(write.clone());
                 Ok(Self {
                     backend,
                     read,
                     write,
-                    ingest,
+                    writer,
                 })
             }
             Backend::Postgres => {
@@ -142,12 +142,12 @@ impl Store {
                     .acquire_timeout(Duration::from_secs(10))
                     .connect(url)
                     .await?;
-                let ingest = group_commit::Ingest::start(pool.clone());
+                let writer = group_commit::Writer::start(pool.clone());
                 Ok(Self {
                     backend,
                     read: pool.clone(),
                     write: pool,
-                    ingest,
+                    writer,
                 })
             }
         }

@@ -38,40 +38,86 @@ pub(super) async fn insert_rows(
     cols: &[&str],
     rows: &[Vec<Val<'_>>],
 ) -> StoreResult<()> {
-    let per_row = cols.len();
-    // SQLite looks a numbered parameter up by name, walking the statement's list of names:
-    // quadratic in a statement of thousands. Its anonymous `?` is bound by position.
-    let anonymous = tx.backend_name().eq_ignore_ascii_case("sqlite");
-    for chunk in rows.chunks((MAX_PARAMS / per_row).max(1)) {
+    let anonymous = is_sqlite(tx);
+    for chunk in rows.chunks((MAX_PARAMS / cols.len()).max(1)) {
         let mut sql = format!("INSERT INTO {table} ({}) VALUES ", cols.join(", "));
-        let mut n = 0;
-        for (i, row) in chunk.iter().enumerate() {
-            debug_assert_eq!(row.len(), per_row, "one value per column");
-            sql.push_str(if i == 0 { "(" } else { ", (" });
-            for c in 0..per_row {
-                n += 1;
-                let sep = if c == 0 { "" } else { ", " };
-                let _ = if anonymous {
-                    write!(sql, "{sep}?")
-                } else {
-                    write!(sql, "{sep}${n}")
-                };
-            }
-            sql.push(')');
-        }
-        // Statements of every batch size would crowd the prepared-statement cache: these are
-        // prepared, used once and dropped.
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
-        for v in chunk.iter().flatten() {
-            q = match *v {
-                Val::Text(s) => q.bind(s),
-                Val::OptText(s) => q.bind(s),
-                Val::Int(i) => q.bind(i),
-                Val::OptInt(i) => q.bind(i),
-                Val::Blob(b) => q.bind(b),
-            };
-        }
-        q.execute(&mut **tx).await?;
+        push_values(&mut sql, chunk, anonymous, false);
+        bind_all(&sql, chunk).execute(&mut **tx).await?;
     }
     Ok(())
+}
+
+/// Updates rows of a table from `rows` and returns the first column of every row changed.
+/// `sql(values)` writes the whole statement around `values`, a `(VALUES …) AS v` list
+/// whose columns read `v.column1`, `v.column2`, … (both databases name them so).
+/// `rows` hold at most a few hundred values each statement; they are chunked like inserts.
+pub(super) async fn update_from_values(
+    tx: &mut Transaction<'static, Any>,
+    per_row: usize,
+    rows: &[Vec<Val<'_>>],
+    sql: impl Fn(&str) -> String,
+) -> StoreResult<Vec<String>> {
+    let anonymous = is_sqlite(tx);
+    let mut changed = Vec::new();
+    for chunk in rows.chunks((MAX_PARAMS / per_row).max(1)) {
+        let mut values = String::from("(VALUES ");
+        push_values(&mut values, chunk, anonymous, true);
+        values.push_str(") AS v");
+        let statement = sql(&values);
+        for row in bind_all(&statement, chunk).fetch_all(&mut **tx).await? {
+            changed.push(sqlx::Row::try_get(&row, 0)?);
+        }
+    }
+    Ok(changed)
+}
+
+fn is_sqlite(tx: &Transaction<'static, Any>) -> bool {
+    tx.backend_name().eq_ignore_ascii_case("sqlite")
+}
+
+/// Appends `(…), (…)` with one placeholder per value. SQLite looks a numbered parameter up by
+/// name, walking the statement's list of names: quadratic in a statement of thousands; its
+/// anonymous `?` is bound by position. Postgres gets numbered parameters, `typed` ones with a
+/// cast (a `VALUES` list outside an `INSERT` has no column to infer their types from).
+fn push_values(sql: &mut String, rows: &[Vec<Val<'_>>], anonymous: bool, typed: bool) {
+    let mut n = 0;
+    for (i, row) in rows.iter().enumerate() {
+        debug_assert_eq!(row.len(), rows[0].len(), "one value per column");
+        sql.push_str(if i == 0 { "(" } else { ", (" });
+        for (c, v) in row.iter().enumerate() {
+            n += 1;
+            let sep = if c == 0 { "" } else { ", " };
+            let cast = match v {
+                _ if anonymous || !typed => "",
+                Val::Int(_) | Val::OptInt(_) => "::bigint",
+                Val::Blob(_) => "::bytea",
+                Val::Text(_) | Val::OptText(_) => "::text",
+            };
+            let _ = if anonymous {
+                write!(sql, "{sep}?")
+            } else {
+                write!(sql, "{sep}${n}{cast}")
+            };
+        }
+        sql.push(')');
+    }
+}
+
+/// The statement with every value bound. Statements of every batch size would crowd the
+/// prepared-statement cache: these are prepared, used once and dropped.
+fn bind_all<'q>(
+    sql: &str,
+    rows: &'q [Vec<Val<'q>>],
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())).persistent(false);
+    for v in rows.iter().flatten() {
+        q = match *v {
+            Val::Text(s) => q.bind(s),
+            Val::OptText(s) => q.bind(s),
+            Val::Int(i) => q.bind(i),
+            Val::OptInt(i) => q.bind(i),
+            Val::Blob(b) => q.bind(b),
+        };
+    }
+    q
 }

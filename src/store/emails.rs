@@ -543,8 +543,8 @@ impl Store {
         emails: &[NewEmail],
         idempotency: Option<&IdempotencyRecord>,
     ) -> StoreResult<()> {
-        self.ingest
-            .submit(emails.to_vec(), idempotency.cloned())
+        self.writer
+            .submit_emails(emails.to_vec(), idempotency.cloned())
             .await
     }
 

@@ -1,63 +1,99 @@
-//! Group commit for ingest: concurrent requests share one transaction and one fsync.
+//! Group commit: the store's hot writes share one transaction and one fsync.
 //!
-//! Requests queue on a channel; one task takes whatever is waiting (up to `MAX_BATCH`),
-//! writes the emails of every request without an idempotency key together (one multi-row
-//! statement per table: their ids are new, they cannot conflict), then each request with a key
-//! inside its own savepoint (a reused key rolls back only that request), commits once, and
-//! only then answers every request. While one commit is in flight the next requests gather, so the batch size follows
-//! the load: one at a time when idle, hundreds under pressure. On SQLite this is the single
-//! writer; on Postgres it turns N commits into one.
+//! Two kinds of job queue on one channel: requests to accept emails, and delivery workers'
+//! outcomes. One task takes whatever is waiting (up to `MAX_BATCH`), writes the emails of
+//! every request without an idempotency key together (one multi-row statement per table:
+//! their ids are new, they cannot conflict), the outcomes of every worker together (one
+//! `UPDATE`, fenced by each lease), then each request with a key inside its own savepoint (a
+//! reused key rolls back only that request), commits once, and only then answers every job.
+//! While one commit is in flight the next jobs gather, so the batch size follows the load:
+//! one at a time when idle, hundreds under pressure. On SQLite this is the single writer; on
+//! Postgres it turns N commits into one.
 
 use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::emails::{IdempotencyRecord, NewEmail, insert_emails, insert_request};
+use super::queue::{Outcome, apply_outcomes};
 use super::webhooks::Outbox;
 use super::{StoreError, StoreResult};
 
 const MAX_BATCH: usize = 256;
 
-struct Job {
+enum Job {
+    Ingest(IngestJob),
+    Outcomes(OutcomeJob),
+}
+
+struct IngestJob {
     emails: Vec<NewEmail>,
     idempotency: Option<IdempotencyRecord>,
     reply: oneshot::Sender<StoreResult<()>>,
 }
 
-/// The handle requests are submitted through.
+struct OutcomeJob {
+    owner: String,
+    outcomes: Vec<Outcome>,
+    reply: oneshot::Sender<StoreResult<usize>>,
+}
+
+/// The handle jobs are submitted through.
 #[derive(Debug, Clone)]
-pub(super) struct Ingest {
+pub(super) struct Writer {
     tx: mpsc::Sender<Job>,
 }
 
-impl Ingest {
+impl Writer {
+    /// Starts the writer task. Its rollup increments go to a shard of their own, so several
+    /// processes sharing a Postgres database do not queue on one hot row.
     pub(super) fn start(pool: AnyPool) -> Self {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(run(pool, rx));
+        tokio::spawn(run(pool, rx, uuid::Uuid::new_v4().to_string()));
         Self { tx }
     }
 
+    async fn submit<T>(
+        &self,
+        job: Job,
+        answer: oneshot::Receiver<StoreResult<T>>,
+    ) -> StoreResult<T> {
+        let stopped = || StoreError::Unavailable("the store's writer has stopped".into());
+        self.tx.send(job).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
     /// Commits one request's emails; returns after the commit that holds them.
-    pub(super) async fn submit(
+    pub(super) async fn submit_emails(
         &self,
         emails: Vec<NewEmail>,
         idempotency: Option<IdempotencyRecord>,
     ) -> StoreResult<()> {
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Job {
-                emails,
-                idempotency,
-                reply,
-            })
-            .await
-            .map_err(|_| StoreError::Unavailable("the ingest writer has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Unavailable("the ingest writer has stopped".into()))?
+        let job = Job::Ingest(IngestJob {
+            emails,
+            idempotency,
+            reply,
+        });
+        self.submit(job, answer).await
+    }
+
+    /// Records one worker's outcomes; returns, after their commit, how many were applied.
+    pub(super) async fn submit_outcomes(
+        &self,
+        owner: String,
+        outcomes: Vec<Outcome>,
+    ) -> StoreResult<usize> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Outcomes(OutcomeJob {
+            owner,
+            outcomes,
+            reply,
+        });
+        self.submit(job, answer).await
     }
 }
 
-async fn run(pool: AnyPool, mut rx: mpsc::Receiver<Job>) {
+async fn run(pool: AnyPool, mut rx: mpsc::Receiver<Job>, shard: String) {
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -66,26 +102,46 @@ async fn run(pool: AnyPool, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        commit(&pool, jobs).await;
+        commit(&pool, jobs, &shard).await;
     }
 }
 
-async fn commit(pool: &AnyPool, jobs: Vec<Job>) {
+/// Answers every job of a batch that could not be committed: nothing of it was.
+fn fail_all(ingest: Vec<IngestJob>, outcomes: Vec<OutcomeJob>, err: impl Fn() -> StoreError) {
+    for job in ingest {
+        let _ = job.reply.send(Err(err()));
+    }
+    for job in outcomes {
+        let _ = job.reply.send(Err(err()));
+    }
+}
+
+async fn commit(pool: &AnyPool, jobs: Vec<Job>, shard: &str) {
+    let mut ingest = Vec::new();
+    let mut settled = Vec::new();
+    for job in jobs {
+        match job {
+            Job::Ingest(j) => ingest.push(j),
+            Job::Outcomes(j) => settled.push(j),
+        }
+    }
     let mut tx = match pool.begin().await {
         Ok(tx) => tx,
         Err(e) => {
             let msg = e.to_string();
-            for job in jobs {
-                let _ = job.reply.send(Err(StoreError::from_shared(&msg, &e)));
-            }
-            return;
+            return fail_all(ingest, settled, || StoreError::from_shared(&msg, &e));
         }
     };
-    let mut outcomes: Vec<Option<StoreResult<()>>> = jobs.iter().map(|_| None).collect();
+    let unavailable = |e: StoreError| {
+        let msg = e.to_string();
+        move || StoreError::Unavailable(msg.clone())
+    };
+    let mut results: Vec<Option<StoreResult<()>>> = ingest.iter().map(|_| None).collect();
     let mut outbox = Outbox::default();
+    outbox.stats.use_shard_of(shard);
     // Requests without an idempotency key cannot conflict with anything (their ids are new):
     // all their emails go in together, one statement per table.
-    let plain: Vec<&NewEmail> = jobs
+    let plain: Vec<&NewEmail> = ingest
         .iter()
         .filter(|j| j.idempotency.is_none())
         .flat_map(|j| &j.emails)
@@ -93,28 +149,40 @@ async fn commit(pool: &AnyPool, jobs: Vec<Job>) {
     if !plain.is_empty() {
         if let Err(e) = insert_emails(&mut tx, &mut outbox, plain.iter().copied()).await {
             // The transaction is unusable: nothing of this batch is committed.
-            let msg = e.to_string();
             drop(tx);
-            for job in jobs {
-                let _ = job.reply.send(Err(StoreError::Unavailable(msg.clone())));
-            }
-            return;
+            return fail_all(ingest, settled, unavailable(e));
         }
-        for (job, outcome) in jobs.iter().zip(outcomes.iter_mut()) {
+        for (job, result) in ingest.iter().zip(results.iter_mut()) {
             if job.idempotency.is_none() {
-                *outcome = Some(Ok(()));
+                *result = Some(Ok(()));
             }
         }
     }
+    let applied = if settled.is_empty() {
+        Vec::new()
+    } else {
+        let batches: Vec<(&str, &[Outcome])> = settled
+            .iter()
+            .map(|j| (j.owner.as_str(), j.outcomes.as_slice()))
+            .collect();
+        match apply_outcomes(&mut tx, &mut outbox, &batches).await {
+            Ok(counts) => counts,
+            Err(e) => {
+                drop(tx);
+                return fail_all(ingest, settled, unavailable(e));
+            }
+        }
+    };
     // A request with a key may find it taken: each goes in its own savepoint, so its failure
     // rolls back only that request.
-    let keyed = jobs.iter().filter(|j| j.idempotency.is_some()).count();
-    for (job, outcome) in jobs.iter().zip(outcomes.iter_mut()) {
+    let keyed = ingest.iter().filter(|j| j.idempotency.is_some()).count();
+    let alone = keyed == 1 && plain.is_empty() && settled.is_empty();
+    for (job, result) in ingest.iter().zip(results.iter_mut()) {
         if job.idempotency.is_none() {
             continue;
         }
-        if keyed == 1 && plain.is_empty() {
-            *outcome = Some(
+        if alone {
+            *result = Some(
                 insert_request(&mut tx, &mut outbox, &job.emails, job.idempotency.as_ref()).await,
             );
             continue;
@@ -144,40 +212,31 @@ async fn commit(pool: &AnyPool, jobs: Vec<Job>) {
                 if r.is_err() {
                     outbox.stats.rollback_to(mark);
                 }
-                *outcome = Some(r);
+                *result = Some(r);
             }
             Err(e) => {
                 // The transaction itself is broken: nothing of this batch is committed.
-                let msg = e.to_string();
                 drop(tx);
-                for job in jobs {
-                    let _ = job.reply.send(Err(StoreError::Unavailable(msg.clone())));
-                }
-                return;
+                return fail_all(ingest, settled, unavailable(e));
             }
         }
     }
-    let outcomes: Vec<StoreResult<()>> =
-        outcomes.into_iter().map(|o| o.unwrap_or(Ok(()))).collect();
-    if outcomes.iter().all(Result::is_err) {
+    let results: Vec<StoreResult<()>> = results.into_iter().map(|o| o.unwrap_or(Ok(()))).collect();
+    if settled.is_empty() && results.iter().all(Result::is_err) {
         // Nothing to keep: roll back (dropping the transaction does) and report.
         drop(tx);
-        for (job, outcome) in jobs.into_iter().zip(outcomes) {
-            let _ = job.reply.send(outcome);
+        for (job, result) in ingest.into_iter().zip(results) {
+            let _ = job.reply.send(result);
         }
         return;
     }
-    match outbox.commit(tx).await {
-        Ok(()) => {
-            for (job, outcome) in jobs.into_iter().zip(outcomes) {
-                let _ = job.reply.send(outcome);
-            }
-        }
-        Err(e) => {
-            let msg = e.to_string();
-            for job in jobs {
-                let _ = job.reply.send(Err(StoreError::Unavailable(msg.clone())));
-            }
-        }
+    if let Err(e) = outbox.commit(tx).await {
+        return fail_all(ingest, settled, unavailable(e));
+    }
+    for (job, result) in ingest.into_iter().zip(results) {
+        let _ = job.reply.send(result);
+    }
+    for (job, n) in settled.into_iter().zip(applied) {
+        let _ = job.reply.send(Ok(n));
     }
 }

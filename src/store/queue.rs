@@ -6,10 +6,11 @@
 //! writes are fenced by `lease_owner` and by the status still being pending, so a worker
 //! whose lease expired (or whose recipient was canceled) cannot overwrite a newer verdict.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use sqlx::Row;
+use sqlx::{Any, Row, Transaction};
 
+use super::bulk::{Val, update_from_values};
 use super::emails::{NewEvent, insert_events};
 use super::suppressions::{SuppressionRecord, insert_suppression};
 use super::webhooks::{EventRow, Outbox};
@@ -140,56 +141,14 @@ impl Store {
         Ok(out)
     }
 
-    /// Writes outcomes with their events in one transaction. Each write is fenced by the
-    /// lease; returns how many were applied (the rest had lost their lease).
+    /// Writes outcomes with their events. Each write is fenced by the lease; returns how many
+    /// were applied (the rest had lost their lease). They are committed by the store's single
+    /// writer, with whatever else it is writing at the time (one fsync for all).
     pub async fn record_outcomes(&self, owner: &str, outcomes: &[Outcome]) -> StoreResult<usize> {
-        let mut tx = self.write.begin().await?;
-        let mut outbox = Outbox::default();
-        outbox.stats.use_shard_of(owner);
-        let mut events = Vec::with_capacity(outcomes.len());
-        for o in outcomes {
-            let done = sqlx::query(
-                "UPDATE recipients SET status = $1, attempts = attempts + $13, \
-                 next_attempt_at = $2, lease_owner = NULL, lease_expires_at = NULL, \
-                 smtp_code = $3, smtp_enhanced = $4, smtp_response = $5, smtp_phase = $6, \
-                 bounce_type = $7, bounce_sub_type = $8, sent_at = COALESCE($9, sent_at), \
-                 last_event_at = $10 \
-                 WHERE id = $11 AND lease_owner = $12 \
-                 AND status IN ('scheduled', 'queued', 'delivery_delayed')",
-            )
-            .bind(&o.status)
-            .bind(o.next_attempt_at)
-            .bind(o.smtp_code)
-            .bind(o.smtp_enhanced.as_deref())
-            .bind(o.smtp_response.as_deref())
-            .bind(o.smtp_phase.as_deref())
-            .bind(o.bounce_type.as_deref())
-            .bind(o.bounce_sub_type.as_deref())
-            .bind(o.sent_at)
-            .bind(o.event.created_at)
-            .bind(&o.recipient_id)
-            .bind(owner)
-            .bind(o.attempts_delta)
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() == 1 {
-                events.push(EventRow {
-                    project_id: &o.project_id,
-                    email_id: Some(&o.email_id),
-                    stream: Some(&o.stream),
-                    event: &o.event,
-                });
-                if let Some(sup) = &o.suppress {
-                    insert_suppression(&mut tx, sup).await?;
-                }
-            }
-        }
-        // The events of every applied outcome, in one statement.
-        insert_events(&mut tx, &mut outbox, &events).await?;
-        outbox.commit(tx).await?;
-        Ok(events.len())
+        self.writer
+            .submit_outcomes(owner.to_owned(), outcomes.to_vec())
+            .await
     }
-
     /// Extends every lease `owner` holds to `until` (a worker still at work).
     pub async fn renew_leases(&self, owner: &str, until: i64) -> StoreResult<u64> {
         let done = sqlx::query(
@@ -277,4 +236,79 @@ impl Store {
         .await?;
         Ok(n)
     }
+}
+
+/// Writes the outcomes of every `(owner, outcomes)` batch inside `tx`: one `UPDATE` for all of
+/// them, fenced by each recipient's lease owner and pending status, then the events (and hard
+/// bounces' suppressions) of those applied. Returns how many of each batch were applied.
+pub(super) async fn apply_outcomes(
+    tx: &mut Transaction<'static, Any>,
+    outbox: &mut Outbox,
+    batches: &[(&str, &[Outcome])],
+) -> StoreResult<Vec<usize>> {
+    let rows: Vec<Vec<Val<'_>>> = batches
+        .iter()
+        .flat_map(|(owner, outcomes)| outcomes.iter().map(move |o| (*owner, o)))
+        .map(|(owner, o)| {
+            vec![
+                Val::Text(&o.recipient_id),
+                Val::Text(owner),
+                Val::Text(&o.status),
+                Val::Int(o.next_attempt_at),
+                Val::Int(o.attempts_delta),
+                Val::OptInt(o.smtp_code),
+                Val::OptText(o.smtp_enhanced.as_deref()),
+                Val::OptText(o.smtp_response.as_deref()),
+                Val::OptText(o.smtp_phase.as_deref()),
+                Val::OptText(o.bounce_type.as_deref()),
+                Val::OptText(o.bounce_sub_type.as_deref()),
+                Val::OptInt(o.sent_at),
+                Val::Int(o.event.created_at),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(vec![0; batches.len()]);
+    }
+    let applied: HashSet<String> = update_from_values(tx, 13, &rows, |values| {
+        format!(
+            "UPDATE recipients SET status = v.column3, \
+             attempts = recipients.attempts + v.column5, next_attempt_at = v.column4, \
+             lease_owner = NULL, lease_expires_at = NULL, smtp_code = v.column6, \
+             smtp_enhanced = v.column7, smtp_response = v.column8, smtp_phase = v.column9, \
+             bounce_type = v.column10, bounce_sub_type = v.column11, \
+             sent_at = COALESCE(v.column12, recipients.sent_at), last_event_at = v.column13 \
+             FROM {values} \
+             WHERE recipients.id = v.column1 AND recipients.lease_owner = v.column2 \
+             AND recipients.status IN ('scheduled', 'queued', 'delivery_delayed') \
+             RETURNING recipients.id"
+        )
+    })
+    .await?
+    .into_iter()
+    .collect();
+    let mut counts = Vec::with_capacity(batches.len());
+    let mut events = Vec::with_capacity(applied.len());
+    for (_, outcomes) in batches {
+        let mut n = 0;
+        for o in outcomes
+            .iter()
+            .filter(|o| applied.contains(&o.recipient_id))
+        {
+            n += 1;
+            events.push(EventRow {
+                project_id: &o.project_id,
+                email_id: Some(&o.email_id),
+                stream: Some(&o.stream),
+                event: &o.event,
+            });
+            if let Some(sup) = &o.suppress {
+                insert_suppression(tx, sup).await?;
+            }
+        }
+        counts.push(n);
+    }
+    // The events of every applied outcome, in one statement.
+    insert_events(tx, outbox, &events).await?;
+    Ok(counts)
 }

@@ -105,7 +105,7 @@ struct Pending {
 pub(super) struct StatsLog {
     pending: Vec<Pending>,
     dims: HashMap<String, EmailDims>,
-    /// Which of a key's rows this writer adds to (0: ingest).
+    /// Which of a key's rows this writer adds to (0 unless told).
     shard: i64,
 }
 

@@ -3,7 +3,6 @@
 
 pub mod api_keys;
 pub mod auth;
-pub mod cache;
 pub mod domains;
 pub mod emails;
 pub mod error;
@@ -68,9 +67,9 @@ pub struct AppState {
     /// When this process last recorded each key's use, so it writes at most once a minute.
     key_touches: Arc<Mutex<HashMap<String, i64>>>,
     /// API keys by prefix, for a second (see [`cache`]).
-    pub api_keys: Arc<cache::TtlCache<crate::store::ApiKeyRecord>>,
+    pub api_keys: Arc<crate::cache::TtlCache<crate::store::ApiKeyRecord>>,
     /// Sending-domain decisions by project and domain, for a second.
-    pub senders: Arc<cache::TtlCache<emails::SenderDecision>>,
+    pub senders: Arc<crate::cache::TtlCache<emails::SenderDecision>>,
 }
 
 impl AppState {
@@ -104,8 +103,8 @@ impl AppState {
             sealer,
             idempotency: idempotency::InFlight::default(),
             key_touches: Arc::default(),
-            api_keys: Arc::new(cache::TtlCache::new(CACHE_TTL, 10_000)),
-            senders: Arc::new(cache::TtlCache::new(CACHE_TTL, 10_000)),
+            api_keys: Arc::new(crate::cache::TtlCache::new(CACHE_TTL, 10_000)),
+            senders: Arc::new(crate::cache::TtlCache::new(CACHE_TTL, 10_000)),
         }
     }
 

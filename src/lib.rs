@@ -11,6 +11,7 @@
 pub mod api;
 pub mod app;
 pub mod bounces;
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod delivery;

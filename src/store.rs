@@ -35,7 +35,7 @@ pub use emails::{
 };
 pub use inbound::{RecipientRef, ReportEffect};
 pub use projects::{ApiKeyRecord, Project};
-pub use queue::{ClaimedEmail, ClaimedRecipient, Outcome};
+pub use queue::{ClaimedEmail, ClaimedRecipient, Outcome, Recorded};
 pub use stats::{BounceCount, METRICS, StatsDimension, StatsQuery, StatsRow};
 pub use suppressions::SuppressionRecord;
 pub use webhooks::{AttemptLogRecord, AttemptRecord, DeliveryEmail, DueDelivery, EndpointRecord};
@@ -109,6 +109,9 @@ pub struct Store {
     read: AnyPool,
     write: AnyPool,
     writer: group_commit::Writer,
+    lookups: suppressions::Lookups,
+    /// Shared with the writer; cleared by the store's own endpoint writes.
+    endpoints: std::sync::Arc<webhooks::EndpointCache>,
 }
 
 impl Store {
@@ -128,12 +131,20 @@ impl Store {
                 let read = sqlite_pool(max_connections.max(2))
                     .connect_with(options)
                     .await?;
-                let writer = group_commit::Writer::start(write.clone());
+                let endpoints = std::sync::Arc::new(webhooks::EndpointCache::new(
+                    Duration::from_secs(1),
+                    10_000,
+                ));
+                let writer =
+                    group_commit::Writer::start(write.clone(), std::sync::Arc::clone(&endpoints));
+                let lookups = suppressions::Lookups::start(read.clone());
                 Ok(Self {
                     backend,
                     read,
                     write,
                     writer,
+                    lookups,
+                    endpoints,
                 })
             }
             Backend::Postgres => {
@@ -142,12 +153,20 @@ impl Store {
                     .acquire_timeout(Duration::from_secs(10))
                     .connect(url)
                     .await?;
-                let writer = group_commit::Writer::start(pool.clone());
+                let endpoints = std::sync::Arc::new(webhooks::EndpointCache::new(
+                    Duration::from_secs(1),
+                    10_000,
+                ));
+                let writer =
+                    group_commit::Writer::start(pool.clone(), std::sync::Arc::clone(&endpoints));
+                let lookups = suppressions::Lookups::start(pool.clone());
                 Ok(Self {
                     backend,
                     read: pool.clone(),
                     write: pool,
                     writer,
+                    lookups,
+                    endpoints,
                 })
             }
         }

@@ -170,8 +170,9 @@ impl Worker {
         if outcomes.is_empty() {
             return Ok(());
         }
-        let applied = self.store.record_outcomes(&self.owner, outcomes).await?;
-        if applied > 0 {
+        let recorded = self.store.record_outcomes(&self.owner, outcomes).await?;
+        let applied = recorded.applied;
+        if recorded.announced > 0 {
             self.events_wake.notify_waiters();
         }
         if applied < outcomes.len() {

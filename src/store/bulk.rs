@@ -38,10 +38,26 @@ pub(super) async fn insert_rows(
     cols: &[&str],
     rows: &[Vec<Val<'_>>],
 ) -> StoreResult<()> {
+    upsert_rows(tx, table, cols, rows, "").await
+}
+
+/// Inserts `rows` into `table`, `on_conflict` saying what to do with a key already there
+/// (`ON CONFLICT (…) DO UPDATE …`). The rows' keys must be distinct.
+pub(super) async fn upsert_rows(
+    tx: &mut Transaction<'static, Any>,
+    table: &str,
+    cols: &[&str],
+    rows: &[Vec<Val<'_>>],
+    on_conflict: &str,
+) -> StoreResult<()> {
     let anonymous = is_sqlite(tx);
     for chunk in rows.chunks((MAX_PARAMS / cols.len()).max(1)) {
         let mut sql = format!("INSERT INTO {table} ({}) VALUES ", cols.join(", "));
         push_values(&mut sql, chunk, anonymous, false);
+        if !on_conflict.is_empty() {
+            sql.push(' ');
+            sql.push_str(on_conflict);
+        }
         bind_all(&sql, chunk).execute(&mut **tx).await?;
     }
     Ok(())

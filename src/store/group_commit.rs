@@ -10,15 +10,21 @@
 //! one at a time when idle, hundreds under pressure. On SQLite this is the single writer; on
 //! Postgres it turns N commits into one.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::emails::{IdempotencyRecord, NewEmail, insert_emails, insert_request};
-use super::queue::{Outcome, apply_outcomes};
-use super::webhooks::Outbox;
+use super::queue::{Outcome, Recorded, apply_outcomes};
+use super::stats::EmailDims;
+use super::webhooks::{EndpointCache, Outbox};
 use super::{StoreError, StoreResult};
 
 const MAX_BATCH: usize = 256;
+
+type Dims = HashMap<String, EmailDims>;
 
 enum Job {
     Ingest(IngestJob),
@@ -34,7 +40,7 @@ struct IngestJob {
 struct OutcomeJob {
     owner: String,
     outcomes: Vec<Outcome>,
-    reply: oneshot::Sender<StoreResult<usize>>,
+    reply: oneshot::Sender<StoreResult<Recorded>>,
 }
 
 /// The handle jobs are submitted through.
@@ -46,9 +52,10 @@ pub(super) struct Writer {
 impl Writer {
     /// Starts the writer task. Its rollup increments go to a shard of their own, so several
     /// processes sharing a Postgres database do not queue on one hot row.
-    pub(super) fn start(pool: AnyPool) -> Self {
+    pub(super) fn start(pool: AnyPool, endpoints: Arc<EndpointCache>) -> Self {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(run(pool, rx, uuid::Uuid::new_v4().to_string()));
+        let shard = uuid::Uuid::new_v4().to_string();
+        tokio::spawn(run(pool, rx, shard, endpoints));
         Self { tx }
     }
 
@@ -77,12 +84,12 @@ impl Writer {
         self.submit(job, answer).await
     }
 
-    /// Records one worker's outcomes; returns, after their commit, how many were applied.
+    /// Records one worker's outcomes; returns after their commit.
     pub(super) async fn submit_outcomes(
         &self,
         owner: String,
         outcomes: Vec<Outcome>,
-    ) -> StoreResult<usize> {
+    ) -> StoreResult<Recorded> {
         let (reply, answer) = oneshot::channel();
         let job = Job::Outcomes(OutcomeJob {
             owner,
@@ -93,7 +100,17 @@ impl Writer {
     }
 }
 
-async fn run(pool: AnyPool, mut rx: mpsc::Receiver<Job>, shard: String) {
+/// Email dimensions the writer keeps between batches (most outcomes are of emails it has just
+/// written), at most this many.
+const KEPT_DIMS: usize = 50_000;
+
+async fn run(
+    pool: AnyPool,
+    mut rx: mpsc::Receiver<Job>,
+    shard: String,
+    endpoints: Arc<EndpointCache>,
+) {
+    let mut dims = HashMap::new();
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -102,7 +119,10 @@ async fn run(pool: AnyPool, mut rx: mpsc::Receiver<Job>, shard: String) {
                 Err(_) => break,
             }
         }
-        commit(&pool, jobs, &shard).await;
+        dims = commit(&pool, jobs, &shard, &endpoints, dims).await;
+        if dims.len() > KEPT_DIMS {
+            dims = HashMap::new();
+        }
     }
 }
 
@@ -116,7 +136,14 @@ fn fail_all(ingest: Vec<IngestJob>, outcomes: Vec<OutcomeJob>, err: impl Fn() ->
     }
 }
 
-async fn commit(pool: &AnyPool, jobs: Vec<Job>, shard: &str) {
+/// Commits one batch; returns the email dimensions the stats log knew (to keep).
+async fn commit(
+    pool: &AnyPool,
+    jobs: Vec<Job>,
+    shard: &str,
+    endpoints: &EndpointCache,
+    dims: Dims,
+) -> Dims {
     let mut ingest = Vec::new();
     let mut settled = Vec::new();
     for job in jobs {
@@ -129,7 +156,8 @@ async fn commit(pool: &AnyPool, jobs: Vec<Job>, shard: &str) {
         Ok(tx) => tx,
         Err(e) => {
             let msg = e.to_string();
-            return fail_all(ingest, settled, || StoreError::from_shared(&msg, &e));
+            fail_all(ingest, settled, || StoreError::from_shared(&msg, &e));
+            return dims;
         }
     };
     let unavailable = |e: StoreError| {
@@ -139,6 +167,16 @@ async fn commit(pool: &AnyPool, jobs: Vec<Job>, shard: &str) {
     let mut results: Vec<Option<StoreResult<()>>> = ingest.iter().map(|_| None).collect();
     let mut outbox = Outbox::default();
     outbox.stats.use_shard_of(shard);
+    outbox.stats.adopt_dims(dims);
+    let projects = ingest
+        .iter()
+        .flat_map(|j| j.emails.iter().map(|e| e.project_id.as_str()))
+        .chain(
+            settled
+                .iter()
+                .flat_map(|j| j.outcomes.iter().map(|o| o.project_id.as_str())),
+        );
+    outbox.use_cached_endpoints(endpoints, projects);
     // Requests without an idempotency key cannot conflict with anything (their ids are new):
     // all their emails go in together, one statement per table.
     let plain: Vec<&NewEmail> = ingest
@@ -150,7 +188,8 @@ async fn commit(pool: &AnyPool, jobs: Vec<Job>, shard: &str) {
         if let Err(e) = insert_emails(&mut tx, &mut outbox, plain.iter().copied()).await {
             // The transaction is unusable: nothing of this batch is committed.
             drop(tx);
-            return fail_all(ingest, settled, unavailable(e));
+            fail_all(ingest, settled, unavailable(e));
+            return Dims::new();
         }
         for (job, result) in ingest.iter().zip(results.iter_mut()) {
             if job.idempotency.is_none() {
@@ -169,7 +208,8 @@ async fn commit(pool: &AnyPool, jobs: Vec<Job>, shard: &str) {
             Ok(counts) => counts,
             Err(e) => {
                 drop(tx);
-                return fail_all(ingest, settled, unavailable(e));
+                fail_all(ingest, settled, unavailable(e));
+                return Dims::new();
             }
         }
     };
@@ -217,7 +257,8 @@ async fn commit(pool: &AnyPool, jobs: Vec<Job>, shard: &str) {
             Err(e) => {
                 // The transaction itself is broken: nothing of this batch is committed.
                 drop(tx);
-                return fail_all(ingest, settled, unavailable(e));
+                fail_all(ingest, settled, unavailable(e));
+                return Dims::new();
             }
         }
     }
@@ -228,15 +269,24 @@ async fn commit(pool: &AnyPool, jobs: Vec<Job>, shard: &str) {
         for (job, result) in ingest.into_iter().zip(results) {
             let _ = job.reply.send(result);
         }
-        return;
+        return Dims::new();
     }
-    if let Err(e) = outbox.commit(tx).await {
-        return fail_all(ingest, settled, unavailable(e));
+    outbox.remember_endpoints(endpoints);
+    let announced = outbox.announced;
+    let committed = match outbox.stats.flush(&mut tx).await {
+        Ok(()) => tx.commit().await.map_err(StoreError::from),
+        Err(e) => Err(e),
+    };
+    let dims = outbox.stats.take_dims();
+    if let Err(e) = committed {
+        fail_all(ingest, settled, unavailable(e));
+        return dims;
     }
     for (job, result) in ingest.into_iter().zip(results) {
         let _ = job.reply.send(result);
     }
-    for (job, n) in settled.into_iter().zip(applied) {
-        let _ = job.reply.send(Ok(n));
+    for (job, applied) in settled.into_iter().zip(applied) {
+        let _ = job.reply.send(Ok(Recorded { applied, announced }));
     }
+    dims
 }

@@ -37,6 +37,16 @@ pub struct ClaimedEmail {
     pub recipients: Vec<ClaimedRecipient>,
 }
 
+/// What recording a worker's outcomes did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    /// Outcomes written (the others' recipients were no longer leased to the worker).
+    pub applied: usize,
+    /// Webhook deliveries written in the same commit (not only for these outcomes): the
+    /// dispatcher has work when this is not 0.
+    pub announced: usize,
+}
+
 /// What happened to one claimed recipient, to be written with its event.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -141,10 +151,14 @@ impl Store {
         Ok(out)
     }
 
-    /// Writes outcomes with their events. Each write is fenced by the lease; returns how many
-    /// were applied (the rest had lost their lease). They are committed by the store's single
-    /// writer, with whatever else it is writing at the time (one fsync for all).
-    pub async fn record_outcomes(&self, owner: &str, outcomes: &[Outcome]) -> StoreResult<usize> {
+    /// Writes outcomes with their events. Each write is fenced by the lease (those whose lease
+    /// was lost are not applied). They are committed by the store's single writer, with
+    /// whatever else it is writing at the time (one fsync for all).
+    pub async fn record_outcomes(
+        &self,
+        owner: &str,
+        outcomes: &[Outcome],
+    ) -> StoreResult<Recorded> {
         self.writer
             .submit_outcomes(owner.to_owned(), outcomes.to_vec())
             .await

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use sqlx::{Any, Row, Transaction};
 
+use super::bulk::{Val, upsert_rows};
 use super::{Store, StoreResult, placeholders};
 
 /// The counters of one rollup row, in column order.
@@ -66,7 +67,7 @@ fn bounce_of(data: &str) -> (String, String) {
 
 /// The stats dimensions an email carries.
 #[derive(Debug, Clone)]
-struct EmailDims {
+pub(super) struct EmailDims {
     stream: String,
     tags: Vec<String>,
     domain: String,
@@ -215,40 +216,95 @@ impl StatsLog {
                 *bounces.entry(key).or_default() += 1;
             }
         }
-        let upsert = upsert_hourly_sql();
-        for (k, counts) in hourly {
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(upsert.as_str()))
-                .bind(k.0)
-                .bind(k.1)
-                .bind(k.2)
-                .bind(k.3)
-                .bind(k.4)
-                .bind(k.5)
-                .bind(self.shard);
-            for c in counts {
-                q = q.bind(c);
-            }
-            q.execute(&mut **tx).await?;
-        }
-        for (k, n) in bounces {
-            sqlx::query(
-                "INSERT INTO stats_bounces (project_id, hour, stream, domain, bounce_type, \
-                 sub_type, shard, count) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                 ON CONFLICT (project_id, hour, stream, domain, bounce_type, sub_type, shard) \
-                 DO UPDATE SET count = stats_bounces.count + excluded.count",
-            )
-            .bind(k.0)
-            .bind(k.1)
-            .bind(k.2)
-            .bind(k.3)
-            .bind(k.4)
-            .bind(k.5)
-            .bind(self.shard)
-            .bind(n)
-            .execute(&mut **tx)
-            .await?;
-        }
+        // One statement per table for every key (keys are distinct, in key order: two
+        // writers on Postgres lock rows in the same order).
+        let shard = self.shard;
+        let hourly_rows: Vec<Vec<Val<'_>>> = hourly
+            .iter()
+            .map(|(k, counts)| {
+                let mut row = vec![
+                    Val::Text(&k.0),
+                    Val::Text(&k.1),
+                    Val::Int(k.2),
+                    Val::Text(&k.3),
+                    Val::Text(&k.4),
+                    Val::Text(&k.5),
+                    Val::Int(shard),
+                ];
+                row.extend(counts.iter().map(|c| Val::Int(*c)));
+                row
+            })
+            .collect();
+        let mut cols = vec![
+            "project_id",
+            "tag",
+            "hour",
+            "stream",
+            "domain",
+            "recipient_domain",
+            "shard",
+        ];
+        cols.extend(METRICS);
+        let updates = METRICS
+            .iter()
+            .map(|m| format!("{m} = stats_hourly.{m} + excluded.{m}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        upsert_rows(
+            tx,
+            "stats_hourly",
+            &cols,
+            &hourly_rows,
+            &format!(
+                "ON CONFLICT (project_id, tag, hour, stream, domain, recipient_domain, shard) \
+                 DO UPDATE SET {updates}"
+            ),
+        )
+        .await?;
+        let bounce_rows: Vec<Vec<Val<'_>>> = bounces
+            .iter()
+            .map(|(k, n)| {
+                vec![
+                    Val::Text(&k.0),
+                    Val::Int(k.1),
+                    Val::Text(&k.2),
+                    Val::Text(&k.3),
+                    Val::Text(&k.4),
+                    Val::Text(&k.5),
+                    Val::Int(shard),
+                    Val::Int(*n),
+                ]
+            })
+            .collect();
+        upsert_rows(
+            tx,
+            "stats_bounces",
+            &[
+                "project_id",
+                "hour",
+                "stream",
+                "domain",
+                "bounce_type",
+                "sub_type",
+                "shard",
+                "count",
+            ],
+            &bounce_rows,
+            "ON CONFLICT (project_id, hour, stream, domain, bounce_type, sub_type, shard) \
+             DO UPDATE SET count = stats_bounces.count + excluded.count",
+        )
+        .await?;
         Ok(())
+    }
+
+    /// Hands over the dimensions of the emails this log has seen (to keep for later logs).
+    pub(super) fn take_dims(&mut self) -> HashMap<String, EmailDims> {
+        std::mem::take(&mut self.dims)
+    }
+
+    /// Starts from dimensions kept from earlier logs (emails never change them).
+    pub(super) fn adopt_dims(&mut self, dims: HashMap<String, EmailDims>) {
+        self.dims = dims;
     }
 
     /// Reads the dimensions of the emails this transaction did not insert, in one query.
@@ -281,22 +337,6 @@ impl StatsLog {
         }
         Ok(())
     }
-}
-
-fn upsert_hourly_sql() -> String {
-    let cols = METRICS.join(", ");
-    let values = placeholders(8, METRICS.len());
-    let updates = METRICS
-        .iter()
-        .map(|m| format!("{m} = stats_hourly.{m} + excluded.{m}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        "INSERT INTO stats_hourly (project_id, tag, hour, stream, domain, recipient_domain, \
-         shard, {cols}) VALUES ($1, $2, $3, $4, $5, $6, $7, {values}) \
-         ON CONFLICT (project_id, tag, hour, stream, domain, recipient_domain, shard) \
-         DO UPDATE SET {updates}"
-    )
 }
 
 /// A dimension `GET /v1/stats` can group or filter by.

@@ -1,7 +1,10 @@
 //! The suppression list.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use sqlx::any::AnyRow;
-use sqlx::{Any, Row, Transaction};
+use sqlx::{Any, AnyPool, Row, Transaction};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{Store, StoreError, StoreResult, placeholders};
@@ -108,7 +111,8 @@ impl Store {
         row.as_ref().map(from_row).transpose()
     }
 
-    /// Which of `emails` are suppressed for `stream` (globally or in that stream).
+    /// Which of `emails` are suppressed for `stream` (globally or in that stream). Checks of
+    /// concurrent requests are answered together (see [`Lookups`]).
     pub async fn suppressed_among(
         &self,
         project_id: &str,
@@ -118,17 +122,7 @@ impl Store {
         if emails.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM suppressions WHERE project_id = $1 AND (stream = '' OR stream = $2) \
-             AND email IN ({})",
-            placeholders(3, emails.len())
-        ));
-        let mut q = sqlx::query(sql).bind(project_id).bind(stream);
-        for e in emails {
-            q = q.bind(*e);
-        }
-        let rows = q.fetch_all(&self.read).await?;
-        rows.iter().map(from_row).collect()
+        self.lookups.check(project_id, stream, emails).await
     }
 
     /// The project's suppressions, newest first, before the id `before`.
@@ -172,4 +166,110 @@ impl Store {
             .await?;
         Ok(n)
     }
+}
+
+/// The suppression checks of concurrent requests, answered together. Every accepted email
+/// asks which of its recipients are suppressed; one query each would cost a round trip to the
+/// database per request (for SQLite, two thread hand-offs: the largest single cost of an
+/// accept once its writes were grouped). One task takes whatever checks are waiting and asks
+/// once per project for all their addresses.
+#[derive(Debug, Clone)]
+pub(super) struct Lookups {
+    tx: mpsc::Sender<Lookup>,
+}
+
+struct Lookup {
+    project_id: String,
+    stream: String,
+    emails: Vec<String>,
+    reply: oneshot::Sender<StoreResult<Vec<SuppressionRecord>>>,
+}
+
+/// Checks answered by one round of queries, at most.
+const MAX_LOOKUPS: usize = 256;
+/// Addresses per query.
+const MAX_ADDRESSES: usize = 500;
+
+impl Lookups {
+    pub(super) fn start(pool: AnyPool) -> Self {
+        let (tx, rx) = mpsc::channel(4 * MAX_LOOKUPS);
+        tokio::spawn(run_lookups(pool, rx));
+        Self { tx }
+    }
+
+    async fn check(
+        &self,
+        project_id: &str,
+        stream: &str,
+        emails: &[&str],
+    ) -> StoreResult<Vec<SuppressionRecord>> {
+        let stopped = || StoreError::Unavailable("the suppression reader has stopped".into());
+        let (reply, answer) = oneshot::channel();
+        let lookup = Lookup {
+            project_id: project_id.to_owned(),
+            stream: stream.to_owned(),
+            emails: emails.iter().map(|e| (*e).to_owned()).collect(),
+            reply,
+        };
+        self.tx.send(lookup).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+async fn run_lookups(pool: AnyPool, mut rx: mpsc::Receiver<Lookup>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_LOOKUPS {
+            match rx.try_recv() {
+                Ok(l) => batch.push(l),
+                Err(_) => break,
+            }
+        }
+        let found = find(&pool, &batch).await;
+        for l in batch {
+            let answer = match &found {
+                Ok(found) => Ok(found
+                    .iter()
+                    .filter(|s| {
+                        s.project_id == l.project_id
+                            && (s.stream.is_empty() || s.stream == l.stream)
+                            && l.emails.contains(&s.email)
+                    })
+                    .cloned()
+                    .collect()),
+                Err(msg) => Err(StoreError::Unavailable(msg.clone())),
+            };
+            let _ = l.reply.send(answer);
+        }
+    }
+}
+
+/// Every suppression (of any stream) of the addresses `batch` asks about.
+async fn find(pool: &AnyPool, batch: &[Lookup]) -> Result<Vec<SuppressionRecord>, String> {
+    let mut wanted: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for l in batch {
+        wanted
+            .entry(&l.project_id)
+            .or_default()
+            .extend(l.emails.iter().map(String::as_str));
+    }
+    let mut found = Vec::new();
+    for (project_id, emails) in wanted {
+        let emails: Vec<&str> = emails.into_iter().collect();
+        for chunk in emails.chunks(MAX_ADDRESSES) {
+            let sql = sqlx::AssertSqlSafe(format!(
+                "SELECT {COLUMNS} FROM suppressions WHERE project_id = $1 AND email IN ({})",
+                placeholders(2, chunk.len())
+            ));
+            let mut q = sqlx::query(sql).persistent(false).bind(project_id);
+            for e in chunk {
+                q = q.bind(*e);
+            }
+            let rows = q.fetch_all(pool).await.map_err(|e| e.to_string())?;
+            for r in &rows {
+                found.push(from_row(r).map_err(|e| e.to_string())?);
+            }
+        }
+    }
+    Ok(found)
 }

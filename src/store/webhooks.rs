@@ -63,7 +63,8 @@ fn endpoint_from_row(r: &AnyRow) -> StoreResult<EndpointRecord> {
 }
 
 /// What one enabled endpoint wants to hear about.
-struct Subscription {
+#[derive(Debug, Clone)]
+pub(super) struct Subscription {
     endpoint_id: String,
     event_types: Vec<String>,
     /// Empty: every stream.
@@ -109,9 +110,39 @@ pub(super) struct Outbox {
     pub(super) stats: StatsLog,
     /// Set when the events being written repeat a state the stats already counted.
     pub(super) uncounted: bool,
+    /// Webhook deliveries written (the dispatcher has work when this is not 0).
+    pub(super) announced: usize,
 }
 
+/// The enabled endpoints of projects, kept a second by the group-commit writer so that its
+/// batches do not look them up again and again. The store's own endpoint writes clear it at
+/// once; another process's changes are seen within the second.
+pub(super) type EndpointCache = crate::cache::TtlCache<Vec<Subscription>>;
+
 impl Outbox {
+    /// Takes the endpoints of `projects` that `cache` holds, so this transaction need not look
+    /// them up.
+    pub(super) fn use_cached_endpoints<'a>(
+        &mut self,
+        cache: &EndpointCache,
+        projects: impl IntoIterator<Item = &'a str>,
+    ) {
+        for p in projects {
+            if !self.endpoints.contains_key(p)
+                && let Some(list) = cache.get(p)
+            {
+                self.endpoints.insert(p.to_owned(), list);
+            }
+        }
+    }
+
+    /// Gives `cache` the endpoints this transaction looked up.
+    pub(super) fn remember_endpoints(&self, cache: &EndpointCache) {
+        for (p, list) in &self.endpoints {
+            cache.put(p.clone(), list.clone());
+        }
+    }
+
     /// Writes the stats increments and commits.
     pub(super) async fn commit(mut self, mut tx: Transaction<'static, Any>) -> StoreResult<()> {
         self.stats.flush(&mut tx).await?;
@@ -160,6 +191,7 @@ pub(super) async fn enqueue_deliveries(
             ));
         }
     }
+    outbox.announced += deliveries.len();
     let rows: Vec<Vec<Val<'_>>> = deliveries
         .iter()
         .map(|(id, endpoint, project, event, at)| delivery_row(id, endpoint, project, event, *at))
@@ -317,6 +349,7 @@ impl Store {
         .bind(e.updated_at)
         .execute(&self.write)
         .await?;
+        self.endpoints.clear();
         Ok(())
     }
 
@@ -379,6 +412,7 @@ impl Store {
             cancel_pending(&mut tx, &e.id, e.updated_at).await?;
         }
         tx.commit().await?;
+        self.endpoints.clear();
         Ok(())
     }
 
@@ -399,6 +433,7 @@ impl Store {
         }
         cancel_pending(&mut tx, id, now).await?;
         tx.commit().await?;
+        self.endpoints.clear();
         Ok(())
     }
 
@@ -431,7 +466,7 @@ impl Store {
             "SELECT d.id, d.attempts, w.id, w.url, w.secret, w.previous_secret, \
              w.previous_secret_expires_at, e.id, e.type, e.data, e.created_at, e.recipient, \
              m.id, m.message_id, m.stream, m.from_email, m.from_name, m.subject, m.tags, \
-             m.metadata, m.created_at \
+             m.metadata, m.created_at, w.status \
              FROM webhook_deliveries d \
              JOIN webhook_endpoints w ON w.id = d.endpoint_id \
              JOIN events e ON e.id = d.event_id \
@@ -444,6 +479,24 @@ impl Store {
             q = q.bind(id.as_str());
         }
         let rows = q.fetch_all(&self.read).await?;
+        // A delivery written for an endpoint disabled since (by a writer that still had it
+        // as enabled: another process, or one within the endpoint cache's second) is canceled
+        // here, as disabling cancels those already waiting.
+        let (rows, stale): (Vec<_>, Vec<_>) = rows
+            .into_iter()
+            .partition(|r| r.try_get::<String, _>(21).is_ok_and(|s| s == "enabled"));
+        if !stale.is_empty() {
+            let sql = sqlx::AssertSqlSafe(format!(
+                "UPDATE webhook_deliveries SET status = 'canceled', lease_owner = NULL, \
+                 updated_at = $1 WHERE status = 'pending' AND id IN ({})",
+                placeholders(2, stale.len())
+            ));
+            let mut q = sqlx::query(sql).bind(now);
+            for r in &stale {
+                q = q.bind(r.try_get::<String, _>(0)?);
+            }
+            q.execute(&self.write).await?;
+        }
         rows.iter()
             .map(|r| {
                 let email = match r.try_get::<Option<String>, _>(12)? {
@@ -541,6 +594,9 @@ impl Store {
             cancel_pending(&mut tx, &a.endpoint_id, a.attempted_at).await?;
         }
         tx.commit().await?;
+        if a.disable_endpoint.is_some() {
+            self.endpoints.clear();
+        }
         Ok(true)
     }
 

@@ -17,7 +17,86 @@ on_both_backends!(
     idempotency_key_is_unique_with_the_email,
     migrations_are_idempotent,
     concurrent_inserts_commit_together_and_fail_alone,
+    outcomes_of_many_workers_are_fenced_row_by_row,
 );
+
+/// Outcomes of several workers, recorded concurrently (so the writer folds many of them into
+/// one statement): each row is fenced by its own lease owner, so a worker's write for a
+/// recipient another worker holds is refused while the rest of the statement applies.
+async fn outcomes_of_many_workers_are_fenced_row_by_row(backend: Backend) {
+    let (store, db) = store(backend).await;
+    let p = project(&store).await;
+    let emails: Vec<NewEmail> = (0..40)
+        .map(|i| email(&p, &[(&format!("u{i}@x.com"), NOW)]))
+        .collect();
+    store.insert_emails(&emails, None).await.expect("insert");
+    let held = |claimed: Vec<herald::store::ClaimedEmail>| -> Vec<(String, String)> {
+        claimed
+            .into_iter()
+            .flat_map(|e| e.recipients.into_iter().map(move |r| (e.id.clone(), r.id)))
+            .collect()
+    };
+    let w1 = held(
+        store
+            .claim_due_recipients("w1", NOW, 60_000, 20)
+            .await
+            .expect("claim"),
+    );
+    let w2 = held(
+        store
+            .claim_due_recipients("w2", NOW, 60_000, 20)
+            .await
+            .expect("claim"),
+    );
+    assert_eq!((w1.len(), w2.len()), (20, 20));
+    let mut tasks = Vec::new();
+    // w1 records its recipients one by one, each call also claiming one of w2's.
+    for (mine, theirs) in w1.iter().zip(&w2) {
+        let store = store.clone();
+        let outcomes = vec![
+            sent(&mine.0, &p, &mine.1, NOW + 1),
+            sent(&theirs.0, &p, &theirs.1, NOW + 1),
+        ];
+        tasks.push(tokio::spawn(async move {
+            store
+                .record_outcomes("w1", &outcomes)
+                .await
+                .expect("record")
+                .applied
+        }));
+    }
+    // w2 records all of its own at once.
+    let outcomes: Vec<Outcome> = w2.iter().map(|(e, r)| sent(e, &p, r, NOW + 2)).collect();
+    let w2_applied = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .record_outcomes("w2", &outcomes)
+                .await
+                .expect("record")
+        })
+    };
+    let mut w1_applied = Vec::new();
+    for t in tasks {
+        w1_applied.push(t.await.expect("task"));
+    }
+    assert_eq!(
+        w1_applied,
+        vec![1; 20],
+        "only w1's own recipient applies in each call"
+    );
+    assert_eq!(w2_applied.await.expect("task").applied, 20);
+    assert_eq!(store.count_with_status("sent").await.expect("count"), 40);
+    for (email_id, _) in w1.iter().chain(&w2) {
+        let events = store
+            .list_email_events(&p, email_id, None, 10)
+            .await
+            .expect("events");
+        assert_eq!(events.len(), 1, "one sent event per recipient: {events:?}");
+    }
+    store.close().await;
+    db.drop_db().await;
+}
 
 /// Group commit: 200 concurrent requests, 10 of which reuse one idempotency key. Every other
 /// request commits; exactly one of the ten does; the failures roll back only themselves.
@@ -205,12 +284,14 @@ async fn expired_leases_are_reclaimed_and_fenced(backend: Backend) {
     let applied = store
         .record_outcomes("dead-worker", &[sent(&email_id, &p, &rid, NOW + 1001)])
         .await
-        .expect("record");
+        .expect("record")
+        .applied;
     assert_eq!(applied, 0);
     let applied = store
         .record_outcomes("w2", &[sent(&email_id, &p, &rid, NOW + 1002)])
         .await
-        .expect("record");
+        .expect("record")
+        .applied;
     assert_eq!(applied, 1);
     // Final: never claimed again, and a second write is refused.
     assert!(
@@ -224,7 +305,8 @@ async fn expired_leases_are_reclaimed_and_fenced(backend: Backend) {
         store
             .record_outcomes("w2", &[sent(&email_id, &p, &rid, NOW + 1003)])
             .await
-            .expect("record"),
+            .expect("record")
+            .applied,
         0
     );
     let events = store

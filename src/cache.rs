@@ -1,12 +1,13 @@
-//! A small time-bounded cache for what nearly every request reads and rarely changes: API keys
-//! by prefix, sending-domain decisions. Entries live `ttl` (one second), so a change made by
-//! another Herald process (or the domain verifier) shows within that; changes made through
-//! this process's API clear the cache at once.
+//! A small time-bounded cache for what nearly every request or write reads and rarely
+//! changes: API keys by prefix, sending-domain decisions, a project's webhook endpoints.
+//! Entries live `ttl` (one second), so a change made by another Herald process (or the domain
+//! verifier) shows within that; changes made through this process clear the cache at once.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+#[derive(Debug)]
 pub struct TtlCache<V> {
     ttl: Duration,
     max_entries: usize,

@@ -260,54 +260,66 @@ pub(super) async fn apply_outcomes(
     outbox: &mut Outbox,
     batches: &[(&str, &[Outcome])],
 ) -> StoreResult<Vec<usize>> {
-    let rows: Vec<Vec<Val<'_>>> = batches
-        .iter()
-        .flat_map(|(owner, outcomes)| outcomes.iter().map(move |o| (*owner, o)))
-        .map(|(owner, o)| {
-            vec![
-                Val::Text(&o.recipient_id),
-                Val::Text(owner),
-                Val::Text(&o.status),
-                Val::Int(o.next_attempt_at),
-                Val::Int(o.attempts_delta),
-                Val::OptInt(o.smtp_code),
-                Val::OptText(o.smtp_enhanced.as_deref()),
-                Val::OptText(o.smtp_response.as_deref()),
-                Val::OptText(o.smtp_phase.as_deref()),
-                Val::OptText(o.bounce_type.as_deref()),
-                Val::OptText(o.bounce_sub_type.as_deref()),
-                Val::OptInt(o.sent_at),
-                Val::Int(o.event.created_at),
-            ]
-        })
-        .collect();
-    if rows.is_empty() {
-        return Ok(vec![0; batches.len()]);
+    // A statement's RETURNING names the recipients it changed, not which of their rows did
+    // it: a recipient must appear once per statement. (Twice happens only when a lease
+    // passed to another worker while the first was still sending; its outcome goes in a
+    // second statement, which its lost lease then refuses.)
+    let mut rounds: Vec<Vec<(&str, &Outcome)>> = Vec::new();
+    let mut seen: Vec<HashSet<&str>> = Vec::new();
+    for (owner, outcomes) in batches {
+        for o in outcomes.iter() {
+            let round = match seen
+                .iter()
+                .position(|s| !s.contains(o.recipient_id.as_str()))
+            {
+                Some(i) => i,
+                None => {
+                    rounds.push(Vec::new());
+                    seen.push(HashSet::new());
+                    rounds.len() - 1
+                }
+            };
+            seen[round].insert(&o.recipient_id);
+            rounds[round].push((owner, o));
+        }
     }
-    let applied: HashSet<String> = update_from_values(tx, 13, &rows, |values| {
-        format!(
-            "UPDATE recipients SET status = v.column3, \
-             attempts = recipients.attempts + v.column5, next_attempt_at = v.column4, \
-             lease_owner = NULL, lease_expires_at = NULL, smtp_code = v.column6, \
-             smtp_enhanced = v.column7, smtp_response = v.column8, smtp_phase = v.column9, \
-             bounce_type = v.column10, bounce_sub_type = v.column11, \
-             sent_at = COALESCE(v.column12, recipients.sent_at), last_event_at = v.column13 \
-             FROM {values} \
-             WHERE recipients.id = v.column1 AND recipients.lease_owner = v.column2 \
-             AND recipients.status IN ('scheduled', 'queued', 'delivery_delayed') \
-             RETURNING recipients.id"
-        )
-    })
-    .await?
-    .into_iter()
-    .collect();
+    let mut applied: HashSet<(&str, &str)> = HashSet::new();
+    for round in &rounds {
+        let rows: Vec<Vec<Val<'_>>> = round
+            .iter()
+            .map(|(owner, o)| outcome_row(owner, o))
+            .collect();
+        let changed: HashSet<String> = update_from_values(tx, 13, &rows, |values| {
+            format!(
+                "UPDATE recipients SET status = v.column3, \
+                 attempts = recipients.attempts + v.column5, next_attempt_at = v.column4, \
+                 lease_owner = NULL, lease_expires_at = NULL, smtp_code = v.column6, \
+                 smtp_enhanced = v.column7, smtp_response = v.column8, smtp_phase = v.column9, \
+                 bounce_type = v.column10, bounce_sub_type = v.column11, \
+                 sent_at = COALESCE(v.column12, recipients.sent_at), last_event_at = v.column13 \
+                 FROM {values} \
+                 WHERE recipients.id = v.column1 AND recipients.lease_owner = v.column2 \
+                 AND recipients.status IN ('scheduled', 'queued', 'delivery_delayed') \
+                 RETURNING recipients.id"
+            )
+        })
+        .await?
+        .into_iter()
+        .collect();
+        applied.extend(
+            round
+                .iter()
+                .filter(|(_, o)| changed.contains(&o.recipient_id))
+                .map(|(owner, o)| (*owner, o.recipient_id.as_str())),
+        );
+    }
     let mut counts = Vec::with_capacity(batches.len());
     let mut events = Vec::with_capacity(applied.len());
-    for (_, outcomes) in batches {
+    for (owner, outcomes) in batches {
         let mut n = 0;
         for o in outcomes
             .iter()
-            .filter(|o| applied.contains(&o.recipient_id))
+            .filter(|o| applied.contains(&(*owner, o.recipient_id.as_str())))
         {
             n += 1;
             events.push(EventRow {
@@ -325,4 +337,23 @@ pub(super) async fn apply_outcomes(
     // The events of every applied outcome, in one statement.
     insert_events(tx, outbox, &events).await?;
     Ok(counts)
+}
+
+/// An outcome's values, in the order of `apply_outcomes`' `v.column1…13`.
+fn outcome_row<'a>(owner: &'a str, o: &'a Outcome) -> Vec<Val<'a>> {
+    vec![
+        Val::Text(&o.recipient_id),
+        Val::Text(owner),
+        Val::Text(&o.status),
+        Val::Int(o.next_attempt_at),
+        Val::Int(o.attempts_delta),
+        Val::OptInt(o.smtp_code),
+        Val::OptText(o.smtp_enhanced.as_deref()),
+        Val::OptText(o.smtp_response.as_deref()),
+        Val::OptText(o.smtp_phase.as_deref()),
+        Val::OptText(o.bounce_type.as_deref()),
+        Val::OptText(o.bounce_sub_type.as_deref()),
+        Val::OptInt(o.sent_at),
+        Val::Int(o.event.created_at),
+    ]
 }

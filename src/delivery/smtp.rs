@@ -49,8 +49,8 @@ pub struct SmtpRelay {
     tls: Option<TlsParameters>,
     permits: Semaphore,
     idle: Mutex<Vec<Idle>>,
-    /// Whether the relay offers DSN, learned on the first connection.
-    relay_dsn: OnceLock<bool>,
+    /// What the relay offers beyond what lettre tracks, learned on the first connection.
+    relay_ext: OnceLock<RelayExtensions>,
 }
 
 impl std::fmt::Debug for SmtpRelay {
@@ -62,6 +62,13 @@ impl std::fmt::Debug for SmtpRelay {
 }
 
 /// A failure that ends the transaction, with where it happened.
+/// EHLO keywords Herald acts on that lettre's `ServerInfo` does not keep.
+#[derive(Debug, Clone, Copy, Default)]
+struct RelayExtensions {
+    dsn: bool,
+    pipelining: bool,
+}
+
 struct Failure {
     reply: Option<SmtpReply>,
     phase: SmtpPhase,
@@ -94,7 +101,7 @@ impl SmtpRelay {
         Ok(Self {
             permits: Semaphore::new(settings.concurrency.max(1)),
             idle: Mutex::new(Vec::new()),
-            relay_dsn: OnceLock::new(),
+            relay_ext: OnceLock::new(),
             url,
             settings,
             hello,
@@ -184,7 +191,8 @@ impl SmtpRelay {
             params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
         }
         let mut rcpt_params = Vec::new();
-        if self.relay_dsn.get() == Some(&true) {
+        let ext = self.relay_ext.get().copied().unwrap_or_default();
+        if ext.dsn {
             // Ask for reports of success too, so `sent` can become `delivered` (RFC 3461).
             params.push(MailParameter::Other {
                 keyword: "RET".into(),
@@ -205,21 +213,15 @@ impl SmtpRelay {
                 value: Some(format!("rfc822;{}", xtext(to.as_ref()))),
             });
         }
-        self.step(
-            conn,
-            SmtpPhase::Mail,
-            cmd,
-            Mail::new(Some(from.clone()), params),
-        )
-        .await?;
-        self.step(
-            conn,
-            SmtpPhase::Rcpt,
-            cmd,
-            Rcpt::new(to.clone(), rcpt_params),
-        )
-        .await?;
-        self.step(conn, SmtpPhase::Data, cmd, Data).await?;
+        let mail = Mail::new(Some(from.clone()), params);
+        let rcpt = Rcpt::new(to.clone(), rcpt_params);
+        if ext.pipelining {
+            self.pipelined(conn, &mail, &rcpt).await?;
+        } else {
+            self.step(conn, SmtpPhase::Mail, cmd, mail).await?;
+            self.step(conn, SmtpPhase::Rcpt, cmd, rcpt).await?;
+            self.step(conn, SmtpPhase::Data, cmd, Data).await?;
+        }
         let sent = tokio::time::timeout(self.settings.data_timeout, conn.message(message)).await;
         match sent {
             Ok(Ok(resp)) => Ok(reply_of(&resp)),
@@ -251,6 +253,57 @@ impl SmtpRelay {
             }
             Err(_) => Err(timeout(phase, limit)),
         }
+    }
+
+    /// MAIL, RCPT and DATA in one write (RFC 2920), then their three replies: one round trip
+    /// where there were three. The first refusal decides the phase; a DATA the relay accepted
+    /// all the same (354 after a refused RCPT) is closed with an empty message, and the
+    /// transaction is reset so the connection can be reused.
+    async fn pipelined(
+        &self,
+        conn: &mut AsyncSmtpConnection,
+        mail: &Mail,
+        rcpt: &Rcpt,
+    ) -> Result<(), Failure> {
+        let limit = self.settings.command_timeout;
+        let mut refused: Option<Failure> = None;
+        let mut data_accepted = false;
+        for phase in [SmtpPhase::Mail, SmtpPhase::Rcpt, SmtpPhase::Data] {
+            let reply = if phase == SmtpPhase::Mail {
+                tokio::time::timeout(limit, conn.command(Pipeline(mail, rcpt))).await
+            } else {
+                tokio::time::timeout(limit, conn.read_response()).await
+            };
+            match reply {
+                Ok(Ok(_)) => data_accepted = phase == SmtpPhase::Data,
+                Ok(Err(e)) if e.status().is_some() => {
+                    refused.get_or_insert_with(|| failure(phase, &e, false));
+                }
+                // No reply (a broken connection): the stream is out of step, drop it.
+                Ok(Err(e)) => return Err(failure(phase, &e, false)),
+                Err(_) => return Err(timeout(phase, limit)),
+            }
+        }
+        let Some(mut refused) = refused else {
+            return Ok(());
+        };
+        if data_accepted {
+            // DATA was accepted although MAIL or RCPT was not: end it without a message.
+            let ended = tokio::time::timeout(limit, conn.message(b"")).await;
+            let answered = match &ended {
+                Ok(Ok(_)) => true,
+                Ok(Err(e)) => e.status().is_some(),
+                Err(_) => false,
+            };
+            if !answered {
+                return Err(refused);
+            }
+        }
+        refused.reusable = matches!(
+            tokio::time::timeout(limit, conn.command(Rset)).await,
+            Ok(Ok(_))
+        );
+        Err(refused)
     }
 
     async fn connect(&self) -> Result<AsyncSmtpConnection, Failure> {
@@ -328,21 +381,27 @@ impl SmtpRelay {
                 Err(_) => return Err(timeout(SmtpPhase::Auth, s.command_timeout)),
             }
         }
-        if self.relay_dsn.get().is_none() {
+        if self.relay_ext.get().is_none() {
             // lettre does not keep unknown EHLO keywords: ask once per relay whether it offers
-            // DSN (RFC 3461), so positive delivery reports can be requested.
+            // DSN (RFC 3461), so positive delivery reports can be requested, and PIPELINING
+            // (RFC 2920), so a transaction's commands go in one write.
             let ehlo = tokio::time::timeout(
                 s.command_timeout,
                 conn.command(Ehlo::new(self.hello.clone())),
             )
             .await;
             if let Ok(Ok(resp)) = ehlo {
-                let offers = resp.message().any(|l| {
-                    l.split_whitespace()
-                        .next()
-                        .is_some_and(|k| k.eq_ignore_ascii_case("DSN"))
+                let offers = |keyword: &str| {
+                    resp.message().any(|l| {
+                        l.split_whitespace()
+                            .next()
+                            .is_some_and(|k| k.eq_ignore_ascii_case(keyword))
+                    })
+                };
+                let _ = self.relay_ext.set(RelayExtensions {
+                    dsn: offers("DSN"),
+                    pipelining: offers("PIPELINING"),
                 });
-                let _ = self.relay_dsn.set(offers);
             }
         }
         Ok(conn)
@@ -378,6 +437,15 @@ impl SmtpRelay {
         for mut entry in drained {
             let _ = tokio::time::timeout(Duration::from_secs(2), entry.conn.quit()).await;
         }
+    }
+}
+
+/// MAIL, RCPT and DATA as one pipelined group (each renders with its CRLF).
+struct Pipeline<'a>(&'a Mail, &'a Rcpt);
+
+impl std::fmt::Display for Pipeline<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}{}", self.0, self.1, Data)
     }
 }
 

@@ -44,6 +44,8 @@ async fn delivers_over_starttls_with_auth(backend: Backend) {
     assert!(m.tls, "the message must travel over TLS");
     assert_eq!(m.auth_user.as_deref(), Some(crate::smtp_server::USER));
     assert_eq!(m.rcpt_to, vec!["ada@example.com"]);
+    // The relay offers PIPELINING: MAIL, RCPT and DATA came in one write (RFC 2920).
+    assert!(m.pipelined, "{:?}", m.commands);
     // The relay offers DSN, so Herald asks for success reports too (RFC 3461).
     assert!(
         m.commands[0].contains(" RET=HDRS ENVID="),

@@ -84,3 +84,133 @@ async fn delivers_to_aiosmtpd_over_starttls_with_auth() {
     child.kill().await.expect("kill");
     app.finish().await;
 }
+
+/// Postfix's `smtp-sink` (Debian's postfix package), as it comes: it offers PIPELINING, so
+/// Herald sends each transaction's MAIL, RCPT and DATA in one write, and the sink keeps what it
+/// received. Then with commands refused (`-f RCPT`: 5xx, `-r RCPT`: 4xx; smtp-sink stops
+/// offering PIPELINING then, so the command-by-command path meets Postfix's code too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelines_to_postfix_smtp_sink_and_reads_its_refusals() {
+    let has_sink = std::process::Command::new("smtp-sink")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !has_sink {
+        assert!(
+            std::env::var("TEST_HERALD_REQUIRE_INTEROP").is_err(),
+            "smtp-sink (Debian package postfix) is not installed"
+        );
+        eprintln!("skipping: apt-get install postfix to run this test");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // smtp-sink drops to `nobody` when started as root; it must be able to write here.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod");
+    }
+    let dump = format!("{}/%H%M%S.", dir.path().display());
+    let accepting = Sink::start(&["-d", &dump]).await;
+    let app = TestApp::spawn_with(Backend::Sqlite, None, |c| {
+        c.relay_url = format!("smtp://127.0.0.1:{}?tls=none", accepting.port);
+    })
+    .await;
+    let first = app.send(&email_to(&["ada@example.com"])).await;
+    let second = app.send(&email_to(&["bob@example.org"])).await;
+    assert_eq!(app.drain().await, 2);
+    for id in [&first, &second] {
+        let email = app.email(id).await;
+        assert_eq!(email["status"], "sent", "{email}");
+        assert_eq!(email["recipients"][0]["smtp"]["code"], 250);
+    }
+    let dumped: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .filter_map(Result::ok)
+        .map(|f| std::fs::read_to_string(f.path()).expect("read"))
+        .collect();
+    assert_eq!(dumped.len(), 2, "{dumped:?}");
+    for id in [&first, &second] {
+        let mid = app.email(id).await["message_id"]
+            .as_str()
+            .expect("mid")
+            .to_owned();
+        assert!(
+            dumped
+                .iter()
+                .any(|d| d.contains(&format!("Message-ID: {mid}"))
+                    && d.contains("X-Mail-Args: <bounces+")),
+            "{mid} not in {dumped:?}"
+        );
+    }
+    app.finish().await;
+    drop(accepting);
+
+    for (flag, status, code) in [("-f", "bounced", 5), ("-r", "delivery_delayed", 4)] {
+        let refusing = Sink::start(&[flag, "RCPT"]).await;
+        let app = TestApp::spawn_with(Backend::Sqlite, None, |c| {
+            c.relay_url = format!("smtp://127.0.0.1:{}?tls=none", refusing.port);
+        })
+        .await;
+        let id = app.send(&email_to(&["ada@example.com"])).await;
+        assert_eq!(app.drain().await, 1);
+        let email = app.email(&id).await;
+        let r = &email["recipients"][0];
+        assert_eq!(r["status"], status, "{email}");
+        assert_eq!(
+            r["smtp"]["code"].as_u64().map(|c| c / 100),
+            Some(code),
+            "{email}"
+        );
+        app.finish().await;
+    }
+}
+
+/// One `smtp-sink` process on a free port, stopped on drop.
+struct Sink {
+    port: u16,
+    _child: tokio::process::Child,
+}
+
+impl Sink {
+    async fn start(args: &[&str]) -> Self {
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        // A port that was free a moment ago; smtp-sink takes an address, not a socket.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut cmd = tokio::process::Command::new("smtp-sink");
+        if root {
+            cmd.args(["-u", "nobody"]);
+        }
+        let child = cmd
+            .args(args)
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("16")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start smtp-sink");
+        // Ready when it answers with its greeting.
+        for _ in 0..200 {
+            if let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                let mut greeting = String::new();
+                let mut reader = BufReader::new(stream);
+                if reader.read_line(&mut greeting).await.is_ok() && greeting.starts_with("220") {
+                    return Self {
+                        port,
+                        _child: child,
+                    };
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("smtp-sink did not start on port {port}");
+    }
+}

@@ -69,6 +69,8 @@ pub struct Received {
     pub data: Vec<u8>,
     pub tls: bool,
     pub auth_user: Option<String>,
+    /// Whether RCPT and DATA had already arrived with MAIL (PIPELINING, RFC 2920).
+    pub pipelined: bool,
 }
 
 #[derive(Default)]
@@ -242,6 +244,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     let mut from: Option<String> = None;
     let mut rcpts: Vec<String> = Vec::new();
     let mut commands: Vec<String> = Vec::new();
+    let mut pipelined = false;
     let mut line = String::new();
     loop {
         line.clear();
@@ -257,6 +260,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 "250-8BITMIME".into(),
                 "250-SIZE 52428800".into(),
                 "250-DSN".into(),
+                "250-PIPELINING".into(),
             ];
             if offer_starttls {
                 ext.push("250-STARTTLS".into());
@@ -326,6 +330,8 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             }
             let addr = angle(&cmd);
             commands = vec![cmd.clone()];
+            let ahead = String::from_utf8_lossy(io.buffer()).to_ascii_uppercase();
+            pipelined = ahead.contains("RCPT TO:") && ahead.contains("DATA\r\n");
             match act(&mut io, current(&Step::Mail { from: addr.clone() })).await? {
                 Some(code) if code < 300 => from = Some(addr),
                 Some(_) => {}
@@ -391,6 +397,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                         data,
                         tls,
                         auth_user: auth_user.clone(),
+                        pipelined,
                     });
                     shared.arrived.notify_waiters();
                 }

@@ -813,7 +813,7 @@ impl Store {
                 "SELECT email_id, status FROM recipients WHERE email_id IN ({})",
                 super::placeholders(1, emails.len())
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
             for e in &emails {
                 q = q.bind(e.id.as_str());
             }

@@ -130,7 +130,7 @@ impl Store {
             "SELECT id, project_id, mime, expires_at, stream FROM emails WHERE id IN ({})",
             placeholders(1, ids.len())
         ));
-        let mut q = sqlx::query(sql);
+        let mut q = sqlx::query(sql).persistent(false);
         for id in &ids {
             q = q.bind(id.as_str());
         }

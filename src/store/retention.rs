@@ -81,7 +81,7 @@ impl Store {
         let list = placeholders(1, ids.len());
         for table in ["events", "recipients"] {
             let sql = format!("DELETE FROM {table} WHERE email_id IN ({list})");
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
             for id in &ids {
                 q = q.bind(id.as_str());
             }

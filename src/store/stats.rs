@@ -322,7 +322,7 @@ impl StatsLog {
                 "SELECT id, stream, tags, from_email FROM emails WHERE id IN ({})",
                 placeholders(1, chunk.len())
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
             for id in chunk {
                 q = q.bind(id.as_str());
             }

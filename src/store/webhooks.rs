@@ -474,7 +474,7 @@ impl Store {
              WHERE d.id IN ({})",
             placeholders(1, ids.len())
         ));
-        let mut q = sqlx::query(sql);
+        let mut q = sqlx::query(sql).persistent(false);
         for id in &ids {
             q = q.bind(id.as_str());
         }
@@ -491,7 +491,7 @@ impl Store {
                  updated_at = $1 WHERE status = 'pending' AND id IN ({})",
                 placeholders(2, stale.len())
             ));
-            let mut q = sqlx::query(sql).bind(now);
+            let mut q = sqlx::query(sql).persistent(false).bind(now);
             for r in &stale {
                 q = q.bind(r.try_get::<String, _>(0)?);
             }

@@ -20,7 +20,7 @@ use super::emails::{IdempotencyRecord, NewEmail, insert_emails, insert_request};
 use super::queue::{Outcome, Recorded, apply_outcomes};
 use super::stats::EmailDims;
 use super::webhooks::{EndpointCache, Outbox};
-use super::{StoreError, StoreResult};
+use super::{Home, StoreError, StoreResult};
 
 const MAX_BATCH: usize = 256;
 
@@ -52,10 +52,10 @@ pub(super) struct Writer {
 impl Writer {
     /// Starts the writer task. Its rollup increments go to a shard of their own, so several
     /// processes sharing a Postgres database do not queue on one hot row.
-    pub(super) fn start(pool: AnyPool, endpoints: Arc<EndpointCache>) -> Self {
+    pub(super) fn start(pool: AnyPool, endpoints: Arc<EndpointCache>, home: Home) -> Self {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         let shard = uuid::Uuid::new_v4().to_string();
-        tokio::spawn(run(pool, rx, shard, endpoints));
+        home.spawn("herald-writer", run(pool, rx, shard, endpoints));
         Self { tx }
     }
 

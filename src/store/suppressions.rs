@@ -7,7 +7,7 @@ use sqlx::{Any, AnyPool, Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{Store, StoreError, StoreResult, placeholders};
+use super::{Home, Store, StoreError, StoreResult, placeholders};
 
 #[derive(Debug, Clone)]
 pub struct SuppressionRecord {
@@ -191,9 +191,9 @@ const MAX_LOOKUPS: usize = 256;
 const MAX_ADDRESSES: usize = 500;
 
 impl Lookups {
-    pub(super) fn start(pool: AnyPool) -> Self {
+    pub(super) fn start(pool: AnyPool, home: Home) -> Self {
         let (tx, rx) = mpsc::channel(4 * MAX_LOOKUPS);
-        tokio::spawn(run_lookups(pool, rx));
+        home.spawn("herald-lookups", run_lookups(pool, rx));
         Self { tx }
     }
 

@@ -121,8 +121,8 @@ pub struct DeliveryConfig {
 impl Default for DeliveryConfig {
     fn default() -> Self {
         Self {
-            workers: 2,
-            batch_size: 32,
+            workers: 4,
+            batch_size: 64,
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(30),

@@ -41,7 +41,7 @@ const MAX_SQLITE_CHUNK: usize = 64;
 
 /// `rows` cut into the statements that carry them: power-of-two chunks on SQLite (kept
 /// prepared), as few as the parameter limit allows on Postgres (prepared once each).
-fn chunks<'r, T>(rows: &'r [T], per_row: usize, sqlite: bool) -> Vec<&'r [T]> {
+fn chunks<T>(rows: &[T], per_row: usize, sqlite: bool) -> Vec<&[T]> {
     let most = (MAX_PARAMS / per_row).max(1);
     if !sqlite {
         return rows.chunks(most).collect();

@@ -31,6 +31,18 @@ pub struct QueueSnapshot {
     pub webhook_backlog: i64,
     /// Inbound report mail kept, by kind (`dsn`, `arf`, …) and processing status.
     pub inbound: Vec<(String, String, i64)>,
+    /// What this process's group-commit writer has done.
+    pub writer: WriterFigures,
+}
+
+/// Counters of the store's group-commit writer (see `store::group_commit`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriterFigures {
+    pub commits: u64,
+    /// Requests, outcome groups and claims those commits carried.
+    pub jobs: u64,
+    /// Time spent from taking a batch to answering it.
+    pub busy_seconds: f64,
 }
 
 fn bump(map: &Mutex<BTreeMap<String, u64>>, key: &str) {
@@ -156,6 +168,14 @@ impl Metrics {
             "# HELP herald_webhook_backlog Webhook deliveries waiting.\n# TYPE herald_webhook_backlog gauge\nherald_webhook_backlog {}",
             q.webhook_backlog
         );
+        let w = &q.writer;
+        let _ = writeln!(
+            out,
+            "# HELP herald_store_commits_total Transactions of the group-commit writer.\n# TYPE herald_store_commits_total counter\nherald_store_commits_total {}\n\
+             # HELP herald_store_committed_jobs_total Requests, outcome groups and claims those transactions carried.\n# TYPE herald_store_committed_jobs_total counter\nherald_store_committed_jobs_total {}\n\
+             # HELP herald_store_writer_busy_seconds_total Time the writer spent on batches (its rate is the writer's utilization).\n# TYPE herald_store_writer_busy_seconds_total counter\nherald_store_writer_busy_seconds_total {}",
+            w.commits, w.jobs, w.busy_seconds
+        );
         let _ = writeln!(
             out,
             "# HELP herald_inbound_messages Inbound report mail kept, by kind and outcome.\n# TYPE herald_inbound_messages gauge"
@@ -186,7 +206,15 @@ mod tests {
             oldest_due_seconds: 1.5,
             webhook_backlog: 2,
             inbound: vec![("arf".into(), "processed".into(), 2)],
+            writer: WriterFigures {
+                commits: 4,
+                jobs: 9,
+                busy_seconds: 0.25,
+            },
         });
+        assert!(text.contains("herald_store_commits_total 4\n"));
+        assert!(text.contains("herald_store_committed_jobs_total 9\n"));
+        assert!(text.contains("herald_store_writer_busy_seconds_total 0.25\n"));
         assert!(text.contains("herald_emails_accepted_total 3\n"));
         assert!(text.contains("herald_recipients_total{outcome=\"sent\"} 2\n"));
         assert!(text.contains("herald_smtp_send_seconds_bucket{le=\"0.025\"} 0\n"));

@@ -139,6 +139,7 @@ impl Store {
                     write.clone(),
                     std::sync::Arc::clone(&endpoints),
                     Home::OwnThread,
+                    1,
                 );
                 let lookups = suppressions::Lookups::start(read.clone(), Home::OwnThread);
                 Ok(Self {
@@ -160,10 +161,15 @@ impl Store {
                     Duration::from_secs(1),
                     10_000,
                 ));
+                // A few writers, each a connection of the pool at most.
+                let writers = usize::try_from(max_connections / 4)
+                    .unwrap_or(1)
+                    .clamp(1, 4);
                 let writer = group_commit::Writer::start(
                     pool.clone(),
                     std::sync::Arc::clone(&endpoints),
                     Home::Runtime,
+                    writers,
                 );
                 let lookups = suppressions::Lookups::start(pool.clone(), Home::Runtime);
                 Ok(Self {

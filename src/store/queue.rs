@@ -14,7 +14,7 @@ use super::bulk::{Val, update_from_values};
 use super::emails::{NewEvent, insert_events};
 use super::suppressions::{SuppressionRecord, insert_suppression};
 use super::webhooks::{EventRow, Outbox};
-use super::{Backend, Store, StoreResult, placeholders};
+use super::{Store, StoreResult, placeholders};
 
 /// A recipient a worker now holds.
 #[derive(Debug, Clone)]
@@ -84,13 +84,47 @@ const CLAIM_POSTGRES: &str = "UPDATE recipients SET lease_owner = $1, lease_expi
        ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
      RETURNING id, email_id, address, attempts, deadline_at";
 
-impl Backend {
-    fn claim_sql(self) -> &'static str {
-        match self {
-            Backend::Sqlite => CLAIM_SQLITE,
-            Backend::Postgres => CLAIM_POSTGRES,
-        }
-    }
+/// A recipient a claim leased, as the statement returns it.
+pub(super) struct ClaimRow {
+    id: String,
+    email_id: String,
+    address: String,
+    attempts: i64,
+    deadline_at: i64,
+}
+
+/// Leases up to `limit` due recipients to `owner` until `now + lease_ms` (inside the writer's
+/// transaction: the claim commits with whatever else the batch holds).
+pub(super) async fn claim_rows(
+    tx: &mut Transaction<'static, Any>,
+    owner: &str,
+    now_ms: i64,
+    lease_ms: i64,
+    limit: usize,
+) -> StoreResult<Vec<ClaimRow>> {
+    let sql = if tx.backend_name().eq_ignore_ascii_case("sqlite") {
+        CLAIM_SQLITE
+    } else {
+        CLAIM_POSTGRES
+    };
+    sqlx::query(sql)
+        .bind(owner)
+        .bind(now_ms + lease_ms)
+        .bind(now_ms)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(ClaimRow {
+                id: r.try_get(0)?,
+                email_id: r.try_get(1)?,
+                address: r.try_get(2)?,
+                attempts: r.try_get(3)?,
+                deadline_at: r.try_get(4)?,
+            })
+        })
+        .collect()
 }
 
 impl Store {
@@ -102,27 +136,23 @@ impl Store {
         lease_ms: i64,
         limit: usize,
     ) -> StoreResult<Vec<ClaimedEmail>> {
-        let rows = sqlx::query(self.backend.claim_sql())
-            .bind(owner)
-            .bind(now_ms + lease_ms)
-            .bind(now_ms)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.write)
+        let rows = self
+            .writer
+            .submit_claim(owner.to_owned(), now_ms, lease_ms, limit)
             .await?;
         if rows.is_empty() {
             return Ok(Vec::new());
         }
         let mut by_email: HashMap<String, Vec<ClaimedRecipient>> = HashMap::new();
-        for r in &rows {
-            let email_id: String = r.try_get(1)?;
+        for r in rows {
             by_email
-                .entry(email_id)
+                .entry(r.email_id)
                 .or_default()
                 .push(ClaimedRecipient {
-                    id: r.try_get(0)?,
-                    address: r.try_get(2)?,
-                    attempts: r.try_get(3)?,
-                    deadline_at: r.try_get(4)?,
+                    id: r.id,
+                    address: r.address,
+                    attempts: r.attempts,
+                    deadline_at: r.deadline_at,
                 });
         }
         let ids: Vec<&String> = by_email.keys().collect();
@@ -237,6 +267,7 @@ impl Store {
             oldest_due_seconds: oldest.map_or(0.0, |t| (now_ms - t).max(0) as f64 / 1000.0),
             webhook_backlog: self.count_pending_webhooks().await?,
             inbound,
+            writer: self.writer.figures(),
         })
     }
 
@@ -315,6 +346,7 @@ pub(super) async fn apply_outcomes(
     }
     let mut counts = Vec::with_capacity(batches.len());
     let mut events = Vec::with_capacity(applied.len());
+    let mut suppressions = Vec::new();
     for (owner, outcomes) in batches {
         let mut n = 0;
         for o in outcomes
@@ -329,10 +361,15 @@ pub(super) async fn apply_outcomes(
                 event: &o.event,
             });
             if let Some(sup) = &o.suppress {
-                insert_suppression(tx, sup).await?;
+                suppressions.push(sup);
             }
         }
         counts.push(n);
+    }
+    // In address order: two writers adding the same two addresses lock them in one order.
+    suppressions.sort_by(|a, b| (&a.project_id, &a.email).cmp(&(&b.project_id, &b.email)));
+    for sup in suppressions {
+        insert_suppression(tx, sup).await?;
     }
     // The events of every applied outcome, in one statement.
     insert_events(tx, outbox, &events).await?;

@@ -4,7 +4,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 use uuid::Uuid;
 
-use super::bulk::{Val, insert_rows};
+use super::bulk::{TableRows, Val, insert_rows, insert_tables};
 use super::webhooks::{EventRow, Outbox, enqueue_deliveries};
 use super::{Store, StoreError, StoreResult};
 
@@ -440,7 +440,7 @@ pub(super) async fn insert_emails<'a>(
             ]
         })
         .collect();
-    insert_rows(tx, "emails", &EMAIL_INSERT_COLUMNS, &email_rows).await?;
+
 
     let recipient_rows: Vec<Vec<Val<'_>>> = emails
         .clone()
@@ -463,7 +463,7 @@ pub(super) async fn insert_emails<'a>(
             })
         })
         .collect();
-    insert_rows(tx, "recipients", &RECIPIENT_INSERT_COLUMNS, &recipient_rows).await?;
+
 
     // Search keys: tags and metadata pairs as rows. The tags, parsed once, also go to the
     // stats log below.
@@ -493,22 +493,34 @@ pub(super) async fn insert_emails<'a>(
         .iter()
         .map(|(p, t, id)| vec![Val::Text(p), Val::Text(t), Val::Text(id)])
         .collect();
-    insert_rows(
-        tx,
-        "email_tags",
-        &["project_id", "tag", "email_id"],
-        &tag_rows,
-    )
-    .await?;
     let metadata_rows: Vec<Vec<Val<'_>>> = metadata
         .iter()
         .map(|(p, k, v, id)| vec![Val::Text(p), Val::Text(k), Val::Text(v), Val::Text(id)])
         .collect();
-    insert_rows(
+    insert_tables(
         tx,
-        "email_metadata",
-        &["project_id", "key", "value", "email_id"],
-        &metadata_rows,
+        &[
+            TableRows {
+                table: "emails",
+                cols: &EMAIL_INSERT_COLUMNS,
+                rows: &email_rows,
+            },
+            TableRows {
+                table: "recipients",
+                cols: &RECIPIENT_INSERT_COLUMNS,
+                rows: &recipient_rows,
+            },
+            TableRows {
+                table: "email_tags",
+                cols: &["project_id", "tag", "email_id"],
+                rows: &tag_rows,
+            },
+            TableRows {
+                table: "email_metadata",
+                cols: &["project_id", "key", "value", "email_id"],
+                rows: &metadata_rows,
+            },
+        ],
     )
     .await?;
 

@@ -94,7 +94,12 @@ pub(super) async fn insert_tables(
     let mut values: Vec<&Val<'_>> = Vec::new();
     for t in tables {
         for chunk in t.rows.chunks((MAX_PARAMS / t.cols.len()).max(1)) {
-            let _ = write!(sql, "INSERT INTO {} ({}) VALUES ", t.table, t.cols.join(", "));
+            let _ = write!(
+                sql,
+                "INSERT INTO {} ({}) VALUES ",
+                t.table,
+                t.cols.join(", ")
+            );
             push_values(&mut sql, chunk, true, false);
             sql.push_str(";\n");
             values.extend(chunk.iter().flatten());

@@ -441,7 +441,6 @@ pub(super) async fn insert_emails<'a>(
         })
         .collect();
 
-
     let recipient_rows: Vec<Vec<Val<'_>>> = emails
         .clone()
         .flat_map(|e| {
@@ -463,7 +462,6 @@ pub(super) async fn insert_emails<'a>(
             })
         })
         .collect();
-
 
     // Search keys: tags and metadata pairs as rows. The tags, parsed once, also go to the
     // stats log below.

@@ -112,8 +112,6 @@ pub struct Store {
     lookups: suppressions::Lookups,
     /// Shared with the writer; cleared by the store's own endpoint writes.
     endpoints: std::sync::Arc<webhooks::EndpointCache>,
-    /// SQLite: the checkpointer runs while a clone of the store lives.
-    _alive: Option<std::sync::Arc<()>>,
 }
 
 impl Store {
@@ -129,13 +127,10 @@ impl Store {
                     format!("{url}?mode=rwc")
                 };
                 let options = AnyConnectOptions::from_str(&url)?;
-                let write = sqlite_pool(1, true).connect_with(options.clone()).await?;
-                let read = sqlite_pool(max_connections.max(2), false)
+                let write = sqlite_pool(1).connect_with(options.clone()).await?;
+                let read = sqlite_pool(max_connections.max(2))
                     .connect_with(options)
                     .await?;
-                let alive = std::sync::Arc::new(());
-                let weak = std::sync::Arc::downgrade(&alive);
-                Home::OwnThread.spawn("herald-checkpoint", checkpoints(read.clone(), weak));
                 let endpoints = std::sync::Arc::new(webhooks::EndpointCache::new(
                     Duration::from_secs(1),
                     10_000,
@@ -154,7 +149,6 @@ impl Store {
                     writer,
                     lookups,
                     endpoints,
-                    _alive: Some(alive),
                 })
             }
             Backend::Postgres => {
@@ -185,7 +179,6 @@ impl Store {
                     writer,
                     lookups,
                     endpoints,
-                    _alive: None,
                 })
             }
         }
@@ -247,15 +240,15 @@ impl Store {
     }
 }
 
-/// SQLite's connections: the writer (`writer`) or readers.
-fn sqlite_pool(max: u32, writer: bool) -> AnyPoolOptions {
+/// SQLite's connections (the writer's pool has one).
+fn sqlite_pool(max: u32) -> AnyPoolOptions {
     AnyPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(Duration::from_secs(30))
         // An embedded database cannot have gone away: no ping (a hand-off to the connection's
         // thread and back) before every use.
         .test_before_acquire(false)
-        .after_connect(move |conn, _meta| {
+        .after_connect(|conn, _meta| {
             Box::pin(async move {
                 // WAL lets readers run beside the writer; synchronous=FULL makes every commit
                 // durable before Herald answers 2xx (NORMAL could lose the last commits on
@@ -265,50 +258,9 @@ fn sqlite_pool(max: u32, writer: bool) -> AnyPoolOptions {
                      PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
                 )
                 .await?;
-                if writer {
-                    // The writer does not checkpoint as it commits (a checkpoint copies a
-                    // thousand pages to the database file and fsyncs it: milliseconds every few
-                    // commits); `checkpoints` does, beside it. A 32 MB page cache keeps the
-                    // indexes' hot pages.
-                    conn.execute(
-                        "PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = -32768; \
-                         PRAGMA journal_size_limit = 67108864;",
-                    )
-                    .await?;
-                }
                 Ok(())
             })
         })
-}
-
-/// Checkpoints the WAL from a reader connection every 200 ms (PASSIVE: it copies what no
-/// reader still needs and never blocks the writer), until the store is dropped or closed. If
-/// readers kept it from catching up and the log passed 50,000 frames (about 200 MB), a
-/// RESTART checkpoint waits for them and makes the writer start the log over.
-async fn checkpoints(read: AnyPool, alive: std::sync::Weak<()>) {
-    use sqlx::Row;
-    while alive.upgrade().is_some() && !read.is_closed() {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let passive = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .fetch_one(&read)
-            .await;
-        let outcome = match passive {
-            Ok(row) => match row.try_get::<i64, _>(1) {
-                Ok(frames) if frames > 50_000 => sqlx::query("PRAGMA wal_checkpoint(RESTART)")
-                    .execute(&read)
-                    .await
-                    .map(|_| ()),
-                _ => Ok(()),
-            },
-            Err(e) => Err(e),
-        };
-        if let Err(e) = outcome {
-            if read.is_closed() {
-                return;
-            }
-            tracing::warn!(error = %e, "WAL checkpoint failed");
-        }
-    }
 }
 
 /// Where one of the store's long-running tasks (the writer, the suppression reader) runs.

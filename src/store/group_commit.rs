@@ -85,13 +85,15 @@ impl Writer {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         let counters = Arc::new(Counters::default());
-        for _ in 0..writers.max(1) {
+        let writers = writers.max(1);
+        for _ in 0..writers {
             let task = run(
                 pool.clone(),
                 Arc::clone(&rx),
                 uuid::Uuid::new_v4().to_string(),
                 Arc::clone(&endpoints),
                 Arc::clone(&counters),
+                KEPT_DIMS / writers,
             );
             home.spawn("herald-writer", task);
         }
@@ -167,8 +169,8 @@ impl Writer {
     }
 }
 
-/// Email dimensions the writer keeps between batches (most outcomes are of emails it has just
-/// written), at most this many.
+/// Email dimensions the writers keep between batches (most outcomes are of emails just
+/// written), at most this many in all (each writer its share).
 const KEPT_DIMS: usize = 50_000;
 
 async fn run(
@@ -177,6 +179,7 @@ async fn run(
     shard: String,
     endpoints: Arc<EndpointCache>,
     counters: Arc<Counters>,
+    kept_dims: usize,
 ) {
     let mut dims = HashMap::new();
     loop {
@@ -201,7 +204,7 @@ async fn run(
         counters.jobs.fetch_add(n, Ordering::Relaxed);
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         counters.busy_micros.fetch_add(micros, Ordering::Relaxed);
-        if dims.len() > KEPT_DIMS {
+        if dims.len() > kept_dims {
             dims = HashMap::new();
         }
     }

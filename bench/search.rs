@@ -167,7 +167,7 @@ async fn main() -> anyhow::Result<()> {
                 .map(|j| email(&project.id, j, &mut rng, now))
                 .collect();
             i += batch.len() as u64;
-            store.insert_emails(&batch, None).await?;
+            store.insert_emails(batch, None).await?;
             if i % 100_000 == 0 {
                 eprintln!(
                     "seeded {i} emails ({:.0}/s)",

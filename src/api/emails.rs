@@ -245,7 +245,7 @@ fn respond(status: StatusCode, body: &Value, replayed: bool) -> Response {
 
 async fn commit(
     state: &AppState,
-    rows: &[NewEmail],
+    rows: Vec<NewEmail>,
     idem: Option<IdempotencyRecord>,
     status: StatusCode,
     body: Value,
@@ -255,11 +255,12 @@ async fn commit(
         r.response_body = body.to_string();
         r
     });
-    state.store.insert_emails(rows, idem.as_ref()).await?;
-    state.metrics.emails_accepted.fetch_add(
-        u64::try_from(rows.len()).unwrap_or(0),
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    let accepted = u64::try_from(rows.len()).unwrap_or(0);
+    state.store.insert_emails(rows, idem).await?;
+    state
+        .metrics
+        .emails_accepted
+        .fetch_add(accepted, std::sync::atomic::Ordering::Relaxed);
     state.wake.notify_waiters();
     Ok((status, body))
 }
@@ -305,10 +306,10 @@ pub async fn create_email(
     idempotent(&state, &principal, &headers, "/v1/emails", &body, |idem| {
         commit(
             &state,
-            std::slice::from_ref(&prepared.row),
+            vec![prepared.row],
             idem,
             StatusCode::ACCEPTED,
-            prepared.accepted.clone(),
+            prepared.accepted,
         )
     })
     .await
@@ -419,7 +420,7 @@ pub async fn create_batch(
         &headers,
         "/v1/emails/batch",
         &body,
-        |idem| commit(&state, &rows, idem, StatusCode::ACCEPTED, body_json.clone()),
+        |idem| commit(&state, rows, idem, StatusCode::ACCEPTED, body_json),
     )
     .await
 }

@@ -170,18 +170,20 @@ impl Worker {
         if outcomes.is_empty() {
             return Ok(());
         }
-        let recorded = self.store.record_outcomes(&self.owner, outcomes).await?;
-        let applied = recorded.applied;
+        let written = outcomes.len();
+        let recorded = self
+            .store
+            .record_outcomes(&self.owner, std::mem::take(outcomes))
+            .await?;
         if recorded.announced > 0 {
             self.events_wake.notify_waiters();
         }
-        if applied < outcomes.len() {
+        if recorded.applied < written {
             tracing::warn!(
-                lost = outcomes.len() - applied,
+                lost = written - recorded.applied,
                 "leases expired before outcomes were recorded; those recipients were retried elsewhere"
             );
         }
-        outcomes.clear();
         Ok(())
     }
 

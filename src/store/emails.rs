@@ -550,12 +550,10 @@ impl Store {
     /// `store::group_commit`); each caller is answered only after that commit.
     pub async fn insert_emails(
         &self,
-        emails: &[NewEmail],
-        idempotency: Option<&IdempotencyRecord>,
+        emails: Vec<NewEmail>,
+        idempotency: Option<IdempotencyRecord>,
     ) -> StoreResult<()> {
-        self.writer
-            .submit_emails(emails.to_vec(), idempotency.cloned())
-            .await
+        self.writer.submit_emails(emails, idempotency).await
     }
 
     /// How many emails a project holds (a full count: for tools, not for requests).

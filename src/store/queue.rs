@@ -187,10 +187,10 @@ impl Store {
     pub async fn record_outcomes(
         &self,
         owner: &str,
-        outcomes: &[Outcome],
+        outcomes: Vec<Outcome>,
     ) -> StoreResult<Recorded> {
         self.writer
-            .submit_outcomes(owner.to_owned(), outcomes.to_vec())
+            .submit_outcomes(owner.to_owned(), outcomes)
             .await
     }
     /// Extends every lease `owner` holds to `until` (a worker still at work).

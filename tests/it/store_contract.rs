@@ -29,7 +29,7 @@ async fn outcomes_of_many_workers_are_fenced_row_by_row(backend: Backend) {
     let emails: Vec<NewEmail> = (0..40)
         .map(|i| email(&p, &[(&format!("u{i}@x.com"), NOW)]))
         .collect();
-    store.insert_emails(&emails, None).await.expect("insert");
+    store.insert_emails(emails, None).await.expect("insert");
     let held = |claimed: Vec<herald::store::ClaimedEmail>| -> Vec<(String, String)> {
         claimed
             .into_iter()
@@ -59,7 +59,7 @@ async fn outcomes_of_many_workers_are_fenced_row_by_row(backend: Backend) {
         ];
         tasks.push(tokio::spawn(async move {
             store
-                .record_outcomes("w1", &outcomes)
+                .record_outcomes("w1", outcomes)
                 .await
                 .expect("record")
                 .applied
@@ -69,12 +69,7 @@ async fn outcomes_of_many_workers_are_fenced_row_by_row(backend: Backend) {
     let outcomes: Vec<Outcome> = w2.iter().map(|(e, r)| sent(e, &p, r, NOW + 2)).collect();
     let w2_applied = {
         let store = store.clone();
-        tokio::spawn(async move {
-            store
-                .record_outcomes("w2", &outcomes)
-                .await
-                .expect("record")
-        })
+        tokio::spawn(async move { store.record_outcomes("w2", outcomes).await.expect("record") })
     };
     let mut w1_applied = Vec::new();
     for t in tasks {
@@ -119,7 +114,7 @@ async fn concurrent_inserts_commit_together_and_fail_alone(backend: Backend) {
             expires_at: NOW + 1000,
         });
         tasks.push(tokio::spawn(async move {
-            store.insert_emails(&[e], idem.as_ref()).await
+            store.insert_emails(vec![e], idem).await
         }));
     }
     let mut ok = 0;
@@ -229,7 +224,7 @@ async fn claims_only_due_recipients_in_order(backend: Backend) {
             ("first@x.com", NOW - 10),
         ],
     );
-    store.insert_emails(&[e], None).await.expect("insert");
+    store.insert_emails(vec![e], None).await.expect("insert");
     let claimed = store
         .claim_due_recipients("w1", NOW, 1000, 1)
         .await
@@ -261,7 +256,7 @@ async fn expired_leases_are_reclaimed_and_fenced(backend: Backend) {
     let p = project(&store).await;
     let e = email(&p, &[("a@x.com", NOW)]);
     let email_id = e.id.clone();
-    store.insert_emails(&[e], None).await.expect("insert");
+    store.insert_emails(vec![e], None).await.expect("insert");
     let first = store
         .claim_due_recipients("dead-worker", NOW, 1000, 10)
         .await
@@ -282,13 +277,13 @@ async fn expired_leases_are_reclaimed_and_fenced(backend: Backend) {
     assert_eq!(again[0].recipients[0].id, rid);
     // The first worker comes back to life: its write is refused.
     let applied = store
-        .record_outcomes("dead-worker", &[sent(&email_id, &p, &rid, NOW + 1001)])
+        .record_outcomes("dead-worker", vec![sent(&email_id, &p, &rid, NOW + 1001)])
         .await
         .expect("record")
         .applied;
     assert_eq!(applied, 0);
     let applied = store
-        .record_outcomes("w2", &[sent(&email_id, &p, &rid, NOW + 1002)])
+        .record_outcomes("w2", vec![sent(&email_id, &p, &rid, NOW + 1002)])
         .await
         .expect("record")
         .applied;
@@ -303,7 +298,7 @@ async fn expired_leases_are_reclaimed_and_fenced(backend: Backend) {
     );
     assert_eq!(
         store
-            .record_outcomes("w2", &[sent(&email_id, &p, &rid, NOW + 1003)])
+            .record_outcomes("w2", vec![sent(&email_id, &p, &rid, NOW + 1003)])
             .await
             .expect("record")
             .applied,
@@ -324,7 +319,7 @@ async fn concurrent_claims_never_overlap(backend: Backend) {
     let emails: Vec<NewEmail> = (0..200)
         .map(|i| email(&p, &[(&format!("u{i}@x.com"), NOW)]))
         .collect();
-    store.insert_emails(&emails, None).await.expect("insert");
+    store.insert_emails(emails, None).await.expect("insert");
     let mut tasks = Vec::new();
     for w in 0..8 {
         let store = store.clone();
@@ -371,11 +366,11 @@ async fn idempotency_key_is_unique_with_the_email(backend: Backend) {
         expires_at: NOW + 1000,
     };
     store
-        .insert_emails(&[email(&p, &[("a@x.com", NOW)])], Some(&record))
+        .insert_emails(vec![email(&p, &[("a@x.com", NOW)])], Some(record.clone()))
         .await
         .expect("first");
     let second = store
-        .insert_emails(&[email(&p, &[("b@x.com", NOW)])], Some(&record))
+        .insert_emails(vec![email(&p, &[("b@x.com", NOW)])], Some(record.clone()))
         .await;
     assert!(matches!(second, Err(StoreError::Conflict)), "{second:?}");
     assert_eq!(
@@ -401,7 +396,7 @@ async fn idempotency_key_is_unique_with_the_email(backend: Backend) {
     later.created_at = NOW + 2000;
     later.expires_at = NOW + 3000;
     store
-        .insert_emails(&[email(&p, &[("c@x.com", NOW)])], Some(&later))
+        .insert_emails(vec![email(&p, &[("c@x.com", NOW)])], Some(later))
         .await
         .expect("reuse after expiry");
     store.close().await;

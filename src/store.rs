@@ -140,8 +140,8 @@ impl Store {
                     std::sync::Arc::clone(&endpoints),
                     Home::OwnThread,
                     1,
-                );
-                let lookups = suppressions::Lookups::start(read.clone(), Home::OwnThread);
+                )?;
+                let lookups = suppressions::Lookups::start(read.clone(), Home::OwnThread)?;
                 Ok(Self {
                     backend,
                     read,
@@ -170,8 +170,8 @@ impl Store {
                     std::sync::Arc::clone(&endpoints),
                     Home::Runtime,
                     writers,
-                );
-                let lookups = suppressions::Lookups::start(pool.clone(), Home::Runtime);
+                )?;
+                let lookups = suppressions::Lookups::start(pool.clone(), Home::Runtime)?;
                 Ok(Self {
                     backend,
                     read: pool.clone(),
@@ -277,33 +277,28 @@ enum Home {
 }
 
 impl Home {
-    fn spawn<F>(self, name: &str, task: F)
+    /// Starts `task`; a thread or runtime that cannot be had fails the store's start.
+    fn spawn<F>(self, name: &str, task: F) -> StoreResult<()>
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        if let Home::OwnThread = self {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            match runtime {
-                Ok(runtime) => {
-                    let spawned = std::thread::Builder::new()
-                        .name(name.to_owned())
-                        .spawn(move || runtime.block_on(task));
-                    match spawned {
-                        Ok(_) => return,
-                        Err(e) => {
-                            tracing::error!(error = %e, task = name, "cannot start a thread");
-                            return;
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, task = name, "no runtime of its own; shared");
-                }
+        match self {
+            Home::Runtime => {
+                tokio::spawn(task);
+            }
+            Home::OwnThread => {
+                let cannot = |e: std::io::Error| StoreError::Unavailable(format!("{name}: {e}"));
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(cannot)?;
+                std::thread::Builder::new()
+                    .name(name.to_owned())
+                    .spawn(move || runtime.block_on(task))
+                    .map_err(cannot)?;
             }
         }
-        tokio::spawn(task);
+        Ok(())
     }
 }
 

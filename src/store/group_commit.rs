@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use sqlx::AnyPool;
+use sqlx::{Any, AnyPool, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::emails::{IdempotencyRecord, NewEmail, insert_emails, insert_request};
@@ -81,7 +81,7 @@ impl Writer {
         endpoints: Arc<EndpointCache>,
         home: Home,
         writers: usize,
-    ) -> Self {
+    ) -> StoreResult<Self> {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         let counters = Arc::new(Counters::default());
@@ -95,9 +95,9 @@ impl Writer {
                 Arc::clone(&counters),
                 KEPT_DIMS / writers,
             );
-            home.spawn("herald-writer", task);
+            home.spawn("herald-writer", task)?;
         }
-        Self { tx, counters }
+        Ok(Self { tx, counters })
     }
 
     pub(super) fn figures(&self) -> WriterFigures {
@@ -183,23 +183,14 @@ async fn run(
 ) {
     let mut dims = HashMap::new();
     loop {
-        let jobs = {
-            let mut rx = rx.lock().await;
-            let Some(first) = rx.recv().await else {
-                return;
-            };
-            let mut jobs = vec![first];
-            while jobs.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
-                }
-            }
-            jobs
-        };
+        // Whatever is waiting, up to MAX_BATCH, once at least one job is.
+        let mut jobs = Vec::new();
+        if rx.lock().await.recv_many(&mut jobs, MAX_BATCH).await == 0 {
+            return;
+        }
         let started = Instant::now();
         let n = jobs.len() as u64;
-        dims = commit(&pool, jobs, &shard, &endpoints, dims).await;
+        dims = commit(&pool, Batch::of(jobs), &shard, &endpoints, dims).await;
         counters.commits.fetch_add(1, Ordering::Relaxed);
         counters.jobs.fetch_add(n, Ordering::Relaxed);
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -210,174 +201,113 @@ async fn run(
     }
 }
 
-/// Answers every job of a batch that could not be committed: nothing of it was.
-fn fail_all(
+/// One transaction's jobs, by kind.
+#[derive(Default)]
+struct Batch {
     ingest: Vec<IngestJob>,
-    outcomes: Vec<OutcomeJob>,
+    settled: Vec<OutcomeJob>,
     claims: Vec<ClaimJob>,
-    err: impl Fn() -> StoreError,
-) {
-    for job in ingest {
-        let _ = job.reply.send(Err(err()));
+}
+
+/// What a batch's writes gave each job: a result per request, a count per outcome group,
+/// the leased rows per claim.
+struct Written {
+    results: Vec<StoreResult<()>>,
+    applied: Vec<usize>,
+    claimed: Vec<Vec<ClaimRow>>,
+}
+
+impl Batch {
+    fn of(jobs: Vec<Job>) -> Self {
+        let mut batch = Batch::default();
+        for job in jobs {
+            match job {
+                Job::Ingest(j) => batch.ingest.push(j),
+                Job::Outcomes(j) => batch.settled.push(j),
+                Job::Claim(j) => batch.claims.push(j),
+            }
+        }
+        batch
     }
-    for job in outcomes {
-        let _ = job.reply.send(Err(err()));
+
+    /// Answers every job of a batch that could not be committed: nothing of it was.
+    fn fail(self, err: impl Fn() -> StoreError) {
+        for job in self.ingest {
+            let _ = job.reply.send(Err(err()));
+        }
+        for job in self.settled {
+            let _ = job.reply.send(Err(err()));
+        }
+        for job in self.claims {
+            let _ = job.reply.send(Err(err()));
+        }
     }
-    for job in claims {
-        let _ = job.reply.send(Err(err()));
+
+    /// Answers every job after the commit.
+    fn answer(self, written: Written, announced: usize) {
+        for (job, result) in self.ingest.into_iter().zip(written.results) {
+            let _ = job.reply.send(result);
+        }
+        for (job, applied) in self.settled.into_iter().zip(written.applied) {
+            let _ = job.reply.send(Ok(Recorded { applied, announced }));
+        }
+        for (job, rows) in self.claims.into_iter().zip(written.claimed) {
+            let _ = job.reply.send(Ok(rows));
+        }
+    }
+
+    /// The projects whose webhook endpoints the batch's events may need.
+    fn projects(&self) -> impl Iterator<Item = &str> {
+        let accepted = self
+            .ingest
+            .iter()
+            .flat_map(|j| j.emails.iter().map(|e| e.project_id.as_str()));
+        let settled = self
+            .settled
+            .iter()
+            .flat_map(|j| j.outcomes.iter().map(|o| o.project_id.as_str()));
+        accepted.chain(settled)
     }
 }
 
 /// Commits one batch; returns the email dimensions the stats log knew (to keep).
 async fn commit(
     pool: &AnyPool,
-    jobs: Vec<Job>,
+    batch: Batch,
     shard: &str,
     endpoints: &EndpointCache,
     dims: Dims,
 ) -> Dims {
-    let mut ingest = Vec::new();
-    let mut settled = Vec::new();
-    let mut claims = Vec::new();
-    for job in jobs {
-        match job {
-            Job::Ingest(j) => ingest.push(j),
-            Job::Outcomes(j) => settled.push(j),
-            Job::Claim(j) => claims.push(j),
-        }
-    }
     let mut tx = match pool.begin().await {
         Ok(tx) => tx,
         Err(e) => {
             let msg = e.to_string();
-            fail_all(ingest, settled, claims, || {
-                StoreError::from_shared(&msg, &e)
-            });
+            batch.fail(|| StoreError::from_shared(&msg, &e));
             return dims;
         }
     };
-    let unavailable = |e: StoreError| {
-        let msg = e.to_string();
-        move || StoreError::Unavailable(msg.clone())
-    };
-    let mut results: Vec<Option<StoreResult<()>>> = ingest.iter().map(|_| None).collect();
     let mut outbox = Outbox::default();
     outbox.stats.use_shard_of(shard);
     outbox.stats.adopt_dims(dims);
-    let projects = ingest
-        .iter()
-        .flat_map(|j| j.emails.iter().map(|e| e.project_id.as_str()))
-        .chain(
-            settled
-                .iter()
-                .flat_map(|j| j.outcomes.iter().map(|o| o.project_id.as_str())),
-        );
-    outbox.use_cached_endpoints(endpoints, projects);
-    // Requests without an idempotency key cannot conflict with anything (their ids are new):
-    // all their emails go in together, one statement per table.
-    let plain: Vec<&NewEmail> = ingest
-        .iter()
-        .filter(|j| j.idempotency.is_none())
-        .flat_map(|j| &j.emails)
-        .collect();
-    if !plain.is_empty() {
-        if let Err(e) = insert_emails(&mut tx, &mut outbox, plain.iter().copied()).await {
+    outbox.use_cached_endpoints(endpoints, batch.projects());
+    let written = match write(&mut tx, &mut outbox, &batch).await {
+        Ok(written) => written,
+        Err(e) => {
             // The transaction is unusable: nothing of this batch is committed.
             drop(tx);
-            fail_all(ingest, settled, claims, unavailable(e));
-            return Dims::new();
-        }
-        for (job, result) in ingest.iter().zip(results.iter_mut()) {
-            if job.idempotency.is_none() {
-                *result = Some(Ok(()));
-            }
-        }
-    }
-    let applied = if settled.is_empty() {
-        Vec::new()
-    } else {
-        let batches: Vec<(&str, &[Outcome])> = settled
-            .iter()
-            .map(|j| (j.owner.as_str(), j.outcomes.as_slice()))
-            .collect();
-        match apply_outcomes(&mut tx, &mut outbox, &batches).await {
-            Ok(counts) => counts,
-            Err(e) => {
-                drop(tx);
-                fail_all(ingest, settled, claims, unavailable(e));
-                return Dims::new();
-            }
+            let msg = e.to_string();
+            batch.fail(|| StoreError::Unavailable(msg.clone()));
+            return outbox.stats.take_dims();
         }
     };
-    // Claims last: they may lease recipients this very batch accepted.
-    let mut claimed = Vec::with_capacity(claims.len());
-    for job in &claims {
-        match claim_rows(&mut tx, &job.owner, job.now_ms, job.lease_ms, job.limit).await {
-            Ok(rows) => claimed.push(rows),
-            Err(e) => {
-                drop(tx);
-                fail_all(ingest, settled, claims, unavailable(e));
-                return Dims::new();
-            }
-        }
-    }
-    // A request with a key may find it taken: each goes in its own savepoint, so its failure
-    // rolls back only that request.
-    let keyed = ingest.iter().filter(|j| j.idempotency.is_some()).count();
-    let alone = keyed == 1 && plain.is_empty() && settled.is_empty() && claims.is_empty();
-    for (job, result) in ingest.iter().zip(results.iter_mut()) {
-        if job.idempotency.is_none() {
-            continue;
-        }
-        if alone {
-            *result = Some(
-                insert_request(&mut tx, &mut outbox, &job.emails, job.idempotency.as_ref()).await,
-            );
-            continue;
-        }
-        let mark = outbox.stats.mark();
-        let step = async {
-            sqlx::query("SAVEPOINT ingest").execute(&mut *tx).await?;
-            let r =
-                insert_request(&mut tx, &mut outbox, &job.emails, job.idempotency.as_ref()).await;
-            let end = if r.is_ok() {
-                "RELEASE SAVEPOINT ingest"
-            } else {
-                "ROLLBACK TO SAVEPOINT ingest"
-            };
-            sqlx::query(end).execute(&mut *tx).await?;
-            if r.is_err() {
-                // ROLLBACK TO leaves the savepoint open; close it so the next request starts
-                // from a clean slate. (The outbox's endpoint cache is read-only: still valid.)
-                sqlx::query("RELEASE SAVEPOINT ingest")
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            Ok::<_, StoreError>(r)
-        };
-        match step.await {
-            Ok(r) => {
-                if r.is_err() {
-                    outbox.stats.rollback_to(mark);
-                }
-                *result = Some(r);
-            }
-            Err(e) => {
-                // The transaction itself is broken: nothing of this batch is committed.
-                drop(tx);
-                fail_all(ingest, settled, claims, unavailable(e));
-                return Dims::new();
-            }
-        }
-    }
-    let results: Vec<StoreResult<()>> = results.into_iter().map(|o| o.unwrap_or(Ok(()))).collect();
-    if settled.is_empty() && claims.is_empty() && results.iter().all(Result::is_err) {
+    if batch.settled.is_empty()
+        && batch.claims.is_empty()
+        && written.results.iter().all(Result::is_err)
+    {
         // Nothing to keep: roll back (dropping the transaction does) and report.
         drop(tx);
-        for (job, result) in ingest.into_iter().zip(results) {
-            let _ = job.reply.send(result);
-        }
-        return Dims::new();
+        batch.answer(written, 0);
+        return outbox.stats.take_dims();
     }
     outbox.remember_endpoints(endpoints);
     let announced = outbox.announced;
@@ -385,19 +315,89 @@ async fn commit(
         Ok(()) => tx.commit().await.map_err(StoreError::from),
         Err(e) => Err(e),
     };
-    let dims = outbox.stats.take_dims();
-    if let Err(e) = committed {
-        fail_all(ingest, settled, claims, unavailable(e));
-        return dims;
+    match committed {
+        Ok(()) => batch.answer(written, announced),
+        Err(e) => {
+            let msg = e.to_string();
+            batch.fail(|| StoreError::Unavailable(msg.clone()));
+        }
     }
-    for (job, result) in ingest.into_iter().zip(results) {
-        let _ = job.reply.send(result);
+    outbox.stats.take_dims()
+}
+
+/// The batch's writes inside `tx`. Requests without an idempotency key cannot conflict with
+/// anything (their ids are new): all their emails go in together, one statement per table.
+/// Then every worker's outcomes, then the claims (they may lease what this very batch
+/// accepted), then each request with a key in its own savepoint, so a key found taken rolls
+/// back only that request. An error is the transaction's: nothing of the batch can commit.
+async fn write(
+    tx: &mut Transaction<'static, Any>,
+    outbox: &mut Outbox,
+    batch: &Batch,
+) -> StoreResult<Written> {
+    let plain: Vec<&NewEmail> = batch
+        .ingest
+        .iter()
+        .filter(|j| j.idempotency.is_none())
+        .flat_map(|j| &j.emails)
+        .collect();
+    if !plain.is_empty() {
+        insert_emails(tx, outbox, plain.iter().copied()).await?;
     }
-    for (job, applied) in settled.into_iter().zip(applied) {
-        let _ = job.reply.send(Ok(Recorded { applied, announced }));
+    let applied = if batch.settled.is_empty() {
+        Vec::new()
+    } else {
+        let groups: Vec<(&str, &[Outcome])> = batch
+            .settled
+            .iter()
+            .map(|j| (j.owner.as_str(), j.outcomes.as_slice()))
+            .collect();
+        apply_outcomes(tx, outbox, &groups).await?
+    };
+    let mut claimed = Vec::with_capacity(batch.claims.len());
+    for job in &batch.claims {
+        claimed.push(claim_rows(tx, &job.owner, job.now_ms, job.lease_ms, job.limit).await?);
     }
-    for (job, rows) in claims.into_iter().zip(claimed) {
-        let _ = job.reply.send(Ok(rows));
+    let keyed = batch
+        .ingest
+        .iter()
+        .filter(|j| j.idempotency.is_some())
+        .count();
+    let alone = keyed == 1 && batch.ingest.len() == 1 && applied.is_empty() && claimed.is_empty();
+    let mut results = Vec::with_capacity(batch.ingest.len());
+    for job in &batch.ingest {
+        let Some(idempotency) = &job.idempotency else {
+            results.push(Ok(()));
+            continue;
+        };
+        if alone {
+            // Its failure rolls the whole transaction back: no savepoint needed.
+            results.push(insert_request(tx, outbox, &job.emails, Some(idempotency)).await);
+            continue;
+        }
+        let mark = outbox.stats.mark();
+        sqlx::query("SAVEPOINT ingest").execute(&mut **tx).await?;
+        let r = insert_request(tx, outbox, &job.emails, Some(idempotency)).await;
+        if r.is_ok() {
+            sqlx::query("RELEASE SAVEPOINT ingest")
+                .execute(&mut **tx)
+                .await?;
+        } else {
+            // ROLLBACK TO leaves the savepoint open; close it so the next request starts
+            // from a clean slate. (The outbox's endpoint cache is read-only: still valid.)
+            sqlx::query("ROLLBACK TO SAVEPOINT ingest")
+                .execute(&mut **tx)
+                .await?;
+            sqlx::query("RELEASE SAVEPOINT ingest")
+                .execute(&mut **tx)
+                .await?;
+            outbox.stats.rollback_to(mark);
+        }
+        results.push(r);
     }
-    dims
+    Ok(Written {
+        results,
+        applied,
+        claimed,
+    })
 }

@@ -191,10 +191,10 @@ const MAX_LOOKUPS: usize = 256;
 const MAX_ADDRESSES: usize = 500;
 
 impl Lookups {
-    pub(super) fn start(pool: AnyPool, home: Home) -> Self {
+    pub(super) fn start(pool: AnyPool, home: Home) -> StoreResult<Self> {
         let (tx, rx) = mpsc::channel(4 * MAX_LOOKUPS);
-        home.spawn("herald-lookups", run_lookups(pool, rx));
-        Self { tx }
+        home.spawn("herald-lookups", run_lookups(pool, rx))?;
+        Ok(Self { tx })
     }
 
     async fn check(
@@ -217,16 +217,10 @@ impl Lookups {
 }
 
 async fn run_lookups(pool: AnyPool, mut rx: mpsc::Receiver<Lookup>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_LOOKUPS {
-            match rx.try_recv() {
-                Ok(l) => batch.push(l),
-                Err(_) => break,
-            }
-        }
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, MAX_LOOKUPS).await > 0 {
         let found = find(&pool, &batch).await;
-        for l in batch {
+        for l in batch.drain(..) {
             let answer = match &found {
                 Ok(found) => Ok(found
                     .iter()

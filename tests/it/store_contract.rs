@@ -18,7 +18,66 @@ on_both_backends!(
     migrations_are_idempotent,
     concurrent_inserts_commit_together_and_fail_alone,
     outcomes_of_many_workers_are_fenced_row_by_row,
+    deliveries_to_an_endpoint_disabled_since_are_canceled_at_claim,
 );
+
+/// A writer may still hold an endpoint as enabled for up to a second after another process
+/// disabled it (and canceled what was waiting): a delivery it writes then must not be sent.
+async fn deliveries_to_an_endpoint_disabled_since_are_canceled_at_claim(backend: Backend) {
+    let (store, db) = store(backend).await;
+    let p = project(&store).await;
+    let endpoint = herald::store::EndpointRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        project_id: p.clone(),
+        url: "https://hooks.example.com/herald".into(),
+        description: None,
+        event_types: vec!["email.queued".into()],
+        streams: vec![],
+        status: "enabled".into(),
+        disabled_reason: None,
+        secret: "sealed".into(),
+        previous_secret: None,
+        previous_secret_expires_at: None,
+        created_at: NOW,
+        updated_at: NOW,
+    };
+    store
+        .insert_webhook_endpoint(&endpoint)
+        .await
+        .expect("endpoint");
+    let mut e = email(&p, &[("a@x.com", NOW)]);
+    let rid = e.recipients[0].id.clone();
+    e.events.push(NewEvent::new(
+        Some(&rid),
+        Some("a@x.com"),
+        "email.queued",
+        serde_json::json!({}),
+        NOW,
+    ));
+    store.insert_emails(vec![e], None).await.expect("insert");
+    assert_eq!(store.count_pending_webhooks().await.expect("count"), 1);
+    // Another process disables the endpoint; this delivery was written after its cancel ran.
+    sqlx::any::install_default_drivers();
+    let other = sqlx::AnyPool::connect(&db.url).await.expect("connect");
+    sqlx::query("UPDATE webhook_endpoints SET status = 'disabled' WHERE id = $1")
+        .bind(&endpoint.id)
+        .execute(&other)
+        .await
+        .expect("disable");
+    other.close().await;
+    let due = store
+        .claim_webhook_deliveries("d1", NOW + 1, 60_000, 10)
+        .await
+        .expect("claim");
+    assert!(due.is_empty(), "nothing is sent to a disabled endpoint");
+    assert_eq!(
+        store.count_pending_webhooks().await.expect("count"),
+        0,
+        "the delivery is canceled, not left pending"
+    );
+    store.close().await;
+    db.drop_db().await;
+}
 
 /// Outcomes of several workers, recorded concurrently (so the writer folds many of them into
 /// one statement): each row is fenced by its own lease owner, so a worker's write for a

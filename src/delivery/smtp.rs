@@ -61,7 +61,6 @@ impl std::fmt::Debug for SmtpRelay {
     }
 }
 
-/// A failure that ends the transaction, with where it happened.
 /// EHLO keywords Herald acts on that lettre's `ServerInfo` does not keep.
 #[derive(Debug, Clone, Copy, Default)]
 struct RelayExtensions {
@@ -69,6 +68,7 @@ struct RelayExtensions {
     pipelining: bool,
 }
 
+/// A failure that ends the transaction, with where it happened.
 struct Failure {
     reply: Option<SmtpReply>,
     phase: SmtpPhase,

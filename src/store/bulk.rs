@@ -161,7 +161,8 @@ pub(super) async fn update_from_values(
     Ok(changed)
 }
 
-fn is_sqlite(tx: &Transaction<'static, Any>) -> bool {
+/// Whether `tx` is SQLite's (the writer's helpers run on either database).
+pub(super) fn is_sqlite(tx: &Transaction<'static, Any>) -> bool {
     tx.backend_name().eq_ignore_ascii_case("sqlite")
 }
 

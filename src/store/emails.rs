@@ -410,14 +410,9 @@ pub(super) async fn insert_emails<'a>(
     outbox: &mut Outbox,
     emails: impl Iterator<Item = &'a NewEmail> + Clone,
 ) -> StoreResult<()> {
-    let sizes: Vec<i64> = emails
-        .clone()
-        .map(|e| i64::try_from(e.mime.len()).unwrap_or(i64::MAX))
-        .collect();
     let email_rows: Vec<Vec<Val<'_>>> = emails
         .clone()
-        .zip(&sizes)
-        .map(|(e, size)| {
+        .map(|e| {
             vec![
                 Val::Text(&e.id),
                 Val::Text(&e.project_id),
@@ -433,7 +428,7 @@ pub(super) async fn insert_emails<'a>(
                 Val::OptText(e.text_body.as_deref()),
                 Val::OptText(e.html_body.as_deref()),
                 Val::Blob(&e.mime),
-                Val::Int(*size),
+                Val::Int(i64::try_from(e.mime.len()).unwrap_or(i64::MAX)),
                 Val::Int(e.created_at),
                 Val::OptInt(e.scheduled_at),
                 Val::OptInt(e.expires_at),

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::{Any, Row, Transaction};
 
-use super::bulk::{Val, update_from_values};
+use super::bulk::{Val, is_sqlite, update_from_values};
 use super::emails::{NewEvent, insert_events};
 use super::suppressions::{SuppressionRecord, insert_suppression};
 use super::webhooks::{EventRow, Outbox};
@@ -102,7 +102,7 @@ pub(super) async fn claim_rows(
     lease_ms: i64,
     limit: usize,
 ) -> StoreResult<Vec<ClaimRow>> {
-    let sql = if tx.backend_name().eq_ignore_ascii_case("sqlite") {
+    let sql = if is_sqlite(tx) {
         CLAIM_SQLITE
     } else {
         CLAIM_POSTGRES

@@ -117,8 +117,8 @@ type HourKey = (String, String, i64, String, String, String);
 type BounceKey = (String, i64, String, String, String, String);
 
 impl StatsLog {
-    /// Writes this log's increments to the shard of `writer` (a delivery worker's owner id,
-    /// say), not to the ingest writer's.
+    /// Writes this log's increments to the shard of `writer` (a group-commit writer's id, or
+    /// the id a one-off transaction is about), so concurrent writers do not add to one row.
     pub(super) fn use_shard_of(&mut self, writer: &str) {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();

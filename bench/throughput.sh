@@ -3,13 +3,16 @@
 #
 #   bash bench/throughput.sh [N=100000] [concurrency=64] [runs=3]
 #   BENCH_BACKENDS="sqlite postgres" (default both), BENCH_POSTFIX=0 to skip Postfix,
-#   BENCH_RELAY_CONCURRENCY (32), BENCH_OUT (bench/results.json).
+#   BENCH_RELAY_CONCURRENCY (32), BENCH_OUT (bench/results.json), BENCH_WORKLOADS ("plain mix ingest").
+#   BENCH_BINS="a=/path/herald b=/other/herald": compare builds side by side instead of building
+#   this tree (each run goes through every binary in turn; systems are named herald-<backend>-<label>).
 #
 # For each run: Postfix's smtp-sink is the relay (it answers 250 and keeps nothing). Herald
 # (release build) accepts N emails over HTTP keep-alive from wrk, every 202 durably committed
 # (SQLite synchronous=FULL with group commit, or Postgres), and delivers them to the sink.
 # Workloads: "plain" (2 KB text, one recipient) and "mix" (every 20th email has three
-# recipients, every 20th a 24 KB attachment). The same N plain 2 KB messages go through a
+# recipients, every 20th a 24 KB attachment), and "ingest" (the plain bodies with delivery off:
+# what accepting alone reaches; nothing is delivered). The same N plain 2 KB messages go through a
 # throwaway Postfix instance configured as a relay (smtp-source -> Postfix -> smtp-sink; its
 # queue files are fsynced, as Herald's commits are). Runs are interleaved system by system and
 # the table shows the median and the spread (min-max) of the runs; the JSON file has every run.
@@ -19,6 +22,7 @@ cd "$(dirname "$0")/.."
 N=${1:-100000}; C=${2:-64}; RUNS=${3:-3}
 BACKENDS=${BENCH_BACKENDS:-"sqlite postgres"}
 POSTFIX=${BENCH_POSTFIX:-1}
+WORKLOADS=${BENCH_WORKLOADS:-"plain mix ingest"}
 RELAY_CONCURRENCY=${BENCH_RELAY_CONCURRENCY:-32}
 OUT=${BENCH_OUT:-bench/results.json}
 PG_ADMIN=${BENCH_PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/test}
@@ -33,8 +37,11 @@ for tool in smtp-sink smtp-source postfix wrk curl python3; do
     }
 done
 
-cargo build --release --quiet --bin herald
-BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/herald
+BINS=${BENCH_BINS:-}
+if [ -z "$BINS" ]; then
+    cargo build --release --quiet --bin herald
+    BINS="=${CARGO_TARGET_DIR:-$PWD/target}/release/herald"
+fi
 WORK=$(mktemp -d /tmp/herald-bench.XXXXXX)
 chmod 755 "$WORK"
 PIDS=()
@@ -50,6 +57,26 @@ cleanup() {
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 now() { date +%s.%N; }
+# Polls a count (the output of the command given) every $POLL s until it reaches the target,
+# then prints the moment it got there, interpolated between the last two polls: polls are
+# sparse (each is a process and, for Herald, a /metrics scrape that counts the queue, all on
+# the measured machine) without the interval rounding the figures.
+POLL=${BENCH_POLL:-0.5}
+reach() { # target command...
+    local target=$1 t_prev c_prev t c
+    shift
+    t_prev=$(now); c_prev=$("$@")
+    while [ "$c_prev" -lt "$target" ] && [ $SECONDS -lt $DEADLINE ]; do
+        sleep "$POLL"
+        t=$(now); c=$("$@")
+        if [ "$c" -ge "$target" ]; then
+            python3 -c "print($t_prev + ($t - $t_prev) * ($target - $c_prev) / max($c - $c_prev, 1))"
+            return
+        fi
+        t_prev=$t; c_prev=$c
+    done
+    echo "$t_prev"
+}
 wait_port() { for _ in $(seq 1 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
 python3 - "$WORK" <<'PY'
@@ -96,8 +123,8 @@ settled_recipients() {
 RESULTS=$WORK/results.jsonl
 : >"$RESULTS"
 
-run_herald() { # backend workload
-    local backend=$1 mix=$2 sink port db key pid sinkpid
+run_herald() { # backend workload label binary
+    local backend=$1 mix=$2 label=$3 BIN=$4 sink port db key pid sinkpid
     sink=$(free_port); port=$(free_port)
     smtp-sink -u nobody -4 "127.0.0.1:$sink" 1024 >/dev/null 2>&1 &
     sinkpid=$!; PIDS+=("$sinkpid")
@@ -112,57 +139,67 @@ run_herald() { # backend workload
     export HERALD_DATABASE_URL=$db HERALD_LISTEN=127.0.0.1:$port HERALD_OUTBOX_DIR=$WORK/outbox \
         HERALD_RELAY_URL="smtp://127.0.0.1:$sink?tls=none" HERALD_RELAY__CONCURRENCY=$RELAY_CONCURRENCY \
         HERALD_LOG__LEVEL=warn HERALD_SECRET_KEY=bench HERALD_LIMITS__RATE_PER_SECOND=0
+    # "ingest": the plain bodies with delivery off, to see what accepting alone costs and reaches.
+    local body=$mix
+    if [ "$mix" = ingest ]; then
+        export HERALD_DELIVERY__WORKERS=0
+        body=plain
+    else
+        unset HERALD_DELIVERY__WORKERS
+    fi
     key=$("$BIN" keys create --project bench 2>/dev/null)
     "$BIN" serve 2>"$WORK/serve.log" &
     pid=$!; PIDS+=("$pid")
     wait_port "$port"
     local threads=2 t0 t1 t2 wrk_out expected settled
-    export BENCH_KEY=$key BENCH_MIX=$mix BENCH_PER_THREAD=$((N / threads))
+    export BENCH_KEY=$key BENCH_MIX=$body BENCH_PER_THREAD=$((N / threads))
     local mcpu0 mcpu
     mcpu0=$(machine_cpu)
     t0=$(now)
     # wrk runs for its whole -d even after every thread stopped at its share: stop it (SIGINT
-    # makes it print its summary) as soon as Herald has accepted them all. Polled every 0.1 s:
-    # each poll is a curl process and a /metrics scrape, both on the measured machine.
+    # makes it print its summary) once Herald has accepted them all.
     wrk -t"$threads" -c"$C" -d3600s --timeout 30s -s bench/throughput.lua \
         "http://127.0.0.1:$port" >"$WORK/wrk.out" 2>&1 &
     local wrkpid=$!
-    while [ "$(accepted_emails "$port")" -lt $((N / threads * threads)) ] && [ $SECONDS -lt $DEADLINE ]; do
-        sleep 0.1
-    done
-    t1=$(now)
+    t1=$(reach $((N / threads * threads)) accepted_emails "$port")
+    # The peers' own CPU (they share the machine): read before they exit.
+    local wcpu scpu
+    read -r wcpu _ < <(proc_stats "$wrkpid")
     kill -INT "$wrkpid"; wait "$wrkpid" || true
     wrk_out=$(cat "$WORK/wrk.out")
     # Recipients accepted, from Herald's own stats.
     expected=$(curl -s -H "Authorization: Bearer $key" "http://127.0.0.1:$port/v1/stats?granularity=month&metrics=accepted" |
         python3 -c 'import json,sys; print(json.load(sys.stdin)["totals"]["accepted"])')
-    settled=0
-    while [ "$settled" -lt "$expected" ] && [ $SECONDS -lt $DEADLINE ]; do
-        sleep 0.1
+    settled=0 t2=$t1
+    if [ "$mix" != ingest ]; then
+        t2=$(reach "$expected" settled_recipients "$port")
         settled=$(settled_recipients "$port")
-    done
-    t2=$(now)
+    fi
     mcpu=$(python3 -c "print(f'{$(machine_cpu) - $mcpu0:.2f}')")
     read -r cpu rss < <(proc_stats "$pid")
+    read -r scpu _ < <(proc_stats "$sinkpid")
     kill "$pid"; wait "$pid" 2>/dev/null || true
     kill "$sinkpid"; wait "$sinkpid" 2>/dev/null || true
-    python3 - "$RESULTS" "$backend" "$mix" "$t0" "$t1" "$t2" "$expected" "$settled" "$cpu" "$rss" "$mcpu" "$wrk_out" <<'PY'
+    python3 - "$RESULTS" "$backend${label:+-$label}" "$mix" "$t0" "$t1" "$t2" "$expected" "$settled" "$cpu" "$rss" "$mcpu" "$wcpu" "$scpu" "$wrk_out" <<'PY'
 import json, re, sys
-out, backend, mix, t0, t1, t2, expected, settled, cpu, rss, mcpu, wrk = sys.argv[1:]
+out, backend, mix, t0, t1, t2, expected, settled, cpu, rss, mcpu, wcpu, scpu, wrk = sys.argv[1:]
 m = dict(re.findall(r"(\w+)=(\d+)", next(l for l in wrk.splitlines() if l.startswith("BENCH "))))
 t0, t1, t2 = float(t0), float(t1), float(t2)
 emails = int(m["requests"])
 row = {"system": f"herald-{backend}", "workload": mix, "emails": emails,
        "recipients": int(expected), "delivered": int(settled), "non_202": int(m["non202"]),
        "accepted_per_s": round(emails / (t1 - t0), 1),
-       "delivered_per_s": round(int(settled) / (t2 - t0), 1),
+       "delivered_per_s": None if mix == "ingest" else round(int(settled) / (t2 - t0), 1),
        "accept_p50_ms": int(m["p50_us"]) / 1000, "accept_p99_ms": int(m["p99_us"]) / 1000,
-       "accept_max_ms": int(m["max_us"]) / 1000, "drain_s": round(t2 - t0, 2),
-       "drain_after_accept_s": round(t2 - t1, 2), "peak_rss_mb": float(rss),
+       "accept_max_ms": int(m["max_us"]) / 1000,
+       "drain_s": None if mix == "ingest" else round(t2 - t0, 2),
+       "drain_after_accept_s": None if mix == "ingest" else round(t2 - t1, 2), "peak_rss_mb": float(rss),
        "cpu_s_per_1000": round(float(cpu) / emails * 1000, 3),
-       "machine_cpu_s_per_1000": round(float(mcpu) / emails * 1000, 3)}
+       "machine_cpu_s_per_1000": round(float(mcpu) / emails * 1000, 3),
+       "wrk_cpu_s_per_1000": round(float(wcpu) / emails * 1000, 3),
+       "sink_cpu_s_per_1000": round(float(scpu) / emails * 1000, 3)}
 open(out, "a").write(json.dumps(row) + "\n")
-print(f"  {row['system']:<16} {mix:<6} accepted {row['accepted_per_s']:>8}/s  delivered {row['delivered_per_s']:>8}/s  "
+print(f"  {row['system']:<24} {mix:<6} accepted {row['accepted_per_s']:>8}/s  delivered {str(row['delivered_per_s'] or '-'):>8}/s  "
       f"p99 {row['accept_p99_ms']} ms  rss {rss} MB  cpu {row['cpu_s_per_1000']} s/1000")
 PY
 }
@@ -197,6 +234,12 @@ default_destination_concurrency_limit = $RELAY_CONCURRENCY
 EOF
 }
 
+sent_count() {
+    local n
+    n=$(grep -c 'status=sent' "$1" 2>/dev/null)
+    echo "${n:-0}"
+}
+
 run_postfix() {
     local pf=$WORK/pf sinkpid t0 t1 t2 sent=0 cpu
     rm -rf "$pf/queue" "$pf/data" "$pf/maillog"
@@ -214,11 +257,8 @@ run_postfix() {
     t0=$(now)
     smtp-source -c -l 2048 -m "$N" -s "$C" -f orders@acme.com -t ada@example.com "127.0.0.1:$PF_PORT" >/dev/null
     t1=$(now)
-    while [ "$sent" -lt "$N" ] && [ $SECONDS -lt $DEADLINE ]; do
-        sleep 0.2
-        sent=$(grep -c 'status=sent' "$pf/maillog" 2>/dev/null || true)
-    done
-    t2=$(now)
+    t2=$(reach "$N" sent_count "$pf/maillog")
+    sent=$(sent_count "$pf/maillog")
     cpu=$(python3 -c "print(f'{$(machine_cpu) - $cpu0:.2f}')")
     postfix -c "$pf" stop >/dev/null 2>&1 || true
     PF_STARTED=0
@@ -242,8 +282,11 @@ echo "N=$N emails per run, concurrency $C, relay connections $RELAY_CONCURRENCY,
 for r in $(seq 1 "$RUNS"); do
     echo "run $r (load $(cut -d' ' -f1 /proc/loadavg))"
     for backend in $BACKENDS; do
-        run_herald "$backend" plain
-        run_herald "$backend" mix
+        for mix in $WORKLOADS; do
+            for bin in $BINS; do
+                run_herald "$backend" "$mix" "${bin%%=*}" "${bin#*=}"
+            done
+        done
     done
     [ "$POSTFIX" = 1 ] && run_postfix
 done
@@ -259,19 +302,19 @@ def med(vals):
     return statistics.median(vals) if vals else None
 summary = []
 print()
-print(f"{'system':<16} {'load':<6} {'accepted/s':>18} {'delivered/s':>18} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'drain s':>8} {'RSS MB':>7} {'CPU s/1k':>8} {'machine CPU s/1k':>16}")
+print(f"{'system':<24} {'load':<6} {'accepted/s':>18} {'delivered/s':>18} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'drain s':>8} {'RSS MB':>7} {'CPU s/1k':>8} {'machine CPU s/1k':>16} {'wrk s/1k':>8} {'sink s/1k':>9}")
 for (system, workload), rs in groups.items():
     def col(k):
         v = [r[k] for r in rs if r.get(k) is not None]
         return (med(v), min(v), max(v)) if v else (None, None, None)
     s = {"system": system, "workload": workload, "runs": len(rs)}
     for k in ["accepted_per_s", "delivered_per_s", "accept_p50_ms", "accept_p99_ms", "accept_max_ms",
-              "drain_s", "peak_rss_mb", "cpu_s_per_1000", "machine_cpu_s_per_1000"]:
+              "drain_s", "peak_rss_mb", "cpu_s_per_1000", "machine_cpu_s_per_1000", "wrk_cpu_s_per_1000", "sink_cpu_s_per_1000"]:
         s[k] = dict(zip(["median", "min", "max"], col(k)))
     summary.append(s)
     f = lambda k: "-" if s[k]["median"] is None else f"{s[k]['median']:.0f} ({s[k]['min']:.0f}-{s[k]['max']:.0f})"
     g = lambda k: "-" if s[k]["median"] is None else f"{s[k]['median']:.3g}"
-    print(f"{system:<16} {workload:<6} {f('accepted_per_s'):>18} {f('delivered_per_s'):>18} {g('accept_p50_ms'):>7} {g('accept_p99_ms'):>7} {g('accept_max_ms'):>7} {g('drain_s'):>8} {g('peak_rss_mb'):>7} {g('cpu_s_per_1000'):>8} {g('machine_cpu_s_per_1000'):>16}")
+    print(f"{system:<24} {workload:<6} {f('accepted_per_s'):>18} {f('delivered_per_s'):>18} {g('accept_p50_ms'):>7} {g('accept_p99_ms'):>7} {g('accept_max_ms'):>7} {g('drain_s'):>8} {g('peak_rss_mb'):>7} {g('cpu_s_per_1000'):>8} {g('machine_cpu_s_per_1000'):>16} {g('wrk_cpu_s_per_1000'):>8} {g('sink_cpu_s_per_1000'):>9}")
 pf = next((s for s in summary if s["system"] == "postfix"), None)
 ratios = {}
 if pf:

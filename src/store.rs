@@ -14,6 +14,7 @@ mod domains;
 mod emails;
 mod group_commit;
 mod inbound;
+mod kept;
 mod migrate;
 mod projects;
 mod queue;
@@ -252,10 +253,13 @@ fn sqlite_pool(max: u32) -> AnyPoolOptions {
             Box::pin(async move {
                 // WAL lets readers run beside the writer; synchronous=FULL makes every commit
                 // durable before Herald answers 2xx (NORMAL could lose the last commits on
-                // power loss).
+                // power loss). Statement journals in memory: a group commit's multi-row
+                // insert outgrew the in-memory journal and SQLite created, wrote and deleted
+                // a temporary file for nearly every commit.
                 conn.execute(
                     "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
+                     PRAGMA temp_store = MEMORY;",
                 )
                 .await?;
                 Ok(())

@@ -60,7 +60,7 @@ fn chunks<T>(rows: &[T], per_row: usize, sqlite: bool) -> Vec<&[T]> {
 
 /// Inserts `rows` (each with one value per column of `cols`) into `table`.
 pub(super) async fn insert_rows(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction<'_, Any>,
     table: &str,
     cols: &[&str],
     rows: &[Vec<Val<'_>>],
@@ -81,7 +81,7 @@ pub(super) struct TableRows<'r, 'v> {
 /// group-commit writer was busy 100 % of the time, most of it waiting on hand-offs). Such a
 /// string is parsed each time. On Postgres one statement after the other.
 pub(super) async fn insert_tables(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction<'_, Any>,
     tables: &[TableRows<'_, '_>],
 ) -> StoreResult<()> {
     if !is_sqlite(tx) {
@@ -115,7 +115,7 @@ pub(super) async fn insert_tables(
 /// Inserts `rows` into `table`, `on_conflict` saying what to do with a key already there
 /// (`ON CONFLICT (…) DO UPDATE …`). The rows' keys must be distinct.
 pub(super) async fn upsert_rows(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction<'_, Any>,
     table: &str,
     cols: &[&str],
     rows: &[Vec<Val<'_>>],
@@ -139,7 +139,7 @@ pub(super) async fn upsert_rows(
 /// whose columns read `v.column1`, `v.column2`, … (both databases name them so).
 /// The rows are chunked like inserts.
 pub(super) async fn update_from_values(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction<'_, Any>,
     per_row: usize,
     rows: &[Vec<Val<'_>>],
     sql: impl Fn(&str) -> String,
@@ -162,7 +162,7 @@ pub(super) async fn update_from_values(
 }
 
 /// Whether `tx` is SQLite's (the writer's helpers run on either database).
-pub(super) fn is_sqlite(tx: &Transaction<'static, Any>) -> bool {
+pub(super) fn is_sqlite(tx: &Transaction<'_, Any>) -> bool {
     tx.backend_name().eq_ignore_ascii_case("sqlite")
 }
 

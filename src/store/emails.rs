@@ -256,7 +256,7 @@ fn event_from_row(r: &AnyRow) -> StoreResult<EventRecord> {
 
 /// Inserts an event and, in the same transaction, the webhook deliveries that announce it.
 pub(super) async fn insert_event(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction<'_, Any>,
     outbox: &mut Outbox,
     project_id: &str,
     email_id: Option<&str>,
@@ -285,7 +285,7 @@ const EVENT_COLUMNS: [&str; 8] = [
 
 /// Inserts events (one statement) with their webhook deliveries and stats increments.
 pub(super) async fn insert_events(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction<'_, Any>,
     outbox: &mut Outbox,
     events: &[EventRow<'_>],
 ) -> StoreResult<()> {
@@ -329,7 +329,7 @@ pub(super) async fn insert_events(
 
 /// Inserts one request's emails and idempotency record inside `tx`.
 pub(super) async fn insert_request(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction<'_, Any>,
     outbox: &mut Outbox,
     emails: &[NewEmail],
     idempotency: Option<&IdempotencyRecord>,
@@ -406,7 +406,7 @@ const RECIPIENT_INSERT_COLUMNS: [&str; 12] = [
 /// Inserts emails with their recipients, search keys, first events (and their webhook
 /// deliveries) and stats increments: one statement per table for all of them.
 pub(super) async fn insert_emails<'a>(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction<'_, Any>,
     outbox: &mut Outbox,
     emails: impl Iterator<Item = &'a NewEmail> + Clone,
 ) -> StoreResult<()> {

@@ -16,10 +16,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyPool, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::emails::{IdempotencyRecord, NewEmail, insert_emails, insert_request};
+use super::kept::Kept;
 use super::queue::{ClaimRow, Outcome, Recorded, apply_outcomes, claim_rows};
 use super::stats::EmailDims;
 use super::webhooks::{EndpointCache, Outbox};
@@ -182,15 +184,43 @@ async fn run(
     kept_dims: usize,
 ) {
     let mut dims = HashMap::new();
+    let mut kept = Kept::new(pool);
     loop {
         // Whatever is waiting, up to MAX_BATCH, once at least one job is.
         let mut jobs = Vec::new();
-        if rx.lock().await.recv_many(&mut jobs, MAX_BATCH).await == 0 {
-            return;
+        {
+            // A writer about to wait (for jobs, or for another writer that is waiting for
+            // them) gives its connection back to the pool first.
+            let mut rx = match rx.try_lock() {
+                Ok(rx) => rx,
+                Err(_) => {
+                    kept.release();
+                    rx.lock().await
+                }
+            };
+            if rx.is_empty() {
+                kept.release();
+            }
+            if rx.recv_many(&mut jobs, MAX_BATCH).await == 0 {
+                return;
+            }
         }
         let started = Instant::now();
         let n = jobs.len() as u64;
-        dims = commit(&pool, Batch::of(jobs), &shard, &endpoints, dims).await;
+        let batch = Batch::of(jobs);
+        let conn = match kept.get().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                let msg = e.to_string();
+                batch.fail(|| StoreError::from_shared(&msg, &e));
+                continue;
+            }
+        };
+        let committed;
+        (dims, committed) = commit(conn, batch, &shard, &endpoints, dims).await;
+        if !committed {
+            kept.release();
+        }
         counters.commits.fetch_add(1, Ordering::Relaxed);
         counters.jobs.fetch_add(n, Ordering::Relaxed);
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -270,20 +300,22 @@ impl Batch {
     }
 }
 
-/// Commits one batch; returns the email dimensions the stats log knew (to keep).
+/// Commits one batch on `conn`; returns the email dimensions the stats log knew (to keep)
+/// and whether the connection ended the batch in good order (committed or cleanly rolled
+/// back).
 async fn commit(
-    pool: &AnyPool,
+    conn: &mut PoolConnection<Any>,
     batch: Batch,
     shard: &str,
     endpoints: &EndpointCache,
     dims: Dims,
-) -> Dims {
-    let mut tx = match pool.begin().await {
+) -> (Dims, bool) {
+    let mut tx = match sqlx::Connection::begin(&mut **conn).await {
         Ok(tx) => tx,
         Err(e) => {
             let msg = e.to_string();
             batch.fail(|| StoreError::from_shared(&msg, &e));
-            return dims;
+            return (dims, false);
         }
     };
     let mut outbox = Outbox::default();
@@ -297,17 +329,17 @@ async fn commit(
             drop(tx);
             let msg = e.to_string();
             batch.fail(|| StoreError::Unavailable(msg.clone()));
-            return outbox.stats.take_dims();
+            return (outbox.stats.take_dims(), false);
         }
     };
     if batch.settled.is_empty()
         && batch.claims.is_empty()
         && written.results.iter().all(Result::is_err)
     {
-        // Nothing to keep: roll back (dropping the transaction does) and report.
-        drop(tx);
+        // Nothing to keep: roll back and report.
+        let rolled_back = tx.rollback().await.is_ok();
         batch.answer(written, 0);
-        return outbox.stats.take_dims();
+        return (outbox.stats.take_dims(), rolled_back);
     }
     outbox.remember_endpoints(endpoints);
     let announced = outbox.announced;
@@ -315,6 +347,7 @@ async fn commit(
         Ok(()) => tx.commit().await.map_err(StoreError::from),
         Err(e) => Err(e),
     };
+    let ok = committed.is_ok();
     match committed {
         Ok(()) => batch.answer(written, announced),
         Err(e) => {
@@ -322,7 +355,7 @@ async fn commit(
             batch.fail(|| StoreError::Unavailable(msg.clone()));
         }
     }
-    outbox.stats.take_dims()
+    (outbox.stats.take_dims(), ok)
 }
 
 /// The batch's writes inside `tx`. Requests without an idempotency key cannot conflict with
@@ -331,7 +364,7 @@ async fn commit(
 /// accepted), then each request with a key in its own savepoint, so a key found taken rolls
 /// back only that request. An error is the transaction's: nothing of the batch can commit.
 async fn write(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction<'_, Any>,
     outbox: &mut Outbox,
     batch: &Batch,
 ) -> StoreResult<Written> {

@@ -96,7 +96,7 @@ pub(super) struct ClaimRow {
 /// Leases up to `limit` due recipients to `owner` until `now + lease_ms` (inside the writer's
 /// transaction: the claim commits with whatever else the batch holds).
 pub(super) async fn claim_rows(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction<'_, Any>,
     owner: &str,
     now_ms: i64,
     lease_ms: i64,
@@ -287,7 +287,7 @@ impl Store {
 /// them, fenced by each recipient's lease owner and pending status, then the events (and hard
 /// bounces' suppressions) of those applied. Returns how many of each batch were applied.
 pub(super) async fn apply_outcomes(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction<'_, Any>,
     outbox: &mut Outbox,
     batches: &[(&str, &[Outcome])],
 ) -> StoreResult<Vec<usize>> {

@@ -182,7 +182,7 @@ impl StatsLog {
     }
 
     /// Writes the owed increments inside `tx`, in key order, and empties the log.
-    pub(super) async fn flush(&mut self, tx: &mut Transaction<'static, Any>) -> StoreResult<()> {
+    pub(super) async fn flush(&mut self, tx: &mut Transaction<'_, Any>) -> StoreResult<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -308,7 +308,7 @@ impl StatsLog {
     }
 
     /// Reads the dimensions of the emails this transaction did not insert, in one query.
-    async fn load_missing_dims(&mut self, tx: &mut Transaction<'static, Any>) -> StoreResult<()> {
+    async fn load_missing_dims(&mut self, tx: &mut Transaction<'_, Any>) -> StoreResult<()> {
         let missing: Vec<String> = self
             .pending
             .iter()

@@ -3,10 +3,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use sqlx::any::AnyRow;
-use sqlx::{Any, AnyPool, Row, Transaction};
+use sqlx::{Any, AnyConnection, AnyPool, Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use super::kept::Kept;
 use super::{Home, Store, StoreError, StoreResult, placeholders};
 
 #[derive(Debug, Clone)]
@@ -40,7 +41,7 @@ fn from_row(r: &AnyRow) -> StoreResult<SuppressionRecord> {
 /// Adds a suppression unless the same (address, scope) is already there; returns whether it
 /// was added.
 pub(super) async fn insert_suppression(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction<'_, Any>,
     s: &SuppressionRecord,
 ) -> StoreResult<bool> {
     let done = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -217,9 +218,22 @@ impl Lookups {
 }
 
 async fn run_lookups(pool: AnyPool, mut rx: mpsc::Receiver<Lookup>) {
+    let mut kept = Kept::new(pool);
     let mut batch = Vec::new();
-    while rx.recv_many(&mut batch, MAX_LOOKUPS).await > 0 {
-        let found = find(&pool, &batch).await;
+    loop {
+        if rx.is_empty() {
+            kept.release();
+        }
+        if rx.recv_many(&mut batch, MAX_LOOKUPS).await == 0 {
+            return;
+        }
+        let found = match kept.get().await {
+            Ok(conn) => find(conn, &batch).await,
+            Err(e) => Err(e.to_string()),
+        };
+        if found.is_err() {
+            kept.release();
+        }
         for l in batch.drain(..) {
             let answer = match &found {
                 Ok(found) => Ok(found
@@ -239,7 +253,10 @@ async fn run_lookups(pool: AnyPool, mut rx: mpsc::Receiver<Lookup>) {
 }
 
 /// Every suppression (of any stream) of the addresses `batch` asks about.
-async fn find(pool: &AnyPool, batch: &[Lookup]) -> Result<Vec<SuppressionRecord>, String> {
+async fn find(
+    conn: &mut AnyConnection,
+    batch: &[Lookup],
+) -> Result<Vec<SuppressionRecord>, String> {
     let mut wanted: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for l in batch {
         wanted
@@ -259,7 +276,7 @@ async fn find(pool: &AnyPool, batch: &[Lookup]) -> Result<Vec<SuppressionRecord>
             for e in chunk {
                 q = q.bind(*e);
             }
-            let rows = q.fetch_all(pool).await.map_err(|e| e.to_string())?;
+            let rows = q.fetch_all(&mut *conn).await.map_err(|e| e.to_string())?;
             for r in &rows {
                 found.push(from_row(r).map_err(|e| e.to_string())?);
             }

@@ -80,7 +80,7 @@ impl Subscription {
 }
 
 async fn subscriptions(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction<'_, Any>,
     project_id: &str,
 ) -> StoreResult<Vec<Subscription>> {
     let rows = sqlx::query(
@@ -144,7 +144,7 @@ impl Outbox {
     }
 
     /// Writes the stats increments and commits.
-    pub(super) async fn commit(mut self, mut tx: Transaction<'static, Any>) -> StoreResult<()> {
+    pub(super) async fn commit(mut self, mut tx: Transaction<'_, Any>) -> StoreResult<()> {
         self.stats.flush(&mut tx).await?;
         tx.commit().await?;
         Ok(())
@@ -162,7 +162,7 @@ pub(super) struct EventRow<'a> {
 /// Writes the deliveries that announce `events` (in the events' own transaction), in one
 /// statement.
 pub(super) async fn enqueue_deliveries(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction<'_, Any>,
     outbox: &mut Outbox,
     events: &[EventRow<'_>],
 ) -> StoreResult<()> {
@@ -212,7 +212,7 @@ const DELIVERY_COLUMNS: [&str; 9] = [
 ];
 
 async fn insert_delivery(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction<'_, Any>,
     endpoint_id: &str,
     project_id: &str,
     event_id: &str,
@@ -734,7 +734,7 @@ impl Store {
 }
 
 async fn cancel_pending(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction<'_, Any>,
     endpoint_id: &str,
     now: i64,
 ) -> StoreResult<()> {

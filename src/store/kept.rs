@@ -71,28 +71,34 @@ mod tests {
             .acquire_timeout(Duration::from_secs(2))
             .connect("sqlite::memory:")
             .await
-            .unwrap()
+            .expect("an in-memory database")
     }
 
     #[tokio::test]
     async fn a_connection_kept_too_long_is_given_back_before_another_is_taken() {
         let mut kept = Kept::holding(pool_of_one().await, Duration::ZERO);
-        kept.get().await.unwrap();
+        kept.get().await.expect("the pool's connection");
         // The one connection is held past its time: the next get must give it back first
         // (else it waits for itself until the pool times out).
-        let conn = kept.get().await.unwrap();
-        sqlx::query("SELECT 1").execute(&mut **conn).await.unwrap();
+        let conn = kept
+            .get()
+            .await
+            .expect("the connection, given back and taken again");
+        sqlx::query("SELECT 1")
+            .execute(&mut **conn)
+            .await
+            .expect("a usable connection");
     }
 
     #[tokio::test]
     async fn a_kept_connection_is_reused_and_released_to_others() {
         let pool = pool_of_one().await;
         let mut kept = Kept::new(pool.clone());
-        kept.get().await.unwrap();
-        kept.get().await.unwrap();
+        kept.get().await.expect("the pool's connection");
+        kept.get().await.expect("the kept connection");
         assert_eq!(pool.num_idle(), 0, "kept, not given back between uses");
         kept.release();
-        let other = pool.acquire().await.unwrap();
+        let other = pool.acquire().await.expect("the connection, given back");
         drop(other);
     }
 }

@@ -3,7 +3,8 @@
 #
 #   bash bench/throughput.sh [N=100000] [concurrency=64] [runs=3]
 #   BENCH_BACKENDS="sqlite postgres" (default both), BENCH_POSTFIX=0 to skip Postfix,
-#   BENCH_RELAY_CONCURRENCY (32), BENCH_OUT (bench/results.json), BENCH_WORKLOADS ("plain mix ingest").
+#   BENCH_RELAY_CONCURRENCY (32), BENCH_OUT (bench/results.json),
+#   BENCH_WORKLOADS ("plain mix ingest half"; "half" needs "plain" before it).
 #   BENCH_BINS="a=/path/herald b=/other/herald": compare builds side by side instead of building
 #   this tree (each run goes through every binary in turn; systems are named herald-<backend>-<label>).
 #
@@ -11,8 +12,11 @@
 # (release build) accepts N emails over HTTP keep-alive from wrk, every 202 durably committed
 # (SQLite synchronous=FULL with group commit, or Postgres), and delivers them to the sink.
 # Workloads: "plain" (2 KB text, one recipient) and "mix" (every 20th email has three
-# recipients, every 20th a 24 KB attachment), and "ingest" (the plain bodies with delivery off:
-# what accepting alone reaches; nothing is delivered). The same N plain 2 KB messages go through a
+# recipients, every 20th a 24 KB attachment), "ingest" (the plain bodies with delivery off:
+# what accepting alone reaches; nothing is delivered), and "half" (the plain emails, N/2 of
+# them, sent open-loop by bench/pace.rs at half the rate the same system's plain workload
+# reached in the same run: the accept latency at half the peak, measured from when each
+# request was due, so a stall counts against every request it held up). The same N plain 2 KB messages go through a
 # throwaway Postfix instance configured as a relay (smtp-source -> Postfix -> smtp-sink; its
 # queue files are fsynced, as Herald's commits are). Runs are interleaved system by system and
 # the table shows the median and the spread (min-max) of the runs; the JSON file has every run.
@@ -22,7 +26,7 @@ cd "$(dirname "$0")/.."
 N=${1:-100000}; C=${2:-64}; RUNS=${3:-3}
 BACKENDS=${BENCH_BACKENDS:-"sqlite postgres"}
 POSTFIX=${BENCH_POSTFIX:-1}
-WORKLOADS=${BENCH_WORKLOADS:-"plain mix ingest"}
+WORKLOADS=${BENCH_WORKLOADS:-"plain mix ingest half"}
 RELAY_CONCURRENCY=${BENCH_RELAY_CONCURRENCY:-32}
 OUT=${BENCH_OUT:-bench/results.json}
 PG_ADMIN=${BENCH_PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/test}
@@ -41,6 +45,11 @@ BINS=${BENCH_BINS:-}
 if [ -z "$BINS" ]; then
     cargo build --release --quiet --bin herald
     BINS="=${CARGO_TARGET_DIR:-$PWD/target}/release/herald"
+fi
+PACE=""
+if [[ " $WORKLOADS " == *" half "* ]]; then
+    cargo build --release --quiet --example pace
+    PACE=${CARGO_TARGET_DIR:-$PWD/target}/release/examples/pace
 fi
 WORK=$(mktemp -d /tmp/herald-bench.XXXXXX)
 chmod 755 "$WORK"
@@ -140,13 +149,27 @@ run_herald() { # backend workload label binary
         HERALD_RELAY_URL="smtp://127.0.0.1:$sink?tls=none" HERALD_RELAY__CONCURRENCY=$RELAY_CONCURRENCY \
         HERALD_LOG__LEVEL=warn HERALD_SECRET_KEY=bench HERALD_LIMITS__RATE_PER_SECOND=0
     # "ingest": the plain bodies with delivery off, to see what accepting alone costs and reaches.
-    local body=$mix
-    if [ "$mix" = ingest ]; then
-        export HERALD_DELIVERY__WORKERS=0
-        body=plain
-    else
-        unset HERALD_DELIVERY__WORKERS
-    fi
+    local body=$mix total=$((N / 2 * 2)) rate=""
+    unset HERALD_DELIVERY__WORKERS
+    case $mix in
+        ingest) export HERALD_DELIVERY__WORKERS=0; body=plain ;;
+        half)
+            body=plain total=$((N / 2))
+            # Half of what this system's plain workload reached in this run.
+            rate=$(python3 - "$RESULTS" "herald-$backend${label:+-$label}" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+plain = [r for r in rows if r["system"] == sys.argv[2] and r["workload"] == "plain"]
+print(round(plain[-1]["accepted_per_s"] / 2) if plain else "")
+PY
+)
+            if [ -z "$rate" ]; then
+                echo "  half: no plain run of herald-$backend${label:+-$label} to halve; skipped"
+                kill "$sinkpid"; wait "$sinkpid" 2>/dev/null || true
+                return
+            fi
+            ;;
+    esac
     key=$("$BIN" keys create --project bench 2>/dev/null)
     "$BIN" serve 2>"$WORK/serve.log" &
     pid=$!; PIDS+=("$pid")
@@ -156,16 +179,23 @@ run_herald() { # backend workload label binary
     local mcpu0 mcpu
     mcpu0=$(machine_cpu)
     t0=$(now)
-    # wrk runs for its whole -d even after every thread stopped at its share: stop it (SIGINT
-    # makes it print its summary) once Herald has accepted them all.
-    wrk -t"$threads" -c"$C" -d3600s --timeout 30s -s bench/throughput.lua \
-        "http://127.0.0.1:$port" >"$WORK/wrk.out" 2>&1 &
+    if [ -n "$rate" ]; then
+        PACE_URL="http://127.0.0.1:$port/v1/emails" PACE_KEY=$key PACE_BODY=$BENCH_BODY_PLAIN \
+            PACE_RATE=$rate PACE_REQUESTS=$total PACE_CONNECTIONS=$C "$PACE" >"$WORK/wrk.out" 2>&1 &
+    else
+        # wrk runs for its whole -d even after every thread stopped at its share: stop it
+        # (SIGINT makes it print its summary) once Herald has accepted them all.
+        wrk -t"$threads" -c"$C" -d3600s --timeout 30s -s bench/throughput.lua \
+            "http://127.0.0.1:$port" >"$WORK/wrk.out" 2>&1 &
+    fi
     local wrkpid=$!
-    t1=$(reach $((N / threads * threads)) accepted_emails "$port")
+    t1=$(reach "$total" accepted_emails "$port")
     # The peers' own CPU (they share the machine): read before they exit.
     local wcpu scpu
     read -r wcpu _ < <(proc_stats "$wrkpid")
-    kill -INT "$wrkpid"; wait "$wrkpid" || true
+    # The pacer ends after its last answer; wrk is told to.
+    [ -n "$rate" ] || kill -INT "$wrkpid"
+    wait "$wrkpid" || true
     wrk_out=$(cat "$WORK/wrk.out")
     # Recipients accepted, from Herald's own stats.
     expected=$(curl -s -H "Authorization: Bearer $key" "http://127.0.0.1:$port/v1/stats?granularity=month&metrics=accepted" |
@@ -192,6 +222,8 @@ row = {"system": f"herald-{backend}", "workload": mix, "emails": emails,
        "delivered_per_s": None if mix == "ingest" else round(int(settled) / (t2 - t0), 1),
        "accept_p50_ms": int(m["p50_us"]) / 1000, "accept_p99_ms": int(m["p99_us"]) / 1000,
        "accept_max_ms": int(m["max_us"]) / 1000,
+       "paced_rate": int(m["rate"]) if "rate" in m else None,
+       "accept_p999_ms": int(m["p999_us"]) / 1000 if "p999_us" in m else None,
        "drain_s": None if mix == "ingest" else round(t2 - t0, 2),
        "drain_after_accept_s": None if mix == "ingest" else round(t2 - t1, 2), "peak_rss_mb": float(rss),
        "cpu_s_per_1000": round(float(cpu) / emails * 1000, 3),

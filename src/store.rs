@@ -138,11 +138,13 @@ impl Store {
                     Duration::from_secs(1),
                     10_000,
                 ));
+                let wal = wal_path(&write).await?;
                 let writer = group_commit::Writer::start(
                     write.clone(),
                     std::sync::Arc::clone(&endpoints),
                     Home::OwnThread,
                     1,
+                    wal,
                 )?;
                 let lookups = suppressions::Lookups::start(read.clone(), Home::OwnThread)?;
                 Ok(Self {
@@ -173,6 +175,7 @@ impl Store {
                     std::sync::Arc::clone(&endpoints),
                     Home::Runtime,
                     writers,
+                    None,
                 )?;
                 let lookups = suppressions::Lookups::start(pool.clone(), Home::Runtime)?;
                 Ok(Self {
@@ -250,6 +253,22 @@ enum Role {
     Reader,
 }
 
+/// The write-ahead log of a SQLite database in a file (none for one in memory): the
+/// group-commit writer flushes it itself (see `store::group_commit`).
+async fn wal_path(pool: &AnyPool) -> StoreResult<Option<std::path::PathBuf>> {
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(pool)
+        .await?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Ok(None);
+    }
+    let file: String =
+        sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+            .fetch_one(pool)
+            .await?;
+    Ok((!file.is_empty()).then(|| std::path::PathBuf::from(format!("{file}-wal"))))
+}
+
 /// SQLite's connections (the writer's pool has one).
 fn sqlite_pool(max: u32, role: Role) -> AnyPoolOptions {
     AnyPoolOptions::new()
@@ -262,7 +281,8 @@ fn sqlite_pool(max: u32, role: Role) -> AnyPoolOptions {
             Box::pin(async move {
                 // WAL lets readers run beside the writer; synchronous=FULL makes every commit
                 // durable before Herald answers 2xx (NORMAL could lose the last commits on
-                // power loss).
+                // power loss). The group-commit writer relaxes it while it holds the
+                // connection and flushes the log itself before answering.
                 conn.execute(
                     "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
                      PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",

@@ -10,8 +10,20 @@
 //! While one commit is in flight the next jobs gather, so the batch size follows the load:
 //! one at a time when idle, hundreds under pressure. On SQLite this is the single writer; on
 //! Postgres it turns N commits into one.
+//!
+//! On SQLite the disk's flush is taken out of the commit. The writer's connection runs with
+//! `synchronous = NORMAL` while the writer keeps it (back to `FULL` before anyone else gets
+//! it): a commit writes its frames to the write-ahead log and returns without an fsync. A
+//! second task, the syncer, then `fdatasync`s the log and answers the jobs of every commit
+//! made before that flush began. The writer meanwhile writes the next batch, so the single
+//! writer's cycle is its writes, not its writes plus the flush, and one flush covers all the
+//! commits that landed while the previous flush ran. Nothing is answered before the flush
+//! that holds it: on power loss, SQLite's recovery keeps the log up to its last whole commit,
+//! so what was lost was never acknowledged. (SQLite's own `FULL` does the same flush inside
+//! `COMMIT`, holding the write lock while the disk works.)
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -83,6 +95,7 @@ impl Writer {
         endpoints: Arc<EndpointCache>,
         home: Home,
         writers: usize,
+        wal: Option<PathBuf>,
     ) -> StoreResult<Self> {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
@@ -96,6 +109,7 @@ impl Writer {
                 Arc::clone(&endpoints),
                 Arc::clone(&counters),
                 KEPT_DIMS / writers,
+                wal.clone(),
             );
             home.spawn("herald-writer", task)?;
         }
@@ -182,9 +196,22 @@ async fn run(
     endpoints: Arc<EndpointCache>,
     counters: Arc<Counters>,
     kept_dims: usize,
+    wal: Option<PathBuf>,
 ) {
     let mut dims = HashMap::new();
-    let mut kept = Kept::new(pool);
+    let (mut kept, settle) = match wal {
+        Some(wal) => {
+            let (tx, rx) = mpsc::channel(SYNC_QUEUE);
+            tokio::spawn(sync_then_answer(wal, rx, sync_wal));
+            let kept = Kept::with_setting(
+                pool,
+                "PRAGMA synchronous = NORMAL",
+                "PRAGMA synchronous = FULL",
+            );
+            (kept, Settle::AfterSync(tx))
+        }
+        None => (Kept::new(pool), Settle::Now),
+    };
     loop {
         // Whatever is waiting, up to MAX_BATCH, once at least one job is.
         let mut jobs = Vec::new();
@@ -194,12 +221,12 @@ async fn run(
             let mut rx = match rx.try_lock() {
                 Ok(rx) => rx,
                 Err(_) => {
-                    kept.release();
+                    kept.release().await;
                     rx.lock().await
                 }
             };
             if rx.is_empty() {
-                kept.release();
+                kept.release().await;
             }
             if rx.recv_many(&mut jobs, MAX_BATCH).await == 0 {
                 return;
@@ -217,9 +244,9 @@ async fn run(
             }
         };
         let committed;
-        (dims, committed) = commit(conn, batch, &shard, &endpoints, dims).await;
+        (dims, committed) = commit(conn, batch, &shard, &endpoints, dims, &settle).await;
         if !committed {
-            kept.release();
+            kept.release().await;
         }
         counters.commits.fetch_add(1, Ordering::Relaxed);
         counters.jobs.fetch_add(n, Ordering::Relaxed);
@@ -229,6 +256,79 @@ async fn run(
             dims = HashMap::new();
         }
     }
+}
+
+/// Commits whose jobs wait for the syncer, at most (the writer waits when more are).
+const SYNC_QUEUE: usize = 64;
+
+/// How a committed batch's jobs are answered.
+enum Settle {
+    /// At once: the commit itself waited for the disk (Postgres; SQLite without a file).
+    Now,
+    /// After the syncer's next flush of SQLite's write-ahead log.
+    AfterSync(mpsc::Sender<Committed>),
+}
+
+/// A committed batch and what to answer its jobs.
+struct Committed {
+    batch: Batch,
+    written: Written,
+    announced: usize,
+}
+
+impl Settle {
+    async fn answer(&self, committed: Committed) {
+        match self {
+            Settle::Now => committed.answer(),
+            Settle::AfterSync(syncer) => {
+                if let Err(mpsc::error::SendError(committed)) = syncer.send(committed).await {
+                    // The syncer is gone (the runtime is stopping): nothing can vouch for
+                    // the flush.
+                    committed.batch.fail(|| {
+                        StoreError::Unavailable("the store's log syncer has stopped".into())
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Committed {
+    fn answer(self) {
+        self.batch.answer(self.written, self.announced);
+    }
+}
+
+/// The syncer: takes every commit made so far, flushes the write-ahead log once (a flush
+/// begun after a commit holds it), then answers their jobs.
+async fn sync_then_answer<F>(wal: PathBuf, mut rx: mpsc::Receiver<Committed>, sync: F)
+where
+    F: Fn(&Path) -> std::io::Result<()> + Clone + Send + 'static,
+{
+    let mut done = Vec::new();
+    while rx.recv_many(&mut done, SYNC_QUEUE).await > 0 {
+        let (path, sync) = (wal.clone(), sync.clone());
+        let synced = tokio::task::spawn_blocking(move || sync(&path))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match synced {
+            Ok(()) => done.drain(..).for_each(Committed::answer),
+            Err(e) => {
+                // Committed but perhaps not on the disk: no job is told it is.
+                tracing::error!(error = %e, wal = %wal.display(), "could not flush the write-ahead log");
+                let msg = format!("could not flush the write-ahead log: {e}");
+                for c in done.drain(..) {
+                    c.batch.fail(|| StoreError::Unavailable(msg.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// `fdatasync` of the write-ahead log (opened afresh, so a log SQLite replaced is still the
+/// one flushed; Linux flushes a file's pages whatever descriptor asks).
+fn sync_wal(path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(path)?.sync_data()
 }
 
 /// One transaction's jobs, by kind.
@@ -309,6 +409,7 @@ async fn commit(
     shard: &str,
     endpoints: &EndpointCache,
     dims: Dims,
+    settle: &Settle,
 ) -> (Dims, bool) {
     let mut tx = match sqlx::Connection::begin(&mut **conn).await {
         Ok(tx) => tx,
@@ -349,7 +450,14 @@ async fn commit(
     };
     let ok = committed.is_ok();
     match committed {
-        Ok(()) => batch.answer(written, announced),
+        Ok(()) => {
+            let committed = Committed {
+                batch,
+                written,
+                announced,
+            };
+            settle.answer(committed).await;
+        }
         Err(e) => {
             let msg = e.to_string();
             batch.fail(|| StoreError::Unavailable(msg.clone()));
@@ -433,4 +541,102 @@ async fn write(
         applied,
         claimed,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    /// A committed batch of one request, and where its answer arrives.
+    fn one_request() -> (Committed, oneshot::Receiver<StoreResult<()>>) {
+        let (reply, answer) = oneshot::channel();
+        let batch = Batch {
+            ingest: vec![IngestJob {
+                emails: Vec::new(),
+                idempotency: None,
+                reply,
+            }],
+            ..Batch::default()
+        };
+        let written = Written {
+            results: vec![Ok(())],
+            applied: Vec::new(),
+            claimed: Vec::new(),
+        };
+        let committed = Committed {
+            batch,
+            written,
+            announced: 0,
+        };
+        (committed, answer)
+    }
+
+    /// Runs the syncer over one committed request with `sync` as its flush; the answer.
+    async fn settle_one<F>(
+        sync: F,
+        answer_seen: Arc<Mutex<Option<oneshot::Receiver<StoreResult<()>>>>>,
+        committed: Committed,
+    ) -> StoreResult<()>
+    where
+        F: Fn(&Path) -> std::io::Result<()> + Clone + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(1);
+        let syncer = tokio::spawn(sync_then_answer(PathBuf::from("herald.db-wal"), rx, sync));
+        Settle::AfterSync(tx).answer(committed).await;
+        syncer.await.expect("the syncer ends when the writer does");
+        let mut answer = answer_seen
+            .lock()
+            .expect("not poisoned")
+            .take()
+            .expect("the answer's receiver");
+        answer.try_recv().expect("answered once the syncer is done")
+    }
+
+    #[tokio::test]
+    async fn a_commit_is_answered_only_after_the_log_is_flushed() {
+        let (committed, answer) = one_request();
+        let answer = Arc::new(Mutex::new(Some(answer)));
+        let flushes = Arc::new(AtomicUsize::new(0));
+        let answered_first = Arc::new(AtomicUsize::new(0));
+        let (seen, counted, early) = (
+            Arc::clone(&answer),
+            Arc::clone(&flushes),
+            Arc::clone(&answered_first),
+        );
+        let sync = move |_: &Path| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            // At the flush, the request must not have been answered yet.
+            let mut seen = seen.lock().expect("not poisoned");
+            if !matches!(
+                seen.as_mut().map(oneshot::Receiver::try_recv),
+                Some(Err(oneshot::error::TryRecvError::Empty))
+            ) {
+                early.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(())
+        };
+        settle_one(sync, answer, committed)
+            .await
+            .expect("committed and flushed");
+        assert_eq!(flushes.load(Ordering::SeqCst), 1, "one flush");
+        assert_eq!(
+            answered_first.load(Ordering::SeqCst),
+            0,
+            "answered before the flush"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_answers_an_error_not_a_success() {
+        let (committed, answer) = one_request();
+        let sync = |_: &Path| Err(std::io::Error::other("EIO"));
+        let got = settle_one(sync, Arc::new(Mutex::new(Some(answer))), committed).await;
+        assert!(
+            matches!(&got, Err(StoreError::Unavailable(msg)) if msg.contains("EIO")),
+            "{got:?}"
+        );
+    }
 }

@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyPool};
+use sqlx::{Any, AnyPool, Executor};
 
 /// The longest a connection is kept before it goes back to the pool.
 pub(super) const HOLD: Duration = Duration::from_millis(100);
@@ -20,6 +20,9 @@ pub(super) struct Kept {
     pool: AnyPool,
     hold: Duration,
     conn: Option<(PoolConnection<Any>, Instant)>,
+    /// A setting the task wants on its connection only while it keeps it: the statement that
+    /// sets it when the connection is taken, and the one that undoes it before it goes back.
+    setting: Option<(&'static str, &'static str)>,
 }
 
 impl Kept {
@@ -27,33 +30,72 @@ impl Kept {
         Self::holding(pool, HOLD)
     }
 
+    /// A kept connection that runs `set` when taken from the pool and `undo` before it goes
+    /// back. One that cannot be undone is closed, never given back with the setting.
+    pub(super) fn with_setting(pool: AnyPool, set: &'static str, undo: &'static str) -> Self {
+        let mut kept = Self::new(pool);
+        kept.setting = Some((set, undo));
+        kept
+    }
+
     fn holding(pool: AnyPool, hold: Duration) -> Self {
         Self {
             pool,
             hold,
             conn: None,
+            setting: None,
         }
     }
 
     /// The kept connection, or one from the pool if none is kept or it was taken `HOLD` ago.
     pub(super) async fn get(&mut self) -> Result<&mut PoolConnection<Any>, sqlx::Error> {
-        // One kept too long is dropped here, back to the pool, before a connection is asked
-        // for (on a pool of one, asking while still holding it would wait for itself).
-        let hold = self.hold;
-        let kept = self.conn.take().filter(|(_, since)| since.elapsed() < hold);
-        let (conn, _) = match kept {
-            Some(kept) => self.conn.insert(kept),
+        // One kept too long goes back to the pool before a connection is asked for (on a
+        // pool of one, asking while still holding it would wait for itself).
+        if self
+            .conn
+            .as_ref()
+            .is_some_and(|(_, since)| since.elapsed() >= self.hold)
+        {
+            self.release().await;
+        }
+        let conn = match self.conn.take() {
+            Some(kept) => kept,
             None => {
-                let conn = self.pool.acquire().await?;
-                self.conn.insert((conn, Instant::now()))
+                let mut conn = self.pool.acquire().await?;
+                if let Some((set, _)) = self.setting
+                    && let Err(e) = conn.execute(set).await
+                {
+                    // In an unknown state: closed, not given back.
+                    drop(conn.detach());
+                    return Err(e);
+                }
+                (conn, Instant::now())
             }
         };
-        Ok(conn)
+        Ok(&mut self.conn.insert(conn).0)
     }
 
-    /// Gives the connection back to the pool (which checks it before anyone takes it again).
-    pub(super) fn release(&mut self) {
-        self.conn = None;
+    /// Gives the connection back to the pool (which checks it before anyone takes it again),
+    /// its setting undone first.
+    pub(super) async fn release(&mut self) {
+        let Some((mut conn, _)) = self.conn.take() else {
+            return;
+        };
+        if let Some((_, undo)) = self.setting
+            && conn.execute(undo).await.is_err()
+        {
+            drop(conn.detach());
+        }
+    }
+}
+
+impl Drop for Kept {
+    /// A connection still carrying the setting is closed, not given back (the task ended
+    /// without releasing it).
+    fn drop(&mut self) {
+        if let (Some((conn, _)), Some(_)) = (self.conn.take(), self.setting) {
+            drop(conn.detach());
+        }
     }
 }
 
@@ -100,10 +142,33 @@ mod tests {
             pool.try_acquire().is_none(),
             "kept between uses, not in the pool"
         );
-        kept.release();
+        kept.release().await;
         // Given back (the pool checks it first): another task gets it before the pool's
         // timeout.
         let other = pool.acquire().await.expect("the connection, given back");
         drop(other);
+    }
+
+    #[tokio::test]
+    async fn a_setting_holds_while_kept_and_is_undone_before_the_connection_goes_back() {
+        let pool = pool_of_one().await;
+        let mut kept = Kept::with_setting(
+            pool.clone(),
+            "PRAGMA synchronous = NORMAL",
+            "PRAGMA synchronous = FULL",
+        );
+        let conn = kept.get().await.expect("the pool's connection");
+        let level: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut **conn)
+            .await
+            .expect("the setting");
+        assert_eq!(level, 1, "NORMAL while kept");
+        kept.release().await;
+        let mut other = pool.acquire().await.expect("the connection, given back");
+        let level: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut *other)
+            .await
+            .expect("the setting");
+        assert_eq!(level, 2, "FULL again once given back");
     }
 }

@@ -222,7 +222,7 @@ async fn run_lookups(pool: AnyPool, mut rx: mpsc::Receiver<Lookup>) {
     let mut batch = Vec::new();
     loop {
         if rx.is_empty() {
-            kept.release();
+            kept.release().await;
         }
         if rx.recv_many(&mut batch, MAX_LOOKUPS).await == 0 {
             return;
@@ -232,7 +232,7 @@ async fn run_lookups(pool: AnyPool, mut rx: mpsc::Receiver<Lookup>) {
             Err(e) => Err(e.to_string()),
         };
         if found.is_err() {
-            kept.release();
+            kept.release().await;
         }
         for l in batch.drain(..) {
             let answer = match &found {

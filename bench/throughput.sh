@@ -192,10 +192,14 @@ PY
     t1=$(reach "$total" accepted_emails "$port")
     # The peers' own CPU (they share the machine): read before they exit.
     local wcpu scpu
-    read -r wcpu _ < <(proc_stats "$wrkpid")
-    # The pacer ends after its last answer; wrk is told to.
-    [ -n "$rate" ] || kill -INT "$wrkpid"
-    wait "$wrkpid" || true
+    if [ -n "$rate" ]; then
+        # The pacer ends after its last answer and reports its own CPU time.
+        wait "$wrkpid" || true
+        wcpu=$(grep -o 'cpu_ms=[0-9]*' "$WORK/wrk.out" | awk -F= '{print $2 / 1000}')
+    else
+        read -r wcpu _ < <(proc_stats "$wrkpid")
+        kill -INT "$wrkpid"; wait "$wrkpid" || true
+    fi
     wrk_out=$(cat "$WORK/wrk.out")
     # Recipients accepted, from Herald's own stats.
     expected=$(curl -s -H "Authorization: Bearer $key" "http://127.0.0.1:$port/v1/stats?granularity=month&metrics=accepted" |

@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyPool, Transaction};
@@ -185,6 +185,9 @@ impl Writer {
     }
 }
 
+/// How long a writer with nothing to do keeps its connection before giving it back.
+const LINGER: Duration = Duration::from_millis(5);
+
 /// Email dimensions the writers keep between batches (most outcomes are of emails just
 /// written), at most this many in all (each writer its share).
 const KEPT_DIMS: usize = 50_000;
@@ -225,10 +228,22 @@ async fn run(
                     rx.lock().await
                 }
             };
-            if rx.is_empty() {
-                kept.release().await;
-            }
-            if rx.recv_many(&mut jobs, MAX_BATCH).await == 0 {
+            // Nothing waiting: under a steady trickle the next job is a moment away, so the
+            // connection is kept a little longer before it goes back (giving it back and
+            // taking it again costs four hand-offs to its thread on SQLite).
+            let received = if !rx.is_empty() {
+                rx.recv_many(&mut jobs, MAX_BATCH).await
+            } else {
+                let next = tokio::time::timeout(LINGER, rx.recv_many(&mut jobs, MAX_BATCH));
+                match next.await {
+                    Ok(n) => n,
+                    Err(_) => {
+                        kept.release().await;
+                        rx.recv_many(&mut jobs, MAX_BATCH).await
+                    }
+                }
+            };
+            if received == 0 {
                 return;
             }
         }

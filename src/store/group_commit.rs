@@ -202,18 +202,18 @@ async fn run(
     wal: Option<PathBuf>,
 ) {
     let mut dims = HashMap::new();
-    let (mut kept, settle) = match wal {
+    let (mut kept, settle, syncer) = match wal {
         Some(wal) => {
             let (tx, rx) = mpsc::channel(SYNC_QUEUE);
-            tokio::spawn(sync_then_answer(wal, rx, sync_wal));
+            let syncer = tokio::spawn(sync_then_answer(wal, rx, sync_wal));
             let kept = Kept::with_setting(
                 pool,
                 "PRAGMA synchronous = NORMAL",
                 "PRAGMA synchronous = FULL",
             );
-            (kept, Settle::AfterSync(tx))
+            (kept, Settle::AfterSync(tx), Some(syncer))
         }
-        None => (Kept::new(pool), Settle::Now),
+        None => (Kept::new(pool), Settle::Now, None),
     };
     loop {
         // Whatever is waiting, up to MAX_BATCH, once at least one job is.
@@ -244,7 +244,7 @@ async fn run(
                 }
             };
             if received == 0 {
-                return;
+                break;
             }
         }
         let started = Instant::now();
@@ -270,6 +270,12 @@ async fn run(
         if dims.len() > kept_dims {
             dims = HashMap::new();
         }
+    }
+    // Every sender is gone: the syncer answers the commits it still holds, then ends (the
+    // writer's own runtime stops when this task returns).
+    drop(settle);
+    if let Some(syncer) = syncer {
+        let _ = syncer.await;
     }
 }
 

@@ -149,7 +149,9 @@ run_herald() { # backend workload label binary
         HERALD_RELAY_URL="smtp://127.0.0.1:$sink?tls=none" HERALD_RELAY__CONCURRENCY=$RELAY_CONCURRENCY \
         HERALD_LOG__LEVEL=warn HERALD_SECRET_KEY=bench HERALD_LIMITS__RATE_PER_SECOND=0
     # "ingest": the plain bodies with delivery off, to see what accepting alone costs and reaches.
-    local body=$mix total=$((N / 2 * 2)) rate=""
+    # wrk's threads each send an equal share: N rounded down to a multiple of them.
+    local threads=2 body=$mix rate=""
+    local total=$((N / threads * threads))
     unset HERALD_DELIVERY__WORKERS
     case $mix in
         ingest) export HERALD_DELIVERY__WORKERS=0; body=plain ;;
@@ -174,7 +176,7 @@ PY
     "$BIN" serve 2>"$WORK/serve.log" &
     pid=$!; PIDS+=("$pid")
     wait_port "$port"
-    local threads=2 t0 t1 t2 wrk_out expected settled
+    local t0 t1 t2 wrk_out expected settled
     export BENCH_KEY=$key BENCH_MIX=$body BENCH_PER_THREAD=$((N / threads))
     local mcpu0 mcpu
     mcpu0=$(machine_cpu)

@@ -13,7 +13,9 @@
 //! PACE_REQUESTS=40000 [PACE_CONNECTIONS=64] target/release/examples/pace`.
 //! Prints one line: `BENCH requests=… non202=… duration_us=… p50_us=… p90_us=… p99_us=…
 //! p999_us=… max_us=… service_p99_us=… rate=… cpu_ms=…` (service: from send to answer; cpu_ms:
-//! the generator's own CPU time).
+//! the generator's own CPU time). With `PACE_TRACE=file` it also writes one line per request,
+//! `<ms since start it was due> <latency µs> <service µs>`, in the order they were due: when
+//! the stalls came, to set beside the server's own log.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,6 +61,7 @@ fn cpu_ms() -> u64 {
 /// One request's outcome: latency from when it was due, from when it was sent, and whether
 /// the answer was a 202.
 struct Timing {
+    index: usize,
     due: Duration,
     service: Duration,
     accepted: bool,
@@ -122,6 +125,7 @@ async fn main() -> anyhow::Result<()> {
             let answered = Instant::now();
             drop(permit);
             Timing {
+                index: i,
                 due: answered - due,
                 service: answered - sent,
                 accepted,
@@ -132,6 +136,18 @@ async fn main() -> anyhow::Result<()> {
         timings.push(done?);
     }
     let duration = start.elapsed();
+    if let Ok(path) = std::env::var("PACE_TRACE") {
+        timings.sort_unstable_by_key(|t| t.index);
+        let lines: String = timings
+            .iter()
+            .map(|t| {
+                let at = t.index as f64 * 1000.0 / rate;
+                let (due, service) = (t.due.as_micros(), t.service.as_micros());
+                format!("{at:.1} {due} {service}\n")
+            })
+            .collect();
+        std::fs::write(&path, lines).with_context(|| format!("PACE_TRACE: {path}"))?;
+    }
 
     let non202 = timings.iter().filter(|t| !t.accepted).count();
     let mut due: Vec<Duration> = timings.iter().map(|t| t.due).collect();

@@ -4,10 +4,12 @@
 //! to the connection's worker thread); writing a group commit's hundred emails row by row
 //! costs a thousand of them. One statement per table per batch costs a handful.
 //!
-//! On SQLite a batch goes in chunks of power-of-two sizes up to 64 rows (45 rows: 32, 8, 4
-//! and 1), each statement kept prepared: parsing a fresh statement for every batch size cost
-//! more than the extra hand-offs (`sqlite3Prepare` was 8 % of the delivery profile). On
-//! Postgres, where a round trip costs more than a parse, one statement per table.
+//! On SQLite inserts and upserts go in padded chunks of up to 64 rows, every chunk of every
+//! table in one string (one hand-off), its few shapes kept prepared ([`push_padded`]);
+//! updates go in chunks of power-of-two sizes (45 rows: 32, 8, 4 and 1), each statement
+//! kept prepared: parsing a fresh statement for every batch size cost more than the extra
+//! hand-offs (`sqlite3Prepare` was 8 % of the delivery profile). On Postgres, where a round
+//! trip costs more than a parse, one statement per table.
 
 use std::fmt::Write;
 
@@ -40,7 +42,8 @@ const MAX_PARAMS: usize = 30_000;
 const MAX_SQLITE_CHUNK: usize = 64;
 
 /// `rows` cut into the statements that carry them: power-of-two chunks on SQLite (kept
-/// prepared), as few as the parameter limit allows on Postgres (prepared once each).
+/// prepared), as few as the parameter limit allows on Postgres (prepared once each). For
+/// updates; inserts on SQLite go padded.
 fn chunks<T>(rows: &[T], per_row: usize, sqlite: bool) -> Vec<&[T]> {
     let most = (MAX_PARAMS / per_row).max(1);
     if !sqlite {
@@ -79,10 +82,7 @@ pub(super) struct TableRows<'r, 'v> {
 /// bound in order (sqlx numbers anonymous parameters across the statements of a string): one
 /// hand-off to the connection's thread for all of them, where each statement cost one (the
 /// group-commit writer was busy 100 % of the time, most of it waiting on hand-offs). The
-/// string is kept prepared: each table's rows go in chunks of 64, the last one padded up to 1,
-/// 4, 16 or 64 rows with rows of NULLs that the statement filters out, so a batch's string
-/// takes one of a few shapes (parsing a fresh one per batch was 12 % of the writer's SQLite
-/// thread). On Postgres one statement after the other.
+/// string is kept prepared: see [`push_padded`]. On Postgres one statement after the other.
 pub(super) async fn insert_tables(
     tx: &mut Transaction<'_, Any>,
     tables: &[TableRows<'_, '_>],
@@ -93,30 +93,53 @@ pub(super) async fn insert_tables(
         }
         return Ok(());
     }
-    static NULL: Val<'static> = Val::OptText(None);
     let mut sql = String::new();
-    let mut values: Vec<&Val<'_>> = Vec::new();
+    let mut values = Vec::new();
     for t in tables {
-        for chunk in t.rows.chunks(MAX_SQLITE_CHUNK) {
-            let padded = padded_len(chunk.len());
-            let _ = write!(
-                sql,
-                "INSERT INTO {} ({}) SELECT * FROM (VALUES ",
-                t.table,
-                t.cols.join(", ")
-            );
-            push_placeholders(&mut sql, padded, t.cols.len());
-            // Every table's first column (an id, a project) is never NULL in a real row.
-            sql.push_str(") WHERE column1 IS NOT NULL;\n");
-            values.extend(chunk.iter().flatten());
-            let padding = (padded - chunk.len()) * t.cols.len();
-            values.extend(std::iter::repeat_n(&NULL, padding));
-        }
+        push_padded(&mut sql, &mut values, t, "");
     }
-    if sql.is_empty() {
-        return Ok(());
+    execute_padded(tx, &sql, values).await
+}
+
+/// A NULL for the rows that pad a chunk.
+static NULL: Val<'static> = Val::OptText(None);
+
+/// Appends the SQLite statements that insert `t`'s rows, and their values: chunks of 64 rows,
+/// the last one padded up to 1, 4, 16 or 64 rows with rows of NULLs that the statement
+/// filters out, so that a batch's string takes one of a few shapes and stays prepared
+/// (parsing a fresh one per batch was 12 % of the writer's SQLite thread). `on_conflict`
+/// follows each statement (the `WHERE` also settles SQLite's parse of `SELECT … ON CONFLICT`).
+fn push_padded<'a>(
+    sql: &mut String,
+    values: &mut Vec<&'a Val<'a>>,
+    t: &TableRows<'a, 'a>,
+    on_conflict: &str,
+) {
+    for chunk in t.rows.chunks(MAX_SQLITE_CHUNK) {
+        let padded = padded_len(chunk.len());
+        let _ = write!(
+            sql,
+            "INSERT INTO {} ({}) SELECT * FROM (VALUES ",
+            t.table,
+            t.cols.join(", ")
+        );
+        push_placeholders(sql, padded, t.cols.len());
+        // Every table's first column (an id, a project) is never NULL in a real row.
+        let _ = writeln!(sql, ") WHERE column1 IS NOT NULL {on_conflict};");
+        values.extend(chunk.iter().flatten());
+        let padding = (padded - chunk.len()) * t.cols.len();
+        values.extend(std::iter::repeat_n(&NULL, padding));
     }
-    bind_values(&sql, values, true).execute(&mut **tx).await?;
+}
+
+async fn execute_padded(
+    tx: &mut Transaction<'_, Any>,
+    sql: &str,
+    values: Vec<&Val<'_>>,
+) -> StoreResult<()> {
+    if !sql.is_empty() {
+        bind_values(sql, values, true).execute(&mut **tx).await?;
+    }
     Ok(())
 }
 
@@ -135,7 +158,8 @@ fn push_placeholders(sql: &mut String, rows: usize, cols: usize) {
 }
 
 /// Inserts `rows` into `table`, `on_conflict` saying what to do with a key already there
-/// (`ON CONFLICT (…) DO UPDATE …`). The rows' keys must be distinct.
+/// (`ON CONFLICT (…) DO UPDATE …`). The rows' keys must be distinct. On SQLite one hand-off
+/// for all the rows (padded chunks, see [`push_padded`]); on Postgres one statement.
 pub(super) async fn upsert_rows(
     tx: &mut Transaction<'_, Any>,
     table: &str,
@@ -144,6 +168,12 @@ pub(super) async fn upsert_rows(
     on_conflict: &str,
 ) -> StoreResult<()> {
     let anonymous = is_sqlite(tx);
+    if anonymous {
+        let (mut sql, mut values) = (String::new(), Vec::new());
+        let t = TableRows { table, cols, rows };
+        push_padded(&mut sql, &mut values, &t, on_conflict);
+        return execute_padded(tx, &sql, values).await;
+    }
     for chunk in chunks(rows, cols.len(), anonymous) {
         let mut sql = format!("INSERT INTO {table} ({}) VALUES ", cols.join(", "));
         push_values(&mut sql, chunk, anonymous, false);
@@ -245,7 +275,49 @@ fn bind_values<'q>(
 
 #[cfg(test)]
 mod tests {
-    use super::{chunks, padded_len};
+    use sqlx::Acquire;
+
+    use super::{Val, chunks, padded_len, upsert_rows};
+
+    /// On SQLite every chunk, padded, goes in one string: the padding rows never land, and
+    /// `ON CONFLICT` applies to every real row of every chunk.
+    #[tokio::test]
+    async fn sqlite_upserts_in_padded_chunks_land_every_row_once() {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::any::AnyPoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .expect("pool");
+        let mut conn = pool.acquire().await.expect("connection");
+        sqlx::query("CREATE TABLE kv (k TEXT PRIMARY KEY, n INTEGER NOT NULL)")
+            .execute(&mut *conn)
+            .await
+            .expect("table");
+        let keys: Vec<String> = (0..70).map(|i| format!("k{i}")).collect();
+        let rows = |n: usize| -> Vec<Vec<Val<'_>>> {
+            keys[..n]
+                .iter()
+                .map(|k| vec![Val::Text(k), Val::Int(1)])
+                .collect()
+        };
+        let add = "ON CONFLICT (k) DO UPDATE SET n = n + excluded.n";
+        let mut tx = conn.begin().await.expect("begin");
+        // 70 rows: a chunk of 64 and one of 6 padded to 16; then 5 of them again.
+        upsert_rows(&mut tx, "kv", &["k", "n"], &rows(70), add)
+            .await
+            .expect("70 rows");
+        upsert_rows(&mut tx, "kv", &["k", "n"], &rows(5), add)
+            .await
+            .expect("5 rows");
+        tx.commit().await.expect("commit");
+        let (count, total, nulls): (i64, i64, i64) =
+            sqlx::query_as("SELECT COUNT(*), SUM(n), SUM(k IS NULL) FROM kv")
+                .fetch_one(&mut *conn)
+                .await
+                .expect("counts");
+        assert_eq!((count, total, nulls), (70, 75, 0));
+    }
 
     #[test]
     fn sqlite_insert_chunks_are_padded_to_a_few_sizes() {

@@ -292,7 +292,14 @@ pub(super) async fn insert_events(
     if events.is_empty() {
         return Ok(());
     }
-    let rows: Vec<Vec<Val<'_>>> = events
+    let rows = event_values(events);
+    insert_rows(tx, "events", &EVENT_COLUMNS, &rows).await?;
+    events_written(tx, outbox, events).await
+}
+
+/// The `events` rows of `events`, one value per column of [`EVENT_COLUMNS`].
+fn event_values<'a>(events: &[EventRow<'a>]) -> Vec<Vec<Val<'a>>> {
+    events
         .iter()
         .map(|r| {
             let e = r.event;
@@ -307,8 +314,15 @@ pub(super) async fn insert_events(
                 Val::Int(e.created_at),
             ]
         })
-        .collect();
-    insert_rows(tx, "events", &EVENT_COLUMNS, &rows).await?;
+        .collect()
+}
+
+/// What follows events' rows: their counts in the stats log, their webhook deliveries.
+async fn events_written(
+    tx: &mut Transaction<'_, Any>,
+    outbox: &mut Outbox,
+    events: &[EventRow<'_>],
+) -> StoreResult<()> {
     for r in events {
         let e = r.event;
         if let (Some(email_id), Some(address), false) =
@@ -490,6 +504,19 @@ pub(super) async fn insert_emails<'a>(
         .iter()
         .map(|(p, k, v, id)| vec![Val::Text(p), Val::Text(k), Val::Text(v), Val::Text(id)])
         .collect();
+    let events: Vec<EventRow<'_>> = emails
+        .clone()
+        .flat_map(|e| {
+            e.events.iter().map(move |ev| EventRow {
+                project_id: &e.project_id,
+                email_id: Some(&e.id),
+                stream: Some(&e.stream),
+                event: ev,
+            })
+        })
+        .collect();
+    let event_rows = event_values(&events);
+    // The emails' events go in with their rows: one hand-off on SQLite for all of it.
     insert_tables(
         tx,
         &[
@@ -513,28 +540,23 @@ pub(super) async fn insert_emails<'a>(
                 cols: &["project_id", "key", "value", "email_id"],
                 rows: &metadata_rows,
             },
+            TableRows {
+                table: "events",
+                cols: &EVENT_COLUMNS,
+                rows: &event_rows,
+            },
         ],
     )
     .await?;
 
-    for e in emails.clone() {
+    for e in emails {
         for r in &e.recipients {
             outbox
                 .stats
                 .accepted(&e.project_id, &e.id, &r.address, e.created_at);
         }
     }
-    let events: Vec<EventRow<'_>> = emails
-        .flat_map(|e| {
-            e.events.iter().map(move |ev| EventRow {
-                project_id: &e.project_id,
-                email_id: Some(&e.id),
-                stream: Some(&e.stream),
-                event: ev,
-            })
-        })
-        .collect();
-    insert_events(tx, outbox, &events).await
+    events_written(tx, outbox, &events).await
 }
 
 impl Store {

@@ -62,6 +62,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0008_search_retention.sql"),
         postgres: include_str!("../../migrations/postgres/0008_search_retention.sql"),
     },
+    Migration {
+        version: 9,
+        name: "body_compression",
+        sqlite: include_str!("../../migrations/sqlite/0009_body_compression.sql"),
+        postgres: include_str!("../../migrations/postgres/0009_body_compression.sql"),
+    },
 ];
 
 /// An arbitrary constant: the advisory lock id Herald's migrations hold on Postgres.

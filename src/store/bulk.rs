@@ -4,12 +4,14 @@
 //! to the connection's worker thread); writing a group commit's hundred emails row by row
 //! costs a thousand of them. One statement per table per batch costs a handful.
 //!
-//! On SQLite inserts and upserts go in padded chunks of up to 64 rows, every chunk of every
-//! table in one string (one hand-off), its few shapes kept prepared ([`push_padded`]);
-//! updates go in chunks of power-of-two sizes (45 rows: 32, 8, 4 and 1), each statement
-//! kept prepared: parsing a fresh statement for every batch size cost more than the extra
-//! hand-offs (`sqlite3Prepare` was 8 % of the delivery profile). On Postgres, where a round
-//! trip costs more than a parse, one statement per table.
+//! Inserts and upserts go in chunks of up to 64 rows, the last one padded with NULL rows
+//! that the statement filters out, so that a table's statements take a few shapes, each kept
+//! prepared: on SQLite padded to 1, 4, 16 or 64 rows, every chunk of every table in one
+//! string (one hand-off, see [`push_padded`]); on Postgres to a power of two, one statement
+//! per chunk (a fresh size per batch was parsed, analysed and planned: 12 % of the server's
+//! CPU at the peak intake). Updates go in chunks of power-of-two sizes on SQLite (45 rows:
+//! 32, 8, 4 and 1), each kept prepared (`sqlite3Prepare` was 8 % of the delivery profile),
+//! and in one statement on Postgres.
 
 use std::fmt::Write;
 

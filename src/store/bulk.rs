@@ -116,14 +116,34 @@ pub(super) async fn insert_tables(
     execute_padded(tx, &sql, values).await
 }
 
+/// `INSERT INTO t (…) SELECT * FROM (VALUES <rows>) AS v WHERE column1 IS NOT NULL
+/// <on_conflict>`, the rows written by `rows`: the shape of every padded statement, on both
+/// databases. Every table's first column (an id, a project) is never NULL in a real row, so
+/// the padding rows are filtered out; the `WHERE` also settles SQLite's parse of
+/// `SELECT … ON CONFLICT`.
+fn push_padded_insert(
+    sql: &mut String,
+    t: &TableRows<'_, '_>,
+    on_conflict: &str,
+    rows: impl FnOnce(&mut String),
+) {
+    let _ = write!(
+        sql,
+        "INSERT INTO {} ({}) SELECT * FROM (VALUES ",
+        t.table,
+        t.cols.join(", ")
+    );
+    rows(sql);
+    let _ = write!(sql, ") AS v WHERE column1 IS NOT NULL {on_conflict}");
+}
+
 /// A NULL for the rows that pad a chunk.
 static NULL: Val<'static> = Val::OptText(None);
 
 /// Appends the SQLite statements that insert `t`'s rows, and their values: chunks of 64 rows,
 /// the last one padded up to 1, 4, 16 or 64 rows with rows of NULLs that the statement
 /// filters out, so that a batch's string takes one of a few shapes and stays prepared
-/// (parsing a fresh one per batch was 12 % of the writer's SQLite thread). `on_conflict`
-/// follows each statement (the `WHERE` also settles SQLite's parse of `SELECT … ON CONFLICT`).
+/// (parsing a fresh one per batch was 12 % of the writer's SQLite thread).
 fn push_padded<'a>(
     sql: &mut String,
     values: &mut Vec<&'a Val<'a>>,
@@ -132,15 +152,10 @@ fn push_padded<'a>(
 ) {
     for chunk in t.rows.chunks(MAX_SQLITE_CHUNK) {
         let padded = padded_len(chunk.len());
-        let _ = write!(
-            sql,
-            "INSERT INTO {} ({}) SELECT * FROM (VALUES ",
-            t.table,
-            t.cols.join(", ")
-        );
-        push_placeholders(sql, padded, t.cols.len());
-        // Every table's first column (an id, a project) is never NULL in a real row.
-        let _ = writeln!(sql, ") WHERE column1 IS NOT NULL {on_conflict};");
+        push_padded_insert(sql, t, on_conflict, |sql| {
+            push_placeholders(sql, padded, t.cols.len());
+        });
+        sql.push_str(";\n");
         values.extend(chunk.iter().flatten());
         let padding = (padded - chunk.len()) * t.cols.len();
         values.extend(std::iter::repeat_n(&NULL, padding));
@@ -174,7 +189,8 @@ fn push_placeholders(sql: &mut String, rows: usize, cols: usize) {
 
 /// Inserts `rows` into `table`, `on_conflict` saying what to do with a key already there
 /// (`ON CONFLICT (…) DO UPDATE …`). The rows' keys must be distinct. On SQLite one hand-off
-/// for all the rows (padded chunks, see [`push_padded`]); on Postgres one statement.
+/// for all the rows (padded chunks, see [`push_padded`]); on Postgres one statement per chunk
+/// of up to 64 rows ([`upsert_padded_pg`]).
 pub(super) async fn upsert_rows(
     tx: &mut Transaction<'_, Any>,
     table: &str,
@@ -208,13 +224,10 @@ async fn upsert_padded_pg(
         let nulls: Vec<Val<'_>> = chunk[0].iter().map(Val::null).collect();
         let mut rows: Vec<Vec<Val<'_>>> = chunk.to_vec();
         rows.resize(chunk.len().next_power_of_two(), nulls);
-        let mut sql = format!(
-            "INSERT INTO {} ({}) SELECT * FROM (VALUES ",
-            t.table,
-            t.cols.join(", ")
-        );
-        push_values(&mut sql, &rows, false, true);
-        let _ = write!(sql, ") AS v WHERE column1 IS NOT NULL {on_conflict}");
+        let mut sql = String::new();
+        push_padded_insert(&mut sql, t, on_conflict, |sql| {
+            push_values(sql, &rows, false, true);
+        });
         bind_all(&sql, &rows, true).execute(&mut **tx).await?;
     }
     Ok(())

@@ -4,20 +4,18 @@
 //! to the connection's worker thread); writing a group commit's hundred emails row by row
 //! costs a thousand of them. One statement per table per batch costs a handful.
 //!
-//! Inserts and upserts go in chunks of up to 64 rows, the last one padded with NULL rows
-//! that the statement filters out, so that a table's statements take a few shapes, each kept
-//! prepared: on SQLite padded to 1, 4, 16 or 64 rows, every chunk of every table in one
-//! string (one hand-off, see [`push_padded`]); on Postgres to a power of two, one statement
-//! per chunk (a fresh size per batch was parsed, analysed and planned: 12 % of the server's
-//! CPU at the peak intake). Updates go in chunks of power-of-two sizes on SQLite (45 rows:
-//! 32, 8, 4 and 1), each kept prepared (`sqlite3Prepare` was 8 % of the delivery profile),
-//! and in one statement on Postgres.
+//! Inserts, upserts and updates go in chunks of up to 64 rows, the last one padded with NULL
+//! rows that the statement filters out (or, for an update, matches nothing), so that a
+//! table's statements take a few shapes, each kept prepared: on SQLite padded to 1, 4, 16 or
+//! 64 rows, every chunk of every table in one string (one hand-off, see [`push_padded`]); on
+//! Postgres to a power of two, one statement per chunk (a fresh size per batch was parsed,
+//! analysed and planned: 12 % of the server's CPU at the peak intake).
 
 use std::fmt::Write;
 
-use sqlx::{Any, Transaction};
+use sqlx::{Any, AnyConnection};
 
-use super::StoreResult;
+use super::{StoreError, StoreResult};
 
 /// One bound value.
 #[derive(Debug, Clone, Copy)]
@@ -42,43 +40,21 @@ impl Val<'_> {
     }
 }
 
-/// A note on Postgres over TCP: sqlx leaves Nagle's algorithm on for its sockets, and it writes
-/// a large statement in several writes, so such a statement waits for the server's delayed
-/// ACK (40 ms on Linux). Measured here: a group commit's INSERT of 31 emails took 43 ms over
-/// 127.0.0.1 and 1 ms over the Unix socket (accepts: 908/s against 5,341/s). Splitting
-/// statements makes it worse (each one waits: 200/s with 48 KB statements); one statement per
-/// table waits once per batch. Hence the README's advice: a local Postgres through its Unix
-/// socket.
-///
-/// At most this many parameters per statement (SQLite allows 32,766, Postgres 65,535).
-const MAX_PARAMS: usize = 30_000;
+// A note on Postgres over TCP: sqlx leaves Nagle's algorithm on for its sockets, and it writes
+// a large statement in several writes, so such a statement waits for the server's delayed
+// ACK (40 ms on Linux). Measured here: a group commit's INSERT of 31 emails took 43 ms over
+// 127.0.0.1 and 1 ms over the Unix socket (accepts: 908/s against 5,341/s). Splitting
+// statements makes it worse (each one waits: 200/s with 48 KB statements); one statement per
+// table waits once per batch. Hence the README's advice: a local Postgres through its Unix
+// socket.
 
-/// The largest chunk on SQLite (sizes 1, 2, 4 … 64: seven statements per table to keep).
+/// The largest chunk on SQLite (padded to 1, 4, 16 or 64 rows: four statements per table to
+/// keep; 64 rows of the widest table, 18 columns, stay far below SQLite's 32,766 parameters).
 const MAX_SQLITE_CHUNK: usize = 64;
-
-/// `rows` cut into the statements that carry them: power-of-two chunks on SQLite (kept
-/// prepared), as few as the parameter limit allows on Postgres (prepared once each). For
-/// updates; inserts on SQLite go padded.
-fn chunks<T>(rows: &[T], per_row: usize, sqlite: bool) -> Vec<&[T]> {
-    let most = (MAX_PARAMS / per_row).max(1);
-    if !sqlite {
-        return rows.chunks(most).collect();
-    }
-    let most = most.min(MAX_SQLITE_CHUNK);
-    let mut out = Vec::new();
-    let mut rest = rows;
-    while !rest.is_empty() {
-        let n = 1 << rest.len().min(most).ilog2();
-        let (head, tail) = rest.split_at(n);
-        out.push(head);
-        rest = tail;
-    }
-    out
-}
 
 /// Inserts `rows` (each with one value per column of `cols`) into `table`.
 pub(super) async fn insert_rows(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     table: &str,
     cols: &[&str],
     rows: &[Vec<Val<'_>>],
@@ -99,21 +75,85 @@ pub(super) struct TableRows<'r, 'v> {
 /// group-commit writer was busy 100 % of the time, most of it waiting on hand-offs). The
 /// string is kept prepared: see [`push_padded`]. On Postgres one statement after the other.
 pub(super) async fn insert_tables(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     tables: &[TableRows<'_, '_>],
 ) -> StoreResult<()> {
-    if !is_sqlite(tx) {
-        for t in tables {
-            upsert_padded_pg(tx, t, "").await?;
+    let tables: Vec<(&TableRows<'_, '_>, &str)> = tables.iter().map(|t| (t, "")).collect();
+    write_tables(tx, &tables, &[]).await.map_err(|f| f.error)
+}
+
+/// A [`write_tables`] that failed: why, and how many of its `then` statements had completed
+/// (a `COMMIT` among them may have landed before a later statement failed).
+#[derive(Debug)]
+pub(super) struct Partial {
+    pub error: StoreError,
+    pub then_done: usize,
+}
+
+/// Upserts rows into several tables (each with its `ON CONFLICT …`, or `""` to insert), in
+/// order, then runs the parameterless statements `then` (the writer's `COMMIT` and the next
+/// batch's `BEGIN`). On SQLite all of it is one string, one hand-off to the connection's
+/// thread; on Postgres the upserts go one statement per chunk and `then` in one simple query.
+pub(super) async fn write_tables(
+    tx: &mut AnyConnection,
+    tables: &[(&TableRows<'_, '_>, &str)],
+    then: &[&str],
+) -> Result<(), Partial> {
+    let early = |error: StoreError| Partial {
+        error,
+        then_done: 0,
+    };
+    let (done, before) = if is_sqlite(tx) {
+        let mut sql = String::new();
+        let mut values = Vec::new();
+        let mut before = 0;
+        for (t, on_conflict) in tables {
+            before += push_padded(&mut sql, &mut values, t, on_conflict);
         }
-        return Ok(());
+        for statement in then {
+            sql.push_str(statement);
+            sql.push_str(";\n");
+        }
+        if sql.is_empty() {
+            return Ok(());
+        }
+        let results = sqlx::Executor::fetch_many(&mut *tx, bind_values(&sql, values, true));
+        (statements_done(results).await, before)
+    } else {
+        for (t, on_conflict) in tables {
+            upsert_padded_pg(tx, t, on_conflict).await.map_err(early)?;
+        }
+        if then.is_empty() {
+            return Ok(());
+        }
+        let sql = then.join("; ");
+        let results = sqlx::Executor::fetch_many(&mut *tx, sqlx::raw_sql(sqlx::AssertSqlSafe(sql)));
+        (statements_done(results).await, 0)
+    };
+    done.map(drop).map_err(|(e, done)| Partial {
+        error: e.into(),
+        then_done: done.saturating_sub(before),
+    })
+}
+
+/// Runs a string of statements to its end; how many completed, or the error and how many
+/// had completed before it.
+async fn statements_done(
+    mut results: futures_util::stream::BoxStream<
+        '_,
+        Result<sqlx::Either<sqlx::any::AnyQueryResult, sqlx::any::AnyRow>, sqlx::Error>,
+    >,
+) -> Result<usize, (sqlx::Error, usize)> {
+    use futures_util::StreamExt;
+    let mut done = 0;
+    while let Some(result) = results.next().await {
+        match result {
+            Ok(sqlx::Either::Left(_)) => done += 1,
+            Ok(sqlx::Either::Right(_)) => {}
+            Err(e) => return Err((e, done)),
+        }
     }
-    let mut sql = String::new();
-    let mut values = Vec::new();
-    for t in tables {
-        push_padded(&mut sql, &mut values, t, "");
-    }
-    execute_padded(tx, &sql, values).await
+    Ok(done)
 }
 
 /// `INSERT INTO t (…) SELECT * FROM (VALUES <rows>) AS v WHERE column1 IS NOT NULL
@@ -149,8 +189,10 @@ fn push_padded<'a>(
     values: &mut Vec<&'a Val<'a>>,
     t: &TableRows<'a, 'a>,
     on_conflict: &str,
-) {
+) -> usize {
+    let mut statements = 0;
     for chunk in t.rows.chunks(MAX_SQLITE_CHUNK) {
+        statements += 1;
         let padded = padded_len(chunk.len());
         push_padded_insert(sql, t, on_conflict, |sql| {
             push_placeholders(sql, padded, t.cols.len());
@@ -160,15 +202,16 @@ fn push_padded<'a>(
         let padding = (padded - chunk.len()) * t.cols.len();
         values.extend(std::iter::repeat_n(&NULL, padding));
     }
+    statements
 }
 
 async fn execute_padded(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     sql: &str,
     values: Vec<&Val<'_>>,
 ) -> StoreResult<()> {
     if !sql.is_empty() {
-        bind_values(sql, values, true).execute(&mut **tx).await?;
+        bind_values(sql, values, true).execute(&mut *tx).await?;
     }
     Ok(())
 }
@@ -192,7 +235,7 @@ fn push_placeholders(sql: &mut String, rows: usize, cols: usize) {
 /// for all the rows (padded chunks, see [`push_padded`]); on Postgres one statement per chunk
 /// of up to 64 rows ([`upsert_padded_pg`]).
 pub(super) async fn upsert_rows(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     table: &str,
     cols: &[&str],
     rows: &[Vec<Val<'_>>],
@@ -216,42 +259,72 @@ const MAX_PG_CHUNK: usize = 64;
 /// Postgres's side of [`upsert_rows`]: one statement per chunk of up to 64 rows, padded to
 /// a power of two with typed NULL rows that its `WHERE` filters out.
 async fn upsert_padded_pg(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     t: &TableRows<'_, '_>,
     on_conflict: &str,
 ) -> StoreResult<()> {
     for chunk in t.rows.chunks(MAX_PG_CHUNK) {
-        let nulls: Vec<Val<'_>> = chunk[0].iter().map(Val::null).collect();
-        let mut rows: Vec<Vec<Val<'_>>> = chunk.to_vec();
-        rows.resize(chunk.len().next_power_of_two(), nulls);
+        let rows = padded_pg(chunk);
         let mut sql = String::new();
         push_padded_insert(&mut sql, t, on_conflict, |sql| {
             push_values(sql, &rows, false, true);
         });
-        bind_all(&sql, &rows, true).execute(&mut **tx).await?;
+        bind_all(&sql, &rows, true).execute(&mut *tx).await?;
     }
     Ok(())
 }
 
+/// A chunk padded to a power of two with rows of NULLs of each column's type.
+fn padded_pg<'v>(chunk: &[Vec<Val<'v>>]) -> Vec<Vec<Val<'v>>> {
+    let nulls: Vec<Val<'_>> = chunk[0].iter().map(Val::null).collect();
+    let mut rows = chunk.to_vec();
+    rows.resize(chunk.len().next_power_of_two(), nulls);
+    rows
+}
+
 /// Updates rows of a table from `rows` and returns the first column of every row changed.
 /// `sql(values)` writes the whole statement around `values`, a `(VALUES …) AS v` list
-/// whose columns read `v.column1`, `v.column2`, … (both databases name them so).
-/// The rows are chunked like inserts.
+/// whose columns read `v.column1`, `v.column2`, … (both databases name them so); its `WHERE`
+/// must match no row on a `v.column1` of NULL, for the rows are padded like inserts: chunks
+/// of up to 64, padded with NULL rows to a few sizes so that every statement stays prepared.
+/// On SQLite every chunk goes in one string (one hand-off, its `RETURNING` rows read in
+/// order); on Postgres one statement per chunk.
 pub(super) async fn update_from_values(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     per_row: usize,
     rows: &[Vec<Val<'_>>],
     sql: impl Fn(&str) -> String,
 ) -> StoreResult<Vec<String>> {
-    let anonymous = is_sqlite(tx);
     let mut changed = Vec::new();
-    for chunk in chunks(rows, per_row, anonymous) {
+    if rows.is_empty() {
+        return Ok(changed);
+    }
+    let list = |placeholders: &dyn Fn(&mut String)| {
         let mut values = String::from("(VALUES ");
-        push_values(&mut values, chunk, anonymous, true);
+        placeholders(&mut values);
         values.push_str(") AS v");
-        let statement = sql(&values);
-        for row in bind_all(&statement, chunk, anonymous)
-            .fetch_all(&mut **tx)
+        sql(&values)
+    };
+    if is_sqlite(tx) {
+        let mut text = String::new();
+        let mut values = Vec::new();
+        for chunk in rows.chunks(MAX_SQLITE_CHUNK) {
+            let padded = padded_len(chunk.len());
+            text.push_str(&list(&|s| push_placeholders(s, padded, per_row)));
+            text.push_str(";\n");
+            values.extend(chunk.iter().flatten());
+            values.extend(std::iter::repeat_n(&NULL, (padded - chunk.len()) * per_row));
+        }
+        for row in bind_values(&text, values, true).fetch_all(&mut *tx).await? {
+            changed.push(sqlx::Row::try_get(&row, 0)?);
+        }
+        return Ok(changed);
+    }
+    for chunk in rows.chunks(MAX_PG_CHUNK) {
+        let padded = padded_pg(chunk);
+        let statement = list(&|s| push_values(s, &padded, false, true));
+        for row in bind_all(&statement, &padded, true)
+            .fetch_all(&mut *tx)
             .await?
         {
             changed.push(sqlx::Row::try_get(&row, 0)?);
@@ -261,7 +334,7 @@ pub(super) async fn update_from_values(
 }
 
 /// Whether `tx` is SQLite's (the writer's helpers run on either database).
-pub(super) fn is_sqlite(tx: &Transaction<'_, Any>) -> bool {
+pub(super) fn is_sqlite(tx: &AnyConnection) -> bool {
     tx.backend_name().eq_ignore_ascii_case("sqlite")
 }
 
@@ -325,7 +398,7 @@ fn bind_values<'q>(
 mod tests {
     use sqlx::Acquire;
 
-    use super::{Val, chunks, padded_len, upsert_rows};
+    use super::{Val, padded_len, update_from_values, upsert_rows};
 
     /// Padded chunks (SQLite: every chunk in one string; Postgres: a statement per chunk of a
     /// power-of-two size): the padding rows never land, and `ON CONFLICT` applies to every
@@ -382,23 +455,75 @@ mod tests {
         upserts_in_padded_chunks_land_every_row_once(&url, "herald_padded_kv").await;
     }
 
+    /// Padded updates (SQLite: every chunk in one string; Postgres: a statement per chunk):
+    /// every real row updates its match and is returned once, the padding rows match nothing.
+    async fn updates_in_padded_chunks_return_every_changed_row_once(url: &str, table: &str) {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::any::AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(url)
+            .await
+            .expect("pool");
+        let mut conn = pool.acquire().await.expect("connection");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE TEMP TABLE {table} (k TEXT PRIMARY KEY, n BIGINT NOT NULL)"
+        )))
+        .execute(&mut *conn)
+        .await
+        .expect("table");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {table} (k, n) SELECT 'k' || CAST(i AS TEXT), 0 \
+             FROM (WITH RECURSIVE s(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM s WHERE i < 99) \
+             SELECT i FROM s) AS s"
+        )))
+        .execute(&mut *conn)
+        .await
+        .expect("rows");
+        // 70 rows (a chunk of 64 and one of 6, padded), 3 of them with keys not in the table.
+        let keys: Vec<String> = (0..67)
+            .map(|i| format!("k{i}"))
+            .chain((0..3).map(|i| format!("absent{i}")))
+            .collect();
+        let rows: Vec<Vec<Val<'_>>> = keys
+            .iter()
+            .map(|k| vec![Val::Text(k), Val::Int(7)])
+            .collect();
+        let mut changed = update_from_values(&mut conn, 2, &rows, |values| {
+            format!(
+                "UPDATE {table} SET n = {table}.n + v.column2 FROM {values} \
+                 WHERE {table}.k = v.column1 RETURNING {table}.k"
+            )
+        })
+        .await
+        .expect("update");
+        changed.sort();
+        let mut expected: Vec<String> = keys[..67].to_vec();
+        expected.sort();
+        assert_eq!(changed, expected, "every present row once");
+        let (updated, total): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT CAST(COUNT(*) AS BIGINT), CAST(SUM(n) AS BIGINT) FROM {table} WHERE n > 0"
+        )))
+        .fetch_one(&mut *conn)
+        .await
+        .expect("counts");
+        assert_eq!((updated, total), (67, 67 * 7));
+    }
+
+    #[tokio::test]
+    async fn sqlite_updates_in_padded_chunks_return_every_changed_row_once() {
+        updates_in_padded_chunks_return_every_changed_row_once("sqlite::memory:", "ukv").await;
+    }
+
+    #[tokio::test]
+    async fn postgres_updates_in_padded_chunks_return_every_changed_row_once() {
+        let url = std::env::var("TEST_HERALD_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        updates_in_padded_chunks_return_every_changed_row_once(&url, "herald_padded_ukv").await;
+    }
+
     #[test]
     fn sqlite_insert_chunks_are_padded_to_a_few_sizes() {
         let sizes: Vec<usize> = [1, 2, 4, 5, 16, 17, 63, 64].map(padded_len).to_vec();
         assert_eq!(sizes, [1, 4, 4, 16, 16, 64, 64, 64]);
-    }
-
-    #[test]
-    fn sqlite_chunks_are_powers_of_two_up_to_64() {
-        let rows: Vec<u32> = (0..45).collect();
-        let sizes: Vec<usize> = chunks(&rows, 10, true).iter().map(|c| c.len()).collect();
-        assert_eq!(sizes, [32, 8, 4, 1]);
-        let rows: Vec<u32> = (0..200).collect();
-        let sizes: Vec<usize> = chunks(&rows, 10, true).iter().map(|c| c.len()).collect();
-        assert_eq!(sizes, [64, 64, 64, 8]);
-        let all: Vec<u32> = chunks(&rows, 10, true).concat();
-        assert_eq!(all, rows, "every row once, in order");
-        assert_eq!(chunks(&rows, 10, false).len(), 1, "Postgres: one statement");
-        assert!(chunks::<u32>(&[], 10, true).is_empty());
     }
 }

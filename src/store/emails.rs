@@ -1,7 +1,7 @@
 //! Emails, their recipients and events, and idempotency records: the ingest side.
 
 use sqlx::any::AnyRow;
-use sqlx::{Any, Row, Transaction};
+use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
 use super::bulk::{TableRows, Val, insert_rows, insert_tables};
@@ -256,7 +256,7 @@ fn event_from_row(r: &AnyRow) -> StoreResult<EventRecord> {
 
 /// Inserts an event and, in the same transaction, the webhook deliveries that announce it.
 pub(super) async fn insert_event(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     outbox: &mut Outbox,
     project_id: &str,
     email_id: Option<&str>,
@@ -285,7 +285,7 @@ const EVENT_COLUMNS: [&str; 8] = [
 
 /// Inserts events (one statement) with their webhook deliveries and stats increments.
 pub(super) async fn insert_events(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     outbox: &mut Outbox,
     events: &[EventRow<'_>],
 ) -> StoreResult<()> {
@@ -319,7 +319,7 @@ fn event_values<'a>(events: &[EventRow<'a>]) -> Vec<Vec<Val<'a>>> {
 
 /// What follows events' rows: their counts in the stats log, their webhook deliveries.
 async fn events_written(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     outbox: &mut Outbox,
     events: &[EventRow<'_>],
 ) -> StoreResult<()> {
@@ -343,7 +343,7 @@ async fn events_written(
 
 /// Inserts one request's emails and idempotency record inside `tx`.
 pub(super) async fn insert_request(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     outbox: &mut Outbox,
     emails: &[NewEmail],
     idempotency: Option<&IdempotencyRecord>,
@@ -359,7 +359,7 @@ pub(super) async fn insert_request(
         .bind(&idem.path)
         .bind(&idem.key)
         .bind(idem.created_at)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
         sqlx::query(
             "INSERT INTO idempotency_keys (project_id, method, path, idem_key, fingerprint, \
@@ -375,7 +375,7 @@ pub(super) async fn insert_request(
         .bind(&idem.response_body)
         .bind(idem.created_at)
         .bind(idem.expires_at)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
     }
     insert_emails(tx, outbox, emails.iter()).await
@@ -420,7 +420,7 @@ const RECIPIENT_INSERT_COLUMNS: [&str; 12] = [
 /// Inserts emails with their recipients, search keys, first events (and their webhook
 /// deliveries) and stats increments: one statement per table for all of them.
 pub(super) async fn insert_emails<'a>(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     outbox: &mut Outbox,
     emails: impl Iterator<Item = &'a NewEmail> + Clone,
 ) -> StoreResult<()> {

@@ -28,10 +28,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyPool, Transaction};
+use sqlx::{AnyConnection, AnyPool, Executor};
 use tokio::sync::{mpsc, oneshot};
 
+use super::bulk::Partial;
 use super::emails::{IdempotencyRecord, NewEmail, insert_emails, insert_request};
 use super::kept::Kept;
 use super::queue::{ClaimRow, Outcome, Recorded, apply_outcomes, claim_rows};
@@ -250,16 +250,8 @@ async fn run(
         let started = Instant::now();
         let n = jobs.len() as u64;
         let batch = Batch::of(jobs);
-        let conn = match kept.get().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                let msg = e.to_string();
-                batch.fail(|| StoreError::from_shared(&msg, &e));
-                continue;
-            }
-        };
         let committed;
-        (dims, committed) = commit(conn, batch, &shard, &endpoints, dims, &settle).await;
+        (dims, committed) = commit(&mut kept, batch, &shard, &endpoints, dims, &settle).await;
         if !committed {
             kept.release().await;
         }
@@ -271,8 +263,10 @@ async fn run(
             dims = HashMap::new();
         }
     }
-    // Every sender is gone: the syncer answers the commits it still holds, then ends (the
-    // writer's own runtime stops when this task returns).
+    // Every sender is gone: the connection goes back (the transaction left open rolled
+    // back), the syncer answers the commits it still holds, then ends (the writer's own
+    // runtime stops when this task returns).
+    kept.release().await;
     drop(settle);
     if let Some(syncer) = syncer {
         let _ = syncer.await;
@@ -421,34 +415,48 @@ impl Batch {
     }
 }
 
-/// Commits one batch on `conn`; returns the email dimensions the stats log knew (to keep)
-/// and whether the connection ended the batch in good order (committed or cleanly rolled
-/// back).
+/// What ends a batch that keeps its writes: its commit and, in the same hand-off, the next
+/// batch's `BEGIN` (a `BEGIN` takes no lock and no snapshot until a statement runs; the
+/// transaction left open is rolled back if the connection goes back to the pool first).
+const COMMIT_THEN_BEGIN: [&str; 2] = ["COMMIT", "BEGIN"];
+
+/// Commits one batch on the kept connection; returns the email dimensions the stats log knew
+/// (to keep) and whether the connection ended the batch in good order (committed, or cleanly
+/// rolled back).
 async fn commit(
-    conn: &mut PoolConnection<Any>,
+    kept: &mut Kept,
     batch: Batch,
     shard: &str,
     endpoints: &EndpointCache,
     dims: Dims,
     settle: &Settle,
 ) -> (Dims, bool) {
-    let mut tx = match sqlx::Connection::begin(&mut **conn).await {
-        Ok(tx) => tx,
+    let (conn, open) = match kept.get_with_transaction().await {
+        Ok(got) => got,
         Err(e) => {
             let msg = e.to_string();
             batch.fail(|| StoreError::from_shared(&msg, &e));
             return (dims, false);
         }
     };
+    let conn: &mut AnyConnection = conn;
+    if !*open {
+        if let Err(e) = conn.execute("BEGIN").await {
+            let msg = e.to_string();
+            batch.fail(|| StoreError::from_shared(&msg, &e));
+            return (dims, false);
+        }
+        *open = true;
+    }
     let mut outbox = Outbox::default();
     outbox.stats.use_shard_of(shard);
     outbox.stats.adopt_dims(dims);
     outbox.use_cached_endpoints(endpoints, batch.projects());
-    let written = match write(&mut tx, &mut outbox, &batch).await {
+    let written = match write(conn, &mut outbox, &batch).await {
         Ok(written) => written,
         Err(e) => {
-            // The transaction is unusable: nothing of this batch is committed.
-            drop(tx);
+            // The transaction is unusable: nothing of this batch is committed (the release
+            // that follows rolls it back).
             let msg = e.to_string();
             batch.fail(|| StoreError::Unavailable(msg.clone()));
             return (outbox.stats.take_dims(), false);
@@ -459,29 +467,33 @@ async fn commit(
         && written.results.iter().all(Result::is_err)
     {
         // Nothing to keep: roll back and report.
-        let rolled_back = tx.rollback().await.is_ok();
+        let rolled_back = conn.execute("ROLLBACK").await.is_ok();
+        *open = !rolled_back;
         batch.answer(written, 0);
         return (outbox.stats.take_dims(), rolled_back);
     }
     outbox.remember_endpoints(endpoints);
     let announced = outbox.announced;
-    let committed = match outbox.stats.flush(&mut tx).await {
-        Ok(()) => tx.commit().await.map_err(StoreError::from),
-        Err(e) => Err(e),
-    };
-    let ok = committed.is_ok();
-    match committed {
-        Ok(()) => {
+    // The rollups, the commit and the next batch's BEGIN: one hand-off on SQLite.
+    let flushed = outbox.stats.flush(conn, &COMMIT_THEN_BEGIN).await;
+    let ok = flushed.is_ok();
+    match flushed {
+        Err(Partial {
+            error,
+            then_done: 0,
+        }) => {
+            let msg = error.to_string();
+            batch.fail(|| StoreError::Unavailable(msg.clone()));
+        }
+        // Committed (then perhaps the BEGIN failed: the release that follows settles the
+        // connection).
+        Ok(()) | Err(_) => {
             let committed = Committed {
                 batch,
                 written,
                 announced,
             };
             settle.answer(committed).await;
-        }
-        Err(e) => {
-            let msg = e.to_string();
-            batch.fail(|| StoreError::Unavailable(msg.clone()));
         }
     }
     (outbox.stats.take_dims(), ok)
@@ -492,11 +504,7 @@ async fn commit(
 /// Then every worker's outcomes, then the claims (they may lease what this very batch
 /// accepted), then each request with a key in its own savepoint, so a key found taken rolls
 /// back only that request. An error is the transaction's: nothing of the batch can commit.
-async fn write(
-    tx: &mut Transaction<'_, Any>,
-    outbox: &mut Outbox,
-    batch: &Batch,
-) -> StoreResult<Written> {
+async fn write(tx: &mut AnyConnection, outbox: &mut Outbox, batch: &Batch) -> StoreResult<Written> {
     let plain: Vec<&NewEmail> = batch
         .ingest
         .iter()
@@ -538,20 +546,20 @@ async fn write(
             continue;
         }
         let mark = outbox.stats.mark();
-        sqlx::query("SAVEPOINT ingest").execute(&mut **tx).await?;
+        sqlx::query("SAVEPOINT ingest").execute(&mut *tx).await?;
         let r = insert_request(tx, outbox, &job.emails, Some(idempotency)).await;
         if r.is_ok() {
             sqlx::query("RELEASE SAVEPOINT ingest")
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
         } else {
             // ROLLBACK TO leaves the savepoint open; close it so the next request starts
             // from a clean slate. (The outbox's endpoint cache is read-only: still valid.)
             sqlx::query("ROLLBACK TO SAVEPOINT ingest")
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
             sqlx::query("RELEASE SAVEPOINT ingest")
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
             outbox.stats.rollback_to(mark);
         }

@@ -7,6 +7,10 @@
 //! after an error (the pool then checks it), and at least every [`HOLD`], so the tasks that
 //! share the pool (the store's other writes, on SQLite the same single connection) get their
 //! turn.
+//!
+//! A task may leave a transaction open on its kept connection (the writer begins the next
+//! batch's with the last one's commit, in the same hand-off): it is rolled back before the
+//! connection goes back.
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +24,8 @@ pub(super) struct Kept {
     pool: AnyPool,
     hold: Duration,
     conn: Option<(PoolConnection<Any>, Instant)>,
+    /// Whether the task left a transaction open on the kept connection.
+    open: bool,
     /// A setting the task wants on its connection only while it keeps it: the statement that
     /// sets it when the connection is taken, and the one that undoes it before it goes back.
     setting: Option<(&'static str, &'static str)>,
@@ -43,12 +49,21 @@ impl Kept {
             pool,
             hold,
             conn: None,
+            open: false,
             setting: None,
         }
     }
 
     /// The kept connection, or one from the pool if none is kept or it was taken `HOLD` ago.
     pub(super) async fn get(&mut self) -> Result<&mut PoolConnection<Any>, sqlx::Error> {
+        Ok(self.get_with_transaction().await?.0)
+    }
+
+    /// [`Kept::get`], with whether a transaction is open on the connection: the task sets it
+    /// when it begins or ends one it leaves open (a connection fresh from the pool has none).
+    pub(super) async fn get_with_transaction(
+        &mut self,
+    ) -> Result<(&mut PoolConnection<Any>, &mut bool), sqlx::Error> {
         // One kept too long goes back to the pool before a connection is asked for (on a
         // pool of one, asking while still holding it would wait for itself).
         if self
@@ -72,15 +87,21 @@ impl Kept {
                 (conn, Instant::now())
             }
         };
-        Ok(&mut self.conn.insert(conn).0)
+        Ok((&mut self.conn.insert(conn).0, &mut self.open))
     }
 
     /// Gives the connection back to the pool (which checks it before anyone takes it again),
-    /// its setting undone first.
+    /// an open transaction rolled back and its setting undone first.
     pub(super) async fn release(&mut self) {
+        let open = std::mem::take(&mut self.open);
         let Some((mut conn, _)) = self.conn.take() else {
             return;
         };
+        if open && conn.execute("ROLLBACK").await.is_err() {
+            // In an unknown state: closed, not given back.
+            drop(conn.detach());
+            return;
+        }
         if let Some((_, undo)) = self.setting
             && conn.execute(undo).await.is_err()
         {
@@ -90,10 +111,12 @@ impl Kept {
 }
 
 impl Drop for Kept {
-    /// A connection still carrying the setting is closed, not given back (the task ended
-    /// without releasing it).
+    /// A connection still carrying the setting or an open transaction is closed, not given
+    /// back (the task ended without releasing it).
     fn drop(&mut self) {
-        if let (Some((conn, _)), Some(_)) = (self.conn.take(), self.setting) {
+        if let Some((conn, _)) = self.conn.take()
+            && (self.setting.is_some() || self.open)
+        {
             drop(conn.detach());
         }
     }
@@ -170,5 +193,33 @@ mod tests {
             .await
             .expect("the setting");
         assert_eq!(level, 2, "FULL again once given back");
+    }
+
+    #[tokio::test]
+    async fn a_transaction_left_open_is_rolled_back_before_the_connection_goes_back() {
+        let pool = pool_of_one().await;
+        let mut kept = Kept::new(pool.clone());
+        let (conn, open) = kept
+            .get_with_transaction()
+            .await
+            .expect("the pool's connection");
+        assert!(
+            !*open,
+            "a connection fresh from the pool has no transaction"
+        );
+        conn.execute("CREATE TABLE t (n INTEGER); BEGIN; INSERT INTO t VALUES (1)")
+            .await
+            .expect("a transaction begun");
+        *open = true;
+        kept.release().await;
+        let mut other = pool.acquire().await.expect("the connection, given back");
+        // Not in a transaction any more (BEGIN would fail inside one), the insert undone.
+        other.execute("BEGIN").await.expect("no transaction open");
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t")
+            .fetch_one(&mut *other)
+            .await
+            .expect("count");
+        assert_eq!(n, 0, "the open transaction was rolled back");
+        other.execute("ROLLBACK").await.expect("rolled back");
     }
 }

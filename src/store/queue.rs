@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sqlx::{Any, Row, Transaction};
+use sqlx::{AnyConnection, Row};
 
 use super::bulk::{Val, is_sqlite, update_from_values};
 use super::emails::{NewEvent, insert_events};
@@ -96,7 +96,7 @@ pub(super) struct ClaimRow {
 /// Leases up to `limit` due recipients to `owner` until `now + lease_ms` (inside the writer's
 /// transaction: the claim commits with whatever else the batch holds).
 pub(super) async fn claim_rows(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     owner: &str,
     now_ms: i64,
     lease_ms: i64,
@@ -112,7 +112,7 @@ pub(super) async fn claim_rows(
         .bind(now_ms + lease_ms)
         .bind(now_ms)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&mut **tx)
+        .fetch_all(&mut *tx)
         .await?
         .iter()
         .map(|r| {
@@ -287,7 +287,7 @@ impl Store {
 /// them, fenced by each recipient's lease owner and pending status, then the events (and hard
 /// bounces' suppressions) of those applied. Returns how many of each batch were applied.
 pub(super) async fn apply_outcomes(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     outbox: &mut Outbox,
     batches: &[(&str, &[Outcome])],
 ) -> StoreResult<Vec<usize>> {

@@ -9,10 +9,10 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use sqlx::{Any, Row, Transaction};
+use sqlx::{AnyConnection, Row};
 
-use super::bulk::{Val, upsert_rows};
-use super::{Store, StoreResult, placeholders};
+use super::bulk::{Partial, TableRows, Val, write_tables};
+use super::{Store, StoreError, StoreResult, placeholders};
 
 /// The counters of one rollup row, in column order.
 pub const METRICS: [&str; 11] = [
@@ -181,12 +181,21 @@ impl StatsLog {
         });
     }
 
-    /// Writes the owed increments inside `tx`, in key order, and empties the log.
-    pub(super) async fn flush(&mut self, tx: &mut Transaction<'_, Any>) -> StoreResult<()> {
-        if self.pending.is_empty() {
-            return Ok(());
+    /// Writes the owed increments inside `tx`, in key order, and empties the log; then runs
+    /// the parameterless statements `then` (the writer's `COMMIT`), on SQLite in the same
+    /// hand-off (see [`write_tables`]).
+    pub(super) async fn flush(
+        &mut self,
+        tx: &mut AnyConnection,
+        then: &[&str],
+    ) -> Result<(), Partial> {
+        let early = |error: StoreError| Partial {
+            error,
+            then_done: 0,
+        };
+        if !self.pending.is_empty() {
+            self.load_missing_dims(tx).await.map_err(early)?;
         }
-        self.load_missing_dims(tx).await?;
         let mut hourly: BTreeMap<HourKey, [i64; METRICS.len()]> = BTreeMap::new();
         let mut bounces: BTreeMap<BounceKey, i64> = BTreeMap::new();
         for p in self.pending.drain(..) {
@@ -250,17 +259,10 @@ impl StatsLog {
             .map(|m| format!("{m} = stats_hourly.{m} + excluded.{m}"))
             .collect::<Vec<_>>()
             .join(", ");
-        upsert_rows(
-            tx,
-            "stats_hourly",
-            &cols,
-            &hourly_rows,
-            &format!(
-                "ON CONFLICT (project_id, tag, hour, stream, domain, recipient_domain, shard) \
-                 DO UPDATE SET {updates}"
-            ),
-        )
-        .await?;
+        let hourly_conflict = format!(
+            "ON CONFLICT (project_id, tag, hour, stream, domain, recipient_domain, shard) \
+             DO UPDATE SET {updates}"
+        );
         let bounce_rows: Vec<Vec<Val<'_>>> = bounces
             .iter()
             .map(|(k, n)| {
@@ -276,10 +278,14 @@ impl StatsLog {
                 ]
             })
             .collect();
-        upsert_rows(
-            tx,
-            "stats_bounces",
-            &[
+        let hourly = TableRows {
+            table: "stats_hourly",
+            cols: &cols,
+            rows: &hourly_rows,
+        };
+        let bounces = TableRows {
+            table: "stats_bounces",
+            cols: &[
                 "project_id",
                 "hour",
                 "stream",
@@ -289,12 +295,19 @@ impl StatsLog {
                 "shard",
                 "count",
             ],
-            &bounce_rows,
-            "ON CONFLICT (project_id, hour, stream, domain, bounce_type, sub_type, shard) \
-             DO UPDATE SET count = stats_bounces.count + excluded.count",
+            rows: &bounce_rows,
+        };
+        let bounce_conflict = "ON CONFLICT (project_id, hour, stream, domain, bounce_type, \
+             sub_type, shard) DO UPDATE SET count = stats_bounces.count + excluded.count";
+        write_tables(
+            tx,
+            &[
+                (&hourly, hourly_conflict.as_str()),
+                (&bounces, bounce_conflict),
+            ],
+            then,
         )
-        .await?;
-        Ok(())
+        .await
     }
 
     /// Hands over the dimensions of the emails this log has seen (to keep for later logs).
@@ -308,7 +321,7 @@ impl StatsLog {
     }
 
     /// Reads the dimensions of the emails this transaction did not insert, in one query.
-    async fn load_missing_dims(&mut self, tx: &mut Transaction<'_, Any>) -> StoreResult<()> {
+    async fn load_missing_dims(&mut self, tx: &mut AnyConnection) -> StoreResult<()> {
         let missing: Vec<String> = self
             .pending
             .iter()
@@ -326,7 +339,7 @@ impl StatsLog {
             for id in chunk {
                 q = q.bind(id.as_str());
             }
-            for r in q.fetch_all(&mut **tx).await? {
+            for r in q.fetch_all(&mut *tx).await? {
                 let id: String = r.try_get(0)?;
                 let stream: String = r.try_get(1)?;
                 let tags: String = r.try_get(2)?;

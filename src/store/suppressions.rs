@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use sqlx::any::AnyRow;
-use sqlx::{Any, AnyConnection, AnyPool, Row, Transaction};
+use sqlx::{AnyConnection, AnyPool, Row};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -41,7 +41,7 @@ fn from_row(r: &AnyRow) -> StoreResult<SuppressionRecord> {
 /// Adds a suppression unless the same (address, scope) is already there; returns whether it
 /// was added.
 pub(super) async fn insert_suppression(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     s: &SuppressionRecord,
 ) -> StoreResult<bool> {
     let done = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -56,7 +56,7 @@ pub(super) async fn insert_suppression(
     .bind(s.source_email_id.as_deref())
     .bind(s.details.as_deref())
     .bind(s.created_at)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(done.rows_affected() == 1)
 }

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use sqlx::any::AnyRow;
-use sqlx::{Any, Row, Transaction};
+use sqlx::{Any, AnyConnection, Row, Transaction};
 use uuid::Uuid;
 
 use crate::domain::event::filter_matches;
@@ -79,16 +79,13 @@ impl Subscription {
     }
 }
 
-async fn subscriptions(
-    tx: &mut Transaction<'_, Any>,
-    project_id: &str,
-) -> StoreResult<Vec<Subscription>> {
+async fn subscriptions(tx: &mut AnyConnection, project_id: &str) -> StoreResult<Vec<Subscription>> {
     let rows = sqlx::query(
         "SELECT id, event_types, streams FROM webhook_endpoints \
          WHERE project_id = $1 AND status = 'enabled'",
     )
     .bind(project_id)
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *tx)
     .await?;
     rows.iter()
         .map(|r| {
@@ -145,7 +142,7 @@ impl Outbox {
 
     /// Writes the stats increments and commits.
     pub(super) async fn commit(mut self, mut tx: Transaction<'_, Any>) -> StoreResult<()> {
-        self.stats.flush(&mut tx).await?;
+        self.stats.flush(&mut tx, &[]).await.map_err(|p| p.error)?;
         tx.commit().await?;
         Ok(())
     }
@@ -162,7 +159,7 @@ pub(super) struct EventRow<'a> {
 /// Writes the deliveries that announce `events` (in the events' own transaction), in one
 /// statement.
 pub(super) async fn enqueue_deliveries(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     outbox: &mut Outbox,
     events: &[EventRow<'_>],
 ) -> StoreResult<()> {
@@ -212,7 +209,7 @@ const DELIVERY_COLUMNS: [&str; 9] = [
 ];
 
 async fn insert_delivery(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut AnyConnection,
     endpoint_id: &str,
     project_id: &str,
     event_id: &str,
@@ -733,18 +730,14 @@ impl Store {
     }
 }
 
-async fn cancel_pending(
-    tx: &mut Transaction<'_, Any>,
-    endpoint_id: &str,
-    now: i64,
-) -> StoreResult<()> {
+async fn cancel_pending(tx: &mut AnyConnection, endpoint_id: &str, now: i64) -> StoreResult<()> {
     sqlx::query(
         "UPDATE webhook_deliveries SET status = 'canceled', lease_owner = NULL, updated_at = $1 \
          WHERE endpoint_id = $2 AND status = 'pending'",
     )
     .bind(now)
     .bind(endpoint_id)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }

@@ -326,8 +326,12 @@ impl Home {
             }
             Home::OwnThread => {
                 let cannot = |e: std::io::Error| StoreError::Unavailable(format!("{name}: {e}"));
+                // Timers only: its tasks talk to SQLite's connection threads over channels,
+                // never to a socket, so the thread parks on a futex and is woken with one
+                // (with the I/O driver, every wake from a connection's thread, a dozen per
+                // commit, was an eventfd write and an epoll_wait).
                 let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
+                    .enable_time()
                     .build()
                     .map_err(cannot)?;
                 std::thread::Builder::new()

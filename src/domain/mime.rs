@@ -70,19 +70,17 @@ fn attachment_part(a: &Attachment) -> Result<SinglePart, MimeError> {
 /// ASCII in lines shorter than 76 bytes, else quoted-printable if at most a third of the bytes
 /// need escaping, else base64 — with quoted-printable done by [`quoted_printable`].
 fn text_body(text: &str) -> Body {
-    let ascii = text.is_ascii();
-    // lettre's measure, to the byte: from one LF to the next, or to the end.
-    let mut last = 0;
-    let too_long = text
-        .bytes()
-        .enumerate()
-        .any(|(i, b)| b == b'\n' && i - std::mem::replace(&mut last, i) >= 76)
-        || text.len() - last >= 76;
-    let escaped = text
-        .bytes()
-        .filter(|b| !matches!(b, b'\t' | b' '..=b'~'))
+    // lettre's two measures: a line too long (to the byte as lettre counts: 76 for the
+    // first line, 75 after a line break), and how many bytes quoted-printable escapes.
+    let bytes = text.as_bytes();
+    let mut lines = bytes.split(|&b| b == b'\n');
+    let first = lines.next().map_or(0, <[u8]>::len);
+    let too_long = first >= 76 || lines.any(|line| line.len() >= 75);
+    let escaped = bytes
+        .iter()
+        .filter(|&&b| !matches!(b, b'\t' | b' '..=b'~'))
         .count();
-    if (ascii && !too_long) || escaped > text.len() / 3 {
+    if (text.is_ascii() && !too_long) || escaped > bytes.len() / 3 {
         // 7bit or base64: lettre's own encoding.
         return Body::new(text.to_owned());
     }
@@ -95,9 +93,21 @@ fn text_body(text: &str) -> Body {
 /// The longest encoded line before its soft line break's `=` (RFC 2045: 76 with it).
 const QP_LINE: usize = 75;
 
+/// Bytes that quoted-printable may write as they are (spaces and tabs only inside a line).
+static QP_LITERAL: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = matches!(b as u8, b'!'..=b'<' | b'>'..=b'~' | b' ' | b'\t');
+        b += 1;
+    }
+    t
+};
+
 /// `text` as quoted-printable (RFC 2045 6.7), its line breaks (LF or CRLF) as CRLF: every
 /// byte outside `!`..`~` (and `=`) as `=XX`, but spaces and tabs inside a line; encoded
-/// lines broken with `=` CRLF before they pass 76 characters, never inside an `=XX`.
+/// lines broken with `=` CRLF before they pass 76 characters, never inside an `=XX`. Runs
+/// of literal bytes are copied whole.
 fn quoted_printable(text: &str) -> Vec<u8> {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let bytes = text.as_bytes();
@@ -110,22 +120,34 @@ fn quoted_printable(text: &str) -> Vec<u8> {
             Some((b'\r', rest)) if !last_line => rest,
             _ => line,
         };
-        let mut width = 0;
-        for (i, &b) in line.iter().enumerate() {
-            // Spaces and tabs go as they are, but not at the end of a line.
-            let literal = matches!(b, b'!'..=b'<' | b'>'..=b'~')
-                || (matches!(b, b' ' | b'\t') && i + 1 < line.len());
-            let need = if literal { 1 } else { 3 };
-            if width + need > QP_LINE {
+        let ends_in_space = |j: usize| j == line.len() && matches!(line[j - 1], b' ' | b'\t');
+        let (mut i, mut width) = (0, 0);
+        while i < line.len() {
+            let b = line[i];
+            let literal = QP_LITERAL[usize::from(b)] && !ends_in_space(i + 1);
+            if width + if literal { 1 } else { 3 } > QP_LINE {
                 out.extend_from_slice(b"=\r\n");
                 width = 0;
             }
             if literal {
-                out.push(b);
+                // This byte and the literal ones after it, as many as the line holds; a space
+                // or tab that ends the line is left to be escaped.
+                let end = line.len().min(i + (QP_LINE - width));
+                let mut j = i + 1;
+                while j < end && QP_LITERAL[usize::from(line[j])] {
+                    j += 1;
+                }
+                if ends_in_space(j) {
+                    j -= 1;
+                }
+                out.extend_from_slice(&line[i..j]);
+                width += j - i;
+                i = j;
             } else {
                 out.extend_from_slice(&[b'=', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+                width += 3;
+                i += 1;
             }
-            width += need;
         }
         if !last_line {
             out.extend_from_slice(b"\r\n");

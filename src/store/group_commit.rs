@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use sqlx::{AnyConnection, AnyPool, Executor};
 use tokio::sync::{mpsc, oneshot};
 
-use super::bulk::Partial;
+use super::bulk::{Partial, is_sqlite};
 use super::emails::{IdempotencyRecord, NewEmail, insert_emails, insert_request};
 use super::kept::Kept;
 use super::queue::{ClaimRow, Outcome, Recorded, apply_outcomes, claim_rows};
@@ -415,9 +415,12 @@ impl Batch {
     }
 }
 
-/// What ends a batch that keeps its writes: its commit and, in the same hand-off, the next
-/// batch's `BEGIN` (a `BEGIN` takes no lock and no snapshot until a statement runs; the
-/// transaction left open is rolled back if the connection goes back to the pool first).
+/// What ends a batch that keeps its writes on SQLite: its commit and, in the same hand-off,
+/// the next batch's `BEGIN` (a `BEGIN` takes no lock and no snapshot until a statement runs;
+/// the transaction left open is rolled back if the connection goes back to the pool first).
+/// Not on Postgres: its writers take turns at the one channel, and one that leaves a
+/// transaction open mostly gives its connection back before its next batch, so the open
+/// transaction costs a `ROLLBACK` where it meant to save a `BEGIN`.
 const COMMIT_THEN_BEGIN: [&str; 2] = ["COMMIT", "BEGIN"];
 
 /// Commits one batch on the kept connection; returns the email dimensions the stats log knew
@@ -474,9 +477,19 @@ async fn commit(
     }
     outbox.remember_endpoints(endpoints);
     let announced = outbox.announced;
-    // The rollups, the commit and the next batch's BEGIN: one hand-off on SQLite.
-    let flushed = outbox.stats.flush(conn, &COMMIT_THEN_BEGIN).await;
+    // The rollups, the commit and (SQLite) the next batch's BEGIN: one hand-off on SQLite.
+    let sqlite = is_sqlite(conn);
+    let then: &[&str] = if sqlite {
+        &COMMIT_THEN_BEGIN
+    } else {
+        &COMMIT_THEN_BEGIN[..1]
+    };
+    let flushed = outbox.stats.flush(conn, then).await;
     let ok = flushed.is_ok();
+    if ok {
+        // Else still open, or not known to be closed: the release that follows rolls back.
+        *open = sqlite;
+    }
     match flushed {
         Err(Partial {
             error,

@@ -399,11 +399,11 @@ mod tests {
     use sqlx::Acquire;
 
     use super::{Val, padded_len, update_from_values, upsert_rows};
+    use sqlx::pool::PoolConnection;
 
-    /// Padded chunks (SQLite: every chunk in one string; Postgres: a statement per chunk of a
-    /// power-of-two size): the padding rows never land, and `ON CONFLICT` applies to every
-    /// real row of every chunk.
-    async fn upserts_in_padded_chunks_land_every_row_once(url: &str, table: &str) {
+    /// A connection with a temporary table `table (k TEXT PRIMARY KEY, n BIGINT NOT NULL,
+    /// <more>)`, on `url`.
+    async fn temp_table(url: &str, table: &str, more: &str) -> PoolConnection<sqlx::Any> {
         sqlx::any::install_default_drivers();
         let pool = sqlx::any::AnyPoolOptions::new()
             .max_connections(1)
@@ -411,12 +411,30 @@ mod tests {
             .await
             .expect("pool");
         let mut conn = pool.acquire().await.expect("connection");
+        let more = if more.is_empty() {
+            String::new()
+        } else {
+            format!(", {more}")
+        };
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "CREATE TEMP TABLE {table} (k TEXT PRIMARY KEY, n BIGINT NOT NULL, b BYTEA)"
+            "CREATE TEMP TABLE {table} (k TEXT PRIMARY KEY, n BIGINT NOT NULL{more})"
         )))
         .execute(&mut *conn)
         .await
         .expect("table");
+        conn
+    }
+
+    fn postgres_url() -> String {
+        std::env::var("TEST_HERALD_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    }
+
+    /// Padded chunks (SQLite: every chunk in one string; Postgres: a statement per chunk of a
+    /// power-of-two size): the padding rows never land, and `ON CONFLICT` applies to every
+    /// real row of every chunk.
+    async fn upserts_in_padded_chunks_land_every_row_once(url: &str, table: &str) {
+        let mut conn = temp_table(url, table, "b BYTEA").await;
         let keys: Vec<String> = (0..70).map(|i| format!("k{i}")).collect();
         let rows = |n: usize| -> Vec<Vec<Val<'_>>> {
             keys[..n]
@@ -450,27 +468,13 @@ mod tests {
 
     #[tokio::test]
     async fn postgres_upserts_in_padded_chunks_land_every_row_once() {
-        let url = std::env::var("TEST_HERALD_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        upserts_in_padded_chunks_land_every_row_once(&url, "herald_padded_kv").await;
+        upserts_in_padded_chunks_land_every_row_once(&postgres_url(), "herald_padded_kv").await;
     }
 
     /// Padded updates (SQLite: every chunk in one string; Postgres: a statement per chunk):
     /// every real row updates its match and is returned once, the padding rows match nothing.
     async fn updates_in_padded_chunks_return_every_changed_row_once(url: &str, table: &str) {
-        sqlx::any::install_default_drivers();
-        let pool = sqlx::any::AnyPoolOptions::new()
-            .max_connections(1)
-            .connect(url)
-            .await
-            .expect("pool");
-        let mut conn = pool.acquire().await.expect("connection");
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "CREATE TEMP TABLE {table} (k TEXT PRIMARY KEY, n BIGINT NOT NULL)"
-        )))
-        .execute(&mut *conn)
-        .await
-        .expect("table");
+        let mut conn = temp_table(url, table, "").await;
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO {table} (k, n) SELECT 'k' || CAST(i AS TEXT), 0 \
              FROM (WITH RECURSIVE s(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM s WHERE i < 99) \
@@ -516,9 +520,11 @@ mod tests {
 
     #[tokio::test]
     async fn postgres_updates_in_padded_chunks_return_every_changed_row_once() {
-        let url = std::env::var("TEST_HERALD_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        updates_in_padded_chunks_return_every_changed_row_once(&url, "herald_padded_ukv").await;
+        updates_in_padded_chunks_return_every_changed_row_once(
+            &postgres_url(),
+            "herald_padded_ukv",
+        )
+        .await;
     }
 
     #[test]

@@ -188,8 +188,8 @@ struct Lookup {
 
 /// Checks answered by one round of queries, at most.
 const MAX_LOOKUPS: usize = 256;
-/// Addresses per query.
-const MAX_ADDRESSES: usize = 500;
+/// Addresses per query (a power of two: every query's list is padded to one).
+const MAX_ADDRESSES: usize = 512;
 
 impl Lookups {
     pub(super) fn start(pool: AnyPool, home: Home) -> StoreResult<Self> {
@@ -268,12 +268,20 @@ async fn find(
     for (project_id, emails) in wanted {
         let emails: Vec<&str> = emails.into_iter().collect();
         for chunk in emails.chunks(MAX_ADDRESSES) {
+            // The list padded to a power of two with its last address (a repeat matches
+            // nothing new), so the query takes one of ten shapes and stays prepared: parsed
+            // afresh per round, it was 5 % of the instructions per accepted email.
+            let size = chunk.len().next_power_of_two();
             let sql = sqlx::AssertSqlSafe(format!(
                 "SELECT {COLUMNS} FROM suppressions WHERE project_id = $1 AND email IN ({})",
-                placeholders(2, chunk.len())
+                placeholders(2, size)
             ));
-            let mut q = sqlx::query(sql).persistent(false).bind(project_id);
-            for e in chunk {
+            let mut q = sqlx::query(sql).bind(project_id);
+            let last = chunk[chunk.len() - 1];
+            for e in chunk
+                .iter()
+                .chain(std::iter::repeat_n(&last, size - chunk.len()))
+            {
                 q = q.bind(*e);
             }
             let rows = q.fetch_all(&mut *conn).await.map_err(|e| e.to_string())?;

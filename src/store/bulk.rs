@@ -198,22 +198,20 @@ fn push_padded<'a>(
             push_placeholders(sql, padded, t.cols.len());
         });
         sql.push_str(";\n");
-        values.extend(chunk.iter().flatten());
-        let padding = (padded - chunk.len()) * t.cols.len();
-        values.extend(std::iter::repeat_n(&NULL, padding));
+        extend_padded(values, chunk, padded, t.cols.len());
     }
     statements
 }
 
-async fn execute_padded(
-    tx: &mut AnyConnection,
-    sql: &str,
-    values: Vec<&Val<'_>>,
-) -> StoreResult<()> {
-    if !sql.is_empty() {
-        bind_values(sql, values, true).execute(&mut *tx).await?;
-    }
-    Ok(())
+/// Appends a chunk's values, then NULLs for the rows that pad it to `padded` rows.
+fn extend_padded<'a>(
+    values: &mut Vec<&'a Val<'a>>,
+    chunk: &'a [Vec<Val<'a>>],
+    padded: usize,
+    cols: usize,
+) {
+    values.extend(chunk.iter().flatten());
+    values.extend(std::iter::repeat_n(&NULL, (padded - chunk.len()) * cols));
 }
 
 /// The rows a chunk of `n` is padded to (n at most 64).
@@ -242,12 +240,9 @@ pub(super) async fn upsert_rows(
     on_conflict: &str,
 ) -> StoreResult<()> {
     let t = TableRows { table, cols, rows };
-    if !is_sqlite(tx) {
-        return upsert_padded_pg(tx, &t, on_conflict).await;
-    }
-    let (mut sql, mut values) = (String::new(), Vec::new());
-    push_padded(&mut sql, &mut values, &t, on_conflict);
-    execute_padded(tx, &sql, values).await
+    write_tables(tx, &[(&t, on_conflict)], &[])
+        .await
+        .map_err(|f| f.error)
 }
 
 /// The largest chunk on Postgres, and its chunks' sizes: powers of two (a batch of 21 rows is
@@ -312,8 +307,7 @@ pub(super) async fn update_from_values(
             let padded = padded_len(chunk.len());
             text.push_str(&list(&|s| push_placeholders(s, padded, per_row)));
             text.push_str(";\n");
-            values.extend(chunk.iter().flatten());
-            values.extend(std::iter::repeat_n(&NULL, (padded - chunk.len()) * per_row));
+            extend_padded(&mut values, chunk, padded, per_row);
         }
         for row in bind_values(&text, values, true).fetch_all(&mut *tx).await? {
             changed.push(sqlx::Row::try_get(&row, 0)?);

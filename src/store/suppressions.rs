@@ -269,8 +269,8 @@ async fn find(
         let emails: Vec<&str> = emails.into_iter().collect();
         for chunk in emails.chunks(MAX_ADDRESSES) {
             // The list padded to a power of two with its last address (a repeat matches
-            // nothing new), so the query takes one of ten shapes and stays prepared: parsed
-            // afresh per round, it was 5 % of the instructions per accepted email.
+            // nothing new), so the query takes one of ten shapes and stays prepared (parsed
+            // afresh per round before: callgrind, 567k -> 508k instructions per email).
             let size = chunk.len().next_power_of_two();
             let sql = sqlx::AssertSqlSafe(format!(
                 "SELECT {COLUMNS} FROM suppressions WHERE project_id = $1 AND email IN ({})",

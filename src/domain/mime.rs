@@ -70,18 +70,20 @@ fn attachment_part(a: &Attachment) -> Result<SinglePart, MimeError> {
 /// ASCII in lines shorter than 76 bytes, else quoted-printable if at most a third of the bytes
 /// need escaping, else base64 — with quoted-printable done by [`quoted_printable`].
 fn text_body(text: &str) -> Body {
+    let bytes = text.as_bytes();
     // lettre's two measures: a line too long (to the byte as lettre counts: 76 for the
     // first line, 75 after a line break), and how many bytes quoted-printable escapes.
-    let bytes = text.as_bytes();
-    let mut lines = bytes.split(|&b| b == b'\n');
-    let first = lines.next().map_or(0, <[u8]>::len);
-    let too_long = first >= 76 || lines.any(|line| line.len() >= 75);
-    let escaped = bytes
-        .iter()
-        .filter(|&&b| !matches!(b, b'\t' | b' '..=b'~'))
-        .count();
-    if (text.is_ascii() && !too_long) || escaped > bytes.len() / 3 {
-        // 7bit or base64: lettre's own encoding.
+    let mut start = 0;
+    let mut too_long = false;
+    for end in memchr::memchr_iter(b'\n', bytes).chain([bytes.len()]) {
+        too_long |= end - start >= if start == 0 { 76 } else { 75 };
+        start = end + 1;
+    }
+    if text.is_ascii() && !too_long {
+        return Body::new(text.to_owned());
+    }
+    if escaped(bytes) > bytes.len() / 3 {
+        // base64: lettre's own encoding.
         return Body::new(text.to_owned());
     }
     Body::dangerous_pre_encoded(
@@ -104,6 +106,63 @@ static QP_LITERAL: [bool; 256] = {
     t
 };
 
+const ONES: u64 = u64::from_ne_bytes([1; 8]);
+const HIGH: u64 = ONES * 0x80;
+
+/// Whether the eight bytes of `w` are all printable ASCII, `' '`..=`'~'`, tested at once
+/// (the bit tricks of Anderson's "Bit Twiddling Hacks": a byte below 0x20 or above 0x7e sets
+/// its high bit in one of the two masks).
+fn all_printable(w: u64) -> bool {
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    // Adding 1 sets the high bit of 0x7f; a byte from 0x80 has it already.
+    let above_tilde = (w.wrapping_add(ONES) | w) & HIGH;
+    below_space | above_tilde == 0
+}
+
+/// Whether the eight bytes of `w` are all printable ASCII other than `=` (`QP_LITERAL` but
+/// tab).
+fn all_literal(w: u64) -> bool {
+    let eq = w ^ (ONES * u64::from(b'='));
+    let equal_sign = eq.wrapping_sub(ONES) & !eq & HIGH;
+    all_printable(w) && equal_sign == 0
+}
+
+/// How many bytes quoted-printable escapes as lettre counts them: all but tab and `' '`..=`'~'`
+/// (eight bytes at a time past the printable words).
+fn escaped(bytes: &[u8]) -> usize {
+    let count = |part: &[u8]| {
+        part.iter()
+            .filter(|&&b| b != b'\t' && !(b' '..=b'~').contains(&b))
+            .count()
+    };
+    let words = bytes.chunks_exact(8);
+    let rest = count(words.remainder());
+    words
+        .filter(|w| !all_printable(u64::from_ne_bytes((*w).try_into().unwrap_or_default())))
+        .map(count)
+        .sum::<usize>()
+        + rest
+}
+
+/// Where the run of literal bytes of `line` from `i` ends, at most at `end`: eight bytes at
+/// a time while they are all plain, then byte by byte.
+fn literal_run(line: &[u8], mut i: usize, end: usize) -> usize {
+    let line = &line[..end];
+    loop {
+        if let Some(word) = line.get(i..i + 8) {
+            let word: [u8; 8] = word.try_into().unwrap_or_default();
+            if all_literal(u64::from_ne_bytes(word)) {
+                i += 8;
+                continue;
+            }
+        }
+        match line.get(i) {
+            Some(&b) if QP_LITERAL[usize::from(b)] => i += 1,
+            _ => return i,
+        }
+    }
+}
+
 /// `text` as quoted-printable (RFC 2045 6.7), its line breaks (LF or CRLF) as CRLF: every
 /// byte outside `!`..`~` (and `=`) as `=XX`, but spaces and tabs inside a line; encoded
 /// lines broken with `=` CRLF before they pass 76 characters, never inside an `=XX`. Runs
@@ -112,14 +171,16 @@ fn quoted_printable(text: &str) -> Vec<u8> {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 16 + 8);
-    let mut lines = bytes.split(|&b| b == b'\n').peekable();
-    while let Some(line) = lines.next() {
-        let last_line = lines.peek().is_none();
+    let mut start = 0;
+    let breaks = memchr::memchr_iter(b'\n', bytes).map(Some);
+    for end in breaks.chain([None]) {
+        let last_line = end.is_none();
+        let mut line = &bytes[start..end.unwrap_or(bytes.len())];
+        start = end.map_or(start, |e| e + 1);
         // A CR before the LF is the line break's own.
-        let line = match line.split_last() {
-            Some((b'\r', rest)) if !last_line => rest,
-            _ => line,
-        };
+        if let (Some((b'\r', rest)), false) = (line.split_last(), last_line) {
+            line = rest;
+        }
         let ends_in_space = |j: usize| j == line.len() && matches!(line[j - 1], b' ' | b'\t');
         let (mut i, mut width) = (0, 0);
         while i < line.len() {
@@ -132,11 +193,7 @@ fn quoted_printable(text: &str) -> Vec<u8> {
             if literal {
                 // This byte and the literal ones after it, as many as the line holds; a space
                 // or tab that ends the line is left to be escaped.
-                let end = line.len().min(i + (QP_LINE - width));
-                let mut j = i + 1;
-                while j < end && QP_LITERAL[usize::from(line[j])] {
-                    j += 1;
-                }
+                let mut j = literal_run(line, i + 1, line.len().min(i + (QP_LINE - width)));
                 if ends_in_space(j) {
                     j -= 1;
                 }
@@ -352,6 +409,38 @@ mod tests {
             prev = b;
         }
         out
+    }
+
+    #[test]
+    fn escapes_are_counted_as_one_byte_at_a_time_would() {
+        for text in awkward_texts() {
+            let bytes = text.as_bytes();
+            let one_by_one = bytes
+                .iter()
+                .filter(|&&b| !matches!(b, b'\t' | b' '..=b'~'))
+                .count();
+            assert_eq!(escaped(bytes), one_by_one, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn eight_bytes_at_a_time_agree_with_the_table_for_every_byte_in_every_place() {
+        for place in 0..8 {
+            for filler in [b'a', b' ', b'~', b'!'] {
+                for b in 0..=255u8 {
+                    let mut word = [filler; 8];
+                    word[place] = b;
+                    let expected = word
+                        .iter()
+                        .all(|&c| QP_LITERAL[usize::from(c)] && c != b'\t');
+                    assert_eq!(
+                        all_literal(u64::from_ne_bytes(word)),
+                        expected,
+                        "byte {b:#04x} at {place} among {filler:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -295,7 +295,8 @@ fn padded_pg<'v>(chunk: &[Vec<Val<'v>>]) -> Vec<Vec<Val<'v>>> {
 /// must match no row on a `v.column1` of NULL, for the rows are padded like inserts: chunks
 /// of up to 64, padded with NULL rows to a few sizes so that every statement stays prepared.
 /// On SQLite every chunk goes in one string (one hand-off, its `RETURNING` rows read in
-/// order); on Postgres one statement per chunk.
+/// order), each statement as `UPDATE OR FAIL` (no statement journal: see
+/// [`push_padded_insert`]); on Postgres one statement per chunk.
 pub(super) async fn update_from_values(
     tx: &mut AnyConnection,
     per_row: usize,
@@ -317,7 +318,11 @@ pub(super) async fn update_from_values(
         let mut values = Vec::new();
         for chunk in rows.chunks(MAX_SQLITE_CHUNK) {
             let padded = padded_len(chunk.len());
-            text.push_str(&list(&|s| push_placeholders(s, padded, per_row)));
+            let statement = list(&|s| push_placeholders(s, padded, per_row));
+            match statement.strip_prefix("UPDATE ") {
+                Some(rest) => text.push_str(&format!("UPDATE OR FAIL {rest}")),
+                None => text.push_str(&statement),
+            }
             text.push_str(";\n");
             extend_padded(&mut values, chunk, padded, per_row);
         }

@@ -70,7 +70,9 @@ pub struct Outcome {
     pub suppress: Option<SuppressionRecord>,
 }
 
-const CLAIM_SQLITE: &str = "UPDATE recipients SET lease_owner = $1, lease_expires_at = $2, \
+/// `OR FAIL`: no statement journal (see `bulk::push_padded_insert`; it runs inside the
+/// writer's transaction, which an error rolls back whole).
+const CLAIM_SQLITE: &str = "UPDATE OR FAIL recipients SET lease_owner = $1, lease_expires_at = $2, \
      next_attempt_at = $2, status = CASE WHEN status = 'scheduled' THEN 'queued' ELSE status END \
      WHERE id IN (SELECT id FROM recipients \
        WHERE status IN ('scheduled', 'queued', 'delivery_delayed') AND next_attempt_at <= $3 \

@@ -68,6 +68,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0009_body_compression.sql"),
         postgres: include_str!("../../migrations/postgres/0009_body_compression.sql"),
     },
+    Migration {
+        version: 10,
+        name: "deferred_keys",
+        sqlite: include_str!("../../migrations/sqlite/0010_deferred_keys.sql"),
+        postgres: include_str!("../../migrations/postgres/0010_deferred_keys.sql"),
+    },
 ];
 
 /// An arbitrary constant: the advisory lock id Herald's migrations hold on Postgres.
@@ -114,4 +120,150 @@ pub(super) async fn run(store: &Store) -> StoreResult<Vec<String>> {
     }
     tx.commit().await?;
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::{AnyConnection, Connection, Executor, Row};
+
+    use super::MIGRATIONS;
+
+    async fn apply(conn: &mut AnyConnection, version: i64) {
+        let m = MIGRATIONS
+            .iter()
+            .find(|m| m.version == version)
+            .expect("the migration");
+        conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(m.sqlite)))
+            .await
+            .expect("applied");
+    }
+
+    /// Every row of `table` as text, in id order.
+    async fn rows(conn: &mut AnyConnection, table: &str, cols: &str) -> Vec<String> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {cols} FROM {table} ORDER BY id"
+        )))
+        .fetch_all(conn)
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            (0..r.len())
+                .map(|i| {
+                    r.try_get::<Option<String>, _>(i)
+                        .or_else(|_| {
+                            r.try_get::<Option<i64>, _>(i)
+                                .map(|v| v.map(|v| v.to_string()))
+                        })
+                        .or_else(|_| {
+                            r.try_get::<Option<Vec<u8>>, _>(i)
+                                .map(|v| v.map(|v| format!("{v:?}")))
+                        })
+                        .expect("a value")
+                        .unwrap_or_else(|| "NULL".into())
+                })
+                .collect::<Vec<_>>()
+                .join("|")
+        })
+        .collect()
+    }
+
+    async fn schema(conn: &mut AnyConnection) -> Vec<String> {
+        sqlx::query_scalar::<_, String>(
+            "SELECT type || ' ' || name || ' on ' || tbl_name || ': ' || \
+             CASE type WHEN 'index' THEN COALESCE(sql, 'automatic') ELSE 'its columns' END \
+             FROM sqlite_schema WHERE tbl_name IN ('emails', 'recipients') ORDER BY name",
+        )
+        .fetch_all(conn)
+        .await
+        .expect("schema")
+    }
+
+    /// Migration 10 rebuilds emails and recipients with deferred foreign keys: every row,
+    /// column and index is kept, and a broken key fails the COMMIT instead of the statement.
+    #[tokio::test]
+    async fn sqlite_deferred_keys_keep_every_row_and_index_and_check_at_commit() {
+        sqlx::any::install_default_drivers();
+        let mut conn = AnyConnection::connect("sqlite::memory:")
+            .await
+            .expect("connection");
+        conn.execute("PRAGMA foreign_keys = ON")
+            .await
+            .expect("keys on");
+        for version in 1..=9 {
+            apply(&mut conn, version).await;
+        }
+        conn.execute(
+            "INSERT INTO projects (id, name, created_at) VALUES ('p1', 'one', 1);
+             INSERT INTO emails (id, project_id, api_key_id, message_id, stream, from_email,
+                 from_name, reply_to, subject, tags, metadata, text_body, html_body, mime,
+                 mime_size, created_at, scheduled_at, expires_at, content_purged_at)
+             VALUES ('e1', 'p1', 'k1', '<m1@x>', 'transactional', 'a@x', 'A', '[]', 'Hi',
+                 '[\"t\"]', '{}', 'text', NULL, X'0102', 2, 10, NULL, 99, NULL),
+                ('e2', 'p1', NULL, '<m2@x>', 'broadcast', 'b@x', NULL, '[]', 'Yo', '[]',
+                 '{\"k\":\"v\"}', NULL, '<p>h</p>', NULL, 0, 11, 12, NULL, 13);
+             INSERT INTO recipients (id, email_id, project_id, position, address, name, kind,
+                 status, attempts, next_attempt_at, deadline_at, lease_owner,
+                 lease_expires_at, smtp_code, smtp_enhanced, smtp_response, smtp_phase,
+                 bounce_type, bounce_sub_type, sent_at, last_event_at)
+             VALUES ('r1', 'e1', 'p1', 0, 'c@y', 'C', 'to', 'queued', 0, 5, 6, 'w', 7, NULL,
+                 NULL, NULL, NULL, NULL, NULL, NULL, 8),
+                ('r2', 'e2', 'p1', 1, 'd@y', NULL, 'cc', 'bounced', 2, 5, 6, NULL, NULL, 550,
+                 '5.1.1', 'no such user', 'rcpt', 'hard', 'general', 9, 10);",
+        )
+        .await
+        .expect("rows before");
+        let email_cols = "id, project_id, api_key_id, message_id, stream, from_email, from_name, \
+             reply_to, subject, tags, metadata, text_body, html_body, mime, mime_size, \
+             created_at, scheduled_at, expires_at, content_purged_at";
+        let recipient_cols = "*";
+        let emails = rows(&mut conn, "emails", email_cols).await;
+        let recipients = rows(&mut conn, "recipients", recipient_cols).await;
+        let before = schema(&mut conn).await;
+
+        let mut tx = conn.begin().await.expect("begin");
+        apply(&mut tx, 10).await;
+        tx.commit().await.expect("migration 10 commits");
+
+        assert_eq!(rows(&mut conn, "emails", email_cols).await, emails);
+        assert_eq!(
+            rows(&mut conn, "recipients", recipient_cols).await,
+            recipients
+        );
+        assert_eq!(
+            schema(&mut conn).await,
+            before,
+            "the same tables and indexes"
+        );
+        let check: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_all(&mut conn)
+            .await
+            .expect("integrity check");
+        assert_eq!(check, ["ok"]);
+
+        // A recipient of no email: the statement passes, the COMMIT does not.
+        let mut tx = conn.begin().await.expect("begin");
+        tx.execute(
+            "INSERT INTO recipients (id, email_id, project_id, position, address, kind, status,
+                 next_attempt_at, deadline_at, last_event_at)
+             VALUES ('r3', 'nope', 'p1', 0, 'e@y', 'to', 'queued', 1, 2, 3)",
+        )
+        .await
+        .expect("checked at commit, not now");
+        let err = tx
+            .commit()
+            .await
+            .expect_err("a broken key fails the commit");
+        assert!(err.to_string().contains("FOREIGN KEY"), "{err}");
+        // And an email of no project likewise.
+        let mut tx = conn.begin().await.expect("begin");
+        tx.execute(
+            "INSERT INTO emails (id, project_id, message_id, stream, from_email, reply_to,
+                 subject, tags, metadata, mime_size, created_at)
+             VALUES ('e3', 'nope', '<m3@x>', 's', 'a@x', '[]', 'x', '[]', '{}', 0, 1)",
+        )
+        .await
+        .expect("checked at commit, not now");
+        assert!(tx.commit().await.is_err(), "a broken key fails the commit");
+    }
 }

@@ -9,7 +9,7 @@
 # bench's plain 2 KB email over 16 keep-alive connections as fast as they are answered: first
 # `warmup` requests (caches, prepared statements, the pools filled), then the counters are
 # zeroed and `measured` requests follow. Prints the instructions of the whole process per
-# accepted email, and the functions that cost the most (inclusive) per email. The profile
+# accepted email, and the functions that cost the most (their own instructions) per email. The profile
 # stays in bench/callgrind.out for callgrind_annotate. Needs valgrind, curl, python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,22 +65,34 @@ kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""
 # The dump taken after the measured requests: the counters since they were zeroed.
 DUMP=$(ls "$WORK"/callgrind.out.* | sort -t. -k3 -n | head -1)
 cp "$DUMP" bench/callgrind.out
-callgrind_annotate --inclusive=yes bench/callgrind.out 2>/dev/null | python3 -c '
-import re, sys
-n = int(sys.argv[1])
-lines = sys.stdin.read().splitlines()
-total = next(int(l.split()[0].replace(",", "")) for l in lines if "PROGRAM TOTALS" in l)
+# Self cost per function (callgrind_annotate's inclusive view repeats every caller of a
+# recursive future): the cost lines of each function, not those of the calls it makes.
+python3 - bench/callgrind.out "$MEASURED" "${CG_TOP:-30}" <<'PY'
+import collections, re, sys
+path, n, top = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+names, own = {}, collections.Counter()
+fn, after_call = None, False
+def name(ref):
+    m = re.match(r"\((\d+)\)(?: (.*))?", ref)
+    if not m:
+        return ref
+    if m.group(2) is not None:
+        names[m.group(1)] = m.group(2)
+    return names.get(m.group(1), "?")
+for line in open(path):
+    if line.startswith("fn="):
+        fn = name(line[3:].strip())
+    elif line.startswith("cfn="):
+        name(line[4:].strip())
+    elif line.startswith("calls="):
+        after_call = True
+    elif line[:1].isdigit() or line[:1] in "+-*":
+        if not after_call and len(line.split()) > 1:
+            own[fn] += int(line.split()[1])
+        after_call = False
+total = sum(own.values())
 print(f"instructions per accepted email: {total / n / 1000:.0f}k  ({n} emails, after a warm-up)")
-print("top functions, inclusive, per email:")
-shown = 0
-for l in lines:
-    m = re.match(r"\s*([\d,]+) \([^)]*\)\s+(\S.*)", l)
-    if not m or "PROGRAM TOTALS" in l:
-        continue
-    ir = int(m.group(1).replace(",", ""))
-    name = re.sub(r"^\S*:", "", m.group(2))[:110]
-    print(f"  {ir / n / 1000:8.1f}k  {name}")
-    shown += 1
-    if shown == int(sys.argv[2]):
-        break
-' "$MEASURED" "${CG_TOP:-40}"
+print("the functions that cost the most (their own instructions, per email):")
+for f, ir in own.most_common(top):
+    print(f"  {ir / n / 1000:7.1f}k  {f[:110]}")
+PY

@@ -51,9 +51,11 @@ async fn delivers_to_aiosmtpd_over_starttls_with_auth() {
         c.relay_url = format!("smtp://herald:s3cret@localhost:{port}?tls=required");
     })
     .await;
-    let id = app
-        .send(&email_to(&["ada@example.com", "bob@example.org"]))
-        .await;
+    // Lines that begin with a dot, one of them a lone dot: the relay sees them whole only if
+    // they were dot-stuffed (a lone dot unstuffed ends the message there).
+    let mut body = email_to(&["ada@example.com", "bob@example.org"]);
+    body["text"] = serde_json::json!(".leading dot\n.\n..two dots\nend");
+    let id = app.send(&body).await;
     assert_eq!(app.drain().await, 2);
     let email = app.email(&id).await;
     assert_eq!(email["status"], "sent", "{email}");
@@ -75,6 +77,11 @@ async fn delivers_to_aiosmtpd_over_starttls_with_auth() {
             "Message-ID: {}",
             email["message_id"].as_str().expect("mid")
         )));
+        assert!(
+            text.replace("\r\n", "\n")
+                .contains("\n\n.leading dot\n.\n..two dots\nend\n"),
+            "{text}"
+        );
     }
     child.kill().await.expect("kill");
     app.finish().await;

@@ -200,20 +200,25 @@ impl SmtpRelay {
                 keyword: "RET".into(),
                 value: Some("HDRS".into()),
             });
-            if let Some(envid) = envelope_id {
+            // lettre writes these values as xtext (RFC 3461 §4: '+', '=' and what is below
+            // '!' as "+XX"), so they go as they are. Not a value outside ASCII, which xtext
+            // cannot carry and lettre would write raw: such an ORCPT (optional) is left out.
+            if let Some(envid) = envelope_id.filter(|e| e.is_ascii()) {
                 params.push(MailParameter::Other {
                     keyword: "ENVID".into(),
-                    value: Some(xtext(envid)),
+                    value: Some(envid.to_owned()),
                 });
             }
             rcpt_params.push(RcptParameter::Other {
                 keyword: "NOTIFY".into(),
                 value: Some("SUCCESS,FAILURE,DELAY".into()),
             });
-            rcpt_params.push(RcptParameter::Other {
-                keyword: "ORCPT".into(),
-                value: Some(format!("rfc822;{}", xtext(to.as_ref()))),
-            });
+            if AsRef::<str>::as_ref(to).is_ascii() {
+                rcpt_params.push(RcptParameter::Other {
+                    keyword: "ORCPT".into(),
+                    value: Some(format!("rfc822;{to}")),
+                });
+            }
         }
         let mail = Mail::new(Some(from.clone()), params);
         let rcpt = Rcpt::new(to.clone(), rcpt_params);
@@ -480,19 +485,6 @@ impl std::fmt::Display for DataContent<'_> {
         f.write_str(&text[start..])?;
         f.write_str("\r\n.\r\n")
     }
-}
-
-/// RFC 3461 §4 xtext: `+XX` for '+', '=' and anything outside printable ASCII.
-fn xtext(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if (33..=126).contains(&b) && b != b'+' && b != b'=' {
-                char::from(b).to_string()
-            } else {
-                format!("+{b:02X}")
-            }
-        })
-        .collect()
 }
 
 fn reply_of(resp: &lettre::transport::smtp::response::Response) -> SmtpReply {

@@ -35,7 +35,7 @@ on_sqlite!(
 async fn delivers_over_starttls_with_auth(backend: Backend) {
     let smtp = TestSmtp::start(Tls::Starttls).await;
     let app = TestApp::spawn(backend, Some(&smtp)).await;
-    let id = app.send(&email_to(&["ada@example.com"])).await;
+    let id = app.send(&email_to(&["ada+orders@example.com"])).await;
     assert_eq!(app.drain().await, 1);
 
     let got = smtp.received();
@@ -43,7 +43,7 @@ async fn delivers_over_starttls_with_auth(backend: Backend) {
     let m = &got[0];
     assert!(m.tls, "the message must travel over TLS");
     assert_eq!(m.auth_user.as_deref(), Some(crate::smtp_server::USER));
-    assert_eq!(m.rcpt_to, vec!["ada@example.com"]);
+    assert_eq!(m.rcpt_to, vec!["ada+orders@example.com"]);
     // The relay offers PIPELINING: MAIL, RCPT and DATA came in one write (RFC 2920).
     assert!(m.pipelined, "{:?}", m.commands);
     // The relay offers DSN, so Herald asks for success reports too (RFC 3461).
@@ -53,7 +53,9 @@ async fn delivers_over_starttls_with_auth(backend: Backend) {
         m.commands
     );
     assert!(
-        m.commands[1].ends_with(" NOTIFY=SUCCESS,FAILURE,DELAY ORCPT=rfc822;ada@example.com"),
+        // xtext (RFC 3461 §4): the '+' as "+2B", once.
+        m.commands[1]
+            .ends_with(" NOTIFY=SUCCESS,FAILURE,DELAY ORCPT=rfc822;ada+2Borders@example.com"),
         "{:?}",
         m.commands
     );

@@ -32,7 +32,7 @@ use sqlx::{AnyPool, Executor};
 pub use domains::{DkimKeyRecord, DomainRecord};
 pub use emails::{
     EmailFilter, EmailRecord, EventFilter, EventRecord, IdempotencyRecord, NewEmail, NewEvent,
-    NewRecipient, RecipientRecord, StoredResponse,
+    NewRecipient, RecipientRecord, StoredResponse, json_text,
 };
 pub use inbound::{RecipientRef, ReportEffect};
 pub use projects::{ApiKeyRecord, Project};

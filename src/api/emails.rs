@@ -20,7 +20,7 @@ use crate::domain::mime::build_mime;
 use crate::domain::status::{RecipientStatus, aggregate_status};
 use crate::store::{
     EmailRecord, IdempotencyRecord, NewEmail, NewEvent, NewRecipient, RecipientRecord,
-    SuppressionRecord,
+    SuppressionRecord, json_text,
 };
 
 use super::AppState;
@@ -139,10 +139,10 @@ fn prepare(
         stream: email.stream.clone(),
         from_email: email.from.email.to_string(),
         from_name: email.from.name.clone(),
-        reply_to: mailbox_json(&email.reply_to).to_string(),
+        reply_to: json_text(&mailbox_json(&email.reply_to)),
         subject: email.subject.clone(),
-        tags: json!(email.tags).to_string(),
-        metadata: json!(email.metadata).to_string(),
+        tags: json_text(&json!(email.tags)),
+        metadata: json_text(&json!(email.metadata)),
         text_body: email.text.clone(),
         html_body: email.html.clone(),
         mime,

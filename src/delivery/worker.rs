@@ -397,7 +397,7 @@ impl OutcomeExt for Outcome {
     }
 
     fn event(mut self, data: serde_json::Value) -> Self {
-        self.event.data = data.to_string();
+        self.event.data = crate::store::json_text(&data);
         self
     }
 }

@@ -59,6 +59,13 @@ pub struct NewEvent {
     pub created_at: i64,
 }
 
+/// A JSON value as the text stored in a column. `serde_json::to_string` writes into a buffer
+/// of bytes; a `Value`'s `to_string` (its `Display`) passes every piece through a
+/// `fmt::Formatter`, twice the instructions for an event's data.
+pub fn json_text(value: &serde_json::Value) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
 impl NewEvent {
     pub fn new(
         recipient_id: Option<&str>,
@@ -72,7 +79,7 @@ impl NewEvent {
             recipient_id: recipient_id.map(str::to_owned),
             recipient: recipient.map(str::to_owned),
             event_type: event_type.to_owned(),
-            data: data.to_string(),
+            data: json_text(&data),
             created_at,
         }
     }
@@ -933,5 +940,20 @@ impl Store {
         }
         outbox.commit(tx).await?;
         Ok(rows.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The stored text is the same as a `Value`'s `to_string` wrote before.
+    #[test]
+    fn json_text_is_the_values_own_text() {
+        let value = serde_json::json!({
+            "smtp": {"code": 250, "response": "2.0.0 Ok: queued as \"X\"\r\n\tnext"},
+            "tags": ["a", "é", "\u{1}"],
+            "none": null,
+            "n": -1.5,
+        });
+        assert_eq!(super::json_text(&value), value.to_string());
     }
 }

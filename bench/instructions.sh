@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Instructions per accepted email, counted by callgrind: the same figure for the same build
-# whatever else the machine is doing, so two builds compare to about 1 % on a noisy machine
-# where wall-clock rates swing by 15 %.
+# Instructions per accepted email, counted by callgrind: nearly the same figure for the same
+# build run after run (350k and 351k), where wall-clock rates swing by 15 % on a shared
+# machine. Not quite whatever the machine does: the group commit's batches follow the timing,
+# and smaller batches cost more per email (one build: 420k on a quiet machine, 439k with a CI
+# run beside it). Compare builds one after the other on a machine otherwise idle.
 #
 #   bash bench/instructions.sh [herald binary] [warmup=500] [measured=2000] [ingest|deliver]
 #

@@ -79,11 +79,8 @@ fn text_body(text: &str) -> Body {
         too_long |= end - start >= if start == 0 { 76 } else { 75 };
         start = end + 1;
     }
-    if text.is_ascii() && !too_long {
-        return Body::new(text.to_owned());
-    }
-    if escaped(bytes) > bytes.len() / 3 {
-        // base64: lettre's own encoding.
+    if (text.is_ascii() && !too_long) || escaped(bytes) > bytes.len() / 3 {
+        // 7bit or base64: lettre's own encoding.
         return Body::new(text.to_owned());
     }
     Body::dangerous_pre_encoded(

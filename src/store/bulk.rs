@@ -312,39 +312,38 @@ fn padded_pg<'v>(chunk: &[Vec<Val<'v>>]) -> Vec<Vec<Val<'v>>> {
 }
 
 /// Updates rows of a table from `rows` and returns the first column of every row changed.
-/// `sql(values)` writes the whole statement around `values`, a `(VALUES …) AS v` list
+/// `sql(update, values)` writes the whole statement, starting with `update` (`UPDATE OR FAIL`
+/// on SQLite, `UPDATE` on Postgres), around `values`, a `(VALUES …) AS v` list
 /// whose columns read `v.column1`, `v.column2`, … (both databases name them so); its `WHERE`
 /// must match no row on a `v.column1` of NULL, for the rows are padded like inserts: chunks
 /// of up to 64, padded with NULL rows to a few sizes so that every statement stays prepared.
 /// On SQLite every chunk goes in one string (one hand-off, its `RETURNING` rows read in
-/// order), each statement as `UPDATE OR FAIL` (no statement journal: see
-/// [`push_padded_insert`]); on Postgres one statement per chunk.
+/// order; `OR FAIL` spares the statement journal, see [`push_padded_insert`]); on Postgres
+/// one statement per chunk.
 pub(super) async fn update_from_values(
     tx: &mut AnyConnection,
     per_row: usize,
     rows: &[Vec<Val<'_>>],
-    sql: impl Fn(&str) -> String,
+    sql: impl Fn(&str, &str) -> String,
 ) -> StoreResult<Vec<String>> {
     let mut changed = Vec::new();
     if rows.is_empty() {
         return Ok(changed);
     }
+    let sqlite = is_sqlite(tx);
+    let update = if sqlite { "UPDATE OR FAIL" } else { "UPDATE" };
     let list = |placeholders: &dyn Fn(&mut String)| {
         let mut values = String::from("(VALUES ");
         placeholders(&mut values);
         values.push_str(") AS v");
-        sql(&values)
+        sql(update, &values)
     };
-    if is_sqlite(tx) {
+    if sqlite {
         let mut text = String::new();
         let mut values = Vec::new();
         for chunk in rows.chunks(MAX_SQLITE_CHUNK) {
             let padded = padded_len(chunk.len());
-            let statement = list(&|s| push_placeholders(s, padded, per_row));
-            match statement.strip_prefix("UPDATE ") {
-                Some(rest) => text.push_str(&format!("UPDATE OR FAIL {rest}")),
-                None => text.push_str(&statement),
-            }
+            text.push_str(&list(&|s| push_placeholders(s, padded, per_row)));
             text.push_str(";\n");
             extend_padded(&mut values, chunk, padded, per_row);
         }
@@ -553,9 +552,9 @@ mod tests {
             .iter()
             .map(|k| vec![Val::Text(k), Val::Int(7)])
             .collect();
-        let mut changed = update_from_values(&mut conn, 2, &rows, |values| {
+        let mut changed = update_from_values(&mut conn, 2, &rows, |update, values| {
             format!(
-                "UPDATE {table} SET n = {table}.n + v.column2 FROM {values} \
+                "{update} {table} SET n = {table}.n + v.column2 FROM {values} \
                  WHERE {table}.k = v.column1 RETURNING {table}.k"
             )
         })

@@ -59,10 +59,10 @@ pub struct NewEvent {
     pub created_at: i64,
 }
 
-/// A JSON value as the text stored in a column. `serde_json::to_string` writes into a buffer
+/// A value as the JSON text stored in a column. `serde_json::to_string` writes into a buffer
 /// of bytes; a `Value`'s `to_string` (its `Display`) passes every piece through a
 /// `fmt::Formatter`, twice the instructions for an event's data.
-pub fn json_text(value: &serde_json::Value) -> String {
+pub fn json_text(value: &impl serde::Serialize) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
@@ -955,5 +955,10 @@ mod tests {
             "n": -1.5,
         });
         assert_eq!(super::json_text(&value), value.to_string());
+        // A map and a list written directly: as their `Value`s would be.
+        let tags = vec!["b".to_owned(), "a\"".to_owned()];
+        let meta: std::collections::BTreeMap<_, _> = [("z", "1"), ("a", "2")].into();
+        assert_eq!(super::json_text(&tags), serde_json::json!(tags).to_string());
+        assert_eq!(super::json_text(&meta), serde_json::json!(meta).to_string());
     }
 }

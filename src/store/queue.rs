@@ -322,9 +322,9 @@ pub(super) async fn apply_outcomes(
             .iter()
             .map(|(owner, o)| outcome_row(owner, o))
             .collect();
-        let changed: HashSet<String> = update_from_values(tx, 13, &rows, |values| {
+        let changed: HashSet<String> = update_from_values(tx, 13, &rows, |update, values| {
             format!(
-                "UPDATE recipients SET status = v.column3, \
+                "{update} recipients SET status = v.column3, \
                  attempts = recipients.attempts + v.column5, next_attempt_at = v.column4, \
                  lease_owner = NULL, lease_expires_at = NULL, smtp_code = v.column6, \
                  smtp_enhanced = v.column7, smtp_response = v.column8, smtp_phase = v.column9, \

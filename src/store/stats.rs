@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use sqlx::{AnyConnection, Row};
 
 use super::bulk::{Partial, TableRows, Val, write_tables};
-use super::{Store, StoreError, StoreResult, placeholders};
+use super::{Store, StoreError, StoreResult, padded, placeholders};
 
 /// The counters of one rollup row, in column order.
 pub const METRICS: [&str; 11] = [
@@ -330,14 +330,15 @@ impl StatsLog {
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
-        for chunk in missing.chunks(500) {
+        let missing: Vec<&str> = missing.iter().map(String::as_str).collect();
+        for chunk in missing.chunks(512) {
             let sql = format!(
                 "SELECT id, stream, tags, from_email FROM emails WHERE id IN ({})",
-                placeholders(1, chunk.len())
+                placeholders(1, chunk.len().next_power_of_two())
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
-            for id in chunk {
-                q = q.bind(id.as_str());
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in padded(chunk) {
+                q = q.bind(id);
             }
             for r in q.fetch_all(&mut *tx).await? {
                 let id: String = r.try_get(0)?;

@@ -16,7 +16,7 @@ use crate::domain::event::filter_matches;
 use super::bulk::{Val, insert_rows};
 use super::emails::NewEvent;
 use super::stats::StatsLog;
-use super::{Backend, Store, StoreError, StoreResult, placeholders};
+use super::{Backend, Store, StoreError, StoreResult, padded, placeholders};
 
 #[derive(Debug, Clone)]
 pub struct EndpointRecord {
@@ -469,11 +469,12 @@ impl Store {
              JOIN events e ON e.id = d.event_id \
              LEFT JOIN emails m ON m.id = e.email_id \
              WHERE d.id IN ({})",
-            placeholders(1, ids.len())
+            placeholders(1, ids.len().next_power_of_two())
         ));
-        let mut q = sqlx::query(sql).persistent(false);
-        for id in &ids {
-            q = q.bind(id.as_str());
+        let mut q = sqlx::query(sql);
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        for id in padded(&ids) {
+            q = q.bind(id);
         }
         let rows = q.fetch_all(&self.read).await?;
         // A delivery written for an endpoint disabled since (by a writer that still had it

@@ -19,6 +19,7 @@ on_both_backends!(
     concurrent_inserts_commit_together_and_fail_alone,
     outcomes_of_many_workers_are_fenced_row_by_row,
     deliveries_to_an_endpoint_disabled_since_are_canceled_at_claim,
+    outcomes_and_new_emails_committed_together_keep_every_event,
 );
 
 /// A writer may still hold an endpoint as enabled for up to a second after another process
@@ -147,6 +148,73 @@ async fn outcomes_of_many_workers_are_fenced_row_by_row(backend: Backend) {
             .await
             .expect("events");
         assert_eq!(events.len(), 1, "one sent event per recipient: {events:?}");
+    }
+    store.close().await;
+    db.drop_db().await;
+}
+
+/// New emails and delivery outcomes submitted at the same moment share a commit, and the
+/// outcomes' events go in with the new emails' own: each keeps exactly its events.
+async fn outcomes_and_new_emails_committed_together_keep_every_event(backend: Backend) {
+    let (store, db) = store(backend).await;
+    let p = project(&store).await;
+    let queued = |address: &str| {
+        let mut e = email(&p, &[(address, NOW)]);
+        let rid = e.recipients[0].id.clone();
+        e.events.push(NewEvent::new(
+            Some(&rid),
+            Some(address),
+            "email.queued",
+            serde_json::json!({}),
+            NOW,
+        ));
+        e
+    };
+    store
+        .insert_emails(
+            (0..30).map(|i| queued(&format!("old{i}@x.com"))).collect(),
+            None,
+        )
+        .await
+        .expect("insert");
+    let claimed = store
+        .claim_due_recipients("w", NOW, 60_000, 30)
+        .await
+        .expect("claim");
+    let before = store.queue_snapshot(NOW).await.expect("figures").writer;
+    let mut fresh = Vec::new();
+    for (i, e) in claimed.iter().enumerate() {
+        let new = queued(&format!("new{i}@x.com"));
+        fresh.push(new.id.clone());
+        let outcomes = vec![sent(&e.id, &p, &e.recipients[0].id, NOW + 1)];
+        let (inserted, recorded) = tokio::join!(
+            store.insert_emails(vec![new], None),
+            store.record_outcomes("w", outcomes)
+        );
+        inserted.expect("insert");
+        assert_eq!(recorded.expect("record").applied, 1);
+    }
+    let after = store.queue_snapshot(NOW).await.expect("figures").writer;
+    assert!(
+        after.jobs - before.jobs > after.commits - before.commits,
+        "some commit carried both: {before:?} {after:?}"
+    );
+    let types = |events: Vec<herald::store::EventRecord>| -> Vec<String> {
+        events.into_iter().map(|e| e.event_type).collect()
+    };
+    for e in &claimed {
+        let events = store
+            .list_email_events(&p, &e.id, None, 10)
+            .await
+            .expect("events");
+        assert_eq!(types(events), ["email.queued", "email.sent"], "{}", e.id);
+    }
+    for id in &fresh {
+        let events = store
+            .list_email_events(&p, id, None, 10)
+            .await
+            .expect("events");
+        assert_eq!(types(events), ["email.queued"], "{id}");
     }
     store.close().await;
     db.drop_db().await;

@@ -385,7 +385,7 @@ pub(super) async fn insert_request(
         .execute(&mut *tx)
         .await?;
     }
-    insert_emails(tx, outbox, emails.iter(), &[]).await
+    insert_emails(tx, outbox, emails.iter()).await
 }
 
 const EMAIL_INSERT_COLUMNS: [&str; 18] = [
@@ -425,13 +425,11 @@ const RECIPIENT_INSERT_COLUMNS: [&str; 12] = [
 ];
 
 /// Inserts emails with their recipients, search keys, first events (and their webhook
-/// deliveries) and stats increments, and `more_events` beside theirs (the outcomes' of the
-/// same commit): one statement per table for all of them.
+/// deliveries) and stats increments: one statement per table for all of them.
 pub(super) async fn insert_emails<'a>(
     tx: &mut AnyConnection,
     outbox: &mut Outbox,
     emails: impl Iterator<Item = &'a NewEmail> + Clone,
-    more_events: &[EventRow<'a>],
 ) -> StoreResult<()> {
     let email_rows: Vec<Vec<Val<'_>>> = emails
         .clone()
@@ -523,7 +521,6 @@ pub(super) async fn insert_emails<'a>(
                 event: ev,
             })
         })
-        .chain(more_events.iter().copied())
         .collect();
     let event_rows = event_values(&events);
     // The emails' events go in with their rows: one hand-off on SQLite for all of it.

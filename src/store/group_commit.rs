@@ -32,7 +32,7 @@ use sqlx::{AnyConnection, AnyPool, Executor};
 use tokio::sync::{mpsc, oneshot};
 
 use super::bulk::{Partial, is_sqlite};
-use super::emails::{IdempotencyRecord, NewEmail, insert_emails, insert_events, insert_request};
+use super::emails::{IdempotencyRecord, NewEmail, insert_emails, insert_request};
 use super::kept::Kept;
 use super::queue::{ClaimRow, Outcome, Recorded, apply_outcomes, claim_rows};
 use super::stats::EmailDims;
@@ -524,22 +524,19 @@ async fn write(tx: &mut AnyConnection, outbox: &mut Outbox, batch: &Batch) -> St
         .filter(|j| j.idempotency.is_none())
         .flat_map(|j| &j.emails)
         .collect();
-    // The outcomes first: their events then go in with the new emails' rows.
-    let (applied, outcome_events) = if batch.settled.is_empty() {
-        (Vec::new(), Vec::new())
+    if !plain.is_empty() {
+        insert_emails(tx, outbox, plain.iter().copied()).await?;
+    }
+    let applied = if batch.settled.is_empty() {
+        Vec::new()
     } else {
         let groups: Vec<(&str, &[Outcome])> = batch
             .settled
             .iter()
             .map(|j| (j.owner.as_str(), j.outcomes.as_slice()))
             .collect();
-        apply_outcomes(tx, &groups).await?
+        apply_outcomes(tx, outbox, &groups).await?
     };
-    if plain.is_empty() {
-        insert_events(tx, outbox, &outcome_events).await?;
-    } else {
-        insert_emails(tx, outbox, plain.iter().copied(), &outcome_events).await?;
-    }
     let mut claimed = Vec::with_capacity(batch.claims.len());
     for job in &batch.claims {
         claimed.push(claim_rows(tx, &job.owner, job.now_ms, job.lease_ms, job.limit).await?);

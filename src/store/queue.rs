@@ -11,9 +11,9 @@ use std::collections::{HashMap, HashSet};
 use sqlx::{AnyConnection, Row};
 
 use super::bulk::{Val, is_sqlite, update_from_values};
-use super::emails::NewEvent;
+use super::emails::{NewEvent, insert_events};
 use super::suppressions::{SuppressionRecord, insert_suppression};
-use super::webhooks::EventRow;
+use super::webhooks::{EventRow, Outbox};
 use super::{Store, StoreResult, padded, placeholders};
 
 /// A recipient a worker now holds.
@@ -289,14 +289,13 @@ impl Store {
 }
 
 /// Writes the outcomes of every `(owner, outcomes)` batch inside `tx`: one `UPDATE` for all of
-/// them, fenced by each recipient's lease owner and pending status, then the hard bounces'
-/// suppressions of those applied. Returns how many of each batch were applied, and the events
-/// of those applied, for the caller to insert with the batch's other rows (on SQLite the
-/// events go in the same hand-off as the batch's new emails: one trip fewer per commit).
-pub(super) async fn apply_outcomes<'b>(
+/// them, fenced by each recipient's lease owner and pending status, then the events (and hard
+/// bounces' suppressions) of those applied. Returns how many of each batch were applied.
+pub(super) async fn apply_outcomes(
     tx: &mut AnyConnection,
-    batches: &[(&'b str, &'b [Outcome])],
-) -> StoreResult<(Vec<usize>, Vec<EventRow<'b>>)> {
+    outbox: &mut Outbox,
+    batches: &[(&str, &[Outcome])],
+) -> StoreResult<Vec<usize>> {
     // A statement's RETURNING names the recipients it changed, not which of their rows did
     // it: a recipient must appear once per statement. (Twice happens only when a lease
     // passed to another worker while the first was still sending; its outcome goes in a
@@ -377,7 +376,9 @@ pub(super) async fn apply_outcomes<'b>(
     for sup in suppressions {
         insert_suppression(tx, sup).await?;
     }
-    Ok((counts, events))
+    // The events of every applied outcome, in one statement.
+    insert_events(tx, outbox, &events).await?;
+    Ok(counts)
 }
 
 /// An outcome's values, in the order of `apply_outcomes`' `v.column1…13`.

@@ -149,7 +149,6 @@ impl Outbox {
 }
 
 /// An event being written, with what decides who hears of it.
-#[derive(Clone, Copy)]
 pub(super) struct EventRow<'a> {
     pub project_id: &'a str,
     pub email_id: Option<&'a str>,

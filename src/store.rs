@@ -353,15 +353,24 @@ fn placeholders(first: usize, n: usize) -> String {
 }
 
 /// An `IN (…)` list's values padded to a power of two by repeating the last one (a repeat
-/// matches nothing new), with [`placeholders`]`(first, len)` for `len` of them (every caller
+/// matches nothing new), bound to the [`padded_placeholders`] of as many values (every caller
 /// has at least one value: an empty list would leave its one placeholder unbound). The query
 /// takes one of a few shapes, each kept prepared: a list of every length was a statement
 /// parsed afresh per query (callgrind: 25k instructions for a claim's list of emails).
 fn padded<T: Copy>(items: &[T]) -> impl Iterator<Item = T> + '_ {
-    let pad = items.len().next_power_of_two() - items.len();
+    let pad = padded_len(items.len()) - items.len();
     let last = items.last().copied();
     items
         .iter()
         .copied()
         .chain(std::iter::repeat_n(last, pad).flatten())
+}
+
+/// [`placeholders`] from `$first` for a list of `n` values bound through [`padded`].
+fn padded_placeholders(first: usize, n: usize) -> String {
+    placeholders(first, padded_len(n))
+}
+
+fn padded_len(n: usize) -> usize {
+    n.next_power_of_two()
 }

@@ -14,7 +14,7 @@ use super::bulk::{Val, is_sqlite, update_from_values};
 use super::emails::{NewEvent, insert_events};
 use super::suppressions::{SuppressionRecord, insert_suppression};
 use super::webhooks::{EventRow, Outbox};
-use super::{Store, StoreResult, padded, placeholders};
+use super::{Store, StoreResult, padded, padded_placeholders};
 
 /// A recipient a worker now holds.
 #[derive(Debug, Clone)]
@@ -163,7 +163,7 @@ impl Store {
         let ids: Vec<&str> = by_email.keys().map(String::as_str).collect();
         let sql = sqlx::AssertSqlSafe(format!(
             "SELECT id, project_id, mime, expires_at, stream FROM emails WHERE id IN ({})",
-            placeholders(1, ids.len().next_power_of_two())
+            padded_placeholders(1, ids.len())
         ));
         let mut q = sqlx::query(sql);
         for id in padded(&ids) {

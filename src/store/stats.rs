@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use sqlx::{AnyConnection, Row};
 
 use super::bulk::{Partial, TableRows, Val, write_tables};
-use super::{Store, StoreError, StoreResult, padded, placeholders};
+use super::{Store, StoreError, StoreResult, padded, padded_placeholders};
 
 /// The counters of one rollup row, in column order.
 pub const METRICS: [&str; 11] = [
@@ -334,7 +334,7 @@ impl StatsLog {
         for chunk in missing.chunks(512) {
             let sql = format!(
                 "SELECT id, stream, tags, from_email FROM emails WHERE id IN ({})",
-                placeholders(1, chunk.len().next_power_of_two())
+                padded_placeholders(1, chunk.len())
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for id in padded(chunk) {

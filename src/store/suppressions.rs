@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::kept::Kept;
-use super::{Home, Store, StoreError, StoreResult, padded, placeholders};
+use super::{Home, Store, StoreError, StoreResult, padded, padded_placeholders};
 
 #[derive(Debug, Clone)]
 pub struct SuppressionRecord {
@@ -272,7 +272,7 @@ async fn find(
             // callgrind, 567k -> 508k instructions per email).
             let sql = sqlx::AssertSqlSafe(format!(
                 "SELECT {COLUMNS} FROM suppressions WHERE project_id = $1 AND email IN ({})",
-                placeholders(2, chunk.len().next_power_of_two())
+                padded_placeholders(2, chunk.len())
             ));
             let mut q = sqlx::query(sql).bind(project_id);
             for e in padded(chunk) {

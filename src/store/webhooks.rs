@@ -16,7 +16,7 @@ use crate::domain::event::filter_matches;
 use super::bulk::{Val, insert_rows};
 use super::emails::NewEvent;
 use super::stats::StatsLog;
-use super::{Backend, Store, StoreError, StoreResult, padded, placeholders};
+use super::{Backend, Store, StoreError, StoreResult, padded, padded_placeholders, placeholders};
 
 #[derive(Debug, Clone)]
 pub struct EndpointRecord {
@@ -469,7 +469,7 @@ impl Store {
              JOIN events e ON e.id = d.event_id \
              LEFT JOIN emails m ON m.id = e.email_id \
              WHERE d.id IN ({})",
-            placeholders(1, ids.len().next_power_of_two())
+            padded_placeholders(1, ids.len())
         ));
         let mut q = sqlx::query(sql);
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();

@@ -74,6 +74,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0010_deferred_keys.sql"),
         postgres: include_str!("../../migrations/postgres/0010_deferred_keys.sql"),
     },
+    Migration {
+        version: 11,
+        name: "without_rowid",
+        sqlite: include_str!("../../migrations/sqlite/0011_without_rowid.sql"),
+        postgres: include_str!("../../migrations/postgres/0011_without_rowid.sql"),
+    },
 ];
 
 /// An arbitrary constant: the advisory lock id Herald's migrations hold on Postgres.
@@ -265,5 +271,96 @@ mod tests {
         .await
         .expect("checked at commit, not now");
         assert!(tx.commit().await.is_err(), "a broken key fails the commit");
+    }
+
+    /// The tables of `names`, each with whether it is WITHOUT ROWID, and their indexes.
+    async fn layout(conn: &mut AnyConnection, names: &[&str]) -> Vec<String> {
+        let mut out = Vec::new();
+        for name in names {
+            let without_rowid: i64 =
+                sqlx::query_scalar("SELECT wr FROM pragma_table_list WHERE name = $1")
+                    .bind(*name)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .expect("the table");
+            let indexes: Vec<String> = sqlx::query_scalar(
+                "SELECT name || ': ' || COALESCE(sql, 'automatic') FROM sqlite_schema \
+                 WHERE type = 'index' AND tbl_name = $1 AND sql IS NOT NULL ORDER BY name",
+            )
+            .bind(*name)
+            .fetch_all(&mut *conn)
+            .await
+            .expect("indexes");
+            out.push(format!("{name} without rowid: {without_rowid}; {indexes:?}"));
+        }
+        out
+    }
+
+    /// Migration 11 turns events, email_tags and email_metadata into WITHOUT ROWID tables:
+    /// every row and every index of theirs is kept, and their primary keys still refuse a
+    /// duplicate.
+    #[tokio::test]
+    async fn sqlite_without_rowid_keeps_every_row_index_and_key() {
+        sqlx::any::install_default_drivers();
+        let mut conn = AnyConnection::connect("sqlite::memory:")
+            .await
+            .expect("connection");
+        conn.execute("PRAGMA foreign_keys = ON")
+            .await
+            .expect("keys on");
+        for version in 1..=10 {
+            apply(&mut conn, version).await;
+        }
+        conn.execute(
+            "INSERT INTO events (id, project_id, email_id, recipient_id, recipient, type, data,
+                 created_at)
+             VALUES ('v2', 'p1', 'e1', 'r1', 'c@y', 'queued', '{}', 5),
+                ('v1', 'p1', NULL, NULL, NULL, 'webhook.test', '{\"a\":1}', 4),
+                ('v3', 'p2', 'e2', 'r2', 'd@y', 'bounced', '{\"smtp\":550}', 6);
+             INSERT INTO email_tags (project_id, tag, email_id)
+             VALUES ('p1', 'welcome', 'e1'), ('p1', 'bench', 'e1'), ('p2', 'bench', 'e2');
+             INSERT INTO email_metadata (project_id, key, value, email_id)
+             VALUES ('p1', 'order', '1042', 'e1'), ('p2', 'order', '7', 'e2');",
+        )
+        .await
+        .expect("rows before");
+        let tags_sql = "(SELECT project_id || '/' || tag || '/' || email_id AS id FROM email_tags)";
+        let meta_sql = "(SELECT project_id || '/' || key || '=' || value || '/' || email_id AS id \
+             FROM email_metadata)";
+        let events = rows(&mut conn, "events", "*").await;
+        let tags = rows(&mut conn, tags_sql, "id").await;
+        let metadata = rows(&mut conn, meta_sql, "id").await;
+        let tables = ["events", "email_tags", "email_metadata"];
+        let before = layout(&mut conn, &tables).await;
+        assert!(before.iter().all(|t| t.contains("without rowid: 0")), "{before:?}");
+
+        let mut tx = conn.begin().await.expect("begin");
+        apply(&mut tx, 11).await;
+        tx.commit().await.expect("migration 11 commits");
+
+        assert_eq!(rows(&mut conn, "events", "*").await, events);
+        assert_eq!(rows(&mut conn, tags_sql, "id").await, tags);
+        assert_eq!(rows(&mut conn, meta_sql, "id").await, metadata);
+        let after = layout(&mut conn, &tables).await;
+        let expected: Vec<String> = before
+            .iter()
+            .map(|t| t.replace("without rowid: 0", "without rowid: 1"))
+            .collect();
+        assert_eq!(after, expected, "the same indexes, the rows in the key's B-tree");
+        let check: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_all(&mut conn)
+            .await
+            .expect("integrity check");
+        assert_eq!(check, ["ok"]);
+        for duplicate in [
+            "INSERT INTO events (id, project_id, type, data, created_at) \
+             VALUES ('v1', 'p9', 'x', '{}', 1)",
+            "INSERT INTO email_tags (project_id, tag, email_id) VALUES ('p1', 'bench', 'e1')",
+            "INSERT INTO email_metadata (project_id, key, value, email_id) \
+             VALUES ('p2', 'order', '7', 'e2')",
+        ] {
+            let err = conn.execute(duplicate).await.expect_err("a duplicate key");
+            assert!(err.to_string().contains("UNIQUE"), "{duplicate}: {err}");
+        }
     }
 }

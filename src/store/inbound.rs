@@ -107,15 +107,24 @@ impl Store {
     }
 
     /// The recipients of the email with this Message-ID (angle brackets included), within one
-    /// project if given.
+    /// project if given. Herald writes every Message-ID as `<email id@domain>`: the email is
+    /// found by its id, and its Message-ID must be this one exactly.
     pub async fn recipients_by_message_id(
         &self,
         message_id: &str,
         project_id: Option<&str>,
     ) -> StoreResult<Vec<RecipientRef>> {
+        let Some((email_id, _)) = message_id
+            .strip_prefix('<')
+            .and_then(|rest| rest.split_once('@'))
+        else {
+            return Ok(Vec::new());
+        };
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{REF_SELECT} WHERE e.message_id = $1 AND ($2 = '' OR e.project_id = $2) ORDER BY r.position"
+            "{REF_SELECT} WHERE e.id = $1 AND e.message_id = $2 AND ($3 = '' OR e.project_id = $3) \
+             ORDER BY r.position"
         )))
+        .bind(email_id)
         .bind(message_id)
         .bind(project_id.unwrap_or(""))
         .fetch_all(&self.read)

@@ -76,9 +76,9 @@ const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 11,
-        name: "without_rowid",
-        sqlite: include_str!("../../migrations/sqlite/0011_without_rowid.sql"),
-        postgres: include_str!("../../migrations/postgres/0011_without_rowid.sql"),
+        name: "fewer_btrees",
+        sqlite: include_str!("../../migrations/sqlite/0011_fewer_btrees.sql"),
+        postgres: include_str!("../../migrations/postgres/0011_fewer_btrees.sql"),
     },
 ];
 
@@ -291,14 +291,16 @@ mod tests {
             .fetch_all(&mut *conn)
             .await
             .expect("indexes");
-            out.push(format!("{name} without rowid: {without_rowid}; {indexes:?}"));
+            out.push(format!(
+                "{name} without rowid: {without_rowid}; {indexes:?}"
+            ));
         }
         out
     }
 
     /// Migration 11 turns events, email_tags and email_metadata into WITHOUT ROWID tables:
     /// every row and every index of theirs is kept, and their primary keys still refuse a
-    /// duplicate.
+    /// duplicate. And it drops emails_message_id.
     #[tokio::test]
     async fn sqlite_without_rowid_keeps_every_row_index_and_key() {
         sqlx::any::install_default_drivers();
@@ -332,7 +334,10 @@ mod tests {
         let metadata = rows(&mut conn, meta_sql, "id").await;
         let tables = ["events", "email_tags", "email_metadata"];
         let before = layout(&mut conn, &tables).await;
-        assert!(before.iter().all(|t| t.contains("without rowid: 0")), "{before:?}");
+        assert!(
+            before.iter().all(|t| t.contains("without rowid: 0")),
+            "{before:?}"
+        );
 
         let mut tx = conn.begin().await.expect("begin");
         apply(&mut tx, 11).await;
@@ -346,7 +351,17 @@ mod tests {
             .iter()
             .map(|t| t.replace("without rowid: 0", "without rowid: 1"))
             .collect();
-        assert_eq!(after, expected, "the same indexes, the rows in the key's B-tree");
+        assert_eq!(
+            after, expected,
+            "the same indexes, the rows in the key's B-tree"
+        );
+        let message_id_index: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sqlite_schema WHERE name = 'emails_message_id'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .expect("schema");
+        assert_eq!(message_id_index, 0);
         let check: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check")
             .fetch_all(&mut conn)
             .await

@@ -80,10 +80,11 @@ python3 - "$WORK/herald.db" <<'PY'
 import sqlite3, sys
 c = sqlite3.connect(sys.argv[1])
 claim = ("UPDATE recipients SET lease_owner = ?, lease_expires_at = ?, next_attempt_at = ? "
-         "WHERE id IN (SELECT id FROM recipients WHERE status IN ('scheduled', 'queued', 'delivery_delayed') "
+         "WHERE id IN (SELECT id FROM recipients WHERE (status = 'scheduled' OR status = 'queued' "
+         "OR status = 'delivery_delayed') "
          "AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?)")
 print("claim plan:", [r[3] for r in c.execute("EXPLAIN QUERY PLAN " + claim, ("o", 0, 0, 0, 32))])
 done = ("UPDATE recipients SET status = 'sent' WHERE id = ? AND lease_owner = ? "
-        "AND status IN ('scheduled', 'queued', 'delivery_delayed')")
+        "AND (status = 'scheduled' OR status = 'queued' OR status = 'delivery_delayed')")
 print("outcome plan:", [r[3] for r in c.execute("EXPLAIN QUERY PLAN " + done, ("x", "o"))])
 PY

@@ -9,6 +9,28 @@
 //! Every write that changes a recipient's state inserts the event that records it in the same
 //! transaction.
 
+/// The test "still waiting for an attempt" (scheduled, queued or delayed), as a SQL literal,
+/// on `status` or, given a table's name or alias, on `<name>.status`. Spelled as three
+/// comparisons, the same as the claim index's predicate (migration 0012): SQLite uses a
+/// partial index only for a query that holds its predicate term for term, and it builds an
+/// `IN` list of three values into a temporary B-tree at each evaluation.
+macro_rules! pending {
+    () => {
+        "(status = 'scheduled' OR status = 'queued' OR status = 'delivery_delayed')"
+    };
+    ($table:literal) => {
+        concat!(
+            "(",
+            $table,
+            ".status = 'scheduled' OR ",
+            $table,
+            ".status = 'queued' OR ",
+            $table,
+            ".status = 'delivery_delayed')"
+        )
+    };
+}
+
 mod bulk;
 mod domains;
 mod emails;

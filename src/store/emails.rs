@@ -908,12 +908,12 @@ impl Store {
                 .ok_or(StoreError::NotFound)?;
         let mut outbox = Outbox::default();
         outbox.stats.use_shard_of(id);
-        let rows = sqlx::query(
+        let rows = sqlx::query(concat!(
             "UPDATE recipients SET status = 'canceled', lease_owner = NULL, \
-             lease_expires_at = NULL, last_event_at = $1 \
-             WHERE email_id = $2 AND status IN ('scheduled', 'queued', 'delivery_delayed') \
-             AND (lease_owner IS NULL OR lease_expires_at < $1) RETURNING id, address",
-        )
+                 lease_expires_at = NULL, last_event_at = $1 WHERE email_id = $2 AND ",
+            pending!(),
+            " AND (lease_owner IS NULL OR lease_expires_at < $1) RETURNING id, address"
+        ))
         .bind(now_ms)
         .bind(id)
         .fetch_all(&mut *tx)

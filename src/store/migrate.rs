@@ -80,6 +80,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0011_fewer_btrees.sql"),
         postgres: include_str!("../../migrations/postgres/0011_fewer_btrees.sql"),
     },
+    Migration {
+        version: 12,
+        name: "due_index_predicate",
+        sqlite: include_str!("../../migrations/sqlite/0012_due_index_predicate.sql"),
+        postgres: include_str!("../../migrations/postgres/0012_due_index_predicate.sql"),
+    },
 ];
 
 /// An arbitrary constant: the advisory lock id Herald's migrations hold on Postgres.

@@ -6,7 +6,7 @@ use sqlx::Row;
 
 use super::{Store, StoreResult, placeholders};
 
-const PENDING: &str = "'scheduled', 'queued', 'delivery_delayed'";
+const PENDING: &str = pending!("r");
 
 impl Store {
     /// Drops the bodies and built MIME of up to `batch` emails created before `before` whose
@@ -17,7 +17,7 @@ impl Store {
              content_purged_at = $1 WHERE id IN (SELECT e.id FROM emails e \
                WHERE e.content_purged_at IS NULL AND e.created_at < $2 \
                AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.email_id = e.id \
-                 AND r.status IN ({PENDING})) \
+                 AND {PENDING}) \
                ORDER BY e.created_at LIMIT $3)"
         );
         let done = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -36,7 +36,7 @@ impl Store {
         let sql = format!(
             "SELECT e.id, e.project_id, e.tags, e.metadata FROM emails e \
              WHERE e.created_at < $1 AND NOT EXISTS (SELECT 1 FROM recipients r \
-               WHERE r.email_id = e.id AND r.status IN ({PENDING})) \
+               WHERE r.email_id = e.id AND {PENDING}) \
              ORDER BY e.created_at LIMIT $2"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))

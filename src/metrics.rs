@@ -43,6 +43,10 @@ pub struct WriterFigures {
     pub jobs: u64,
     /// Time spent from taking a batch to answering it.
     pub busy_seconds: f64,
+    /// Checkpoints of SQLite's write-ahead log run beside the writer (0 on Postgres).
+    pub checkpoints: u64,
+    /// Frames in SQLite's write-ahead log at the last of them.
+    pub wal_frames: u64,
 }
 
 fn bump(map: &Mutex<BTreeMap<String, u64>>, key: &str) {
@@ -173,8 +177,10 @@ impl Metrics {
             out,
             "# HELP herald_store_commits_total Transactions of the group-commit writer.\n# TYPE herald_store_commits_total counter\nherald_store_commits_total {}\n\
              # HELP herald_store_committed_jobs_total Requests, outcome groups and claims those transactions carried.\n# TYPE herald_store_committed_jobs_total counter\nherald_store_committed_jobs_total {}\n\
-             # HELP herald_store_writer_busy_seconds_total Time the writer spent on batches (its rate is the writer's utilization).\n# TYPE herald_store_writer_busy_seconds_total counter\nherald_store_writer_busy_seconds_total {}",
-            w.commits, w.jobs, w.busy_seconds
+             # HELP herald_store_writer_busy_seconds_total Time the writer spent on batches (its rate is the writer's utilization).\n# TYPE herald_store_writer_busy_seconds_total counter\nherald_store_writer_busy_seconds_total {}\n\
+             # HELP herald_store_wal_checkpoints_total Checkpoints of SQLite's write-ahead log run beside the writer.\n# TYPE herald_store_wal_checkpoints_total counter\nherald_store_wal_checkpoints_total {}\n\
+             # HELP herald_store_wal_frames Pages in SQLite's write-ahead log at the last checkpoint.\n# TYPE herald_store_wal_frames gauge\nherald_store_wal_frames {}",
+            w.commits, w.jobs, w.busy_seconds, w.checkpoints, w.wal_frames
         );
         let _ = writeln!(
             out,
@@ -210,11 +216,15 @@ mod tests {
                 commits: 4,
                 jobs: 9,
                 busy_seconds: 0.25,
+                checkpoints: 5,
+                wal_frames: 1200,
             },
         });
         assert!(text.contains("herald_store_commits_total 4\n"));
         assert!(text.contains("herald_store_committed_jobs_total 9\n"));
         assert!(text.contains("herald_store_writer_busy_seconds_total 0.25\n"));
+        assert!(text.contains("herald_store_wal_checkpoints_total 5\n"));
+        assert!(text.contains("herald_store_wal_frames 1200\n"));
         assert!(text.contains("herald_emails_accepted_total 3\n"));
         assert!(text.contains("herald_recipients_total{outcome=\"sent\"} 2\n"));
         assert!(text.contains("herald_smtp_send_seconds_bucket{le=\"0.025\"} 0\n"));

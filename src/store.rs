@@ -32,6 +32,7 @@ macro_rules! pending {
 }
 
 mod bulk;
+mod checkpoint;
 mod domains;
 mod emails;
 mod group_commit;
@@ -154,13 +155,24 @@ impl Store {
                     .connect_with(options.clone())
                     .await?;
                 let read = sqlite_pool(max_connections.max(2), Role::Reader)
-                    .connect_with(options)
+                    .connect_with(options.clone())
                     .await?;
                 let endpoints = std::sync::Arc::new(webhooks::EndpointCache::new(
                     Duration::from_secs(1),
                     10_000,
                 ));
-                let wal = wal_path(&write).await?;
+                let wal = match wal_path(&write).await? {
+                    Some(path) => {
+                        let own = sqlite_pool(1, Role::Reader)
+                            .connect_with(options.clone())
+                            .await?;
+                        Some(group_commit::Wal {
+                            path,
+                            checkpointer: checkpoint::Checkpointer::new(own),
+                        })
+                    }
+                    None => None,
+                };
                 let writer = group_commit::Writer::start(
                     write.clone(),
                     std::sync::Arc::clone(&endpoints),
@@ -317,6 +329,9 @@ fn sqlite_pool(max: u32, role: Role) -> AnyPoolOptions {
                     // their sorts (a GROUP BY over a million queued recipients) would spill
                     // into memory too (+60 MB peak RSS at 1M queued).
                     conn.execute("PRAGMA temp_store = MEMORY;").await?;
+                    // The checkpointer copies the log back beside the writer; the writer's
+                    // own checkpoint is left for the short tail (see `store::checkpoint`).
+                    conn.execute(checkpoint::WRITER_AUTOCHECKPOINT).await?;
                 }
                 Ok(())
             })

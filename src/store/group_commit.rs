@@ -32,6 +32,7 @@ use sqlx::{AnyConnection, AnyPool, Executor};
 use tokio::sync::{mpsc, oneshot};
 
 use super::bulk::{Partial, is_sqlite};
+use super::checkpoint::{Checkpointer, Figures as CheckpointFigures};
 use super::emails::{IdempotencyRecord, NewEmail, insert_emails, insert_request};
 use super::kept::Kept;
 use super::queue::{ClaimRow, Outcome, Recorded, apply_outcomes, claim_rows};
@@ -75,6 +76,14 @@ struct ClaimJob {
 pub(super) struct Writer {
     tx: mpsc::Sender<Job>,
     counters: Arc<Counters>,
+    checkpoints: Option<Arc<CheckpointFigures>>,
+}
+
+/// A SQLite database's write-ahead log: the file the syncer flushes, and what checkpoints it
+/// between flushes.
+pub(super) struct Wal {
+    pub(super) path: PathBuf,
+    pub(super) checkpointer: Checkpointer,
 }
 
 /// What the writer has done, for `/metrics`.
@@ -95,12 +104,15 @@ impl Writer {
         endpoints: Arc<EndpointCache>,
         home: Home,
         writers: usize,
-        wal: Option<PathBuf>,
+        wal: Option<Wal>,
     ) -> StoreResult<Self> {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         let counters = Arc::new(Counters::default());
         let writers = writers.max(1);
+        let checkpoints = wal.as_ref().map(|w| w.checkpointer.figures());
+        // A write-ahead log is SQLite's, which has one writer.
+        let mut wal = wal;
         for _ in 0..writers {
             let task = run(
                 pool.clone(),
@@ -109,11 +121,15 @@ impl Writer {
                 Arc::clone(&endpoints),
                 Arc::clone(&counters),
                 KEPT_DIMS / writers,
-                wal.clone(),
+                wal.take(),
             );
             home.spawn("herald-writer", task)?;
         }
-        Ok(Self { tx, counters })
+        Ok(Self {
+            tx,
+            counters,
+            checkpoints,
+        })
     }
 
     pub(super) fn figures(&self) -> WriterFigures {
@@ -122,6 +138,8 @@ impl Writer {
             commits: c.commits.load(Ordering::Relaxed),
             jobs: c.jobs.load(Ordering::Relaxed),
             busy_seconds: c.busy_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            checkpoints: self.checkpoints.as_ref().map_or(0, |c| c.checkpoints()),
+            wal_frames: self.checkpoints.as_ref().map_or(0, |c| c.log_frames()),
         }
     }
 
@@ -199,13 +217,18 @@ async fn run(
     endpoints: Arc<EndpointCache>,
     counters: Arc<Counters>,
     kept_dims: usize,
-    wal: Option<PathBuf>,
+    wal: Option<Wal>,
 ) {
     let mut dims = HashMap::new();
     let (mut kept, settle, syncer) = match wal {
         Some(wal) => {
             let (tx, rx) = mpsc::channel(SYNC_QUEUE);
-            let syncer = tokio::spawn(sync_then_answer(wal, rx, sync_wal));
+            let syncer = tokio::spawn(sync_then_answer(
+                wal.path,
+                rx,
+                sync_wal,
+                Some(wal.checkpointer),
+            ));
             let kept = Kept::with_setting(
                 pool,
                 "PRAGMA synchronous = NORMAL",
@@ -315,9 +338,14 @@ impl Committed {
 }
 
 /// The syncer: takes every commit made so far, flushes the write-ahead log once (a flush
-/// begun after a commit holds it), then answers their jobs.
-async fn sync_then_answer<F>(wal: PathBuf, mut rx: mpsc::Receiver<Committed>, sync: F)
-where
+/// begun after a commit holds it), then answers their jobs; and between two flushes, at most
+/// every 100 ms, checkpoints the log.
+async fn sync_then_answer<F>(
+    wal: PathBuf,
+    mut rx: mpsc::Receiver<Committed>,
+    sync: F,
+    mut checkpointer: Option<Checkpointer>,
+) where
     F: Fn(&Path) -> std::io::Result<()> + Clone + Send + 'static,
 {
     let mut done = Vec::new();
@@ -337,6 +365,13 @@ where
                 }
             }
         }
+        // Between two flushes of the log, never beside one (see `store::checkpoint`).
+        if let Some(checkpointer) = &mut checkpointer {
+            checkpointer.after_flush().await;
+        }
+    }
+    if let Some(checkpointer) = checkpointer {
+        checkpointer.close().await;
     }
 }
 
@@ -626,7 +661,12 @@ mod tests {
         F: Fn(&Path) -> std::io::Result<()> + Clone + Send + 'static,
     {
         let (tx, rx) = mpsc::channel(1);
-        let syncer = tokio::spawn(sync_then_answer(PathBuf::from("herald.db-wal"), rx, sync));
+        let syncer = tokio::spawn(sync_then_answer(
+            PathBuf::from("herald.db-wal"),
+            rx,
+            sync,
+            None,
+        ));
         Settle::AfterSync(tx).answer(committed).await;
         syncer.await.expect("the syncer ends when the writer does");
         let mut answer = answer_seen

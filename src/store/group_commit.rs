@@ -104,15 +104,13 @@ impl Writer {
         endpoints: Arc<EndpointCache>,
         home: Home,
         writers: usize,
-        wal: Option<Wal>,
+        mut wal: Option<Wal>,
     ) -> StoreResult<Self> {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         let counters = Arc::new(Counters::default());
         let writers = writers.max(1);
         let checkpoints = wal.as_ref().map(|w| w.checkpointer.figures());
-        // A write-ahead log is SQLite's, which has one writer.
-        let mut wal = wal;
         for _ in 0..writers {
             let task = run(
                 pool.clone(),
@@ -121,6 +119,7 @@ impl Writer {
                 Arc::clone(&endpoints),
                 Arc::clone(&counters),
                 KEPT_DIMS / writers,
+                // A write-ahead log is SQLite's, which has one writer.
                 wal.take(),
             );
             home.spawn("herald-writer", task)?;

@@ -4,6 +4,7 @@
 # delivered/s, peak RSS and the claim statement's query plan.
 #
 #   bash bench/growth.sh [sizes="10000 100000 1000000"] [concurrency=64]
+#   BENCH_BIN=path/to/herald measures that build instead of building this tree.
 #
 # The queued mail comes from the database `cargo bench --bench search` seeds
 # (target/bench-search-1000000.db, copied: the original is not touched). Needs postfix
@@ -13,8 +14,12 @@ cd "$(dirname "$0")/.."
 SIZES=${1:-"10000 100000 1000000"}; C=${2:-64}
 SOURCE=${BENCH_GROWTH_DB:-target/bench-search-1000000.db}
 [ -f "$SOURCE" ] || { echo "run cargo bench --bench search first (it seeds $SOURCE)"; exit 1; }
-cargo build --release --quiet --bin herald
-BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/herald
+# BENCH_BIN: measure another build instead of building this tree.
+BIN=${BENCH_BIN:-}
+if [ -z "$BIN" ]; then
+    cargo build --release --quiet --bin herald
+    BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/herald
+fi
 WORK=$(mktemp -d /tmp/herald-growth.XXXXXX)
 PIDS=()
 cleanup() {

@@ -14,7 +14,7 @@
 //! On SQLite the disk's flush is taken out of the commit. The writer's connection runs with
 //! `synchronous = NORMAL` while the writer keeps it (back to `FULL` before anyone else gets
 //! it): a commit writes its frames to the write-ahead log and returns without an fsync. A
-//! second task, the syncer, then `fdatasync`s the log and answers the jobs of every commit
+//! second thread, the syncer, then `fdatasync`s the log and answers the jobs of every commit
 //! made before that flush began. The writer meanwhile writes the next batch, so the single
 //! writer's cycle is its writes, not its writes plus the flush, and one flush covers all the
 //! commits that landed while the previous flush ran. Nothing is answered before the flush
@@ -104,13 +104,14 @@ impl Writer {
         endpoints: Arc<EndpointCache>,
         home: Home,
         writers: usize,
-        mut wal: Option<Wal>,
+        wal: Option<Wal>,
     ) -> StoreResult<Self> {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         let counters = Arc::new(Counters::default());
         let writers = writers.max(1);
         let checkpoints = wal.as_ref().map(|w| w.checkpointer.figures());
+        let mut syncer = wal.map(Syncer::start).transpose()?;
         for _ in 0..writers {
             let task = run(
                 pool.clone(),
@@ -120,7 +121,7 @@ impl Writer {
                 Arc::clone(&counters),
                 KEPT_DIMS / writers,
                 // A write-ahead log is SQLite's, which has one writer.
-                wal.take(),
+                syncer.take(),
             );
             home.spawn("herald-writer", task)?;
         }
@@ -216,24 +217,17 @@ async fn run(
     endpoints: Arc<EndpointCache>,
     counters: Arc<Counters>,
     kept_dims: usize,
-    wal: Option<Wal>,
+    syncer: Option<Syncer>,
 ) {
     let mut dims = HashMap::new();
-    let (mut kept, settle, syncer) = match wal {
-        Some(wal) => {
-            let (tx, rx) = mpsc::channel(SYNC_QUEUE);
-            let syncer = tokio::spawn(sync_then_answer(
-                wal.path,
-                rx,
-                sync_wal,
-                Some(wal.checkpointer),
-            ));
+    let (mut kept, settle, synced_all) = match syncer {
+        Some(Syncer { commits, done }) => {
             let kept = Kept::with_setting(
                 pool,
                 "PRAGMA synchronous = NORMAL",
                 "PRAGMA synchronous = FULL",
             );
-            (kept, Settle::AfterSync(tx), Some(syncer))
+            (kept, Settle::AfterSync(commits), Some(done))
         }
         None => (Kept::new(pool), Settle::Now, None),
     };
@@ -286,17 +280,38 @@ async fn run(
         }
     }
     // Every sender is gone: the connection goes back (the transaction left open rolled
-    // back), the syncer answers the commits it still holds, then ends (the writer's own
-    // runtime stops when this task returns).
+    // back), the syncer answers the commits it still holds, then ends, and only then does
+    // the writer (its own runtime stops when this task returns).
     kept.release().await;
     drop(settle);
-    if let Some(syncer) = syncer {
-        let _ = syncer.await;
+    if let Some(done) = synced_all {
+        let _ = done.await;
     }
 }
 
 /// Commits whose jobs wait for the syncer, at most (the writer waits when more are).
 const SYNC_QUEUE: usize = 64;
+
+/// A SQLite writer's syncer, on a thread of its own: the writer hands it each commit, and
+/// learns from `done` that it has answered the last one. Its own thread, not a task on the
+/// writer's: each flush then wakes no one but the syncer, which answers the requests itself,
+/// and the writer's thread runs the writer's statements alone.
+struct Syncer {
+    commits: mpsc::Sender<Committed>,
+    done: oneshot::Receiver<()>,
+}
+
+impl Syncer {
+    fn start(wal: Wal) -> StoreResult<Self> {
+        let (commits, rx) = mpsc::channel(SYNC_QUEUE);
+        let (finished, done) = oneshot::channel();
+        Home::OwnThread.spawn("herald-syncer", async move {
+            sync_then_answer(wal.path, rx, sync_wal, Some(wal.checkpointer)).await;
+            let _ = finished.send(());
+        })?;
+        Ok(Self { commits, done })
+    }
+}
 
 /// How a committed batch's jobs are answered.
 enum Settle {
@@ -338,22 +353,19 @@ impl Committed {
 
 /// The syncer: takes every commit made so far, flushes the write-ahead log once (a flush
 /// begun after a commit holds it), then answers their jobs; and between two flushes, at most
-/// every 100 ms, checkpoints the log.
+/// every 100 ms, checkpoints the log. The flush blocks the thread it runs on: the syncer's
+/// own (commits made meanwhile wait in the channel).
 async fn sync_then_answer<F>(
     wal: PathBuf,
     mut rx: mpsc::Receiver<Committed>,
     sync: F,
     mut checkpointer: Option<Checkpointer>,
 ) where
-    F: Fn(&Path) -> std::io::Result<()> + Clone + Send + 'static,
+    F: Fn(&Path) -> std::io::Result<()>,
 {
     let mut done = Vec::new();
     while rx.recv_many(&mut done, SYNC_QUEUE).await > 0 {
-        let (path, sync) = (wal.clone(), sync.clone());
-        let synced = tokio::task::spawn_blocking(move || sync(&path))
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        match synced {
+        match sync(&wal) {
             Ok(()) => done.drain(..).for_each(Committed::answer),
             Err(e) => {
                 // Committed but perhaps not on the disk: no job is told it is.

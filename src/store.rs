@@ -180,7 +180,7 @@ impl Store {
                     1,
                     wal,
                 )?;
-                let lookups = suppressions::Lookups::start(read.clone(), Home::OwnThread)?;
+                let lookups = suppressions::Lookups::start(read.clone(), Home::Runtime)?;
                 Ok(Self {
                     backend,
                     read,
@@ -338,7 +338,8 @@ fn sqlite_pool(max: u32, role: Role) -> AnyPoolOptions {
         })
 }
 
-/// Where one of the store's long-running tasks (the writer, the suppression reader) runs.
+/// Where one of the store's long-running tasks (the writer, its syncer, the suppression reader)
+/// runs.
 #[derive(Debug, Clone, Copy)]
 enum Home {
     /// On the caller's runtime, beside the HTTP handlers.

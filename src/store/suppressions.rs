@@ -173,7 +173,10 @@ impl Store {
 /// asks which of its recipients are suppressed; one query each would cost a round trip to the
 /// database per request (for SQLite, two thread hand-offs: the largest single cost of an
 /// accept once its writes were grouped). One task takes whatever checks are waiting and asks
-/// once per project for all their addresses.
+/// once per project for all their addresses. It runs on the HTTP runtime, beside the requests
+/// that ask: on a thread of its own, each check woke that thread and it woke the request back
+/// (side by side, N=50k, 3 runs: Herald's CPU per 1,000 emails 0.111 -> 0.102 s accepting
+/// alone, 0.189 -> 0.178 s accepting and delivering, rates unchanged).
 #[derive(Debug, Clone)]
 pub(super) struct Lookups {
     tx: mpsc::Sender<Lookup>,

@@ -7,6 +7,7 @@ mod smtp_server;
 
 mod api_keys;
 mod bounce_corpus;
+mod checkpoints;
 mod cli;
 mod crash;
 mod delivery;

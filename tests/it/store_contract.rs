@@ -263,7 +263,7 @@ async fn concurrent_inserts_commit_together_and_fail_alone(backend: Backend) {
     db.drop_db().await;
 }
 
-const NOW: i64 = 1_800_000_000_000;
+pub(crate) const NOW: i64 = 1_800_000_000_000;
 
 async fn store(backend: Backend) -> (Store, TestDb) {
     let db = TestDb::new(backend).await;
@@ -271,11 +271,11 @@ async fn store(backend: Backend) -> (Store, TestDb) {
     (store, db)
 }
 
-async fn project(store: &Store) -> String {
+pub(crate) async fn project(store: &Store) -> String {
     store.ensure_project("p", NOW).await.expect("project").id
 }
 
-fn email(project_id: &str, recipients: &[(&str, i64)]) -> NewEmail {
+pub(crate) fn email(project_id: &str, recipients: &[(&str, i64)]) -> NewEmail {
     let id = uuid::Uuid::now_v7().to_string();
     NewEmail {
         id: id.clone(),

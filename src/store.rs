@@ -180,7 +180,7 @@ impl Store {
                     1,
                     wal,
                 )?;
-                let lookups = suppressions::Lookups::start(read.clone(), Home::Runtime)?;
+                let lookups = suppressions::Lookups::start(read.clone());
                 Ok(Self {
                     backend,
                     read,
@@ -211,7 +211,7 @@ impl Store {
                     writers,
                     None,
                 )?;
-                let lookups = suppressions::Lookups::start(pool.clone(), Home::Runtime)?;
+                let lookups = suppressions::Lookups::start(pool.clone());
                 Ok(Self {
                     backend,
                     read: pool.clone(),
@@ -338,8 +338,7 @@ fn sqlite_pool(max: u32, role: Role) -> AnyPoolOptions {
         })
 }
 
-/// Where one of the store's long-running tasks (the writer, its syncer, the suppression reader)
-/// runs.
+/// Where one of the store's long-running tasks (the writer, its syncer) runs.
 #[derive(Debug, Clone, Copy)]
 enum Home {
     /// On the caller's runtime, beside the HTTP handlers.

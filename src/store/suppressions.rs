@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::kept::Kept;
-use super::{Home, Store, StoreError, StoreResult, padded, padded_placeholders};
+use super::{Store, StoreError, StoreResult, padded, padded_placeholders};
 
 #[derive(Debug, Clone)]
 pub struct SuppressionRecord {
@@ -195,10 +195,11 @@ const MAX_LOOKUPS: usize = 256;
 const MAX_ADDRESSES: usize = 512;
 
 impl Lookups {
-    pub(super) fn start(pool: AnyPool, home: Home) -> StoreResult<Self> {
+    /// Starts the task, on the caller's runtime (see above).
+    pub(super) fn start(pool: AnyPool) -> Self {
         let (tx, rx) = mpsc::channel(4 * MAX_LOOKUPS);
-        home.spawn("herald-lookups", run_lookups(pool, rx))?;
-        Ok(Self { tx })
+        tokio::spawn(run_lookups(pool, rx));
+        Self { tx }
     }
 
     async fn check(

@@ -38,6 +38,7 @@ mod emails;
 mod group_commit;
 mod inbound;
 mod kept;
+mod lite;
 mod migrate;
 mod projects;
 mod queue;
@@ -161,13 +162,14 @@ impl Store {
                     Duration::from_secs(1),
                     10_000,
                 ));
-                let wal = match wal_path(&write).await? {
-                    Some(path) => {
+                let wal = match database_file(&write).await? {
+                    Some(database) => {
                         let own = sqlite_pool(1, Role::Reader)
                             .connect_with(options.clone())
                             .await?;
                         Some(group_commit::Wal {
-                            path,
+                            path: std::path::PathBuf::from(format!("{}-wal", database.display())),
+                            database,
                             checkpointer: checkpoint::Checkpointer::new(own),
                         })
                     }
@@ -287,9 +289,9 @@ enum Role {
     Reader,
 }
 
-/// The write-ahead log of a SQLite database in a file (none for one in memory): the
-/// group-commit writer flushes it itself (see `store::group_commit`).
-async fn wal_path(pool: &AnyPool) -> StoreResult<Option<std::path::PathBuf>> {
+/// The file of a SQLite database whose write-ahead log the group-commit writer flushes itself
+/// (see `store::group_commit`): none for one in memory or not in WAL mode.
+async fn database_file(pool: &AnyPool) -> StoreResult<Option<std::path::PathBuf>> {
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(pool)
         .await?;
@@ -300,7 +302,7 @@ async fn wal_path(pool: &AnyPool) -> StoreResult<Option<std::path::PathBuf>> {
         sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
             .fetch_one(pool)
             .await?;
-    Ok((!file.is_empty()).then(|| std::path::PathBuf::from(format!("{file}-wal"))))
+    Ok((!file.is_empty()).then(|| std::path::PathBuf::from(file)))
 }
 
 /// SQLite's connections (the writer's pool has one).

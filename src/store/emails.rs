@@ -5,7 +5,8 @@ use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
 use super::bulk::{TableRows, Val, insert_rows, insert_tables};
-use super::webhooks::{EventRow, Outbox, enqueue_deliveries};
+use super::lite::Lite;
+use super::webhooks::{EventRow, Outbox, enqueue_deliveries, enqueue_deliveries_lite};
 use super::{Store, StoreError, StoreResult};
 
 /// An accepted email with its recipients and first events, as the API prepared it.
@@ -330,6 +331,12 @@ async fn events_written(
     outbox: &mut Outbox,
     events: &[EventRow<'_>],
 ) -> StoreResult<()> {
+    count_events(outbox, events);
+    enqueue_deliveries(tx, outbox, events).await
+}
+
+/// Counts events in the stats log (unless they repeat what it counted).
+fn count_events(outbox: &mut Outbox, events: &[EventRow<'_>]) {
     for r in events {
         let e = r.event;
         if let (Some(email_id), Some(address), false) =
@@ -345,7 +352,6 @@ async fn events_written(
             );
         }
     }
-    enqueue_deliveries(tx, outbox, events).await
 }
 
 /// Inserts one request's emails and idempotency record inside `tx`.
@@ -424,138 +430,170 @@ const RECIPIENT_INSERT_COLUMNS: [&str; 12] = [
     "last_event_at",
 ];
 
-/// Inserts emails with their recipients, search keys, first events (and their webhook
-/// deliveries) and stats increments: one statement per table for all of them.
-pub(super) async fn insert_emails<'a>(
-    tx: &mut AnyConnection,
-    outbox: &mut Outbox,
-    emails: impl Iterator<Item = &'a NewEmail> + Clone,
-) -> StoreResult<()> {
-    let email_rows: Vec<Vec<Val<'_>>> = emails
-        .clone()
-        .map(|e| {
-            vec![
-                Val::Text(&e.id),
-                Val::Text(&e.project_id),
-                Val::OptText(e.api_key_id.as_deref()),
-                Val::Text(&e.message_id),
-                Val::Text(&e.stream),
-                Val::Text(&e.from_email),
-                Val::OptText(e.from_name.as_deref()),
-                Val::Text(&e.reply_to),
-                Val::Text(&e.subject),
-                Val::Text(&e.tags),
-                Val::Text(&e.metadata),
-                Val::OptText(e.text_body.as_deref()),
-                Val::OptText(e.html_body.as_deref()),
-                Val::Blob(&e.mime),
-                Val::Int(i64::try_from(e.mime.len()).unwrap_or(i64::MAX)),
-                Val::Int(e.created_at),
-                Val::OptInt(e.scheduled_at),
-                Val::OptInt(e.expires_at),
-            ]
-        })
-        .collect();
+/// What new emails write besides their own columns, gathered once: their search keys (tags
+/// and metadata pairs as rows) and their first events. Gathering them notes each email's
+/// dimensions in the stats log (the tags, parsed once, go there too).
+pub(super) struct IngestKeys<'a> {
+    tags: Vec<(&'a str, String, &'a str)>,
+    metadata: Vec<(&'a str, String, String, &'a str)>,
+    events: Vec<EventRow<'a>>,
+}
 
-    let recipient_rows: Vec<Vec<Val<'_>>> = emails
-        .clone()
-        .flat_map(|e| {
-            e.recipients.iter().map(move |r| {
-                vec![
-                    Val::Text(&r.id),
-                    Val::Text(&e.id),
-                    Val::Text(&e.project_id),
-                    Val::Int(r.position),
-                    Val::Text(&r.address),
-                    Val::OptText(r.name.as_deref()),
-                    Val::Text(&r.kind),
-                    Val::Text(&r.status),
-                    Val::Int(0),
-                    Val::Int(r.next_attempt_at),
-                    Val::Int(r.deadline_at),
-                    Val::Int(e.created_at),
-                ]
+impl<'a> IngestKeys<'a> {
+    pub(super) fn of(
+        emails: impl Iterator<Item = &'a NewEmail> + Clone,
+        outbox: &mut Outbox,
+    ) -> Self {
+        let mut tags = Vec::new();
+        let mut metadata = Vec::new();
+        for e in emails.clone() {
+            let email_tags = serde_json::from_str::<Vec<String>>(&e.tags).unwrap_or_default();
+            tags.extend(
+                email_tags
+                    .iter()
+                    .map(|t| (e.project_id.as_str(), t.clone(), e.id.as_str())),
+            );
+            outbox
+                .stats
+                .note_email(&e.id, &e.stream, email_tags, &e.from_email);
+            let pairs: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&e.metadata).unwrap_or_default();
+            for (k, v) in pairs {
+                let value = match v {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                metadata.push((e.project_id.as_str(), k, value, e.id.as_str()));
+            }
+        }
+        let events = emails
+            .flat_map(|e| {
+                e.events.iter().map(move |ev| EventRow {
+                    project_id: &e.project_id,
+                    email_id: Some(&e.id),
+                    stream: Some(&e.stream),
+                    event: ev,
+                })
             })
-        })
-        .collect();
-
-    // Search keys: tags and metadata pairs as rows. The tags, parsed once, also go to the
-    // stats log below.
-    let mut tags: Vec<(&str, String, &str)> = Vec::new();
-    let mut metadata: Vec<(&str, String, String, &str)> = Vec::new();
-    for e in emails.clone() {
-        let email_tags = serde_json::from_str::<Vec<String>>(&e.tags).unwrap_or_default();
-        tags.extend(
-            email_tags
-                .iter()
-                .map(|t| (e.project_id.as_str(), t.clone(), e.id.as_str())),
-        );
-        outbox
-            .stats
-            .note_email(&e.id, &e.stream, email_tags, &e.from_email);
-        let pairs: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(&e.metadata).unwrap_or_default();
-        for (k, v) in pairs {
-            let value = match v {
-                serde_json::Value::String(s) => s,
-                other => other.to_string(),
-            };
-            metadata.push((&e.project_id, k, value, &e.id));
+            .collect();
+        Self {
+            tags,
+            metadata,
+            events,
         }
     }
-    let tag_rows: Vec<Vec<Val<'_>>> = tags
-        .iter()
-        .map(|(p, t, id)| vec![Val::Text(p), Val::Text(t), Val::Text(id)])
-        .collect();
-    let metadata_rows: Vec<Vec<Val<'_>>> = metadata
-        .iter()
-        .map(|(p, k, v, id)| vec![Val::Text(p), Val::Text(k), Val::Text(v), Val::Text(id)])
-        .collect();
-    let events: Vec<EventRow<'_>> = emails
-        .clone()
-        .flat_map(|e| {
-            e.events.iter().map(move |ev| EventRow {
-                project_id: &e.project_id,
-                email_id: Some(&e.id),
-                stream: Some(&e.stream),
-                event: ev,
+}
+
+/// The rows new emails write, table by table.
+pub(super) struct IngestRows<'v> {
+    emails: Vec<Vec<Val<'v>>>,
+    recipients: Vec<Vec<Val<'v>>>,
+    tags: Vec<Vec<Val<'v>>>,
+    metadata: Vec<Vec<Val<'v>>>,
+    events: Vec<Vec<Val<'v>>>,
+}
+
+impl<'v> IngestRows<'v> {
+    pub(super) fn of<'a: 'v>(
+        emails: impl Iterator<Item = &'a NewEmail> + Clone,
+        keys: &'v IngestKeys<'a>,
+    ) -> Self {
+        let email_rows = emails
+            .clone()
+            .map(|e| {
+                vec![
+                    Val::Text(&e.id),
+                    Val::Text(&e.project_id),
+                    Val::OptText(e.api_key_id.as_deref()),
+                    Val::Text(&e.message_id),
+                    Val::Text(&e.stream),
+                    Val::Text(&e.from_email),
+                    Val::OptText(e.from_name.as_deref()),
+                    Val::Text(&e.reply_to),
+                    Val::Text(&e.subject),
+                    Val::Text(&e.tags),
+                    Val::Text(&e.metadata),
+                    Val::OptText(e.text_body.as_deref()),
+                    Val::OptText(e.html_body.as_deref()),
+                    Val::Blob(&e.mime),
+                    Val::Int(i64::try_from(e.mime.len()).unwrap_or(i64::MAX)),
+                    Val::Int(e.created_at),
+                    Val::OptInt(e.scheduled_at),
+                    Val::OptInt(e.expires_at),
+                ]
             })
-        })
-        .collect();
-    let event_rows = event_values(&events);
-    // The emails' events go in with their rows: one hand-off on SQLite for all of it.
-    insert_tables(
-        tx,
-        &[
+            .collect();
+        let recipient_rows = emails
+            .flat_map(|e| {
+                e.recipients.iter().map(move |r| {
+                    vec![
+                        Val::Text(&r.id),
+                        Val::Text(&e.id),
+                        Val::Text(&e.project_id),
+                        Val::Int(r.position),
+                        Val::Text(&r.address),
+                        Val::OptText(r.name.as_deref()),
+                        Val::Text(&r.kind),
+                        Val::Text(&r.status),
+                        Val::Int(0),
+                        Val::Int(r.next_attempt_at),
+                        Val::Int(r.deadline_at),
+                        Val::Int(e.created_at),
+                    ]
+                })
+            })
+            .collect();
+        Self {
+            emails: email_rows,
+            recipients: recipient_rows,
+            tags: keys
+                .tags
+                .iter()
+                .map(|(p, t, id)| vec![Val::Text(p), Val::Text(t), Val::Text(id)])
+                .collect(),
+            metadata: keys
+                .metadata
+                .iter()
+                .map(|(p, k, v, id)| vec![Val::Text(p), Val::Text(k), Val::Text(v), Val::Text(id)])
+                .collect(),
+            events: event_values(&keys.events),
+        }
+    }
+
+    /// The tables in the order they are written (recipients after their emails).
+    pub(super) fn tables(&self) -> [TableRows<'_, 'v>; 5] {
+        [
             TableRows {
                 table: "emails",
                 cols: &EMAIL_INSERT_COLUMNS,
-                rows: &email_rows,
+                rows: &self.emails,
             },
             TableRows {
                 table: "recipients",
                 cols: &RECIPIENT_INSERT_COLUMNS,
-                rows: &recipient_rows,
+                rows: &self.recipients,
             },
             TableRows {
                 table: "email_tags",
                 cols: &["project_id", "tag", "email_id"],
-                rows: &tag_rows,
+                rows: &self.tags,
             },
             TableRows {
                 table: "email_metadata",
                 cols: &["project_id", "key", "value", "email_id"],
-                rows: &metadata_rows,
+                rows: &self.metadata,
             },
             TableRows {
                 table: "events",
                 cols: &EVENT_COLUMNS,
-                rows: &event_rows,
+                rows: &self.events,
             },
-        ],
-    )
-    .await?;
+        ]
+    }
+}
 
+/// Counts each new recipient as accepted.
+fn note_accepted<'a>(outbox: &mut Outbox, emails: impl Iterator<Item = &'a NewEmail>) {
     for e in emails {
         for r in &e.recipients {
             outbox
@@ -563,7 +601,39 @@ pub(super) async fn insert_emails<'a>(
                 .accepted(&e.project_id, &e.id, &r.address, e.created_at);
         }
     }
-    events_written(tx, outbox, &events).await
+}
+
+/// Inserts emails with their recipients, search keys, first events (and their webhook
+/// deliveries) and stats increments: one statement per table for all of them.
+pub(super) async fn insert_emails<'a>(
+    tx: &mut AnyConnection,
+    outbox: &mut Outbox,
+    emails: impl Iterator<Item = &'a NewEmail> + Clone,
+) -> StoreResult<()> {
+    let keys = IngestKeys::of(emails.clone(), outbox);
+    let rows = IngestRows::of(emails.clone(), &keys);
+    // The emails' events go in with their rows: one hand-off on SQLite for all of it.
+    insert_tables(tx, &rows.tables()).await?;
+    note_accepted(outbox, emails);
+    events_written(tx, outbox, &keys.events).await
+}
+
+/// [`insert_emails`] on the group-commit writer's own connection (see `store::lite`), inside
+/// its transaction. The webhook endpoints of the emails' projects must be in `outbox`
+/// already ([`Outbox::load_endpoints`]).
+pub(super) fn insert_emails_lite<'a>(
+    lite: &mut Lite,
+    outbox: &mut Outbox,
+    emails: impl Iterator<Item = &'a NewEmail> + Clone,
+) -> StoreResult<()> {
+    let keys = IngestKeys::of(emails.clone(), outbox);
+    let rows = IngestRows::of(emails.clone(), &keys);
+    let tables = rows.tables();
+    let inserts: Vec<(&TableRows<'_, '_>, &str)> = tables.iter().map(|t| (t, "")).collect();
+    lite.write_tables(&inserts)?;
+    note_accepted(outbox, emails);
+    count_events(outbox, &keys.events);
+    enqueue_deliveries_lite(lite, outbox, &keys.events)
 }
 
 impl Store {

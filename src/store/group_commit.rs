@@ -33,8 +33,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::bulk::{Partial, is_sqlite};
 use super::checkpoint::{Checkpointer, Figures as CheckpointFigures};
-use super::emails::{IdempotencyRecord, NewEmail, insert_emails, insert_request};
+use super::emails::{
+    IdempotencyRecord, NewEmail, insert_emails, insert_emails_lite, insert_request,
+};
 use super::kept::Kept;
+use super::lite::Lite;
 use super::queue::{ClaimRow, Outcome, Recorded, apply_outcomes, claim_rows};
 use super::stats::EmailDims;
 use super::webhooks::{EndpointCache, Outbox};
@@ -79,10 +82,12 @@ pub(super) struct Writer {
     checkpoints: Option<Arc<CheckpointFigures>>,
 }
 
-/// A SQLite database's write-ahead log: the file the syncer flushes, and what checkpoints it
+/// A SQLite database's write-ahead log: the file the syncer flushes, the database's own (the
+/// writer's connection of its own opens it, see `store::lite`), and what checkpoints the log
 /// between flushes.
 pub(super) struct Wal {
     pub(super) path: PathBuf,
+    pub(super) database: PathBuf,
     pub(super) checkpointer: Checkpointer,
 }
 
@@ -111,7 +116,9 @@ impl Writer {
         let counters = Arc::new(Counters::default());
         let writers = writers.max(1);
         let checkpoints = wal.as_ref().map(|w| w.checkpointer.figures());
-        let mut syncer = wal.map(Syncer::start).transpose()?;
+        let mut own = wal
+            .map(|w| Ok::<_, StoreError>((Lite::open(&w.database)?, Syncer::start(w)?)))
+            .transpose()?;
         for _ in 0..writers {
             let task = run(
                 pool.clone(),
@@ -121,7 +128,7 @@ impl Writer {
                 Arc::clone(&counters),
                 KEPT_DIMS / writers,
                 // A write-ahead log is SQLite's, which has one writer.
-                syncer.take(),
+                own.take(),
             );
             home.spawn("herald-writer", task)?;
         }
@@ -217,10 +224,14 @@ async fn run(
     endpoints: Arc<EndpointCache>,
     counters: Arc<Counters>,
     kept_dims: usize,
-    syncer: Option<Syncer>,
+    own: Option<(Lite, Syncer)>,
 ) {
     let mut dims = HashMap::new();
-    let (mut kept, settle, synced_all) = match syncer {
+    let (mut lite, own) = match own {
+        Some((lite, syncer)) => (Some(lite), Some(syncer)),
+        None => (None, None),
+    };
+    let (mut kept, settle, synced_all) = match own {
         Some(Syncer { commits, done }) => {
             let kept = Kept::with_setting(
                 pool,
@@ -230,6 +241,11 @@ async fn run(
             (kept, Settle::AfterSync(commits), Some(done))
         }
         None => (Kept::new(pool), Settle::Now, None),
+    };
+    let writing = Writing {
+        shard: &shard,
+        endpoints: &endpoints,
+        settle: &settle,
     };
     loop {
         // Whatever is waiting, up to MAX_BATCH, once at least one job is.
@@ -265,10 +281,22 @@ async fn run(
         }
         let started = Instant::now();
         let n = jobs.len() as u64;
-        let batch = Batch::of(jobs);
-        let committed;
-        (dims, committed) = commit(&mut kept, batch, &shard, &endpoints, dims, &settle).await;
-        if !committed {
+        let (plain, rest) = match lite {
+            Some(_) => Batch::of(jobs).split_plain(),
+            None => (Batch::default(), Batch::of(jobs)),
+        };
+        let mut in_order = true;
+        if let (Some(lite), false) = (lite.as_mut(), plain.ingest.is_empty()) {
+            let committed;
+            (dims, committed) = commit_lite(&mut kept, lite, plain, dims, &writing).await;
+            in_order &= committed;
+        }
+        if !rest.is_empty() {
+            let committed;
+            (dims, committed) = commit(&mut kept, rest, dims, &writing).await;
+            in_order &= committed;
+        }
+        if !in_order {
             kept.release().await;
         }
         counters.commits.fetch_add(1, Ordering::Relaxed);
@@ -287,6 +315,14 @@ async fn run(
     if let Some(done) = synced_all {
         let _ = done.await;
     }
+}
+
+/// What a writer writes every batch with: its stats shard, the endpoints it caches, how it
+/// answers a commit's jobs.
+struct Writing<'a> {
+    shard: &'a str,
+    endpoints: &'a EndpointCache,
+    settle: &'a Settle,
 }
 
 /// Commits whose jobs wait for the syncer, at most (the writer waits when more are).
@@ -421,6 +457,45 @@ impl Batch {
         batch
     }
 
+    /// The requests without an idempotency key (for the writer's own connection), and the
+    /// rest.
+    fn split_plain(self) -> (Batch, Batch) {
+        let (plain, keyed) = self
+            .ingest
+            .into_iter()
+            .partition(|j| j.idempotency.is_none());
+        let plain = Batch {
+            ingest: plain,
+            ..Batch::default()
+        };
+        let rest = Batch {
+            ingest: keyed,
+            settled: self.settled,
+            claims: self.claims,
+        };
+        (plain, rest)
+    }
+
+    /// The outbox of the batch's transaction: the writer's stats shard, the email dimensions
+    /// it keeps, the endpoints cached for the batch's projects.
+    fn outbox(&self, shard: &str, endpoints: &EndpointCache, dims: Dims) -> Outbox {
+        let mut outbox = Outbox::default();
+        outbox.stats.use_shard_of(shard);
+        outbox.stats.adopt_dims(dims);
+        outbox.use_cached_endpoints(endpoints, self.projects());
+        outbox
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ingest.is_empty() && self.settled.is_empty() && self.claims.is_empty()
+    }
+
+    /// [`Batch::fail`] with a database error.
+    fn fail_on(self, e: &sqlx::Error) {
+        let msg = e.to_string();
+        self.fail(|| StoreError::from_shared(&msg, e));
+    }
+
     /// Answers every job of a batch that could not be committed: nothing of it was.
     fn fail(self, err: impl Fn() -> StoreError) {
         for job in self.ingest {
@@ -469,38 +544,92 @@ impl Batch {
 /// transaction costs a `ROLLBACK` where it meant to save a `BEGIN`.
 const COMMIT_THEN_BEGIN: [&str; 2] = ["COMMIT", "BEGIN"];
 
-/// Commits one batch on the kept connection; returns the email dimensions the stats log knew
-/// (to keep) and whether the connection ended the batch in good order (committed, or cleanly
-/// rolled back).
-async fn commit(
+/// Commits a batch of requests without idempotency keys on the writer's own SQLite connection
+/// (see `store::lite`), holding the pool's writer connection meanwhile so that none of the
+/// store's other writes is mid-transaction beside it; returns the email dimensions to keep
+/// and whether the pool's connection is in good order.
+async fn commit_lite(
     kept: &mut Kept,
+    lite: &mut Lite,
     batch: Batch,
-    shard: &str,
-    endpoints: &EndpointCache,
     dims: Dims,
-    settle: &Settle,
+    w: &Writing<'_>,
 ) -> (Dims, bool) {
     let (conn, open) = match kept.get_with_transaction().await {
         Ok(got) => got,
         Err(e) => {
+            batch.fail_on(&e);
+            return (dims, false);
+        }
+    };
+    let conn: &mut AnyConnection = conn;
+    let mut outbox = batch.outbox(w.shard, w.endpoints, dims);
+    if batch.projects().any(|p| !outbox.has_endpoints(p)) {
+        // Looked up on the pool's connection, outside any transaction: a read inside the
+        // one the writer leaves open would pin a snapshot older than this batch's commit,
+        // and that transaction could then not write.
+        let looked_up = async {
+            if *open {
+                conn.execute("ROLLBACK").await?;
+                *open = false;
+            }
+            outbox.load_endpoints(conn, batch.projects()).await
+        };
+        if let Err(e) = looked_up.await {
             let msg = e.to_string();
-            batch.fail(|| StoreError::from_shared(&msg, &e));
+            batch.fail(|| StoreError::Unavailable(msg.clone()));
+            return (outbox.stats.take_dims(), false);
+        }
+    }
+    let emails = batch.ingest.iter().flat_map(|j| &j.emails);
+    let written = lite.transaction(|lite| {
+        insert_emails_lite(lite, &mut outbox, emails)?;
+        outbox.stats.flush_lite(lite)
+    });
+    match written {
+        Ok(()) => {
+            outbox.remember_endpoints(w.endpoints);
+            let written = Written {
+                results: batch.ingest.iter().map(|_| Ok(())).collect(),
+                applied: Vec::new(),
+                claimed: Vec::new(),
+            };
+            let announced = outbox.announced;
+            let committed = Committed {
+                batch,
+                written,
+                announced,
+            };
+            w.settle.answer(committed).await;
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            batch.fail(|| StoreError::Unavailable(msg.clone()));
+        }
+    }
+    (outbox.stats.take_dims(), true)
+}
+
+/// Commits one batch on the kept connection; returns the email dimensions the stats log knew
+/// (to keep) and whether the connection ended the batch in good order (committed, or cleanly
+/// rolled back).
+async fn commit(kept: &mut Kept, batch: Batch, dims: Dims, w: &Writing<'_>) -> (Dims, bool) {
+    let (conn, open) = match kept.get_with_transaction().await {
+        Ok(got) => got,
+        Err(e) => {
+            batch.fail_on(&e);
             return (dims, false);
         }
     };
     let conn: &mut AnyConnection = conn;
     if !*open {
         if let Err(e) = conn.execute("BEGIN").await {
-            let msg = e.to_string();
-            batch.fail(|| StoreError::from_shared(&msg, &e));
+            batch.fail_on(&e);
             return (dims, false);
         }
         *open = true;
     }
-    let mut outbox = Outbox::default();
-    outbox.stats.use_shard_of(shard);
-    outbox.stats.adopt_dims(dims);
-    outbox.use_cached_endpoints(endpoints, batch.projects());
+    let mut outbox = batch.outbox(w.shard, w.endpoints, dims);
     let written = match write(conn, &mut outbox, &batch).await {
         Ok(written) => written,
         Err(e) => {
@@ -521,7 +650,7 @@ async fn commit(
         batch.answer(written, 0);
         return (outbox.stats.take_dims(), rolled_back);
     }
-    outbox.remember_endpoints(endpoints);
+    outbox.remember_endpoints(w.endpoints);
     let announced = outbox.announced;
     // The rollups, the commit and (SQLite) the next batch's BEGIN: one hand-off on SQLite.
     let sqlite = is_sqlite(conn);
@@ -552,7 +681,7 @@ async fn commit(
                 written,
                 announced,
             };
-            settle.answer(committed).await;
+            w.settle.answer(committed).await;
         }
     }
     (outbox.stats.take_dims(), ok)

@@ -8,10 +8,12 @@
 //! upsert per key, not a thousand.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::LazyLock;
 
 use sqlx::{AnyConnection, Row};
 
 use super::bulk::{Partial, TableRows, Val, write_tables};
+use super::lite::Lite;
 use super::{Store, StoreError, StoreResult, padded, padded_placeholders};
 
 /// The counters of one rollup row, in column order.
@@ -113,6 +115,123 @@ pub(super) struct StatsLog {
 /// How many rows one rollup key may be spread over.
 const SHARDS: u64 = 16;
 
+/// A log's increments folded per key, in key order (two writers on Postgres lock rows in the
+/// same order): one upsert per key.
+struct Folded {
+    hourly: BTreeMap<HourKey, [i64; METRICS.len()]>,
+    bounces: BTreeMap<BounceKey, i64>,
+    shard: i64,
+}
+
+/// The rollups' columns: the key's, then one per metric.
+static HOURLY_COLUMNS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+    let mut cols = vec![
+        "project_id",
+        "tag",
+        "hour",
+        "stream",
+        "domain",
+        "recipient_domain",
+        "shard",
+    ];
+    cols.extend(METRICS);
+    cols
+});
+
+static HOURLY_CONFLICT: LazyLock<String> = LazyLock::new(|| {
+    let updates = METRICS
+        .iter()
+        .map(|m| format!("{m} = stats_hourly.{m} + excluded.{m}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "ON CONFLICT (project_id, tag, hour, stream, domain, recipient_domain, shard) \
+         DO UPDATE SET {updates}"
+    )
+});
+
+const BOUNCE_COLUMNS: [&str; 8] = [
+    "project_id",
+    "hour",
+    "stream",
+    "domain",
+    "bounce_type",
+    "sub_type",
+    "shard",
+    "count",
+];
+
+const BOUNCE_CONFLICT: &str = "ON CONFLICT (project_id, hour, stream, domain, bounce_type, \
+     sub_type, shard) DO UPDATE SET count = stats_bounces.count + excluded.count";
+
+type Rows<'a> = Vec<Vec<Val<'a>>>;
+
+impl Folded {
+    /// The upserts' values: `stats_hourly`'s, then `stats_bounces`'.
+    fn rows(&self) -> (Rows<'_>, Rows<'_>) {
+        let shard = self.shard;
+        let hourly = self
+            .hourly
+            .iter()
+            .map(|(k, counts)| {
+                let mut row = vec![
+                    Val::Text(&k.0),
+                    Val::Text(&k.1),
+                    Val::Int(k.2),
+                    Val::Text(&k.3),
+                    Val::Text(&k.4),
+                    Val::Text(&k.5),
+                    Val::Int(shard),
+                ];
+                row.extend(counts.iter().map(|c| Val::Int(*c)));
+                row
+            })
+            .collect();
+        let bounces = self
+            .bounces
+            .iter()
+            .map(|(k, n)| {
+                vec![
+                    Val::Text(&k.0),
+                    Val::Int(k.1),
+                    Val::Text(&k.2),
+                    Val::Text(&k.3),
+                    Val::Text(&k.4),
+                    Val::Text(&k.5),
+                    Val::Int(shard),
+                    Val::Int(*n),
+                ]
+            })
+            .collect();
+        (hourly, bounces)
+    }
+
+    /// The two upserts, each with its conflict clause.
+    fn tables<'r, 'v>(
+        hourly: &'r [Vec<Val<'v>>],
+        bounces: &'r [Vec<Val<'v>>],
+    ) -> [(TableRows<'r, 'v>, &'static str); 2] {
+        [
+            (
+                TableRows {
+                    table: "stats_hourly",
+                    cols: &HOURLY_COLUMNS,
+                    rows: hourly,
+                },
+                HOURLY_CONFLICT.as_str(),
+            ),
+            (
+                TableRows {
+                    table: "stats_bounces",
+                    cols: &BOUNCE_COLUMNS,
+                    rows: bounces,
+                },
+                BOUNCE_CONFLICT,
+            ),
+        ]
+    }
+}
+
 type HourKey = (String, String, i64, String, String, String);
 type BounceKey = (String, i64, String, String, String, String);
 
@@ -196,6 +315,34 @@ impl StatsLog {
         if !self.pending.is_empty() {
             self.load_missing_dims(tx).await.map_err(early)?;
         }
+        let folded = self.fold();
+        let (hourly, bounces) = folded.rows();
+        let [(h, h_conflict), (b, b_conflict)] = Folded::tables(&hourly, &bounces);
+        write_tables(tx, &[(&h, h_conflict), (&b, b_conflict)], then).await
+    }
+
+    /// [`StatsLog::flush`] on the group-commit writer's own connection (see `store::lite`),
+    /// inside its transaction: every email counted must be one whose dimensions the log
+    /// knows (one it noted).
+    pub(super) fn flush_lite(&mut self, lite: &mut Lite) -> StoreResult<()> {
+        if let Some(p) = self
+            .pending
+            .iter()
+            .find(|p| !self.dims.contains_key(&p.email_id))
+        {
+            return Err(StoreError::Unavailable(format!(
+                "the stats of email {} were counted without its dimensions",
+                p.email_id
+            )));
+        }
+        let folded = self.fold();
+        let (hourly, bounces) = folded.rows();
+        let [(h, h_conflict), (b, b_conflict)] = Folded::tables(&hourly, &bounces);
+        lite.write_tables(&[(&h, h_conflict), (&b, b_conflict)])
+    }
+
+    /// Folds the owed increments per key and empties the log.
+    fn fold(&mut self) -> Folded {
         let mut hourly: BTreeMap<HourKey, [i64; METRICS.len()]> = BTreeMap::new();
         let mut bounces: BTreeMap<BounceKey, i64> = BTreeMap::new();
         for p in self.pending.drain(..) {
@@ -225,89 +372,11 @@ impl StatsLog {
                 *bounces.entry(key).or_default() += 1;
             }
         }
-        // One statement per table for every key (keys are distinct, in key order: two
-        // writers on Postgres lock rows in the same order).
-        let shard = self.shard;
-        let hourly_rows: Vec<Vec<Val<'_>>> = hourly
-            .iter()
-            .map(|(k, counts)| {
-                let mut row = vec![
-                    Val::Text(&k.0),
-                    Val::Text(&k.1),
-                    Val::Int(k.2),
-                    Val::Text(&k.3),
-                    Val::Text(&k.4),
-                    Val::Text(&k.5),
-                    Val::Int(shard),
-                ];
-                row.extend(counts.iter().map(|c| Val::Int(*c)));
-                row
-            })
-            .collect();
-        let mut cols = vec![
-            "project_id",
-            "tag",
-            "hour",
-            "stream",
-            "domain",
-            "recipient_domain",
-            "shard",
-        ];
-        cols.extend(METRICS);
-        let updates = METRICS
-            .iter()
-            .map(|m| format!("{m} = stats_hourly.{m} + excluded.{m}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let hourly_conflict = format!(
-            "ON CONFLICT (project_id, tag, hour, stream, domain, recipient_domain, shard) \
-             DO UPDATE SET {updates}"
-        );
-        let bounce_rows: Vec<Vec<Val<'_>>> = bounces
-            .iter()
-            .map(|(k, n)| {
-                vec![
-                    Val::Text(&k.0),
-                    Val::Int(k.1),
-                    Val::Text(&k.2),
-                    Val::Text(&k.3),
-                    Val::Text(&k.4),
-                    Val::Text(&k.5),
-                    Val::Int(shard),
-                    Val::Int(*n),
-                ]
-            })
-            .collect();
-        let hourly = TableRows {
-            table: "stats_hourly",
-            cols: &cols,
-            rows: &hourly_rows,
-        };
-        let bounces = TableRows {
-            table: "stats_bounces",
-            cols: &[
-                "project_id",
-                "hour",
-                "stream",
-                "domain",
-                "bounce_type",
-                "sub_type",
-                "shard",
-                "count",
-            ],
-            rows: &bounce_rows,
-        };
-        let bounce_conflict = "ON CONFLICT (project_id, hour, stream, domain, bounce_type, \
-             sub_type, shard) DO UPDATE SET count = stats_bounces.count + excluded.count";
-        write_tables(
-            tx,
-            &[
-                (&hourly, hourly_conflict.as_str()),
-                (&bounces, bounce_conflict),
-            ],
-            then,
-        )
-        .await
+        Folded {
+            hourly,
+            bounces,
+            shard: self.shard,
+        }
     }
 
     /// Hands over the dimensions of the emails this log has seen (to keep for later logs).

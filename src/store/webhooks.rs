@@ -13,8 +13,9 @@ use uuid::Uuid;
 
 use crate::domain::event::filter_matches;
 
-use super::bulk::{Val, insert_rows};
+use super::bulk::{TableRows, Val, insert_rows};
 use super::emails::NewEvent;
+use super::lite::Lite;
 use super::stats::StatsLog;
 use super::{Backend, Store, StoreError, StoreResult, padded, padded_placeholders, placeholders};
 
@@ -163,37 +164,89 @@ pub(super) async fn enqueue_deliveries(
     outbox: &mut Outbox,
     events: &[EventRow<'_>],
 ) -> StoreResult<()> {
-    // (delivery id, endpoint id, project, event id, time)
-    let mut deliveries: Vec<(String, String, &str, &str, i64)> = Vec::new();
-    for row in events {
-        if !outbox.endpoints.contains_key(row.project_id) {
-            let list = subscriptions(tx, row.project_id).await?;
-            outbox.endpoints.insert(row.project_id.to_owned(), list);
-        }
-        let endpoints = outbox
-            .endpoints
-            .get(row.project_id)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        for sub in endpoints
-            .iter()
-            .filter(|s| s.takes(&row.event.event_type, row.stream))
-        {
-            deliveries.push((
-                Uuid::now_v7().to_string(),
-                sub.endpoint_id.clone(),
-                row.project_id,
-                &row.event.id,
-                row.event.created_at,
-            ));
-        }
+    outbox
+        .load_endpoints(tx, events.iter().map(|r| r.project_id))
+        .await?;
+    let deliveries = outbox.deliveries(events)?;
+    let rows = delivery_rows(&deliveries);
+    insert_rows(tx, "webhook_deliveries", &DELIVERY_COLUMNS, &rows).await
+}
+
+/// [`enqueue_deliveries`] on the group-commit writer's own connection: the endpoints of the
+/// events' projects must be loaded already.
+pub(super) fn enqueue_deliveries_lite(
+    lite: &mut Lite,
+    outbox: &mut Outbox,
+    events: &[EventRow<'_>],
+) -> StoreResult<()> {
+    let deliveries = outbox.deliveries(events)?;
+    let rows = delivery_rows(&deliveries);
+    let table = TableRows {
+        table: "webhook_deliveries",
+        cols: &DELIVERY_COLUMNS,
+        rows: &rows,
+    };
+    lite.write_tables(&[(&table, "")])
+}
+
+/// A pending delivery: its id, endpoint, project, event and time.
+type Delivery<'a> = (String, String, &'a str, &'a str, i64);
+
+impl Outbox {
+    /// Whether this transaction knows the enabled endpoints of `project`.
+    pub(super) fn has_endpoints(&self, project: &str) -> bool {
+        self.endpoints.contains_key(project)
     }
-    outbox.announced += deliveries.len();
-    let rows: Vec<Vec<Val<'_>>> = deliveries
+
+    /// Looks up the enabled endpoints of those of `projects` this transaction has not seen.
+    pub(super) async fn load_endpoints<'a>(
+        &mut self,
+        tx: &mut AnyConnection,
+        projects: impl Iterator<Item = &'a str>,
+    ) -> StoreResult<()> {
+        for p in projects {
+            if !self.endpoints.contains_key(p) {
+                let list = subscriptions(tx, p).await?;
+                self.endpoints.insert(p.to_owned(), list);
+            }
+        }
+        Ok(())
+    }
+
+    /// The deliveries that announce `events`, counted as announced. Every event's project's
+    /// endpoints must be loaded ([`Outbox::load_endpoints`]).
+    fn deliveries<'a>(&mut self, events: &[EventRow<'a>]) -> StoreResult<Vec<Delivery<'a>>> {
+        let mut deliveries = Vec::new();
+        for row in events {
+            let Some(endpoints) = self.endpoints.get(row.project_id) else {
+                return Err(StoreError::Unavailable(format!(
+                    "the webhook endpoints of project {} were not looked up",
+                    row.project_id
+                )));
+            };
+            for sub in endpoints
+                .iter()
+                .filter(|s| s.takes(&row.event.event_type, row.stream))
+            {
+                deliveries.push((
+                    Uuid::now_v7().to_string(),
+                    sub.endpoint_id.clone(),
+                    row.project_id,
+                    row.event.id.as_str(),
+                    row.event.created_at,
+                ));
+            }
+        }
+        self.announced += deliveries.len();
+        Ok(deliveries)
+    }
+}
+
+fn delivery_rows<'a>(deliveries: &'a [Delivery<'_>]) -> Vec<Vec<Val<'a>>> {
+    deliveries
         .iter()
         .map(|(id, endpoint, project, event, at)| delivery_row(id, endpoint, project, event, *at))
-        .collect();
-    insert_rows(tx, "webhook_deliveries", &DELIVERY_COLUMNS, &rows).await
+        .collect()
 }
 
 const DELIVERY_COLUMNS: [&str; 9] = [

@@ -1,0 +1,131 @@
+//! The group-commit writer's own SQLite connection, for what it writes most: new emails.
+//!
+//! sqlx runs each SQLite connection on a thread of its own; every statement is a hand-off to
+//! that thread and back, and its `Any` driver copies every text value twice on the way. At
+//! the peak intake the writer and its connection's thread took turns, and that turn-taking
+//! bounded how fast Herald accepts (see ARCHITECTURE.md, "Where an email's time goes"). This
+//! connection (rusqlite, over the very SQLite that sqlx bundles) runs on the writer's thread:
+//! the writer binds each value where it lies and steps each row's prepared `INSERT` itself.
+//!
+//! It writes only the writer's requests without an idempotency key (emails, recipients,
+//! search keys, events, webhook deliveries and their rollups): everything else stays on the
+//! pool's writer connection, which the writer holds meanwhile, so no other of the store's
+//! writes is ever mid-transaction beside it. Its commits are `synchronous = NORMAL`, like the
+//! writer's: the syncer flushes the log before any job is answered.
+
+use std::fmt::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OpenFlags, ToSql};
+
+use super::bulk::{TableRows, Val};
+use super::checkpoint::WRITER_AUTOCHECKPOINT;
+use super::{StoreError, StoreResult};
+
+/// Prepared statements kept (a handful of tables, one shape each).
+const STATEMENTS: usize = 32;
+
+pub(super) struct Lite {
+    conn: Connection,
+    /// Reused for each statement's text (the key of its prepared statement).
+    sql: String,
+}
+
+impl std::fmt::Debug for Lite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lite").finish_non_exhaustive()
+    }
+}
+
+impl Lite {
+    /// Opens the database file `path` (the schema is the store's: migrations run through the
+    /// pool, this connection sees them when it next prepares).
+    pub(super) fn open(path: &Path) -> StoreResult<Self> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(unavailable)?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(unavailable)?;
+        // The writer's settings (see `store::sqlite_pool` and `store::group_commit`).
+        let settings = format!(
+            "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+             PRAGMA temp_store = MEMORY; {WRITER_AUTOCHECKPOINT};"
+        );
+        conn.execute_batch(&settings).map_err(unavailable)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENTS);
+        Ok(Self {
+            conn,
+            sql: String::new(),
+        })
+    }
+
+    /// Runs `write` in a transaction and commits it; on an error nothing of it is kept.
+    pub(super) fn transaction<T>(
+        &mut self,
+        write: impl FnOnce(&mut Self) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        self.conn.execute_batch("BEGIN").map_err(unavailable)?;
+        let written = write(self).and_then(|t| {
+            self.conn.execute_batch("COMMIT").map_err(unavailable)?;
+            Ok(t)
+        });
+        if written.is_err() && !self.conn.is_autocommit() {
+            // A failed COMMIT may leave the transaction open, as may a failed write.
+            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+                tracing::error!(error = %e, "could not roll back the writer's transaction");
+            }
+        }
+        written
+    }
+
+    /// Inserts (or, with an `ON CONFLICT …` clause, upserts) each table's rows, one prepared
+    /// single-row statement per table.
+    pub(super) fn write_tables(
+        &mut self,
+        tables: &[(&TableRows<'_, '_>, &str)],
+    ) -> StoreResult<()> {
+        for (t, on_conflict) in tables {
+            if t.rows.is_empty() {
+                continue;
+            }
+            self.sql.clear();
+            let _ = write!(
+                self.sql,
+                "INSERT INTO {} ({}) VALUES (?",
+                t.table,
+                t.cols.join(", ")
+            );
+            for _ in 1..t.cols.len() {
+                self.sql.push_str(", ?");
+            }
+            let _ = write!(self.sql, ") {on_conflict}");
+            let mut statement = self.conn.prepare_cached(&self.sql).map_err(unavailable)?;
+            for row in t.rows {
+                for (i, v) in row.iter().enumerate() {
+                    statement
+                        .raw_bind_parameter(i + 1, v)
+                        .map_err(unavailable)?;
+                }
+                statement.raw_execute().map_err(unavailable)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ToSql for Val<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        let value = match *self {
+            Val::Text(s) | Val::OptText(Some(s)) => ValueRef::Text(s.as_bytes()),
+            Val::Int(n) | Val::OptInt(Some(n)) => ValueRef::Integer(n),
+            Val::Blob(b) | Val::OptBlob(Some(b)) => ValueRef::Blob(b),
+            Val::OptText(None) | Val::OptInt(None) | Val::OptBlob(None) => ValueRef::Null,
+        };
+        Ok(ToSqlOutput::Borrowed(value))
+    }
+}
+
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}

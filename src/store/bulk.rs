@@ -237,6 +237,22 @@ fn sqlite_insert_text(t: &TableRows<'_, '_>, on_conflict: &str, padded: usize) -
     Arc::clone(text)
 }
 
+/// `t`'s rows as SQLite statements, a chunk each: the padded insert's text (see
+/// [`push_padded`]) and its values, the padding's NULLs included.
+pub(super) fn sqlite_chunks<'a>(
+    t: &'a TableRows<'a, 'a>,
+    on_conflict: &'a str,
+) -> impl Iterator<Item = (Arc<str>, impl Iterator<Item = &'a Val<'a>>)> {
+    t.rows.chunks(MAX_SQLITE_CHUNK).map(move |chunk| {
+        let padded = padded_len(chunk.len());
+        let values = chunk.iter().flatten().chain(std::iter::repeat_n(
+            &NULL,
+            (padded - chunk.len()) * t.cols.len(),
+        ));
+        (sqlite_insert_text(t, on_conflict, padded), values)
+    })
+}
+
 /// Appends a chunk's values, then NULLs for the rows that pad it to `padded` rows.
 fn extend_padded<'a>(
     values: &mut Vec<&'a Val<'a>>,

@@ -21,6 +21,11 @@
 //! that holds it: on power loss, SQLite's recovery keeps the log up to its last whole commit,
 //! so what was lost was never acknowledged. (SQLite's own `FULL` does the same flush inside
 //! `COMMIT`, holding the write lock while the disk works.)
+//!
+//! Also on SQLite, the requests without an idempotency key are written on the writer's own
+//! connection, on its own thread ([`Lite`], see `store::lite`), in a transaction of their own;
+//! the rest of the batch follows on the pool's writer connection, which the writer holds
+//! throughout.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -286,12 +291,15 @@ async fn run(
             None => (Batch::default(), Batch::of(jobs)),
         };
         let mut in_order = true;
+        let mut transactions = 0;
         if let (Some(lite), false) = (lite.as_mut(), plain.ingest.is_empty()) {
+            transactions += 1;
             let committed;
             (dims, committed) = commit_lite(&mut kept, lite, plain, dims, &writing).await;
             in_order &= committed;
         }
         if !rest.is_empty() {
+            transactions += 1;
             let committed;
             (dims, committed) = commit(&mut kept, rest, dims, &writing).await;
             in_order &= committed;
@@ -299,7 +307,7 @@ async fn run(
         if !in_order {
             kept.release().await;
         }
-        counters.commits.fetch_add(1, Ordering::Relaxed);
+        counters.commits.fetch_add(transactions, Ordering::Relaxed);
         counters.jobs.fetch_add(n, Ordering::Relaxed);
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         counters.busy_micros.fetch_add(micros, Ordering::Relaxed);

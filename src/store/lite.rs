@@ -5,7 +5,7 @@
 //! the peak intake the writer and its connection's thread took turns, and that turn-taking
 //! bounded how fast Herald accepts (see ARCHITECTURE.md, "Where an email's time goes"). This
 //! connection (rusqlite, over the very SQLite that sqlx bundles) runs on the writer's thread:
-//! the writer binds each value where it lies and steps each row's prepared `INSERT` itself.
+//! the writer binds each value where it lies and steps the prepared statements itself.
 //!
 //! It writes only the writer's requests without an idempotency key (emails, recipients,
 //! search keys, events, webhook deliveries and their rollups): everything else stays on the
@@ -13,24 +13,21 @@
 //! writes is ever mid-transaction beside it. Its commits are `synchronous = NORMAL`, like the
 //! writer's: the syncer flushes the log before any job is answered.
 
-use std::fmt::Write;
 use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, ToSql};
 
-use super::bulk::{TableRows, Val};
+use super::bulk::{TableRows, Val, sqlite_chunks};
 use super::checkpoint::WRITER_AUTOCHECKPOINT;
 use super::{StoreError, StoreResult};
 
-/// Prepared statements kept (a handful of tables, one shape each).
-const STATEMENTS: usize = 32;
+/// Prepared statements kept (a handful of tables, four shapes each).
+const STATEMENTS: usize = 64;
 
 pub(super) struct Lite {
     conn: Connection,
-    /// Reused for each statement's text (the key of its prepared statement).
-    sql: String,
 }
 
 impl std::fmt::Debug for Lite {
@@ -54,10 +51,7 @@ impl Lite {
         );
         conn.execute_batch(&settings).map_err(unavailable)?;
         conn.set_prepared_statement_cache_capacity(STATEMENTS);
-        Ok(Self {
-            conn,
-            sql: String::new(),
-        })
+        Ok(Self { conn })
     }
 
     /// Runs `write` in a transaction and commits it; on an error nothing of it is kept.
@@ -79,30 +73,20 @@ impl Lite {
         written
     }
 
-    /// Inserts (or, with an `ON CONFLICT …` clause, upserts) each table's rows, one prepared
-    /// single-row statement per table.
+    /// Inserts (or, with an `ON CONFLICT …` clause, upserts) each table's rows: the pool's
+    /// padded multi-row statements (see `store::bulk`), each kept prepared here. One
+    /// statement for many rows, not one per row: a statement's cursors stay where its last
+    /// row left them, and the next row of an index that grows at its end is found without a
+    /// walk from the root (single-row statements doubled the index comparisons).
     pub(super) fn write_tables(
         &mut self,
         tables: &[(&TableRows<'_, '_>, &str)],
     ) -> StoreResult<()> {
         for (t, on_conflict) in tables {
-            if t.rows.is_empty() {
-                continue;
-            }
-            self.sql.clear();
-            let _ = write!(
-                self.sql,
-                "INSERT INTO {} ({}) VALUES (?",
-                t.table,
-                t.cols.join(", ")
-            );
-            for _ in 1..t.cols.len() {
-                self.sql.push_str(", ?");
-            }
-            let _ = write!(self.sql, ") {on_conflict}");
-            let mut statement = self.conn.prepare_cached(&self.sql).map_err(unavailable)?;
-            for row in t.rows {
-                for (i, v) in row.iter().enumerate() {
+            for (text, values) in sqlite_chunks(t, on_conflict) {
+                let text = text.trim_end().trim_end_matches(';');
+                let mut statement = self.conn.prepare_cached(text).map_err(unavailable)?;
+                for (i, v) in values.enumerate() {
                     statement
                         .raw_bind_parameter(i + 1, v)
                         .map_err(unavailable)?;

@@ -153,8 +153,10 @@ async fn outcomes_of_many_workers_are_fenced_row_by_row(backend: Backend) {
     db.drop_db().await;
 }
 
-/// New emails and delivery outcomes submitted at the same moment share a commit, and the
-/// outcomes' events go in with the new emails' own: each keeps exactly its events.
+/// New emails and delivery outcomes submitted at the same moment share the writer's round (on
+/// Postgres one commit; on SQLite the new emails commit on the writer's own connection and the
+/// outcomes right after on the pool's, see `store::lite`), and the outcomes' events go in
+/// beside the new emails' own: each keeps exactly its events.
 async fn outcomes_and_new_emails_committed_together_keep_every_event(backend: Backend) {
     let (store, db) = store(backend).await;
     let p = project(&store).await;
@@ -195,10 +197,15 @@ async fn outcomes_and_new_emails_committed_together_keep_every_event(backend: Ba
         assert_eq!(recorded.expect("record").applied, 1);
     }
     let after = store.queue_snapshot(NOW).await.expect("figures").writer;
-    assert!(
-        after.jobs - before.jobs > after.commits - before.commits,
-        "some commit carried both: {before:?} {after:?}"
-    );
+    let (jobs, commits) = (after.jobs - before.jobs, after.commits - before.commits);
+    match backend {
+        Backend::Postgres => assert!(
+            jobs > commits,
+            "some commit carried both: {before:?} {after:?}"
+        ),
+        // Two transactions in a round: as many as the jobs, and no more.
+        Backend::Sqlite => assert!(jobs >= commits, "{before:?} {after:?}"),
+    }
     let types = |events: Vec<herald::store::EventRecord>| -> Vec<String> {
         events.into_iter().map(|e| e.event_type).collect()
     };

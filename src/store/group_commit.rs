@@ -232,11 +232,8 @@ async fn run(
     own: Option<(Lite, Syncer)>,
 ) {
     let mut dims = HashMap::new();
-    let (mut lite, own) = match own {
-        Some((lite, syncer)) => (Some(lite), Some(syncer)),
-        None => (None, None),
-    };
-    let (mut kept, settle, synced_all) = match own {
+    let (mut lite, syncer) = own.unzip();
+    let (mut kept, settle, synced_all) = match syncer {
         Some(Syncer { commits, done }) => {
             let kept = Kept::with_setting(
                 pool,

@@ -80,6 +80,11 @@ fn not_an_object(pointer: &str) -> ApiError {
 
 /// Parses `bytes` as `T`; field errors get pointers under `prefix` (such as `/3` in a batch).
 pub fn parse<T: DeserializeOwned>(bytes: &[u8], prefix: &str) -> Result<T, ApiError> {
+    // Most bodies are valid: parsed plainly first. Tracking the path (for the error's pointer)
+    // costs on every field, so only a body that fails is parsed again with it.
+    if let Ok(value) = serde_json::from_slice(bytes) {
+        return Ok(value);
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let parsed: Result<T, _> = serde_path_to_error::deserialize(&mut de);
     let value = match parsed {

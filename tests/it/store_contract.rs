@@ -197,14 +197,14 @@ async fn outcomes_and_new_emails_committed_together_keep_every_event(backend: Ba
         assert_eq!(recorded.expect("record").applied, 1);
     }
     let after = store.queue_snapshot(NOW).await.expect("figures").writer;
-    let (jobs, commits) = (after.jobs - before.jobs, after.commits - before.commits);
-    match backend {
-        Backend::Postgres => assert!(
-            jobs > commits,
+    // On SQLite a round that carries both commits twice (one transaction a kind), which the
+    // counters cannot tell from two rounds, so only Postgres's sharing is checked; every email
+    // keeping exactly its events (below) holds on both.
+    if backend == Backend::Postgres {
+        assert!(
+            after.jobs - before.jobs > after.commits - before.commits,
             "some commit carried both: {before:?} {after:?}"
-        ),
-        // Two transactions in a round: as many as the jobs, and no more.
-        Backend::Sqlite => assert!(jobs >= commits, "{before:?} {after:?}"),
+        );
     }
     let types = |events: Vec<herald::store::EventRecord>| -> Vec<String> {
         events.into_iter().map(|e| e.event_type).collect()

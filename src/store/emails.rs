@@ -433,17 +433,14 @@ const RECIPIENT_INSERT_COLUMNS: [&str; 12] = [
 /// What new emails write besides their own columns, gathered once: their search keys (tags
 /// and metadata pairs as rows) and their first events. Gathering them notes each email's
 /// dimensions in the stats log (the tags, parsed once, go there too).
-pub(super) struct IngestKeys<'a> {
+struct IngestKeys<'a> {
     tags: Vec<(&'a str, String, &'a str)>,
     metadata: Vec<(&'a str, String, String, &'a str)>,
     events: Vec<EventRow<'a>>,
 }
 
 impl<'a> IngestKeys<'a> {
-    pub(super) fn of(
-        emails: impl Iterator<Item = &'a NewEmail> + Clone,
-        outbox: &mut Outbox,
-    ) -> Self {
+    fn of(emails: impl Iterator<Item = &'a NewEmail> + Clone, outbox: &mut Outbox) -> Self {
         let mut tags = Vec::new();
         let mut metadata = Vec::new();
         for e in emails.clone() {
@@ -485,7 +482,7 @@ impl<'a> IngestKeys<'a> {
 }
 
 /// The rows new emails write, table by table.
-pub(super) struct IngestRows<'v> {
+struct IngestRows<'v> {
     emails: Vec<Vec<Val<'v>>>,
     recipients: Vec<Vec<Val<'v>>>,
     tags: Vec<Vec<Val<'v>>>,
@@ -494,7 +491,7 @@ pub(super) struct IngestRows<'v> {
 }
 
 impl<'v> IngestRows<'v> {
-    pub(super) fn of<'a: 'v>(
+    fn of<'a: 'v>(
         emails: impl Iterator<Item = &'a NewEmail> + Clone,
         keys: &'v IngestKeys<'a>,
     ) -> Self {
@@ -561,7 +558,7 @@ impl<'v> IngestRows<'v> {
     }
 
     /// The tables in the order they are written (recipients after their emails).
-    pub(super) fn tables(&self) -> [TableRows<'_, 'v>; 5] {
+    fn tables(&self) -> [TableRows<'_, 'v>; 5] {
         [
             TableRows {
                 table: "emails",

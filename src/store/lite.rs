@@ -30,12 +30,6 @@ pub(super) struct Lite {
     conn: Connection,
 }
 
-impl std::fmt::Debug for Lite {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lite").finish_non_exhaustive()
-    }
-}
-
 impl Lite {
     /// Opens the database file `path` (the schema is the store's: migrations run through the
     /// pool, this connection sees them when it next prepares).

@@ -56,7 +56,7 @@ use sqlx::{AnyPool, Executor};
 pub use domains::{DkimKeyRecord, DomainRecord};
 pub use emails::{
     EmailFilter, EmailRecord, EventFilter, EventRecord, IdempotencyRecord, NewEmail, NewEvent,
-    NewRecipient, RecipientRecord, StoredResponse, json_text,
+    NewRecipient, RecipientRecord, Respond, StoredResponse, Suppressed, json_text,
 };
 pub use inbound::{RecipientRef, ReportEffect};
 pub use projects::{ApiKeyRecord, Project};
@@ -134,7 +134,6 @@ pub struct Store {
     read: AnyPool,
     write: AnyPool,
     writer: group_commit::Writer,
-    lookups: suppressions::Lookups,
     /// Shared with the writer; cleared by the store's own endpoint writes.
     endpoints: std::sync::Arc<webhooks::EndpointCache>,
 }
@@ -182,13 +181,11 @@ impl Store {
                     1,
                     wal,
                 )?;
-                let lookups = suppressions::Lookups::start(read.clone());
                 Ok(Self {
                     backend,
                     read,
                     write,
                     writer,
-                    lookups,
                     endpoints,
                 })
             }
@@ -213,13 +210,11 @@ impl Store {
                     writers,
                     None,
                 )?;
-                let lookups = suppressions::Lookups::start(pool.clone());
                 Ok(Self {
                     backend,
                     read: pool.clone(),
                     write: pool,
                     writer,
-                    lookups,
                     endpoints,
                 })
             }

@@ -35,10 +35,53 @@ use sender::Signing;
 
 const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
 
-/// An email ready to commit, with the body of its 202.
+/// An email ready to commit, with what its 202 will say.
 struct Prepared {
     row: NewEmail,
-    accepted: Value,
+    summary: Summary,
+}
+
+/// What an accepted email's 202 says, but for its suppressed recipients: the transaction that
+/// commits it finds those (see `Store::insert_emails`).
+#[derive(Debug, Clone)]
+struct Summary {
+    id: String,
+    message_id: String,
+    created_at: i64,
+    /// When it is to go, if that is later than its acceptance.
+    scheduled_at: Option<i64>,
+    /// Every recipient's status, unless suppressed.
+    status: RecipientStatus,
+    addresses: Vec<String>,
+}
+
+impl Summary {
+    /// The 202's body, given the suppressions that applied to the email.
+    fn accepted(&self, suppressed: &[SuppressionRecord]) -> Value {
+        let is_suppressed = |a: &str| suppressed.iter().any(|s| s.email == a);
+        let overall = aggregate_status(self.addresses.iter().map(|a| {
+            if is_suppressed(a) {
+                RecipientStatus::Suppressed
+            } else {
+                self.status
+            }
+        }));
+        let suppressed: Vec<&str> = suppressed.iter().map(|s| s.email.as_str()).collect();
+        json!({
+            "object": "email",
+            "id": self.id,
+            "status": overall.as_str(),
+            "scheduled_at": self.scheduled_at.map(format_ms),
+            "created_at": format_ms(self.created_at),
+            "message_id": self.message_id,
+            "suppressed": suppressed,
+        })
+    }
+}
+
+/// The suppressions that applied to the `i`th email of a request.
+fn of_email(suppressed: &[Vec<SuppressionRecord>], i: usize) -> &[SuppressionRecord] {
+    suppressed.get(i).map_or(&[], Vec::as_slice)
 }
 
 fn prepare(
@@ -46,7 +89,6 @@ fn prepare(
     principal: &Principal,
     email: OutgoingEmail,
     signing: Option<&Signing>,
-    suppressed: &[SuppressionRecord],
     now: i64,
 ) -> ApiResult<Prepared> {
     let id = Uuid::now_v7();
@@ -75,28 +117,16 @@ fn prepare(
     let deadline = email.expires_at.map_or(start.saturating_add(max_age), |e| {
         e.min(start.saturating_add(max_age))
     });
+    let event_type = crate::domain::event::EventType::for_status(status).as_str();
     let mut recipients = Vec::new();
     let mut events = Vec::new();
-    let mut suppressed_list = Vec::new();
     for (position, (kind, m)) in email.recipients().into_iter().enumerate() {
         let rid = Uuid::now_v7().to_string();
-        // A suppressed address is accepted but never attempted (API.md: no 422, so batch
-        // clients stay simple and list membership does not leak through errors).
-        let suppression = suppressed.iter().find(|s| s.email == m.email.as_str());
-        let (st, data) = match suppression {
-            Some(s) => {
-                suppressed_list.push(m.email.to_string());
-                let scope = (!s.stream.is_empty()).then_some(s.stream.as_str());
-                let data = json!({"suppression": {"reason": s.reason, "stream": scope, "created_at": format_ms(s.created_at)}});
-                (RecipientStatus::Suppressed, data)
-            }
-            None => (status, json!({})),
-        };
         events.push(NewEvent::new(
             Some(&rid),
             Some(m.email.as_str()),
-            crate::domain::event::EventType::for_status(st).as_str(),
-            data,
+            event_type,
+            json!({}),
             now,
         ));
         recipients.push(NewRecipient {
@@ -105,25 +135,19 @@ fn prepare(
             address: m.email.to_string(),
             name: m.name.clone(),
             kind: kind.as_str().to_owned(),
-            status: st.as_str().to_owned(),
+            status: status.as_str().to_owned(),
             next_attempt_at: start,
             deadline_at: deadline,
         });
     }
-    let overall = aggregate_status(
-        recipients
-            .iter()
-            .filter_map(|r| RecipientStatus::parse(&r.status)),
-    );
-    let accepted = json!({
-        "object": "email",
-        "id": id.to_string(),
-        "status": overall.as_str(),
-        "scheduled_at": email.scheduled_at.filter(|_| scheduled).map(format_ms),
-        "created_at": format_ms(now),
-        "message_id": message_id,
-        "suppressed": suppressed_list,
-    });
+    let summary = Summary {
+        id: id.to_string(),
+        message_id: message_id.clone(),
+        created_at: now,
+        scheduled_at: email.scheduled_at.filter(|_| scheduled),
+        status,
+        addresses: recipients.iter().map(|r| r.address.clone()).collect(),
+    };
     let mailbox_json = |list: &[crate::domain::address::Mailbox]| {
         Value::Array(
             list.iter()
@@ -152,21 +176,7 @@ fn prepare(
         recipients,
         events,
     };
-    Ok(Prepared { row, accepted })
-}
-
-/// The email's recipients that are on the suppression list for its stream.
-async fn suppressed_recipients(
-    state: &AppState,
-    principal: &Principal,
-    email: &OutgoingEmail,
-) -> ApiResult<Vec<SuppressionRecord>> {
-    let recipients = email.recipients();
-    let addresses: Vec<&str> = recipients.iter().map(|(_, m)| m.email.as_str()).collect();
-    Ok(state
-        .store
-        .suppressed_among(&principal.project_id, &email.stream, &addresses)
-        .await?)
+    Ok(Prepared { row, summary })
 }
 
 /// Runs `work` under the request's idempotency key, if it has one: replays a stored
@@ -243,26 +253,37 @@ fn respond(status: StatusCode, body: &Value, replayed: bool) -> Response {
     resp
 }
 
-async fn commit(
+/// Commits `rows` (with the idempotency record, if any); answers `status` with the body
+/// `body` writes from the suppressions the commit found (the record keeps the same).
+async fn commit<B>(
     state: &AppState,
     rows: Vec<NewEmail>,
     idem: Option<IdempotencyRecord>,
     status: StatusCode,
-    body: Value,
-) -> ApiResult<(StatusCode, Value)> {
-    let idem = idem.map(|mut r| {
-        r.response_status = i64::from(status.as_u16());
-        r.response_body = body.to_string();
-        r
-    });
+    body: B,
+) -> ApiResult<(StatusCode, Value)>
+where
+    B: Fn(&[Vec<SuppressionRecord>]) -> Value + Clone + Send + Sync + 'static,
+{
     let accepted = u64::try_from(rows.len()).unwrap_or(0);
-    state.store.insert_emails(rows, idem).await?;
+    let suppressed = match idem {
+        None => state.store.insert_emails(rows, None).await?,
+        Some(mut record) => {
+            record.response_status = i64::from(status.as_u16());
+            let kept = body.clone();
+            let respond = Box::new(move |s: &[Vec<SuppressionRecord>]| json_text(&kept(s)));
+            state
+                .store
+                .insert_emails_responding(rows, record, respond)
+                .await?
+        }
+    };
     state
         .metrics
         .emails_accepted
         .fetch_add(accepted, std::sync::atomic::Ordering::Relaxed);
     state.wake.notify_waiters();
-    Ok((status, body))
+    Ok((status, body(&suppressed)))
 }
 
 fn validation_context(
@@ -294,23 +315,10 @@ pub async fn create_email(
     };
     let email = request::validate(req, &ctx, "").map_err(ApiError::validation)?;
     let signing = sender::resolve(&state, &principal, email.from.email.domain(), "/from").await?;
-    let suppressed = suppressed_recipients(&state, &principal, &email).await?;
-    let prepared = prepare(
-        &state,
-        &principal,
-        email,
-        signing.as_deref(),
-        &suppressed,
-        now,
-    )?;
+    let Prepared { row, summary } = prepare(&state, &principal, email, signing.as_deref(), now)?;
+    let body_of = move |s: &[Vec<SuppressionRecord>]| summary.accepted(of_email(s, 0));
     idempotent(&state, &principal, &headers, "/v1/emails", &body, |idem| {
-        commit(
-            &state,
-            vec![prepared.row],
-            idem,
-            StatusCode::ACCEPTED,
-            prepared.accepted,
-        )
+        commit(&state, vec![row], idem, StatusCode::ACCEPTED, body_of)
     })
     .await
 }
@@ -369,15 +377,9 @@ pub async fn create_batch(
             Ok(email) => {
                 let domain = email.from.email.domain().to_owned();
                 let pointer = format!("{prefix}/from");
-                match sender::resolve(&state, &principal, &domain, &pointer).await {
-                    Ok(signing) => match suppressed_recipients(&state, &principal, &email).await {
-                        Ok(sup) => {
-                            prepare(&state, &principal, email, signing.as_deref(), &sup, now)
-                        }
-                        Err(e) => Err(e),
-                    },
-                    Err(e) => Err(e),
-                }
+                sender::resolve(&state, &principal, &domain, &pointer)
+                    .await
+                    .and_then(|signing| prepare(&state, &principal, email, signing.as_deref(), now))
             }
             Err(e) => Err(e),
         };
@@ -404,23 +406,32 @@ pub async fn create_batch(
             errors.into_iter().map(|(_, f)| f).collect(),
         ));
     }
-    let data: Vec<Value> = prepared
-        .iter()
-        .map(|(i, p)| json!({"index": i, "id": p.accepted["id"], "status": p.accepted["status"], "message_id": p.accepted["message_id"]}))
-        .collect();
     let error_items: Vec<Value> = errors
         .iter()
         .map(|(i, f)| json!({"index": i, "code": f.code, "detail": f.detail, "pointer": f.pointer}))
         .collect();
-    let body_json = json!({"object": "list", "data": data, "errors": error_items});
-    let rows: Vec<NewEmail> = prepared.into_iter().map(|(_, p)| p.row).collect();
+    let (rows, summaries): (Vec<NewEmail>, Vec<(usize, Summary)>) = prepared
+        .into_iter()
+        .map(|(i, p)| (p.row, (i, p.summary)))
+        .unzip();
+    let body_of = move |s: &[Vec<SuppressionRecord>]| {
+        let data: Vec<Value> = summaries
+            .iter()
+            .enumerate()
+            .map(|(k, (i, summary))| {
+                let a = summary.accepted(of_email(s, k));
+                json!({"index": i, "id": a["id"], "status": a["status"], "message_id": a["message_id"]})
+            })
+            .collect();
+        json!({"object": "list", "data": data, "errors": error_items})
+    };
     idempotent(
         &state,
         &principal,
         &headers,
         "/v1/emails/batch",
         &body,
-        |idem| commit(&state, rows, idem, StatusCode::ACCEPTED, body_json),
+        |idem| commit(&state, rows, idem, StatusCode::ACCEPTED, body_of),
     )
     .await
 }

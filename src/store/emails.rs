@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use super::bulk::{TableRows, Val, insert_rows, insert_tables};
 use super::lite::Lite;
+use super::suppressions::SuppressionRecord;
 use super::webhooks::{EventRow, Outbox, enqueue_deliveries, enqueue_deliveries_lite};
 use super::{Store, StoreError, StoreResult};
 
@@ -85,6 +86,13 @@ impl NewEvent {
         }
     }
 }
+
+/// The suppressions that applied to each email of a request (in the request's order), found
+/// by the transaction that committed them: those recipients were accepted as suppressed.
+pub type Suppressed = Vec<Vec<SuppressionRecord>>;
+
+/// Writes the response an idempotency record keeps, from what the commit found.
+pub type Respond = Box<dyn FnOnce(&[Vec<SuppressionRecord>]) -> String + Send + Sync>;
 
 /// The stored outcome of an idempotent request.
 #[derive(Debug, Clone)]
@@ -636,6 +644,8 @@ pub(super) fn insert_emails_lite<'a>(
 impl Store {
     /// Commits emails (one, or a whole batch) and, if given, the idempotency record that
     /// will replay the response: all or nothing. A reused idempotency key is `Conflict`.
+    /// Recipients on the suppression list (as the same transaction reads it) are committed as
+    /// suppressed, with an `email.suppressed` event; returns the suppressions that applied.
     ///
     /// Requests arriving together share one transaction and one fsync (group commit, see
     /// `store::group_commit`); each caller is answered only after that commit.
@@ -643,8 +653,21 @@ impl Store {
         &self,
         emails: Vec<NewEmail>,
         idempotency: Option<IdempotencyRecord>,
-    ) -> StoreResult<()> {
-        self.writer.submit_emails(emails, idempotency).await
+    ) -> StoreResult<Suppressed> {
+        self.writer.submit_emails(emails, idempotency, None).await
+    }
+
+    /// [`Store::insert_emails`] with an idempotency record whose response `respond` writes
+    /// from the suppressions that applied (the response names the suppressed recipients).
+    pub async fn insert_emails_responding(
+        &self,
+        emails: Vec<NewEmail>,
+        idempotency: IdempotencyRecord,
+        respond: Respond,
+    ) -> StoreResult<Suppressed> {
+        self.writer
+            .submit_emails(emails, Some(idempotency), Some(respond))
+            .await
     }
 
     /// How many emails a project holds (a full count: for tools, not for requests).

@@ -39,12 +39,14 @@ use tokio::sync::{mpsc, oneshot};
 use super::bulk::{Partial, is_sqlite};
 use super::checkpoint::{Checkpointer, Figures as CheckpointFigures};
 use super::emails::{
-    IdempotencyRecord, NewEmail, insert_emails, insert_emails_lite, insert_request,
+    IdempotencyRecord, NewEmail, Respond, Suppressed, insert_emails, insert_emails_lite,
+    insert_request,
 };
 use super::kept::Kept;
 use super::lite::Lite;
 use super::queue::{ClaimRow, Outcome, Recorded, apply_outcomes, claim_rows};
 use super::stats::EmailDims;
+use super::suppressions::{self, SuppressionRecord, find_for, find_for_lite};
 use super::webhooks::{EndpointCache, Outbox};
 use super::{Home, StoreError, StoreResult};
 use crate::metrics::WriterFigures;
@@ -62,7 +64,11 @@ enum Job {
 struct IngestJob {
     emails: Vec<NewEmail>,
     idempotency: Option<IdempotencyRecord>,
-    reply: oneshot::Sender<StoreResult<()>>,
+    /// Writes the idempotency record's response once the suppressions are known.
+    respond: Option<Respond>,
+    /// The suppressions that applied to each email, found in the commit's transaction.
+    suppressed: Suppressed,
+    reply: oneshot::Sender<StoreResult<Suppressed>>,
 }
 
 struct OutcomeJob {
@@ -165,16 +171,20 @@ impl Writer {
         answer.await.map_err(|_| stopped())?
     }
 
-    /// Commits one request's emails; returns after the commit that holds them.
+    /// Commits one request's emails; returns, after the commit that holds them, the
+    /// suppressions that applied to each.
     pub(super) async fn submit_emails(
         &self,
         emails: Vec<NewEmail>,
         idempotency: Option<IdempotencyRecord>,
-    ) -> StoreResult<()> {
+        respond: Option<Respond>,
+    ) -> StoreResult<Suppressed> {
         let (reply, answer) = oneshot::channel();
         let job = Job::Ingest(IngestJob {
             emails,
             idempotency,
+            respond,
+            suppressed: Vec::new(),
             reply,
         });
         self.submit(job, answer).await
@@ -517,7 +527,7 @@ impl Batch {
     /// Answers every job after the commit.
     fn answer(self, written: Written, announced: usize) {
         for (job, result) in self.ingest.into_iter().zip(written.results) {
-            let _ = job.reply.send(result);
+            let _ = job.reply.send(result.map(|()| job.suppressed));
         }
         for (job, applied) in self.settled.into_iter().zip(written.applied) {
             let _ = job.reply.send(Ok(Recorded { applied, announced }));
@@ -541,6 +551,21 @@ impl Batch {
     }
 }
 
+/// Marks the suppressed recipients of each request's emails (see [`suppressions::apply`]),
+/// and writes the response each request's idempotency record keeps from them.
+fn suppress(jobs: &mut [IngestJob], found: &[SuppressionRecord]) {
+    for job in jobs {
+        job.suppressed = job
+            .emails
+            .iter_mut()
+            .map(|e| suppressions::apply(e, found))
+            .collect();
+        if let (Some(record), Some(respond)) = (job.idempotency.as_mut(), job.respond.take()) {
+            record.response_body = respond(&job.suppressed);
+        }
+    }
+}
+
 /// What ends a batch that keeps its writes on SQLite: its commit and, in the same hand-off,
 /// the next batch's `BEGIN` (a `BEGIN` takes no lock and no snapshot until a statement runs;
 /// the transaction left open is rolled back if the connection goes back to the pool first).
@@ -556,7 +581,7 @@ const COMMIT_THEN_BEGIN: [&str; 2] = ["COMMIT", "BEGIN"];
 async fn commit_lite(
     kept: &mut Kept,
     lite: &mut Lite,
-    batch: Batch,
+    mut batch: Batch,
     dims: Dims,
     w: &Writing<'_>,
 ) -> (Dims, bool) {
@@ -586,9 +611,14 @@ async fn commit_lite(
             return (outbox.stats.take_dims(), false);
         }
     }
-    let emails = batch.ingest.iter().flat_map(|j| &j.emails);
     let written = lite.transaction(|lite| {
-        insert_emails_lite(lite, &mut outbox, emails)?;
+        let found = find_for_lite(lite, batch.ingest.iter().flat_map(|j| &j.emails))?;
+        suppress(&mut batch.ingest, &found);
+        insert_emails_lite(
+            lite,
+            &mut outbox,
+            batch.ingest.iter().flat_map(|j| &j.emails),
+        )?;
         outbox.stats.flush_lite(lite)
     });
     match written {
@@ -618,7 +648,7 @@ async fn commit_lite(
 /// Commits one batch on the kept connection; returns the email dimensions the stats log knew
 /// (to keep) and whether the connection ended the batch in good order (committed, or cleanly
 /// rolled back).
-async fn commit(kept: &mut Kept, batch: Batch, dims: Dims, w: &Writing<'_>) -> (Dims, bool) {
+async fn commit(kept: &mut Kept, mut batch: Batch, dims: Dims, w: &Writing<'_>) -> (Dims, bool) {
     let (conn, open) = match kept.get_with_transaction().await {
         Ok(got) => got,
         Err(e) => {
@@ -635,7 +665,7 @@ async fn commit(kept: &mut Kept, batch: Batch, dims: Dims, w: &Writing<'_>) -> (
         *open = true;
     }
     let mut outbox = batch.outbox(w.shard, w.endpoints, dims);
-    let written = match write(conn, &mut outbox, &batch).await {
+    let written = match write(conn, &mut outbox, &mut batch).await {
         Ok(written) => written,
         Err(e) => {
             // The transaction is unusable: nothing of this batch is committed (the release
@@ -692,12 +722,21 @@ async fn commit(kept: &mut Kept, batch: Batch, dims: Dims, w: &Writing<'_>) -> (
     (outbox.stats.take_dims(), ok)
 }
 
-/// The batch's writes inside `tx`. Requests without an idempotency key cannot conflict with
-/// anything (their ids are new): all their emails go in together, one statement per table.
+/// The batch's writes inside `tx`. First the suppressions of every request's recipients, in
+/// one query. Requests without an idempotency key cannot conflict with anything (their ids
+/// are new): all their emails go in together, one statement per table.
 /// Then every worker's outcomes, then the claims (they may lease what this very batch
 /// accepted), then each request with a key in its own savepoint, so a key found taken rolls
 /// back only that request. An error is the transaction's: nothing of the batch can commit.
-async fn write(tx: &mut AnyConnection, outbox: &mut Outbox, batch: &Batch) -> StoreResult<Written> {
+async fn write(
+    tx: &mut AnyConnection,
+    outbox: &mut Outbox,
+    batch: &mut Batch,
+) -> StoreResult<Written> {
+    if !batch.ingest.is_empty() {
+        let found = find_for(tx, batch.ingest.iter().flat_map(|j| &j.emails)).await?;
+        suppress(&mut batch.ingest, &found);
+    }
     let plain: Vec<&NewEmail> = batch
         .ingest
         .iter()
@@ -773,12 +812,14 @@ mod tests {
     use super::*;
 
     /// A committed batch of one request, and where its answer arrives.
-    fn one_request() -> (Committed, oneshot::Receiver<StoreResult<()>>) {
+    fn one_request() -> (Committed, oneshot::Receiver<StoreResult<Suppressed>>) {
         let (reply, answer) = oneshot::channel();
         let batch = Batch {
             ingest: vec![IngestJob {
                 emails: Vec::new(),
                 idempotency: None,
+                respond: None,
+                suppressed: Vec::new(),
                 reply,
             }],
             ..Batch::default()
@@ -799,9 +840,9 @@ mod tests {
     /// Runs the syncer over one committed request with `sync` as its flush; the answer.
     async fn settle_one<F>(
         sync: F,
-        answer_seen: Arc<Mutex<Option<oneshot::Receiver<StoreResult<()>>>>>,
+        answer_seen: Arc<Mutex<Option<oneshot::Receiver<StoreResult<Suppressed>>>>>,
         committed: Committed,
-    ) -> StoreResult<()>
+    ) -> StoreResult<Suppressed>
     where
         F: Fn(&Path) -> std::io::Result<()> + Clone + Send + 'static,
     {

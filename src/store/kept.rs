@@ -54,13 +54,15 @@ impl Kept {
         }
     }
 
-    /// The kept connection, or one from the pool if none is kept or it was taken `HOLD` ago.
-    pub(super) async fn get(&mut self) -> Result<&mut PoolConnection<Any>, sqlx::Error> {
+    /// The connection alone (see [`Kept::get_with_transaction`]).
+    #[cfg(test)]
+    async fn get(&mut self) -> Result<&mut PoolConnection<Any>, sqlx::Error> {
         Ok(self.get_with_transaction().await?.0)
     }
 
-    /// [`Kept::get`], with whether a transaction is open on the connection: the task sets it
-    /// when it begins or ends one it leaves open (a connection fresh from the pool has none).
+    /// The kept connection, or one from the pool if none is kept or it was taken `HOLD` ago,
+    /// with whether a transaction is open on it: the task sets that when it begins or ends
+    /// one it leaves open (a connection fresh from the pool has none).
     pub(super) async fn get_with_transaction(
         &mut self,
     ) -> Result<(&mut PoolConnection<Any>, &mut bool), sqlx::Error> {

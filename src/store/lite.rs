@@ -53,7 +53,11 @@ impl Lite {
         &mut self,
         write: impl FnOnce(&mut Self) -> StoreResult<T>,
     ) -> StoreResult<T> {
-        self.conn.execute_batch("BEGIN").map_err(unavailable)?;
+        // IMMEDIATE: the write lock first, so what the transaction reads before it writes
+        // (the suppression list) is what its writes commit beside.
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(unavailable)?;
         let written = write(self).and_then(|t| {
             self.conn.execute_batch("COMMIT").map_err(unavailable)?;
             Ok(t)
@@ -89,6 +93,28 @@ impl Lite {
             }
         }
         Ok(())
+    }
+
+    /// The rows `sql` selects with `params` bound in order, each made by `row` (the statement
+    /// kept prepared).
+    pub(super) fn select<'p, T>(
+        &mut self,
+        sql: &str,
+        params: impl IntoIterator<Item = &'p str>,
+        mut row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> StoreResult<Vec<T>> {
+        let mut statement = self.conn.prepare_cached(sql).map_err(unavailable)?;
+        for (i, p) in params.into_iter().enumerate() {
+            statement
+                .raw_bind_parameter(i + 1, p)
+                .map_err(unavailable)?;
+        }
+        let mut rows = statement.raw_query();
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().map_err(unavailable)? {
+            out.push(row(r).map_err(unavailable)?);
+        }
+        Ok(out)
     }
 }
 

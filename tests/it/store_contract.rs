@@ -255,7 +255,7 @@ async fn concurrent_inserts_commit_together_and_fail_alone(backend: Backend) {
     let mut conflicts = 0;
     for t in tasks {
         match t.await.expect("task") {
-            Ok(()) => ok += 1,
+            Ok(_) => ok += 1,
             Err(StoreError::Conflict) => conflicts += 1,
             Err(e) => panic!("{e}"),
         }

@@ -9,7 +9,10 @@ use crate::helpers::{TestApp, email_to, statuses};
 use crate::smtp_server::{Step, TestSmtp, Tls, ok, reply};
 use crate::{on_both_backends, on_sqlite};
 
-on_both_backends!(hard_bounce_suppresses_and_next_send_is_not_attempted);
+on_both_backends!(
+    hard_bounce_suppresses_and_next_send_is_not_attempted,
+    every_way_of_sending_answers_the_suppressed_alike
+);
 on_sqlite!(
     policy_refusals_do_not_suppress,
     manage_suppressions_per_stream
@@ -227,5 +230,72 @@ async fn manage_suppressions_per_stream(backend: Backend) {
     .await;
     let (s, _) = app.get("/v1/suppressions", &sender).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
+    app.finish().await;
+}
+
+/// The commit finds the suppressed recipients (see `Store::insert_emails`): a single send, a
+/// batch and an idempotent send (first answer and replay) all say which.
+async fn every_way_of_sending_answers_the_suppressed_alike(backend: Backend) {
+    let app = TestApp::spawn(backend, None).await;
+    let (s, v, _) = app
+        .post(
+            "/v1/suppressions",
+            &app.key,
+            &json!({"email": "gone@example.net", "reason": "unsubscribe"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let both = email_to(&["gone@example.net", "ada@example.com"]);
+
+    let (s, single, _) = app.post("/v1/emails", &app.key, &both).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{single}");
+    assert_eq!(
+        (&single["status"], &single["suppressed"]),
+        (&json!("queued"), &json!(["gone@example.net"]))
+    );
+
+    let only = email_to(&["gone@example.net"]);
+    let (s, batch, _) = app
+        .post("/v1/emails/batch", &app.key, &json!([both, only]))
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{batch}");
+    let answered: Vec<&str> = batch["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|d| d["status"].as_str().expect("status"))
+        .collect();
+    assert_eq!(answered, ["queued", "suppressed"]);
+    let second = batch["data"][1]["id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        statuses(&app.email(&second).await),
+        [("gone@example.net".into(), "suppressed".into())]
+    );
+    let event = app.events(&second).await;
+    assert_eq!(
+        event.iter().map(|e| e["type"].as_str()).collect::<Vec<_>>(),
+        [Some("email.suppressed")]
+    );
+    assert_eq!(event[0]["suppression"]["reason"], "unsubscribe");
+
+    let key = [("idempotency-key", "suppressed-once")];
+    let send = || {
+        app.request(
+            reqwest::Method::POST,
+            "/v1/emails",
+            &app.key,
+            Some(&only),
+            &key,
+        )
+    };
+    let (s1, first, _) = send().await;
+    let (s2, replay, headers) = send().await;
+    assert_eq!((s1, s2), (StatusCode::ACCEPTED, StatusCode::ACCEPTED));
+    assert_eq!(
+        (&first["status"], &first["suppressed"]),
+        (&json!("suppressed"), &json!(["gone@example.net"]))
+    );
+    assert_eq!(first, replay, "the record keeps what the commit found");
+    assert_eq!(headers["idempotent-replayed"], "true");
     app.finish().await;
 }

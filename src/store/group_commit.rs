@@ -1,7 +1,9 @@
 //! Group commit: the store's hot writes share one transaction and one fsync.
 //!
 //! Three kinds of job queue on one channel: requests to accept emails, delivery workers'
-//! outcomes, and their claims. One task takes whatever is waiting (up to `MAX_BATCH`), writes
+//! outcomes, and their claims. One task takes whatever is waiting (up to `MAX_BATCH`), reads
+//! the suppression list for every new recipient (one query per project: a request learns from
+//! its commit which of its recipients were suppressed), writes
 //! the emails of every request without an idempotency key together (one multi-row statement
 //! per table: their ids are new, they cannot conflict), the outcomes of every worker together
 //! (one `UPDATE`, fenced by each lease), runs the claims, then each request with a key inside

@@ -8,7 +8,8 @@
 //! the writer binds each value where it lies and steps the prepared statements itself.
 //!
 //! It writes only the writer's requests without an idempotency key (emails, recipients,
-//! search keys, events, webhook deliveries and their rollups): everything else stays on the
+//! search keys, events, webhook deliveries and their rollups), after reading the suppression
+//! list for their recipients in the same transaction: everything else stays on the
 //! pool's writer connection, which the writer holds meanwhile, so no other of the store's
 //! writes is ever mid-transaction beside it. Its commits are `synchronous = NORMAL`, like the
 //! writer's: the syncer flushes the log before any job is answered.

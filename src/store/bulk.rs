@@ -357,11 +357,10 @@ pub(super) async fn update_from_values(
     if sqlite {
         let mut text = String::new();
         let mut values = Vec::new();
-        for chunk in rows.chunks(MAX_SQLITE_CHUNK) {
-            let padded = padded_len(chunk.len());
-            text.push_str(&list(&|s| push_placeholders(s, padded, per_row)));
+        for (statement, chunk) in sqlite_update_chunks(per_row, rows, &sql) {
+            text.push_str(&statement);
             text.push_str(";\n");
-            extend_padded(&mut values, chunk, padded, per_row);
+            values.extend(chunk);
         }
         for row in bind_values(&text, values, true).fetch_all(&mut *tx).await? {
             changed.push(sqlx::Row::try_get(&row, 0)?);
@@ -379,6 +378,24 @@ pub(super) async fn update_from_values(
         }
     }
     Ok(changed)
+}
+
+/// [`update_from_values`]' SQLite statements, a chunk each: the statement's text (`UPDATE OR
+/// FAIL`, the chunk's `VALUES` padded with rows of NULLs, which match nothing) and its values.
+pub(super) fn sqlite_update_chunks<'a>(
+    per_row: usize,
+    rows: &'a [Vec<Val<'a>>],
+    sql: &'a impl Fn(&str, &str) -> String,
+) -> impl Iterator<Item = (String, Vec<&'a Val<'a>>)> {
+    rows.chunks(MAX_SQLITE_CHUNK).map(move |chunk| {
+        let padded = padded_len(chunk.len());
+        let mut values = String::from("(VALUES ");
+        push_placeholders(&mut values, padded, per_row);
+        values.push_str(") AS v");
+        let mut bound = Vec::new();
+        extend_padded(&mut bound, chunk, padded, per_row);
+        (sql("UPDATE OR FAIL", &values), bound)
+    })
 }
 
 /// Whether `tx` is SQLite's (the writer's helpers run on either database).

@@ -313,6 +313,27 @@ pub(super) async fn insert_events(
     events_written(tx, outbox, events).await
 }
 
+/// [`insert_events`] on the group-commit writer's own connection (see `store::lite`), inside
+/// its transaction. The webhook endpoints of the events' projects must be in `outbox` already.
+pub(super) fn insert_events_lite(
+    lite: &mut Lite,
+    outbox: &mut Outbox,
+    events: &[EventRow<'_>],
+) -> StoreResult<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let rows = event_values(events);
+    let table = TableRows {
+        table: "events",
+        cols: &EVENT_COLUMNS,
+        rows: &rows,
+    };
+    lite.write_tables(&[(&table, "")])?;
+    count_events(outbox, events);
+    enqueue_deliveries_lite(lite, outbox, events)
+}
+
 /// The `events` rows of `events`, one value per column of [`EVENT_COLUMNS`].
 fn event_values<'a>(events: &[EventRow<'a>]) -> Vec<Vec<Val<'a>>> {
     events

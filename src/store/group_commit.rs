@@ -46,7 +46,9 @@ use super::emails::{
 };
 use super::kept::Kept;
 use super::lite::Lite;
-use super::queue::{ClaimRow, Outcome, Recorded, apply_outcomes, claim_rows};
+use super::queue::{
+    ClaimRow, Outcome, Recorded, apply_outcomes, apply_outcomes_lite, claim_rows, claim_rows_lite,
+};
 use super::stats::EmailDims;
 use super::suppressions::{self, SuppressionRecord, find_for, find_for_lite};
 use super::webhooks::{EndpointCache, Outbox};
@@ -295,16 +297,16 @@ async fn run(
         }
         let started = Instant::now();
         let n = jobs.len() as u64;
-        let (plain, rest) = match lite {
-            Some(_) => Batch::of(jobs).split_plain(),
+        let (own, rest) = match lite {
+            Some(_) => Batch::of(jobs).split_own(),
             None => (Batch::default(), Batch::of(jobs)),
         };
         let mut in_order = true;
         let mut transactions = 0;
-        if let (Some(lite), false) = (lite.as_mut(), plain.ingest.is_empty()) {
+        if let (Some(lite), false) = (lite.as_mut(), own.is_empty()) {
             transactions += 1;
             let committed;
-            (dims, committed) = commit_lite(&mut kept, lite, plain, dims, &writing).await;
+            (dims, committed) = commit_lite(&mut kept, lite, own, dims, &writing).await;
             in_order &= committed;
         }
         if !rest.is_empty() {
@@ -474,23 +476,24 @@ impl Batch {
         batch
     }
 
-    /// The requests without an idempotency key (for the writer's own connection), and the
-    /// rest.
-    fn split_plain(self) -> (Batch, Batch) {
+    /// What the writer's own connection writes (the requests without an idempotency key,
+    /// the outcomes, the claims), and the rest (the requests with a key, each in a savepoint
+    /// of the pool's connection).
+    fn split_own(self) -> (Batch, Batch) {
         let (plain, keyed) = self
             .ingest
             .into_iter()
             .partition(|j| j.idempotency.is_none());
-        let plain = Batch {
+        let own = Batch {
             ingest: plain,
-            ..Batch::default()
-        };
-        let rest = Batch {
-            ingest: keyed,
             settled: self.settled,
             claims: self.claims,
         };
-        (plain, rest)
+        let rest = Batch {
+            ingest: keyed,
+            ..Batch::default()
+        };
+        (own, rest)
     }
 
     /// The outbox of the batch's transaction: the writer's stats shard, the email dimensions
@@ -576,10 +579,11 @@ fn suppress(jobs: &mut [IngestJob], found: &[SuppressionRecord]) {
 /// transaction costs a `ROLLBACK` where it meant to save a `BEGIN`.
 const COMMIT_THEN_BEGIN: [&str; 2] = ["COMMIT", "BEGIN"];
 
-/// Commits a batch of requests without idempotency keys on the writer's own SQLite connection
-/// (see `store::lite`), holding the pool's writer connection meanwhile so that none of the
-/// store's other writes is mid-transaction beside it; returns the email dimensions to keep
-/// and whether the pool's connection is in good order.
+/// Commits a batch of requests without idempotency keys, outcomes and claims on the writer's
+/// own SQLite connection (see `store::lite`), in the order [`write`] follows, holding the
+/// pool's writer connection meanwhile so that none of the store's other writes is
+/// mid-transaction beside it; returns the email dimensions to keep and whether the pool's
+/// connection is in good order.
 async fn commit_lite(
     kept: &mut Kept,
     lite: &mut Lite,
@@ -614,22 +618,37 @@ async fn commit_lite(
         }
     }
     let written = lite.transaction(|lite| {
-        let found = find_for_lite(lite, batch.ingest.iter().flat_map(|j| &j.emails))?;
-        suppress(&mut batch.ingest, &found);
-        insert_emails_lite(
-            lite,
-            &mut outbox,
-            batch.ingest.iter().flat_map(|j| &j.emails),
-        )?;
-        outbox.stats.flush_lite(lite)
+        if !batch.ingest.is_empty() {
+            let found = find_for_lite(lite, batch.ingest.iter().flat_map(|j| &j.emails))?;
+            suppress(&mut batch.ingest, &found);
+            let emails = batch.ingest.iter().flat_map(|j| &j.emails);
+            insert_emails_lite(lite, &mut outbox, emails)?;
+        }
+        let applied = if batch.settled.is_empty() {
+            Vec::new()
+        } else {
+            let groups: Vec<(&str, &[Outcome])> = batch
+                .settled
+                .iter()
+                .map(|j| (j.owner.as_str(), j.outcomes.as_slice()))
+                .collect();
+            apply_outcomes_lite(lite, &mut outbox, &groups)?
+        };
+        let claimed = batch
+            .claims
+            .iter()
+            .map(|job| claim_rows_lite(lite, &job.owner, job.now_ms, job.lease_ms, job.limit))
+            .collect::<StoreResult<Vec<_>>>()?;
+        outbox.stats.flush_lite(lite)?;
+        Ok((applied, claimed))
     });
     match written {
-        Ok(()) => {
+        Ok((applied, claimed)) => {
             outbox.remember_endpoints(w.endpoints);
             let written = Written {
                 results: batch.ingest.iter().map(|_| Ok(())).collect(),
-                applied: Vec::new(),
-                claimed: Vec::new(),
+                applied,
+                claimed,
             };
             let announced = outbox.announced;
             let committed = Committed {

@@ -20,7 +20,7 @@ use std::time::Duration;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, ToSql};
 
-use super::bulk::{TableRows, Val, sqlite_chunks};
+use super::bulk::{TableRows, Val, sqlite_chunks, sqlite_update_chunks};
 use super::checkpoint::WRITER_AUTOCHECKPOINT;
 use super::{StoreError, StoreResult};
 
@@ -98,16 +98,16 @@ impl Lite {
 
     /// The rows `sql` selects with `params` bound in order, each made by `row` (the statement
     /// kept prepared).
-    pub(super) fn select<'p, T>(
+    pub(super) fn select<P: ToSql, T>(
         &mut self,
         sql: &str,
-        params: impl IntoIterator<Item = &'p str>,
+        params: impl IntoIterator<Item = P>,
         mut row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
     ) -> StoreResult<Vec<T>> {
         let mut statement = self.conn.prepare_cached(sql).map_err(unavailable)?;
         for (i, p) in params.into_iter().enumerate() {
             statement
-                .raw_bind_parameter(i + 1, p)
+                .raw_bind_parameter(i + 1, &p)
                 .map_err(unavailable)?;
         }
         let mut rows = statement.raw_query();
@@ -117,6 +117,21 @@ impl Lite {
         }
         Ok(out)
     }
+}
+
+/// [`bulk::update_from_values`](super::bulk::update_from_values) on the writer's own
+/// connection: the changed rows' first returned column.
+pub(super) fn update_from_values(
+    lite: &mut Lite,
+    per_row: usize,
+    rows: &[Vec<Val<'_>>],
+    sql: impl Fn(&str, &str) -> String,
+) -> StoreResult<Vec<String>> {
+    let mut changed = Vec::new();
+    for (text, values) in sqlite_update_chunks(per_row, rows, &sql) {
+        changed.extend(lite.select(&text, values, |r| r.get::<_, String>(0))?);
+    }
+    Ok(changed)
 }
 
 impl ToSql for Val<'_> {

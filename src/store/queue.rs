@@ -11,8 +11,9 @@ use std::collections::{HashMap, HashSet};
 use sqlx::{AnyConnection, Row};
 
 use super::bulk::{Val, is_sqlite, update_from_values};
-use super::emails::{NewEvent, insert_events};
-use super::suppressions::{SuppressionRecord, insert_suppression};
+use super::emails::{NewEvent, insert_events, insert_events_lite};
+use super::lite::{self, Lite};
+use super::suppressions::{SuppressionRecord, insert_suppression, insert_suppression_lite};
 use super::webhooks::{EventRow, Outbox};
 use super::{Store, StoreResult, padded, padded_placeholders};
 
@@ -299,6 +300,32 @@ impl Store {
     }
 }
 
+/// [`claim_rows`] on the group-commit writer's own SQLite connection (see `store::lite`).
+pub(super) fn claim_rows_lite(
+    lite: &mut Lite,
+    owner: &str,
+    now_ms: i64,
+    lease_ms: i64,
+    limit: usize,
+) -> StoreResult<Vec<ClaimRow>> {
+    // Its numbered parameters take their places in the order they first appear: $1 to $4.
+    let params = [
+        Val::Text(owner),
+        Val::Int(now_ms + lease_ms),
+        Val::Int(now_ms),
+        Val::Int(i64::try_from(limit).unwrap_or(i64::MAX)),
+    ];
+    lite.select(CLAIM_SQLITE, &params, |r| {
+        Ok(ClaimRow {
+            id: r.get(0)?,
+            email_id: r.get(1)?,
+            address: r.get(2)?,
+            attempts: r.get(3)?,
+            deadline_at: r.get(4)?,
+        })
+    })
+}
+
 /// Writes the outcomes of every `(owner, outcomes)` batch inside `tx`: one `UPDATE` for all of
 /// them, fenced by each recipient's lease owner and pending status, then the events (and hard
 /// bounces' suppressions) of those applied. Returns how many of each batch were applied.
@@ -307,59 +334,83 @@ pub(super) async fn apply_outcomes(
     outbox: &mut Outbox,
     batches: &[(&str, &[Outcome])],
 ) -> StoreResult<Vec<usize>> {
-    // A statement's RETURNING names the recipients it changed, not which of their rows did
-    // it: a recipient must appear once per statement. (Twice happens only when a lease
-    // passed to another worker while the first was still sending; its outcome goes in a
-    // second statement, which its lost lease then refuses.)
-    let mut rounds: Vec<Vec<(&str, &Outcome)>> = Vec::new();
-    let mut seen: Vec<HashSet<&str>> = Vec::new();
-    for (owner, outcomes) in batches {
-        for o in outcomes.iter() {
-            let round = match seen
-                .iter()
-                .position(|s| !s.contains(o.recipient_id.as_str()))
-            {
-                Some(i) => i,
-                None => {
-                    rounds.push(Vec::new());
-                    seen.push(HashSet::new());
-                    rounds.len() - 1
-                }
-            };
-            seen[round].insert(&o.recipient_id);
-            rounds[round].push((owner, o));
-        }
-    }
     let mut applied: HashSet<(&str, &str)> = HashSet::new();
-    for round in &rounds {
+    for round in &rounds(batches) {
         let rows: Vec<Vec<Val<'_>>> = round
             .iter()
             .map(|(owner, o)| outcome_row(owner, o))
             .collect();
-        let changed: HashSet<String> = update_from_values(tx, 13, &rows, |update, values| {
-            format!(
-                "{update} recipients SET status = v.column3, \
-                 attempts = recipients.attempts + v.column5, next_attempt_at = v.column4, \
-                 lease_owner = NULL, lease_expires_at = NULL, smtp_code = v.column6, \
-                 smtp_enhanced = v.column7, smtp_response = v.column8, smtp_phase = v.column9, \
-                 bounce_type = v.column10, bounce_sub_type = v.column11, \
-                 sent_at = COALESCE(v.column12, recipients.sent_at), last_event_at = v.column13 \
-                 FROM {values} \
-                 WHERE recipients.id = v.column1 AND recipients.lease_owner = v.column2 \
-                 AND {} RETURNING recipients.id",
-                pending!("recipients")
-            )
-        })
-        .await?
-        .into_iter()
-        .collect();
-        applied.extend(
-            round
-                .iter()
-                .filter(|(_, o)| changed.contains(&o.recipient_id))
-                .map(|(owner, o)| (*owner, o.recipient_id.as_str())),
-        );
+        let changed = update_from_values(tx, 13, &rows, outcome_update).await?;
+        applied.extend(changed_of(round, &changed));
     }
+    let (counts, events, mut suppressions) = applied_outcomes(batches, &applied);
+    // In address order: two writers adding the same two addresses lock them in one order.
+    suppressions.sort_by(|a, b| (&a.project_id, &a.email).cmp(&(&b.project_id, &b.email)));
+    for sup in suppressions {
+        insert_suppression(tx, sup).await?;
+    }
+    // The events of every applied outcome, in one statement.
+    insert_events(tx, outbox, &events).await?;
+    Ok(counts)
+}
+
+/// [`apply_outcomes`] on the group-commit writer's own SQLite connection (see `store::lite`).
+/// The webhook endpoints of the outcomes' projects must be in `outbox` already.
+pub(super) fn apply_outcomes_lite(
+    lite: &mut Lite,
+    outbox: &mut Outbox,
+    batches: &[(&str, &[Outcome])],
+) -> StoreResult<Vec<usize>> {
+    let mut applied: HashSet<(&str, &str)> = HashSet::new();
+    for round in &rounds(batches) {
+        let rows: Vec<Vec<Val<'_>>> = round
+            .iter()
+            .map(|(owner, o)| outcome_row(owner, o))
+            .collect();
+        let changed = lite::update_from_values(lite, 13, &rows, outcome_update)?;
+        applied.extend(changed_of(round, &changed));
+    }
+    let (counts, events, suppressions) = applied_outcomes(batches, &applied);
+    for sup in suppressions {
+        insert_suppression_lite(lite, sup)?;
+    }
+    insert_events_lite(lite, outbox, &events)?;
+    Ok(counts)
+}
+
+/// The outcomes' `UPDATE`, given the statement's verb and its `VALUES … AS v` list.
+fn outcome_update(update: &str, values: &str) -> String {
+    format!(
+        "{update} recipients SET status = v.column3, \
+         attempts = recipients.attempts + v.column5, next_attempt_at = v.column4, \
+         lease_owner = NULL, lease_expires_at = NULL, smtp_code = v.column6, \
+         smtp_enhanced = v.column7, smtp_response = v.column8, smtp_phase = v.column9, \
+         bounce_type = v.column10, bounce_sub_type = v.column11, \
+         sent_at = COALESCE(v.column12, recipients.sent_at), last_event_at = v.column13 \
+         FROM {values} \
+         WHERE recipients.id = v.column1 AND recipients.lease_owner = v.column2 \
+         AND {} RETURNING recipients.id",
+        pending!("recipients")
+    )
+}
+
+/// The outcomes of a round whose recipients its `UPDATE` changed.
+fn changed_of<'a>(round: &[(&'a str, &'a Outcome)], changed: &[String]) -> Vec<(&'a str, &'a str)> {
+    let changed: HashSet<&str> = changed.iter().map(String::as_str).collect();
+    round
+        .iter()
+        .filter(|(_, o)| changed.contains(o.recipient_id.as_str()))
+        .map(|(owner, o)| (*owner, o.recipient_id.as_str()))
+        .collect()
+}
+
+/// What the applied outcomes write after their `UPDATE`: how many of each batch were applied,
+/// their events, and the suppressions (hard bounces) they add.
+#[allow(clippy::type_complexity)]
+fn applied_outcomes<'a>(
+    batches: &[(&'a str, &'a [Outcome])],
+    applied: &HashSet<(&str, &str)>,
+) -> (Vec<usize>, Vec<EventRow<'a>>, Vec<&'a SuppressionRecord>) {
     let mut counts = Vec::with_capacity(batches.len());
     let mut events = Vec::with_capacity(applied.len());
     let mut suppressions = Vec::new();
@@ -382,14 +433,34 @@ pub(super) async fn apply_outcomes(
         }
         counts.push(n);
     }
-    // In address order: two writers adding the same two addresses lock them in one order.
-    suppressions.sort_by(|a, b| (&a.project_id, &a.email).cmp(&(&b.project_id, &b.email)));
-    for sup in suppressions {
-        insert_suppression(tx, sup).await?;
+    (counts, events, suppressions)
+}
+
+/// The outcomes in rounds of one statement each. A statement's RETURNING names the
+/// recipients it changed, not which of their rows did it: a recipient must appear once per
+/// statement. (Twice happens only when a lease passed to another worker while the first was
+/// still sending; its outcome goes in a second statement, which its lost lease then refuses.)
+fn rounds<'a>(batches: &[(&'a str, &'a [Outcome])]) -> Vec<Vec<(&'a str, &'a Outcome)>> {
+    let mut rounds: Vec<Vec<(&str, &Outcome)>> = Vec::new();
+    let mut seen: Vec<HashSet<&str>> = Vec::new();
+    for (owner, outcomes) in batches {
+        for o in outcomes.iter() {
+            let round = match seen
+                .iter()
+                .position(|s| !s.contains(o.recipient_id.as_str()))
+            {
+                Some(i) => i,
+                None => {
+                    rounds.push(Vec::new());
+                    seen.push(HashSet::new());
+                    rounds.len() - 1
+                }
+            };
+            seen[round].insert(&o.recipient_id);
+            rounds[round].push((owner, o));
+        }
     }
-    // The events of every applied outcome, in one statement.
-    insert_events(tx, outbox, &events).await?;
-    Ok(counts)
+    rounds
 }
 
 /// An outcome's values, in the order of `apply_outcomes`' `v.column1…13`.

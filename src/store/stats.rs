@@ -322,18 +322,10 @@ impl StatsLog {
     }
 
     /// [`StatsLog::flush`] on the group-commit writer's own connection (see `store::lite`),
-    /// inside its transaction: every email counted must be one whose dimensions the log
-    /// knows (one it noted).
+    /// inside its transaction.
     pub(super) fn flush_lite(&mut self, lite: &mut Lite) -> StoreResult<()> {
-        if let Some(p) = self
-            .pending
-            .iter()
-            .find(|p| !self.dims.contains_key(&p.email_id))
-        {
-            return Err(StoreError::Unavailable(format!(
-                "the stats of email {} were counted without its dimensions",
-                p.email_id
-            )));
+        if !self.pending.is_empty() {
+            self.load_missing_dims_lite(lite)?;
         }
         let folded = self.fold();
         let (hourly, bounces) = folded.rows();
@@ -389,16 +381,26 @@ impl StatsLog {
         self.dims = dims;
     }
 
-    /// Reads the dimensions of the emails this transaction did not insert, in one query.
-    async fn load_missing_dims(&mut self, tx: &mut AnyConnection) -> StoreResult<()> {
-        let missing: Vec<String> = self
-            .pending
+    /// The emails counted whose dimensions the log does not know (it did not insert them).
+    fn missing_dims(&self) -> Vec<String> {
+        self.pending
             .iter()
             .filter(|p| !self.dims.contains_key(&p.email_id))
             .map(|p| p.email_id.clone())
             .collect::<HashSet<_>>()
             .into_iter()
-            .collect();
+            .collect()
+    }
+
+    /// Keeps an email's dimensions as its row holds them.
+    fn keep_dims(&mut self, id: String, stream: &str, tags: &str, from: &str) {
+        let tags = serde_json::from_str(tags).unwrap_or_default();
+        self.dims.insert(id, EmailDims::new(stream, tags, from));
+    }
+
+    /// Reads the dimensions of the emails this transaction did not insert, in one query.
+    async fn load_missing_dims(&mut self, tx: &mut AnyConnection) -> StoreResult<()> {
+        let missing = self.missing_dims();
         let missing: Vec<&str> = missing.iter().map(String::as_str).collect();
         for chunk in missing.chunks(512) {
             let sql = format!(
@@ -410,12 +412,35 @@ impl StatsLog {
                 q = q.bind(id);
             }
             for r in q.fetch_all(&mut *tx).await? {
-                let id: String = r.try_get(0)?;
                 let stream: String = r.try_get(1)?;
                 let tags: String = r.try_get(2)?;
                 let from: String = r.try_get(3)?;
-                let tags = serde_json::from_str(&tags).unwrap_or_default();
-                self.dims.insert(id, EmailDims::new(&stream, tags, &from));
+                self.keep_dims(r.try_get(0)?, &stream, &tags, &from);
+            }
+        }
+        Ok(())
+    }
+
+    /// [`StatsLog::load_missing_dims`] on the group-commit writer's own connection.
+    fn load_missing_dims_lite(&mut self, lite: &mut Lite) -> StoreResult<()> {
+        let missing = self.missing_dims();
+        let missing: Vec<&str> = missing.iter().map(String::as_str).collect();
+        for chunk in missing.chunks(512) {
+            let ids: Vec<&str> = padded(chunk).collect();
+            let sql = format!(
+                "SELECT id, stream, tags, from_email FROM emails WHERE id IN ({})",
+                vec!["?"; ids.len()].join(", ")
+            );
+            let rows = lite.select(&sql, ids, |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })?;
+            for (id, stream, tags, from) in rows {
+                self.keep_dims(id, &stream, &tags, &from);
             }
         }
         Ok(())

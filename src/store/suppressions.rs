@@ -6,6 +6,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
+use super::bulk::{TableRows, Val};
 use super::emails::{NewEmail, json_text};
 use super::lite::Lite;
 use super::{Store, StoreError, StoreResult, padded, padded_placeholders};
@@ -62,6 +63,36 @@ pub(super) async fn insert_suppression(
     .execute(&mut *tx)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// [`insert_suppression`] on the group-commit writer's own SQLite connection (see
+/// `store::lite`), inside its transaction.
+pub(super) fn insert_suppression_lite(lite: &mut Lite, s: &SuppressionRecord) -> StoreResult<()> {
+    let rows = [vec![
+        Val::Text(&s.id),
+        Val::Text(&s.project_id),
+        Val::Text(&s.email),
+        Val::Text(&s.stream),
+        Val::Text(&s.reason),
+        Val::OptText(s.source_email_id.as_deref()),
+        Val::OptText(s.details.as_deref()),
+        Val::Int(s.created_at),
+    ]];
+    let table = TableRows {
+        table: "suppressions",
+        cols: &[
+            "id",
+            "project_id",
+            "email",
+            "stream",
+            "reason",
+            "source_email_id",
+            "details",
+            "created_at",
+        ],
+        rows: &rows,
+    };
+    lite.write_tables(&[(&table, "ON CONFLICT (project_id, email, stream) DO NOTHING")])
 }
 
 impl SuppressionRecord {

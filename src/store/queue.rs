@@ -315,7 +315,7 @@ pub(super) fn claim_rows_lite(
         Val::Int(now_ms),
         Val::Int(i64::try_from(limit).unwrap_or(i64::MAX)),
     ];
-    lite.select(CLAIM_SQLITE, &params, |r| {
+    lite.select(CLAIM_SQLITE, params, |r| {
         Ok(ClaimRow {
             id: r.get(0)?,
             email_id: r.get(1)?,
@@ -406,7 +406,6 @@ fn changed_of<'a>(round: &[(&'a str, &'a Outcome)], changed: &[String]) -> Vec<(
 
 /// What the applied outcomes write after their `UPDATE`: how many of each batch were applied,
 /// their events, and the suppressions (hard bounces) they add.
-#[allow(clippy::type_complexity)]
 fn applied_outcomes<'a>(
     batches: &[(&'a str, &'a [Outcome])],
     applied: &HashSet<(&str, &str)>,

@@ -24,10 +24,10 @@
 //! so what was lost was never acknowledged. (SQLite's own `FULL` does the same flush inside
 //! `COMMIT`, holding the write lock while the disk works.)
 //!
-//! Also on SQLite, the requests without an idempotency key are written on the writer's own
-//! connection, on its own thread ([`Lite`], see `store::lite`), in a transaction of their own;
-//! the rest of the batch follows on the pool's writer connection, which the writer holds
-//! throughout.
+//! Also on SQLite, the requests without an idempotency key, the outcomes and the claims are
+//! written on the writer's own connection, on its own thread ([`Lite`], see `store::lite`), in
+//! a transaction of their own; the requests with a key follow on the pool's writer
+//! connection, which the writer holds throughout.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,5 @@
-//! The group-commit writer's own SQLite connection, for what it writes most: new emails.
+//! The group-commit writer's own SQLite connection, for what it writes most: new emails and
+//! delivery outcomes.
 //!
 //! sqlx runs each SQLite connection on a thread of its own; every statement is a hand-off to
 //! that thread and back, and its `Any` driver copies every text value twice on the way. At
@@ -7,11 +8,11 @@
 //! connection (rusqlite, over the very SQLite that sqlx bundles) runs on the writer's thread:
 //! the writer binds each value where it lies and steps the prepared statements itself.
 //!
-//! It writes only the writer's requests without an idempotency key (emails, recipients,
-//! search keys, events, webhook deliveries and their rollups), after reading the suppression
-//! list for their recipients in the same transaction: everything else stays on the
-//! pool's writer connection, which the writer holds meanwhile, so no other of the store's
-//! writes is ever mid-transaction beside it. Its commits are `synchronous = NORMAL`, like the
+//! It writes the writer's requests without an idempotency key (emails, recipients, search
+//! keys, events, webhook deliveries and their rollups, after reading the suppression list for
+//! their recipients in the same transaction), the delivery workers' outcomes and their claims.
+//! The requests with a key stay on the pool's writer connection, which the writer holds
+//! meanwhile, so no other of the store's writes is ever mid-transaction beside it. Its commits are `synchronous = NORMAL`, like the
 //! writer's: the syncer flushes the log before any job is answered.
 
 use std::path::Path;

@@ -510,6 +510,14 @@ impl Batch {
         self.ingest.is_empty() && self.settled.is_empty() && self.claims.is_empty()
     }
 
+    /// Each worker's outcomes, as the outcome writes take them.
+    fn outcome_groups(&self) -> Vec<(&str, &[Outcome])> {
+        self.settled
+            .iter()
+            .map(|j| (j.owner.as_str(), j.outcomes.as_slice()))
+            .collect()
+    }
+
     /// [`Batch::fail`] with a database error.
     fn fail_on(self, e: &sqlx::Error) {
         let msg = e.to_string();
@@ -624,15 +632,9 @@ async fn commit_lite(
             let emails = batch.ingest.iter().flat_map(|j| &j.emails);
             insert_emails_lite(lite, &mut outbox, emails)?;
         }
-        let applied = if batch.settled.is_empty() {
-            Vec::new()
-        } else {
-            let groups: Vec<(&str, &[Outcome])> = batch
-                .settled
-                .iter()
-                .map(|j| (j.owner.as_str(), j.outcomes.as_slice()))
-                .collect();
-            apply_outcomes_lite(lite, &mut outbox, &groups)?
+        let applied = match batch.outcome_groups() {
+            groups if groups.is_empty() => Vec::new(),
+            groups => apply_outcomes_lite(lite, &mut outbox, &groups)?,
         };
         let claimed = batch
             .claims
@@ -767,15 +769,9 @@ async fn write(
     if !plain.is_empty() {
         insert_emails(tx, outbox, plain.iter().copied()).await?;
     }
-    let applied = if batch.settled.is_empty() {
-        Vec::new()
-    } else {
-        let groups: Vec<(&str, &[Outcome])> = batch
-            .settled
-            .iter()
-            .map(|j| (j.owner.as_str(), j.outcomes.as_slice()))
-            .collect();
-        apply_outcomes(tx, outbox, &groups).await?
+    let applied = match batch.outcome_groups() {
+        groups if groups.is_empty() => Vec::new(),
+        groups => apply_outcomes(tx, outbox, &groups).await?,
     };
     let mut claimed = Vec::with_capacity(batch.claims.len());
     for job in &batch.claims {

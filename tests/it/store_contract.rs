@@ -20,6 +20,7 @@ on_both_backends!(
     outcomes_of_many_workers_are_fenced_row_by_row,
     deliveries_to_an_endpoint_disabled_since_are_canceled_at_claim,
     outcomes_and_new_emails_committed_together_keep_every_event,
+    a_claimed_scheduled_recipient_is_queued,
 );
 
 /// A writer may still hold an endpoint as enabled for up to a second after another process
@@ -381,6 +382,46 @@ async fn claims_only_due_recipients_in_order(backend: Backend) {
         "leased and future recipients are not due"
     );
     assert_eq!(claimed[0].mime, b"Subject: s\r\n\r\nt\r\n");
+    store.close().await;
+    db.drop_db().await;
+}
+
+/// A scheduled recipient the claim leases is queued from then on (SQLite's claim leaves the
+/// status alone and promotes those it returns as scheduled); a scheduled one not yet due and
+/// a queued one keep theirs.
+async fn a_claimed_scheduled_recipient_is_queued(backend: Backend) {
+    let (store, db) = store(backend).await;
+    let p = project(&store).await;
+    let mut e = email(
+        &p,
+        &[
+            ("due@x.com", NOW - 10),
+            ("later@x.com", NOW + 60_000),
+            ("queued@x.com", NOW - 5),
+        ],
+    );
+    e.recipients[0].status = "scheduled".into();
+    e.recipients[1].status = "scheduled".into();
+    let id = e.id.clone();
+    store.insert_emails(vec![e], None).await.expect("insert");
+    let claimed = store
+        .claim_due_recipients("w1", NOW, 1000, 10)
+        .await
+        .expect("claim");
+    assert_eq!(claimed[0].recipients.len(), 2, "the two due");
+    let (_, recipients) = store.get_email(&p, &id).await.expect("email");
+    let statuses: Vec<(&str, &str)> = recipients
+        .iter()
+        .map(|r| (r.address.as_str(), r.status.as_str()))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("due@x.com", "queued"),
+            ("later@x.com", "scheduled"),
+            ("queued@x.com", "queued")
+        ]
+    );
     store.close().await;
     db.drop_db().await;
 }

@@ -122,8 +122,13 @@ pub(super) async fn write_tables(
         let results = sqlx::Executor::fetch_many(&mut *tx, bind_values(&sql, values, true));
         (statements_done(results).await, before)
     } else {
-        for (t, on_conflict) in tables {
-            upsert_padded_pg(tx, t, on_conflict).await.map_err(early)?;
+        let written: Vec<_> = tables.iter().filter(|(t, _)| !t.rows.is_empty()).collect();
+        if written.len() > 1 && written.iter().all(|(t, _)| t.rows.len() <= MAX_PG_CHUNK) {
+            upsert_together_pg(tx, &written).await.map_err(early)?;
+        } else {
+            for (t, on_conflict) in written {
+                upsert_padded_pg(tx, t, on_conflict).await.map_err(early)?;
+            }
         }
         if then.is_empty() {
             return Ok(());
@@ -312,10 +317,46 @@ async fn upsert_padded_pg(
         let rows = padded_pg(chunk);
         let mut sql = String::new();
         push_padded_insert(&mut sql, t, on_conflict, false, |sql| {
-            push_values(sql, &rows, false, true);
+            push_values(sql, &rows, false, true, 0);
         });
         bind_all(&sql, &rows, true).execute(&mut *tx).await?;
     }
+    Ok(())
+}
+
+/// Postgres's side of [`write_tables`] for several tables of at most 64 rows each: one
+/// statement, each table's padded insert a data-modifying `WITH` of the last one's, one round
+/// trip where each table cost one (and the server's executor start, once per statement). The
+/// sub-statements run in order of the list only as far as Postgres promises: they see one
+/// snapshot and none another's rows, which inserts of new rows need not; the foreign keys
+/// between them are checked at the statement's end, when every row is in. Kept prepared:
+/// its shape is the tables' padded sizes, powers of two.
+async fn upsert_together_pg(
+    tx: &mut AnyConnection,
+    tables: &[&(&TableRows<'_, '_>, &str)],
+) -> StoreResult<()> {
+    let padded: Vec<_> = tables.iter().map(|(t, _)| padded_pg(t.rows)).collect();
+    let mut sql = String::new();
+    let mut n = 0;
+    let last = tables.len() - 1;
+    for (i, ((t, on_conflict), rows)) in tables.iter().zip(&padded).enumerate() {
+        if i < last {
+            sql.push_str(if i == 0 { "WITH " } else { ", " });
+            let _ = write!(sql, "w{i} AS (");
+        }
+        push_padded_insert(&mut sql, t, on_conflict, false, |sql| {
+            n = push_values(sql, rows, false, true, n);
+        });
+        if i < last {
+            sql.push(')');
+        }
+        if i == last - 1 {
+            sql.push(' ');
+        }
+    }
+    bind_values(&sql, padded.iter().flatten().flatten(), true)
+        .execute(&mut *tx)
+        .await?;
     Ok(())
 }
 
@@ -369,7 +410,9 @@ pub(super) async fn update_from_values(
     }
     for chunk in rows.chunks(MAX_PG_CHUNK) {
         let padded = padded_pg(chunk);
-        let statement = list(&|s| push_values(s, &padded, false, true));
+        let statement = list(&|s| {
+            push_values(s, &padded, false, true, 0);
+        });
         for row in bind_all(&statement, &padded, true)
             .fetch_all(&mut *tx)
             .await?
@@ -406,9 +449,15 @@ pub(super) fn is_sqlite(tx: &AnyConnection) -> bool {
 /// Appends `(…), (…)` with one placeholder per value. SQLite looks a numbered parameter up by
 /// name, walking the statement's list of names: quadratic in a statement of thousands; its
 /// anonymous `?` is bound by position. Postgres gets numbered parameters, `typed` ones with a
-/// cast (a `VALUES` list outside an `INSERT` has no column to infer their types from).
-fn push_values(sql: &mut String, rows: &[Vec<Val<'_>>], anonymous: bool, typed: bool) {
-    let mut n = 0;
+/// cast (a `VALUES` list outside an `INSERT` has no column to infer their types from),
+/// numbered on from `n` (the parameters already in the statement). Returns the last number.
+fn push_values(
+    sql: &mut String,
+    rows: &[Vec<Val<'_>>],
+    anonymous: bool,
+    typed: bool,
+    mut n: usize,
+) -> usize {
     for (i, row) in rows.iter().enumerate() {
         debug_assert_eq!(row.len(), rows[0].len(), "one value per column");
         sql.push_str(if i == 0 { "(" } else { ", (" });
@@ -429,6 +478,7 @@ fn push_values(sql: &mut String, rows: &[Vec<Val<'_>>], anonymous: bool, typed: 
         }
         sql.push(')');
     }
+    n
 }
 
 /// The statement with every value bound, kept prepared if `keep` (its size is one of a few).
@@ -463,7 +513,7 @@ fn bind_values<'q>(
 mod tests {
     use sqlx::Acquire;
 
-    use super::{Val, padded_len, update_from_values, upsert_rows};
+    use super::{TableRows, Val, insert_tables, padded_len, update_from_values, upsert_rows};
     use sqlx::pool::PoolConnection;
 
     /// A connection with a temporary table `table (k TEXT PRIMARY KEY, n BIGINT NOT NULL,
@@ -562,6 +612,81 @@ mod tests {
     #[tokio::test]
     async fn postgres_upserts_in_padded_chunks_land_every_row_once() {
         upserts_in_padded_chunks_land_every_row_once(&postgres_url(), "herald_padded_kv").await;
+    }
+
+    /// Several tables written together (Postgres: one statement, each table's insert a
+    /// `WITH` of the last): every row lands in its own table with its own values, children
+    /// beside the parents they refer to; a table too big for one chunk goes on its own.
+    async fn tables_written_together_land_every_row(url: &str, prefix: &str) {
+        let (parent, child) = (format!("{prefix}_parent"), format!("{prefix}_child"));
+        let mut conn = temp_table(url, &parent, "").await;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE TEMP TABLE {child} (k TEXT PRIMARY KEY, n BIGINT NOT NULL, \
+             parent TEXT NOT NULL REFERENCES {parent} (k))"
+        )))
+        .execute(&mut *conn)
+        .await
+        .expect("child table");
+        for (parents, children) in [(3, 5), (1, 70), (2, 1)] {
+            let pk: Vec<String> = (0..parents).map(|i| format!("p{parents}.{i}")).collect();
+            let ck: Vec<String> = (0..children).map(|i| format!("c{children}.{i}")).collect();
+            let prows: Vec<Vec<Val<'_>>> = pk
+                .iter()
+                .map(|k| vec![Val::Text(k), Val::Int(10)])
+                .collect();
+            let crows: Vec<Vec<Val<'_>>> = ck
+                .iter()
+                .enumerate()
+                .map(|(i, k)| vec![Val::Text(k), Val::Int(1), Val::Text(&pk[i % parents])])
+                .collect();
+            let tables = [
+                TableRows {
+                    table: &parent,
+                    cols: &["k", "n"],
+                    rows: &prows,
+                },
+                TableRows {
+                    table: &child,
+                    cols: &["k", "n", "parent"],
+                    rows: &crows,
+                },
+            ];
+            let mut tx = conn.begin().await.expect("begin");
+            insert_tables(&mut tx, &tables).await.expect("insert");
+            tx.commit().await.expect("commit");
+        }
+        let sums = |table: String| {
+            sqlx::query_as::<_, (i64, i64)>(sqlx::AssertSqlSafe(format!(
+                "SELECT COUNT(*), CAST(SUM(n) AS BIGINT) FROM {table}"
+            )))
+        };
+        let p = sums(parent.clone())
+            .fetch_one(&mut *conn)
+            .await
+            .expect("parents");
+        let c = sums(child.clone())
+            .fetch_one(&mut *conn)
+            .await
+            .expect("children");
+        assert_eq!((p, c), ((6, 60), (76, 76)));
+        let orphans: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM {child} c WHERE NOT EXISTS \
+             (SELECT 1 FROM {parent} p WHERE p.k = c.parent)"
+        )))
+        .fetch_one(&mut *conn)
+        .await
+        .expect("orphans");
+        assert_eq!(orphans, 0);
+    }
+
+    #[tokio::test]
+    async fn sqlite_tables_written_together_land_every_row() {
+        tables_written_together_land_every_row("sqlite::memory:", "together").await;
+    }
+
+    #[tokio::test]
+    async fn postgres_tables_written_together_land_every_row() {
+        tables_written_together_land_every_row(&postgres_url(), "herald_together").await;
     }
 
     /// Padded updates (SQLite: every chunk in one string; Postgres: a statement per chunk):

@@ -9,7 +9,8 @@
 //! table's statements take a few shapes, each kept prepared: on SQLite padded to 1, 4, 16 or
 //! 64 rows, every chunk of every table in one string (one hand-off, see [`push_padded`]); on
 //! Postgres to a power of two, one statement per chunk (a fresh size per batch was parsed,
-//! analysed and planned: 12 % of the server's CPU at the peak intake).
+//! analysed and planned: 12 % of the server's CPU at the peak intake), or, for several tables
+//! of one chunk each, one statement for all of them ([`upsert_together_pg`]).
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -75,7 +76,8 @@ pub(super) struct TableRows<'r, 'v> {
 /// bound in order (sqlx numbers anonymous parameters across the statements of a string): one
 /// hand-off to the connection's thread for all of them, where each statement cost one (the
 /// group-commit writer was busy 100 % of the time, most of it waiting on hand-offs). The
-/// string is kept prepared: see [`push_padded`]. On Postgres one statement after the other.
+/// string is kept prepared: see [`push_padded`]. On Postgres one statement for all of them
+/// when each fits in a chunk ([`upsert_together_pg`]), else one statement per chunk.
 pub(super) async fn insert_tables(
     tx: &mut AnyConnection,
     tables: &[TableRows<'_, '_>],
@@ -95,7 +97,8 @@ pub(super) struct Partial {
 /// Upserts rows into several tables (each with its `ON CONFLICT …`, or `""` to insert), in
 /// order, then runs the parameterless statements `then` (the writer's `COMMIT` and the next
 /// batch's `BEGIN`). On SQLite all of it is one string, one hand-off to the connection's
-/// thread; on Postgres the upserts go one statement per chunk and `then` in one simple query.
+/// thread; on Postgres the upserts go in one statement if each table fits in a chunk (else one
+/// statement per chunk) and `then` in one simple query.
 pub(super) async fn write_tables(
     tx: &mut AnyConnection,
     tables: &[(&TableRows<'_, '_>, &str)],

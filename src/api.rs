@@ -79,7 +79,7 @@ pub struct Shared {
     pub idempotency: idempotency::InFlight,
     /// When this process last recorded each key's use, so it writes at most once a minute.
     key_touches: Arc<Mutex<HashMap<String, i64>>>,
-    /// API keys by prefix, for a second (see [`cache`]).
+    /// API keys by prefix, for a second (see [`crate::cache`]).
     pub api_keys: Arc<crate::cache::TtlCache<crate::store::ApiKeyRecord>>,
     /// Sending-domain decisions by project and domain, for a second.
     pub senders: Arc<crate::cache::TtlCache<emails::SenderDecision>>,

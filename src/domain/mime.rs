@@ -5,7 +5,7 @@
 //! attachments around it all in `multipart/mixed`. Non-ASCII header text is encoded as
 //! RFC 2047 encoded words; bodies as 7bit, quoted-printable or base64 (whichever lettre would
 //! choose), so the message is 7-bit clean and needs no 8BITMIME. Text and HTML bodies that
-//! need quoted-printable are encoded here ([`text_body`]): the encoder lettre uses was a tenth
+//! need quoted-printable are encoded here (`text_body`): the encoder lettre uses was a tenth
 //! of the instructions Herald spends on an accepted email.
 
 use std::io::Write as _;

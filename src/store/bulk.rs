@@ -328,35 +328,36 @@ async fn upsert_padded_pg(
 }
 
 /// Postgres's side of [`write_tables`] for several tables of at most 64 rows each: one
-/// statement, each table's padded insert a data-modifying `WITH` of the last one's, one round
-/// trip where each table cost one (and the server's executor start, once per statement). The
-/// sub-statements run in order of the list only as far as Postgres promises: they see one
-/// snapshot and none another's rows, which inserts of new rows need not; the foreign keys
-/// between them are checked at the statement's end, when every row is in. Kept prepared:
-/// its shape is the tables' padded sizes, powers of two.
+/// statement, `WITH w0 AS (<insert>), w1 AS (<insert>) <insert>`, each table's padded insert
+/// as [`upsert_padded_pg`] writes it: one round trip and one executor start where each table
+/// cost one. Postgres runs the sub-statements on one snapshot, in no set order, none seeing
+/// another's rows, which inserts of new rows need not; the foreign keys between them are
+/// checked at the statement's end, with every row in. Kept prepared: its shape is the tables'
+/// padded sizes, powers of two.
 async fn upsert_together_pg(
     tx: &mut AnyConnection,
     tables: &[&(&TableRows<'_, '_>, &str)],
 ) -> StoreResult<()> {
     let padded: Vec<_> = tables.iter().map(|(t, _)| padded_pg(t.rows)).collect();
-    let mut sql = String::new();
     let mut n = 0;
-    let last = tables.len() - 1;
-    for (i, ((t, on_conflict), rows)) in tables.iter().zip(&padded).enumerate() {
-        if i < last {
-            sql.push_str(if i == 0 { "WITH " } else { ", " });
-            let _ = write!(sql, "w{i} AS (");
-        }
-        push_padded_insert(&mut sql, t, on_conflict, false, |sql| {
-            n = push_values(sql, rows, false, true, n);
-        });
-        if i < last {
-            sql.push(')');
-        }
-        if i == last - 1 {
-            sql.push(' ');
-        }
-    }
+    let mut inserts: Vec<String> = tables
+        .iter()
+        .zip(&padded)
+        .map(|((t, on_conflict), rows)| {
+            let mut sql = String::new();
+            push_padded_insert(&mut sql, t, on_conflict, false, |sql| {
+                n = push_values(sql, rows, false, true, n);
+            });
+            sql
+        })
+        .collect();
+    let last = inserts.pop().unwrap_or_default();
+    let with: Vec<String> = inserts
+        .iter()
+        .enumerate()
+        .map(|(i, insert)| format!("w{i} AS ({insert})"))
+        .collect();
+    let sql = format!("WITH {} {last}", with.join(", "));
     bind_values(&sql, padded.iter().flatten().flatten(), true)
         .execute(&mut *tx)
         .await?;

@@ -97,6 +97,16 @@ impl Lite {
         Ok(())
     }
 
+    /// Runs `sql` (a statement that returns no rows) with `params` bound in order, the
+    /// statement kept prepared.
+    pub(super) fn execute<P: ToSql>(
+        &mut self,
+        sql: &str,
+        params: impl IntoIterator<Item = P>,
+    ) -> StoreResult<()> {
+        self.select(sql, params, |_| Ok(())).map(drop)
+    }
+
     /// The rows `sql` selects with `params` bound in order, each made by `row` (the statement
     /// kept prepared).
     pub(super) fn select<P: ToSql, T>(

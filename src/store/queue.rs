@@ -364,7 +364,7 @@ pub(super) fn claim_rows_lite(
     })?;
     let scheduled = still_scheduled(&rows);
     if !scheduled.is_empty() {
-        lite.select(&promote_sql(scheduled.len()), scheduled, |_| Ok(()))?;
+        lite.execute(&promote_sql(scheduled.len()), scheduled)?;
     }
     Ok(rows.into_iter().map(|(r, _)| r).collect())
 }

@@ -20,6 +20,9 @@
 # throwaway Postfix instance configured as a relay (smtp-source -> Postfix -> smtp-sink; its
 # queue files are fsynced, as Herald's commits are). Runs are interleaved system by system and
 # the table shows the median and the spread (min-max) of the runs; the JSON file has every run.
+# Each system's run starts after a `sync` (no system waits behind another's writeback), and
+# bench/flush_probe.py times a 4 KB fdatasync every 100 ms beside it: the disk's own flush
+# latency during that run ("disk max ms"), to read a latency tail against.
 # Requires: postfix (smtp-sink, smtp-source), wrk, curl, python3. Cleans up what it starts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -132,8 +135,17 @@ settled_recipients() {
 RESULTS=$WORK/results.jsonl
 : >"$RESULTS"
 
+# Before each system's run, what the previous one left for the kernel to write back
+# (Postfix's queue files, Postgres's pages, SQLite's log) goes to the disk, so that no
+# system's flushes wait behind another's writeback.
+settle_disk() { sync; }
+# The disk's flush latency during a system's run (bench/flush_probe.py), beside its figures.
+start_probe() { python3 bench/flush_probe.py "$WORK/flush-probe" >"$WORK/probe.out" & PROBE=$!; PIDS+=("$PROBE"); }
+stop_probe() { kill -TERM "$PROBE"; wait "$PROBE" || true; }
+
 run_herald() { # backend workload label binary
     local backend=$1 mix=$2 label=$3 BIN=$4 sink port db key pid sinkpid
+    settle_disk
     sink=$(free_port); port=$(free_port)
     smtp-sink -u nobody -4 "127.0.0.1:$sink" 1024 >/dev/null 2>&1 &
     sinkpid=$!; PIDS+=("$sinkpid")
@@ -178,7 +190,8 @@ PY
     wait_port "$port"
     local t0 t1 t2 wrk_out expected settled
     export BENCH_KEY=$key BENCH_MIX=$body BENCH_PER_THREAD=$((N / threads))
-    local mcpu0 mcpu
+    local mcpu0 mcpu probe
+    start_probe
     mcpu0=$(machine_cpu)
     t0=$(now)
     if [ -n "$rate" ]; then
@@ -212,13 +225,15 @@ PY
         settled=$(settled_recipients "$port")
     fi
     mcpu=$(python3 -c "print(f'{$(machine_cpu) - $mcpu0:.2f}')")
+    stop_probe; probe=$(cat "$WORK/probe.out")
     read -r cpu rss < <(proc_stats "$pid")
     read -r scpu _ < <(proc_stats "$sinkpid")
     kill "$pid"; wait "$pid" 2>/dev/null || true
     kill "$sinkpid"; wait "$sinkpid" 2>/dev/null || true
-    python3 - "$RESULTS" "$backend${label:+-$label}" "$mix" "$t0" "$t1" "$t2" "$expected" "$settled" "$cpu" "$rss" "$mcpu" "$wcpu" "$scpu" "$wrk_out" <<'PY'
+    python3 - "$RESULTS" "$backend${label:+-$label}" "$mix" "$t0" "$t1" "$t2" "$expected" "$settled" "$cpu" "$rss" "$mcpu" "$wcpu" "$scpu" "$wrk_out" "$probe" <<'PY'
 import json, re, sys
-out, backend, mix, t0, t1, t2, expected, settled, cpu, rss, mcpu, wcpu, scpu, wrk = sys.argv[1:]
+out, backend, mix, t0, t1, t2, expected, settled, cpu, rss, mcpu, wcpu, scpu, wrk, probe = sys.argv[1:]
+disk = dict(re.findall(r"(\w+)=([\d.]+)", probe))
 m = dict(re.findall(r"(\w+)=(\d+)", next(l for l in wrk.splitlines() if l.startswith("BENCH "))))
 t0, t1, t2 = float(t0), float(t1), float(t2)
 emails = int(m["requests"])
@@ -235,10 +250,11 @@ row = {"system": f"herald-{backend}", "workload": mix, "emails": emails,
        "cpu_s_per_1000": round(float(cpu) / emails * 1000, 3),
        "machine_cpu_s_per_1000": round(float(mcpu) / emails * 1000, 3),
        "wrk_cpu_s_per_1000": round(float(wcpu) / emails * 1000, 3),
-       "sink_cpu_s_per_1000": round(float(scpu) / emails * 1000, 3)}
+       "sink_cpu_s_per_1000": round(float(scpu) / emails * 1000, 3),
+       "disk_flush_p99_ms": float(disk["p99_ms"]), "disk_flush_max_ms": float(disk["max_ms"])}
 open(out, "a").write(json.dumps(row) + "\n")
 print(f"  {row['system']:<24} {mix:<6} accepted {row['accepted_per_s']:>8}/s  delivered {str(row['delivered_per_s'] or '-'):>8}/s  "
-      f"p99 {row['accept_p99_ms']} ms  rss {rss} MB  cpu {row['cpu_s_per_1000']} s/1000")
+      f"p99 {row['accept_p99_ms']} ms  rss {rss} MB  cpu {row['cpu_s_per_1000']} s/1000  disk flush max {row['disk_flush_max_ms']} ms")
 PY
 }
 
@@ -280,6 +296,7 @@ sent_count() {
 
 run_postfix() {
     local pf=$WORK/pf sinkpid t0 t1 t2 sent=0 cpu
+    settle_disk
     rm -rf "$pf/queue" "$pf/data" "$pf/maillog"
     mkdir -p "$pf/queue" "$pf/data"
     chown postfix "$pf/data"
@@ -290,7 +307,8 @@ run_postfix() {
     postfix -c "$pf" start >/dev/null 2>&1
     PF_STARTED=1
     wait_port "$PF_PORT"
-    local cpu0
+    local cpu0 probe
+    start_probe
     cpu0=$(machine_cpu)
     t0=$(now)
     smtp-source -c -l 2048 -m "$N" -s "$C" -f orders@acme.com -t ada@example.com "127.0.0.1:$PF_PORT" >/dev/null
@@ -298,19 +316,22 @@ run_postfix() {
     t2=$(reach "$N" sent_count "$pf/maillog")
     sent=$(sent_count "$pf/maillog")
     cpu=$(python3 -c "print(f'{$(machine_cpu) - $cpu0:.2f}')")
+    stop_probe; probe=$(cat "$WORK/probe.out")
     postfix -c "$pf" stop >/dev/null 2>&1 || true
     PF_STARTED=0
     kill "$sinkpid"; wait "$sinkpid" 2>/dev/null || true
-    python3 - "$RESULTS" "$t0" "$t1" "$t2" "$N" "$sent" "$cpu" <<'PY'
-import json, sys
-out, t0, t1, t2, n, sent, cpu = sys.argv[1:]
+    python3 - "$RESULTS" "$t0" "$t1" "$t2" "$N" "$sent" "$cpu" "$probe" <<'PY'
+import json, re, sys
+out, t0, t1, t2, n, sent, cpu, probe = sys.argv[1:]
+disk = dict(re.findall(r"(\w+)=([\d.]+)", probe))
 t0, t1, t2, n, sent = float(t0), float(t1), float(t2), int(n), int(sent)
 row = {"system": "postfix", "workload": "plain", "emails": n, "recipients": n, "delivered": sent,
        "accepted_per_s": round(n / (t1 - t0), 1), "delivered_per_s": round(sent / (t2 - t0), 1),
        "drain_s": round(t2 - t0, 2), "drain_after_accept_s": round(t2 - t1, 2),
-       "machine_cpu_s_per_1000": round(float(cpu) / n * 1000, 3)}
+       "machine_cpu_s_per_1000": round(float(cpu) / n * 1000, 3),
+       "disk_flush_p99_ms": float(disk["p99_ms"]), "disk_flush_max_ms": float(disk["max_ms"])}
 open(out, "a").write(json.dumps(row) + "\n")
-print(f"  {'postfix':<16} plain  accepted {row['accepted_per_s']:>8}/s  delivered {row['delivered_per_s']:>8}/s")
+print(f"  {'postfix':<16} plain  accepted {row['accepted_per_s']:>8}/s  delivered {row['delivered_per_s']:>8}/s  disk flush max {row['disk_flush_max_ms']} ms")
 PY
 }
 
@@ -340,19 +361,19 @@ def med(vals):
     return statistics.median(vals) if vals else None
 summary = []
 print()
-print(f"{'system':<24} {'load':<6} {'accepted/s':>18} {'delivered/s':>18} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'drain s':>8} {'RSS MB':>7} {'CPU s/1k':>8} {'machine CPU s/1k':>16} {'wrk s/1k':>8} {'sink s/1k':>9}")
+print(f"{'system':<24} {'workload':<8} {'accepted/s':>18} {'delivered/s':>18} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'drain s':>8} {'RSS MB':>7} {'CPU s/1k':>8} {'machine CPU s/1k':>16} {'wrk s/1k':>8} {'sink s/1k':>9} {'disk max ms':>11}")
 for (system, workload), rs in groups.items():
     def col(k):
         v = [r[k] for r in rs if r.get(k) is not None]
         return (med(v), min(v), max(v)) if v else (None, None, None)
     s = {"system": system, "workload": workload, "runs": len(rs)}
     for k in ["accepted_per_s", "delivered_per_s", "accept_p50_ms", "accept_p99_ms", "accept_max_ms",
-              "drain_s", "peak_rss_mb", "cpu_s_per_1000", "machine_cpu_s_per_1000", "wrk_cpu_s_per_1000", "sink_cpu_s_per_1000"]:
+              "drain_s", "peak_rss_mb", "cpu_s_per_1000", "machine_cpu_s_per_1000", "wrk_cpu_s_per_1000", "sink_cpu_s_per_1000", "disk_flush_max_ms"]:
         s[k] = dict(zip(["median", "min", "max"], col(k)))
     summary.append(s)
     f = lambda k: "-" if s[k]["median"] is None else f"{s[k]['median']:.0f} ({s[k]['min']:.0f}-{s[k]['max']:.0f})"
     g = lambda k: "-" if s[k]["median"] is None else f"{s[k]['median']:.3g}"
-    print(f"{system:<24} {workload:<6} {f('accepted_per_s'):>18} {f('delivered_per_s'):>18} {g('accept_p50_ms'):>7} {g('accept_p99_ms'):>7} {g('accept_max_ms'):>7} {g('drain_s'):>8} {g('peak_rss_mb'):>7} {g('cpu_s_per_1000'):>8} {g('machine_cpu_s_per_1000'):>16} {g('wrk_cpu_s_per_1000'):>8} {g('sink_cpu_s_per_1000'):>9}")
+    print(f"{system:<24} {workload:<8} {f('accepted_per_s'):>18} {f('delivered_per_s'):>18} {g('accept_p50_ms'):>7} {g('accept_p99_ms'):>7} {g('accept_max_ms'):>7} {g('drain_s'):>8} {g('peak_rss_mb'):>7} {g('cpu_s_per_1000'):>8} {g('machine_cpu_s_per_1000'):>16} {g('wrk_cpu_s_per_1000'):>8} {g('sink_cpu_s_per_1000'):>9} {g('disk_flush_max_ms'):>11}")
 pf = next((s for s in summary if s["system"] == "postfix"), None)
 ratios = {}
 if pf:

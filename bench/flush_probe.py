@@ -4,11 +4,13 @@
 
 Every 100 ms it rewrites one 4 KB block of FILE and times its fdatasync: what any commit on
 this filesystem waits for at least, Herald's, Postgres's or Postfix's. On SIGTERM it prints
-`flushes=N p50_ms=… p99_ms=… max_ms=…` and removes FILE. A benchmark's tail latency beside a
+one JSON object (`disk_flushes`, `disk_flush_p50_ms`, `disk_flush_p99_ms`,
+`disk_flush_max_ms`: the fields a benchmark's row takes as they are) and removes FILE. A benchmark's tail latency beside a
 max_ms of seconds is the disk's stall, not the system's under test. Its own load is ten
 4 KB flushes a second.
 """
 
+import json
 import os
 import signal
 import sys
@@ -41,7 +43,9 @@ def main() -> None:
     def at(q: float) -> float:
         return round(times[min(len(times) - 1, int(q * len(times)))] * 1000, 2) if times else 0.0
 
-    print(f"flushes={len(times)} p50_ms={at(0.5)} p99_ms={at(0.99)} max_ms={at(1.0)}", flush=True)
+    figures = {"disk_flushes": len(times), "disk_flush_p50_ms": at(0.5),
+               "disk_flush_p99_ms": at(0.99), "disk_flush_max_ms": at(1.0)}
+    print(json.dumps(figures), flush=True)
 
 
 if __name__ == "__main__":

@@ -141,7 +141,7 @@ RESULTS=$WORK/results.jsonl
 settle_disk() { sync; }
 # The disk's flush latency during a system's run (bench/flush_probe.py), beside its figures.
 start_probe() { python3 bench/flush_probe.py "$WORK/flush-probe" >"$WORK/probe.out" & PROBE=$!; PIDS+=("$PROBE"); }
-stop_probe() { kill -TERM "$PROBE"; wait "$PROBE" || true; }
+stop_probe() { kill -TERM "$PROBE"; wait "$PROBE" || true; PROBE_OUT=$(cat "$WORK/probe.out"); }
 
 run_herald() { # backend workload label binary
     local backend=$1 mix=$2 label=$3 BIN=$4 sink port db key pid sinkpid
@@ -190,7 +190,7 @@ PY
     wait_port "$port"
     local t0 t1 t2 wrk_out expected settled
     export BENCH_KEY=$key BENCH_MIX=$body BENCH_PER_THREAD=$((N / threads))
-    local mcpu0 mcpu probe
+    local mcpu0 mcpu
     start_probe
     mcpu0=$(machine_cpu)
     t0=$(now)
@@ -225,15 +225,14 @@ PY
         settled=$(settled_recipients "$port")
     fi
     mcpu=$(python3 -c "print(f'{$(machine_cpu) - $mcpu0:.2f}')")
-    stop_probe; probe=$(cat "$WORK/probe.out")
+    stop_probe
     read -r cpu rss < <(proc_stats "$pid")
     read -r scpu _ < <(proc_stats "$sinkpid")
     kill "$pid"; wait "$pid" 2>/dev/null || true
     kill "$sinkpid"; wait "$sinkpid" 2>/dev/null || true
-    python3 - "$RESULTS" "$backend${label:+-$label}" "$mix" "$t0" "$t1" "$t2" "$expected" "$settled" "$cpu" "$rss" "$mcpu" "$wcpu" "$scpu" "$wrk_out" "$probe" <<'PY'
+    python3 - "$RESULTS" "$backend${label:+-$label}" "$mix" "$t0" "$t1" "$t2" "$expected" "$settled" "$cpu" "$rss" "$mcpu" "$wcpu" "$scpu" "$wrk_out" "$PROBE_OUT" <<'PY'
 import json, re, sys
 out, backend, mix, t0, t1, t2, expected, settled, cpu, rss, mcpu, wcpu, scpu, wrk, probe = sys.argv[1:]
-disk = dict(re.findall(r"(\w+)=([\d.]+)", probe))
 m = dict(re.findall(r"(\w+)=(\d+)", next(l for l in wrk.splitlines() if l.startswith("BENCH "))))
 t0, t1, t2 = float(t0), float(t1), float(t2)
 emails = int(m["requests"])
@@ -250,8 +249,7 @@ row = {"system": f"herald-{backend}", "workload": mix, "emails": emails,
        "cpu_s_per_1000": round(float(cpu) / emails * 1000, 3),
        "machine_cpu_s_per_1000": round(float(mcpu) / emails * 1000, 3),
        "wrk_cpu_s_per_1000": round(float(wcpu) / emails * 1000, 3),
-       "sink_cpu_s_per_1000": round(float(scpu) / emails * 1000, 3),
-       "disk_flush_p99_ms": float(disk["p99_ms"]), "disk_flush_max_ms": float(disk["max_ms"])}
+       "sink_cpu_s_per_1000": round(float(scpu) / emails * 1000, 3), **json.loads(probe)}
 open(out, "a").write(json.dumps(row) + "\n")
 print(f"  {row['system']:<24} {mix:<6} accepted {row['accepted_per_s']:>8}/s  delivered {str(row['delivered_per_s'] or '-'):>8}/s  "
       f"p99 {row['accept_p99_ms']} ms  rss {rss} MB  cpu {row['cpu_s_per_1000']} s/1000  disk flush max {row['disk_flush_max_ms']} ms")
@@ -307,7 +305,7 @@ run_postfix() {
     postfix -c "$pf" start >/dev/null 2>&1
     PF_STARTED=1
     wait_port "$PF_PORT"
-    local cpu0 probe
+    local cpu0
     start_probe
     cpu0=$(machine_cpu)
     t0=$(now)
@@ -316,20 +314,18 @@ run_postfix() {
     t2=$(reach "$N" sent_count "$pf/maillog")
     sent=$(sent_count "$pf/maillog")
     cpu=$(python3 -c "print(f'{$(machine_cpu) - $cpu0:.2f}')")
-    stop_probe; probe=$(cat "$WORK/probe.out")
+    stop_probe
     postfix -c "$pf" stop >/dev/null 2>&1 || true
     PF_STARTED=0
     kill "$sinkpid"; wait "$sinkpid" 2>/dev/null || true
-    python3 - "$RESULTS" "$t0" "$t1" "$t2" "$N" "$sent" "$cpu" "$probe" <<'PY'
-import json, re, sys
+    python3 - "$RESULTS" "$t0" "$t1" "$t2" "$N" "$sent" "$cpu" "$PROBE_OUT" <<'PY'
+import json, sys
 out, t0, t1, t2, n, sent, cpu, probe = sys.argv[1:]
-disk = dict(re.findall(r"(\w+)=([\d.]+)", probe))
 t0, t1, t2, n, sent = float(t0), float(t1), float(t2), int(n), int(sent)
 row = {"system": "postfix", "workload": "plain", "emails": n, "recipients": n, "delivered": sent,
        "accepted_per_s": round(n / (t1 - t0), 1), "delivered_per_s": round(sent / (t2 - t0), 1),
        "drain_s": round(t2 - t0, 2), "drain_after_accept_s": round(t2 - t1, 2),
-       "machine_cpu_s_per_1000": round(float(cpu) / n * 1000, 3),
-       "disk_flush_p99_ms": float(disk["p99_ms"]), "disk_flush_max_ms": float(disk["max_ms"])}
+       "machine_cpu_s_per_1000": round(float(cpu) / n * 1000, 3), **json.loads(probe)}
 open(out, "a").write(json.dumps(row) + "\n")
 print(f"  {'postfix':<16} plain  accepted {row['accepted_per_s']:>8}/s  delivered {row['delivered_per_s']:>8}/s  disk flush max {row['disk_flush_max_ms']} ms")
 PY

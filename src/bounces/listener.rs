@@ -98,8 +98,10 @@ enum Upgrade<S> {
     StartTls(S),
 }
 
+/// A line as received, its CRLF included: bytes, not text, since a message's lines may be
+/// 8-bit in any charset (the listener offers 8BITMIME) and are kept exactly as sent.
 enum Line {
-    Text(String),
+    Text(Vec<u8>),
     TooLong,
     Eof,
 }
@@ -129,7 +131,7 @@ async fn read_line<S: AsyncRead + Unpin>(
                 return Ok(Line::TooLong);
             }
             if buf.ends_with(b"\n") {
-                return Ok(Line::Text(String::from_utf8_lossy(&buf).into_owned()));
+                return Ok(Line::Text(std::mem::take(&mut buf)));
             }
         }
     })
@@ -166,7 +168,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 io.write_all(b"500 5.5.2 Line too long\r\n").await?;
                 return Ok(Upgrade::Closed);
             }
-            Some(Line::Text(t)) => t,
+            Some(Line::Text(t)) => String::from_utf8_lossy(&t).into_owned(),
         };
         let cmd = line.trim_end_matches(['\r', '\n']);
         let upper = cmd.to_ascii_uppercase();
@@ -231,15 +233,15 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                             return Ok(Upgrade::Closed);
                         }
                         Some(Line::Text(l)) => {
-                            if l == ".\r\n" || l == ".\n" {
+                            if l == b".\r\n" || l == b".\n" {
                                 break;
                             }
                             // Undo dot-stuffing (RFC 5321 §4.5.2).
-                            let l = l.strip_prefix('.').unwrap_or(&l);
+                            let l = l.strip_prefix(b".").unwrap_or(&l);
                             if data.len() + l.len() > s.max_message_bytes {
                                 too_big = true;
                             } else {
-                                data.extend_from_slice(l.as_bytes());
+                                data.extend_from_slice(l);
                             }
                         }
                     }

@@ -76,6 +76,42 @@ async fn refuses_forgeries_oversize_and_overlong_lines() {
     app.finish().await;
 }
 
+/// A message's bytes are kept as they came: an 8-bit line in another charset than UTF-8 (the
+/// listener offers 8BITMIME) is not "repaired", and only the dot-stuffing is undone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeps_an_8bit_message_byte_for_byte() {
+    let app = listener_app(Backend::Sqlite, None).await;
+    let mut s = Client::connect(app.inbound_addr.expect("listener")).await;
+    s.expect("220").await;
+    s.send("EHLO tester").await;
+    assert!(s.expect("250").await.contains("8BITMIME"));
+    s.send("MAIL FROM:<> BODY=8BITMIME").await;
+    s.expect("250").await;
+    s.send("RCPT TO:<postmaster@bounces.herald.localhost>")
+        .await;
+    s.expect("250").await;
+    s.send("DATA").await;
+    s.expect("354").await;
+    // "é" in ISO-8859-1 is the lone byte 0xE9, which is not UTF-8.
+    s.write(b"Subject: r\xe9sum\xe9\r\nContent-Type: text/plain; charset=iso-8859-1\r\n\r\nCaf\xe9\r\n..dot\r\n.\r\n")
+        .await;
+    let reply = s.expect("250").await;
+    let id = reply
+        .split_whitespace()
+        .last()
+        .expect("the kept message's id");
+    let raw: Vec<u8> = sqlx::query_scalar("SELECT raw FROM inbound_messages WHERE id = $1")
+        .bind(id)
+        .fetch_one(&sqlx::AnyPool::connect(&app.db.url).await.expect("pool"))
+        .await
+        .expect("kept");
+    assert_eq!(
+        raw,
+        b"Subject: r\xe9sum\xe9\r\nContent-Type: text/plain; charset=iso-8859-1\r\n\r\nCaf\xe9\r\n.dot\r\n"
+    );
+    app.finish().await;
+}
+
 async fn listener_app(backend: Backend, relay: Option<&TestSmtp>) -> TestApp {
     TestApp::spawn_with(backend, relay, |c| {
         let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
@@ -170,11 +206,11 @@ impl Client {
     }
 
     async fn send(&mut self, line: &str) {
-        self.io
-            .get_mut()
-            .write_all(format!("{line}\r\n").as_bytes())
-            .await
-            .expect("write");
+        self.write(format!("{line}\r\n").as_bytes()).await;
+    }
+
+    async fn write(&mut self, bytes: &[u8]) {
+        self.io.get_mut().write_all(bytes).await.expect("write");
     }
 
     /// Reads one (possibly multi-line) reply and checks its code.

@@ -4,7 +4,8 @@
 #   bash bench/throughput.sh [N=100000] [concurrency=64] [runs=3]
 #   BENCH_BACKENDS="sqlite postgres" (default both), BENCH_POSTFIX=0 to skip Postfix,
 #   BENCH_RELAY_CONCURRENCY (32), BENCH_OUT (bench/results.json),
-#   BENCH_WORKLOADS ("plain mix ingest half"; "half" needs "plain" before it).
+#   BENCH_WORKLOADS ("plain mix ingest half"; "half" needs "plain" before it, unless
+#   BENCH_HALF_RATE sets the rate "half" sends at, the same for every system).
 #   BENCH_BINS="a=/path/herald b=/other/herald": compare builds side by side instead of building
 #   this tree (each run goes through every binary in turn; systems are named herald-<backend>-<label>).
 #
@@ -169,8 +170,10 @@ run_herald() { # backend workload label binary
         ingest) export HERALD_DELIVERY__WORKERS=0; body=plain ;;
         half)
             body=plain total=$((N / 2))
-            # Half of what this system's plain workload reached in this run.
-            rate=$(python3 - "$RESULTS" "herald-$backend${label:+-$label}" <<'PY'
+            # Half of what this system's plain workload reached in this run, or the rate
+            # BENCH_HALF_RATE sets for every system (builds compared at one rate).
+            rate=${BENCH_HALF_RATE:-}
+            [ -n "$rate" ] || rate=$(python3 - "$RESULTS" "herald-$backend${label:+-$label}" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 plain = [r for r in rows if r["system"] == sys.argv[2] and r["workload"] == "plain"]

@@ -36,7 +36,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::{AnyConnection, AnyPool, Executor};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::bulk::{Partial, is_sqlite};
 use super::checkpoint::{Checkpointer, Figures as CheckpointFigures};
@@ -99,7 +100,7 @@ pub(super) struct Writer {
 
 /// A SQLite database's write-ahead log: the file the syncer flushes, the database's own (the
 /// writer's connection of its own opens it, see `store::lite`), and what checkpoints the log
-/// between flushes.
+/// beside the flushes.
 pub(super) struct Wal {
     pub(super) path: PathBuf,
     pub(super) database: PathBuf,
@@ -407,17 +408,22 @@ impl Committed {
 }
 
 /// The syncer: takes every commit made so far, flushes the write-ahead log once (a flush
-/// begun after a commit holds it), then answers their jobs; and between two flushes, at most
-/// every 100 ms, checkpoints the log. The flush blocks the thread it runs on: the syncer's
-/// own (commits made meanwhile wait in the channel).
+/// begun after a commit holds it), then answers their jobs. The flush blocks the thread it
+/// runs on: the syncer's own (commits made meanwhile wait in the channel). After a flush, at
+/// most every 100 ms, a task beside it checkpoints the log (see `store::checkpoint`) while the
+/// syncer goes on flushing.
 async fn sync_then_answer<F>(
     wal: PathBuf,
     mut rx: mpsc::Receiver<Committed>,
     sync: F,
-    mut checkpointer: Option<Checkpointer>,
+    checkpointer: Option<Checkpointer>,
 ) where
     F: Fn(&Path) -> std::io::Result<()>,
 {
+    let flushed = Arc::new(Notify::new());
+    let stop = CancellationToken::new();
+    let checkpoints =
+        checkpointer.map(|c| tokio::spawn(checkpoints(c, Arc::clone(&flushed), stop.clone())));
     let mut done = Vec::new();
     while rx.recv_many(&mut done, SYNC_QUEUE).await > 0 {
         match sync(&wal) {
@@ -431,14 +437,28 @@ async fn sync_then_answer<F>(
                 }
             }
         }
-        // Between two flushes of the log, never beside one (see `store::checkpoint`).
-        if let Some(checkpointer) = &mut checkpointer {
-            checkpointer.after_flush().await;
+        flushed.notify_one();
+    }
+    stop.cancel();
+    if let Some(checkpoints) = checkpoints {
+        let _ = checkpoints.await;
+    }
+}
+
+/// A checkpoint after each flush the syncer announces on `flushed` (at most one every 100 ms:
+/// [`Checkpointer::after_flush`]), until `stop`; a checkpoint begun is finished.
+async fn checkpoints(
+    mut checkpointer: Checkpointer,
+    flushed: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = flushed.notified() => checkpointer.after_flush().await,
         }
     }
-    if let Some(checkpointer) = checkpointer {
-        checkpointer.close().await;
-    }
+    checkpointer.close().await;
 }
 
 /// `fdatasync` of the write-ahead log (opened afresh, so a log SQLite replaced is still the

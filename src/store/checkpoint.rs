@@ -7,16 +7,19 @@
 //! and two flushes every thousand pages (with checkpoints turned off the accept rate rose
 //! 16 %, side by side).
 //!
-//! So they are taken beside the syncer (see `store::group_commit`): after one of its flushes
-//! of the log, at most every [`INTERVAL`], a `PASSIVE` checkpoint on a connection of its own,
-//! which takes no lock the writer needs, so the writer goes on committing while it copies, and
-//! the syncer goes on flushing. They were first taken in the syncer's turn, between two of its
-//! flushes, because a checkpoint's flush of the database file beside a flush of the log slowed
-//! the latter (the accept p99 at half the peak rose from 17 to 26 ms);
-//! but then no request was answered while the checkpoint copied, and at the peak each copy
-//! was a stall of every request in flight. Side by side on 2026-12-03 (SQLite, N=200,000,
-//! concurrency 256, four runs) accepting alone rose 14,620 → 16,062/s, every run ahead by
-//! 8–12 %; at concurrency 64 the p99 at half the peak stayed at 11–16 ms.
+//! So they are taken beside the syncer (see `store::group_commit`), on a thread of their own:
+//! after one of its flushes of the log, at most every [`INTERVAL`], a `PASSIVE` checkpoint on
+//! a connection of its own, which takes no lock the writer needs, so the writer goes on
+//! committing while it copies, and the syncer goes on flushing. They were first taken in the
+//! syncer's turn, between two of its flushes, because a checkpoint's flush of the database
+//! file beside a flush of the log slowed the latter (the accept p99 at half the peak rose from
+//! 17 to 26 ms); but then no request was answered while the checkpoint copied, and at the peak
+//! each copy stalled every request in flight. Side by side on 2026-12-03 (SQLite, accepting
+//! alone, N=200,000, concurrency 256): as a task on the syncer's runtime, 14,620 → 16,062/s,
+//! each of four runs ahead by 8–12 %; on their own thread (the task was polled only when the
+//! syncer waited for commits), on a machine by then 1.4 times slower, 11,034 → 11,304/s, each
+//! of three runs ahead by 2–9 %. The tail at one rate moved both ways (ARCHITECTURE.md,
+//! *Ingest*).
 //!
 //! The writer's own automatic checkpoint stays, at [`WRITER_AUTOCHECKPOINT`] pages rather than
 //! 1,000. SQLite starts the log over from its beginning only in a writer's transaction that

@@ -361,11 +361,57 @@ impl Syncer {
     fn start(wal: Wal) -> StoreResult<Self> {
         let (commits, rx) = mpsc::channel(SYNC_QUEUE);
         let (finished, done) = oneshot::channel();
+        let checkpoints = Checkpoints::start(wal.checkpointer)?;
         Home::OwnThread.spawn("herald-syncer", async move {
-            sync_then_answer(wal.path, rx, sync_wal, Some(wal.checkpointer)).await;
+            sync_then_answer(wal.path, rx, sync_wal, Some(checkpoints)).await;
             let _ = finished.send(());
         })?;
         Ok(Self { commits, done })
+    }
+}
+
+/// The checkpoints, on a thread of their own beside the syncer's: one after a flush of the
+/// log, at most every 100 ms ([`Checkpointer::after_flush`]), while the syncer goes on
+/// flushing (see `store::checkpoint`). On the syncer's own runtime the task would be polled
+/// only when the syncer waits for commits, which under load it seldom does.
+struct Checkpoints {
+    flushed: Arc<Notify>,
+    stop: CancellationToken,
+    done: oneshot::Receiver<()>,
+}
+
+impl Checkpoints {
+    fn start(mut checkpointer: Checkpointer) -> StoreResult<Self> {
+        let flushed = Arc::new(Notify::new());
+        let stop = CancellationToken::new();
+        let (finished, done) = oneshot::channel();
+        let (on_flush, stopped) = (Arc::clone(&flushed), stop.clone());
+        Home::OwnThread.spawn("herald-checkpoint", async move {
+            loop {
+                tokio::select! {
+                    () = stopped.cancelled() => break,
+                    () = on_flush.notified() => checkpointer.after_flush().await,
+                }
+            }
+            checkpointer.close().await;
+            let _ = finished.send(());
+        })?;
+        Ok(Self {
+            flushed,
+            stop,
+            done,
+        })
+    }
+
+    /// A flush of the log has ended.
+    fn flushed(&self) {
+        self.flushed.notify_one();
+    }
+
+    /// Ends them once a checkpoint begun is finished.
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.done.await;
     }
 }
 
@@ -408,22 +454,17 @@ impl Committed {
 }
 
 /// The syncer: takes every commit made so far, flushes the write-ahead log once (a flush
-/// begun after a commit holds it), then answers their jobs. The flush blocks the thread it
-/// runs on: the syncer's own (commits made meanwhile wait in the channel). After a flush, at
-/// most every 100 ms, a task beside it checkpoints the log (see `store::checkpoint`) while the
-/// syncer goes on flushing.
+/// begun after a commit holds it), then answers their jobs, and tells the checkpoints. The
+/// flush blocks the thread it runs on: the syncer's own (commits made meanwhile wait in the
+/// channel).
 async fn sync_then_answer<F>(
     wal: PathBuf,
     mut rx: mpsc::Receiver<Committed>,
     sync: F,
-    checkpointer: Option<Checkpointer>,
+    checkpoints: Option<Checkpoints>,
 ) where
     F: Fn(&Path) -> std::io::Result<()>,
 {
-    let flushed = Arc::new(Notify::new());
-    let stop = CancellationToken::new();
-    let checkpoints =
-        checkpointer.map(|c| tokio::spawn(checkpoints(c, Arc::clone(&flushed), stop.clone())));
     let mut done = Vec::new();
     while rx.recv_many(&mut done, SYNC_QUEUE).await > 0 {
         match sync(&wal) {
@@ -437,28 +478,13 @@ async fn sync_then_answer<F>(
                 }
             }
         }
-        flushed.notify_one();
-    }
-    stop.cancel();
-    if let Some(checkpoints) = checkpoints {
-        let _ = checkpoints.await;
-    }
-}
-
-/// A checkpoint after each flush the syncer announces on `flushed` (at most one every 100 ms:
-/// [`Checkpointer::after_flush`]), until `stop`; a checkpoint begun is finished.
-async fn checkpoints(
-    mut checkpointer: Checkpointer,
-    flushed: Arc<Notify>,
-    stop: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => break,
-            () = flushed.notified() => checkpointer.after_flush().await,
+        if let Some(checkpoints) = &checkpoints {
+            checkpoints.flushed();
         }
     }
-    checkpointer.close().await;
+    if let Some(checkpoints) = checkpoints {
+        checkpoints.stop().await;
+    }
 }
 
 /// `fdatasync` of the write-ahead log (opened afresh, so a log SQLite replaced is still the

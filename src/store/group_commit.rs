@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::{AnyConnection, AnyPool, Executor};
 use tokio::sync::{Notify, mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::bulk::{Partial, is_sqlite};
 use super::checkpoint::{Checkpointer, Figures as CheckpointFigures};
@@ -376,7 +376,9 @@ impl Syncer {
 /// only when the syncer waits for commits, which under load it seldom does.
 struct Checkpoints {
     flushed: Arc<Notify>,
-    stop: CancellationToken,
+    /// Stops the thread when dropped, whether by [`Checkpoints::stop`] or with the syncer
+    /// that never started.
+    stop: DropGuard,
     done: oneshot::Receiver<()>,
 }
 
@@ -398,7 +400,7 @@ impl Checkpoints {
         })?;
         Ok(Self {
             flushed,
-            stop,
+            stop: stop.drop_guard(),
             done,
         })
     }
@@ -410,8 +412,9 @@ impl Checkpoints {
 
     /// Ends them once a checkpoint begun is finished.
     async fn stop(self) {
-        self.stop.cancel();
-        let _ = self.done.await;
+        let Self { stop, done, .. } = self;
+        drop(stop);
+        let _ = done.await;
     }
 }
 

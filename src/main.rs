@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use herald::app::{App, cancel_on_signals};
 use herald::clock::{Clock, SystemClock, format_ms};
 use herald::config::Config;
+use herald::domain::address::ascii_domain;
 use herald::domain::api_key::{ApiKeyToken, Permission};
 use herald::store::{ApiKeyRecord, Store};
 
@@ -311,6 +312,13 @@ async fn keys(config: Config, command: KeysCommand) -> anyhow::Result<()> {
         } => {
             let project = store.ensure_project(&project, now).await?;
             let permission = Permission::parse(&permission).context("permission")?;
+            let allowed_domain = allowed_domain
+                .iter()
+                .map(|d| {
+                    ascii_domain(d.trim().trim_end_matches('.'))
+                        .with_context(|| format!("--allowed-domain {d:?} is not a domain name"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let token = ApiKeyToken::generate();
             let record = ApiKeyRecord {
                 id: uuid::Uuid::now_v7().to_string(),

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::clock::format_ms;
+use crate::domain::address::ascii_domain;
 use crate::domain::api_key::{ApiKeyToken, Permission};
 use crate::store::ApiKeyRecord;
 
@@ -89,24 +90,24 @@ pub async fn create_api_key(
             None
         }
     };
+    // Each domain as `From` addresses carry it: lower-case ASCII, an internationalized one in
+    // its ASCII form (see `domain::address`).
     let allowed_domains = req.allowed_domains.map(|list| {
         list.iter()
-            .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase())
+            .enumerate()
+            .filter_map(|(i, d)| {
+                let domain = ascii_domain(d.trim().trim_end_matches('.'));
+                if domain.is_none() {
+                    errors.push(FieldError::new(
+                        format!("/allowed_domains/{i}"),
+                        "invalid_domain",
+                        format!("'{}' is not a domain name", d.escape_debug()),
+                    ));
+                }
+                domain
+            })
             .collect::<Vec<_>>()
     });
-    if let Some(list) = &allowed_domains {
-        for (i, d) in list.iter().enumerate() {
-            if !d.contains('.')
-                || d.contains(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '-'))
-            {
-                errors.push(FieldError::new(
-                    format!("/allowed_domains/{i}"),
-                    "invalid_domain",
-                    format!("'{}' is not a domain name", d.escape_debug()),
-                ));
-            }
-        }
-    }
     let (Some(permission), true) = (permission, errors.is_empty()) else {
         return Err(ApiError::validation(errors));
     };

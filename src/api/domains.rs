@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::domain::address::ascii_domain;
 use crate::domain::dkim::{DkimAlgorithm, generate};
 use crate::domains::records::{RecordSettings, domain_json};
 use crate::store::{DkimKeyRecord, DomainRecord, StoreError};
@@ -128,15 +129,16 @@ pub async fn create_domain(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     principal.require_full_access()?;
     let mut errors = Vec::new();
-    let name = req.name.trim().trim_end_matches('.').to_ascii_lowercase();
-    let labels: Vec<&str> = name.split('.').collect();
-    if name.len() > 253 || labels.len() < 2 || !labels.iter().all(|l| valid_label(l)) {
+    // Lower-case ASCII, an internationalized name in its ASCII form: as `From` addresses and
+    // DNS carry it (see `domain::address`).
+    let name = ascii_domain(req.name.trim().trim_end_matches('.')).unwrap_or_else(|| {
         errors.push(FieldError::new(
             "/name",
             "invalid_domain",
             format!("'{}' is not a domain name", req.name.escape_debug()),
         ));
-    }
+        String::new()
+    });
     let mode = req.dkim.unwrap_or_else(|| "herald".into());
     if mode != "herald" && mode != "upstream" {
         errors.push(FieldError::new(

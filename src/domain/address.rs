@@ -2,8 +2,12 @@
 //!
 //! Herald accepts the ASCII addresses of RFC 5321 §4.1.2 in dot-atom form (no quoted local
 //! parts, no address literals): what transactional mail uses, and what every relay takes
-//! without SMTPUTF8. CR, LF and other control characters are refused everywhere, which is
-//! what keeps header injection out of the MIME Herald builds.
+//! without SMTPUTF8. An internationalized domain (`ada@bücher.de`) is taken in its ASCII form
+//! (`ada@xn--bcher-kva.de`, UTS #46 as browsers and mail clients do it): the same domain to DNS
+//! and to every relay, so it needs no SMTPUTF8 either. A local part stays ASCII: a non-ASCII
+//! one has no ASCII form, and a relay without SMTPUTF8 refuses it. CR, LF and other control
+//! characters are refused everywhere, which is what keeps header injection out of the MIME
+//! Herald builds.
 
 use std::fmt;
 
@@ -16,8 +20,8 @@ pub enum AddressError {
     ControlCharacter,
 }
 
-/// A syntactically valid `local@domain` address. The domain is kept lower-case; the local
-/// part exactly as given (RFC 5321 §2.4: it may be case-sensitive).
+/// A syntactically valid `local@domain` address. The domain is kept lower-case and in its
+/// ASCII form; the local part exactly as given (RFC 5321 §2.4: it may be case-sensitive).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EmailAddress(String);
 
@@ -29,10 +33,11 @@ impl EmailAddress {
         }
         let invalid = || AddressError::Invalid(s.to_owned());
         let (local, domain) = s.rsplit_once('@').ok_or_else(invalid)?;
-        if !valid_local_part(local) || !valid_domain(domain) || s.len() > 254 {
+        let domain = ascii_domain(domain).ok_or_else(invalid)?;
+        if !valid_local_part(local) || local.len() + 1 + domain.len() > 254 {
             return Err(invalid());
         }
-        Ok(Self(format!("{local}@{}", domain.to_ascii_lowercase())))
+        Ok(Self(format!("{local}@{domain}")))
     }
 
     pub fn as_str(&self) -> &str {
@@ -64,6 +69,19 @@ fn valid_local_part(local: &str) -> bool {
         && local
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '.' || SPECIALS.contains(c))
+}
+
+/// A domain name as Herald keeps it, lower-case ASCII: an internationalized one in its ASCII
+/// form (UTS #46 with the STD3 rules, so each label is letters, digits and hyphens), an ASCII
+/// one as given. `None` if it is not a host name of two labels or more with a top-level label
+/// that is not all digits.
+pub fn ascii_domain(domain: &str) -> Option<String> {
+    let domain = if domain.is_ascii() {
+        domain.to_ascii_lowercase()
+    } else {
+        idna::domain_to_ascii_strict(domain).ok()?
+    };
+    valid_domain(&domain).then_some(domain)
 }
 
 fn valid_domain(domain: &str) -> bool {
@@ -157,6 +175,40 @@ mod tests {
         ] {
             assert!(EmailAddress::parse(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn takes_an_internationalized_domain_in_its_ascii_form() {
+        let a = EmailAddress::parse("Ada@Bücher.DE").expect("valid");
+        assert_eq!(a.as_str(), "Ada@xn--bcher-kva.de");
+        assert_eq!(a.domain(), "xn--bcher-kva.de");
+        // The ASCII form given as such is the same address.
+        assert_eq!(EmailAddress::parse("Ada@xn--bcher-kva.de"), Ok(a));
+        assert_eq!(
+            EmailAddress::parse("jo@例え.テスト").map(|a| a.to_string()),
+            Ok("jo@xn--r8jz45g.xn--zckzah".to_owned())
+        );
+        let m = Mailbox::parse("Zoë <zoe@straße.de>").expect("valid");
+        assert_eq!(m.email.as_str(), "zoe@xn--strae-oqa.de");
+        assert_eq!(m.name.as_deref(), Some("Zoë"));
+        for bad in [
+            "üser@example.com",
+            "a@bü_cher.de",
+            "a@-bücher.de",
+            "a@bücher",
+            "a@bü cher.de",
+        ] {
+            assert!(EmailAddress::parse(bad).is_err(), "{bad} accepted");
+        }
+        assert_eq!(
+            ascii_domain("Mail.Example.COM").as_deref(),
+            Some("mail.example.com")
+        );
+        assert_eq!(
+            ascii_domain("münchen.de").as_deref(),
+            Some("xn--mnchen-3ya.de")
+        );
+        assert_eq!(ascii_domain("münchen"), None);
     }
 
     #[test]

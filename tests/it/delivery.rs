@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use herald::domain::verp::VerpSigner;
 use herald::store::Backend;
+use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::helpers::{TestApp, email_to, statuses};
@@ -30,6 +31,7 @@ on_sqlite!(
     connections_are_reused,
     metrics_count_what_happened,
     no_relay_writes_eml_files,
+    an_internationalized_domain_travels_in_its_ascii_form,
 );
 
 async fn delivers_over_starttls_with_auth(backend: Backend) {
@@ -88,6 +90,107 @@ async fn delivers_over_starttls_with_auth(backend: Backend) {
     let sent = &app.events(&id).await[1];
     assert_eq!(sent["smtp"]["tls"], true);
     assert_eq!(sent["smtp"]["remote_mta"], "localhost");
+    app.finish().await;
+}
+
+/// `bücher.de` is `xn--bcher-kva.de` to DNS and to every relay: Herald takes it in that form
+/// from the first request on, so the envelope, the headers, the suppression list, a key's
+/// allowed domains and the domains Herald signs for all agree, and no SMTPUTF8 is needed.
+async fn an_internationalized_domain_travels_in_its_ascii_form(backend: Backend) {
+    let smtp = TestSmtp::start(Tls::Starttls).await;
+    let app = TestApp::spawn(backend, Some(&smtp)).await;
+    let (s, v, _) = app
+        .post(
+            "/v1/suppressions",
+            &app.key,
+            &json!({"email": "gone@BÜCHER.de", "reason": "manual"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["email"].as_str()),
+        (StatusCode::CREATED, Some("gone@xn--bcher-kva.de"))
+    );
+    let (s, v, _) = app
+        .post(
+            "/v1/emails",
+            &app.key,
+            &json!({
+                "from": "Acme <orders@acme.com>",
+                "to": ["Zoë <zoe@Straße.de>", "gone@bücher.de"],
+                "subject": "Your order",
+                "text": "Thanks for your order.",
+            }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(v["suppressed"], json!(["gone@xn--bcher-kva.de"]));
+    let id = v["id"].as_str().expect("id");
+    assert_eq!(app.drain().await, 1);
+
+    let got = smtp.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].rcpt_to, vec!["zoe@xn--strae-oqa.de"]);
+    let text = String::from_utf8(got[0].data.clone()).expect("7-bit message");
+    let to = text
+        .lines()
+        .find(|l| l.starts_with("To: "))
+        .expect("a To header");
+    assert!(
+        to.ends_with("<zoe@xn--strae-oqa.de>, gone@xn--bcher-kva.de"),
+        "{to}"
+    );
+    let email = app.email(id).await;
+    assert_eq!(
+        statuses(&email),
+        [
+            ("zoe@xn--strae-oqa.de".to_owned(), "sent".to_owned()),
+            ("gone@xn--bcher-kva.de".to_owned(), "suppressed".to_owned()),
+        ]
+    );
+
+    // A key limited to the domain, given in either form, may send from it.
+    let (s, limited, _) = app
+        .post(
+            "/v1/api-keys",
+            &app.key,
+            &json!({"name": "shop", "permission": "sending_access",
+                    "allowed_domains": ["Bücher.de."]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{limited}");
+    assert_eq!(limited["allowed_domains"], json!(["xn--bcher-kva.de"]));
+    let token = limited["token"].as_str().expect("token");
+    let mut from_bucher = email_to(&["ada@example.com"]);
+    from_bucher["from"] = json!("Shop <shop@xn--bcher-kva.de>");
+    let (s, v, _) = app.post("/v1/emails", token, &from_bucher).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    from_bucher["from"] = json!("Shop <shop@bücher.de>");
+    let (s, v, _) = app.post("/v1/emails", token, &from_bucher).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let (s, v, _) = app
+        .post("/v1/emails", token, &email_to(&["ada@example.com"]))
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("domain_not_allowed"))
+    );
+
+    // A domain to sign for, named in Unicode, is kept in its ASCII form; a name that has
+    // none is refused with a pointer.
+    let (s, v, _) = app
+        .post("/v1/domains", &app.key, &json!({"name": "Bücher.de"}))
+        .await;
+    assert_eq!(
+        (s, v["name"].as_str()),
+        (StatusCode::CREATED, Some("xn--bcher-kva.de"))
+    );
+    let (s, v, _) = app
+        .post("/v1/domains", &app.key, &json!({"name": "bü_cher.de"}))
+        .await;
+    assert_eq!(
+        (s, v["errors"][0]["pointer"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("/name"))
+    );
     app.finish().await;
 }
 

@@ -509,8 +509,8 @@ pub async fn list_emails(
             "stream" => f.stream = Some(v),
             "created_after" => f.created_after = Some(time(&v)?),
             "created_before" => f.created_before = Some(time(&v)?),
-            "after" => f.after = Some(v),
-            "before" => f.before = Some(v),
+            "after" => f.after = super::pagination::cursor("after", Some(v))?,
+            "before" => f.before = super::pagination::cursor("before", Some(v))?,
             "limit" => {
                 limit = v
                     .parse()
@@ -648,7 +648,12 @@ pub async fn list_email_events(
     state.store.get_email(&principal.project_id, &id).await?;
     let mut events = state
         .store
-        .list_email_events(&principal.project_id, &id, q.after.as_deref(), limit + 1)
+        .list_email_events(
+            &principal.project_id,
+            &id,
+            super::pagination::cursor("after", q.after)?.as_deref(),
+            limit + 1,
+        )
         .await?;
     let has_more = super::pagination::trim_page(&mut events, limit);
     let data: Vec<Value> = events.iter().map(super::events::event_json).collect();

@@ -71,7 +71,7 @@ pub async fn list_events(
         ),
     };
     let filter = EventFilter {
-        after: q.after,
+        after: super::pagination::cursor("after", q.after)?,
         event_type: q.event_type,
         recipient: q.recipient,
         email_id: q.email_id,

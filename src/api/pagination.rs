@@ -1,5 +1,5 @@
-//! Lists: the `limit` a client may ask for, and the one extra row fetched to learn whether
-//! there is a next page.
+//! Lists: the `limit` a client may ask for, the cursor (`after` / `before`: an item's id) it
+//! pages from, and the one extra row fetched to learn whether there is a next page.
 
 use super::error::{ApiError, ApiResult};
 
@@ -14,6 +14,24 @@ pub fn page_size(requested: Option<i64>, default: i64, max: i64) -> ApiResult<i6
             format!("limit must be between 1 and {max}"),
         ))
     }
+}
+
+/// The cursor `name` in its canonical form (ids are lower-case hyphenated UUIDs; a list pages
+/// by comparing them), or 400 `invalid_query` if it is not an id at all: compared as it
+/// stands, `after=zzz` would sort after every id and give the first page again, or none.
+pub fn cursor(name: &str, value: Option<String>) -> ApiResult<Option<String>> {
+    value
+        .map(|v| {
+            uuid::Uuid::parse_str(&v)
+                .map(|id| id.hyphenated().to_string())
+                .map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_query",
+                        format!("{name} must be the id of an item from a list"),
+                    )
+                })
+        })
+        .transpose()
 }
 
 /// Rows were fetched with `limit + 1`: drops the extra one and says whether it was there.

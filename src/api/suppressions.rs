@@ -268,7 +268,7 @@ pub async fn list_suppressions(
         .list_suppressions(
             &principal.project_id,
             q.reason.as_deref(),
-            q.before.as_deref(),
+            super::pagination::cursor("before", q.before)?.as_deref(),
             limit + 1,
         )
         .await?;

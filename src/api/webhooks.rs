@@ -376,7 +376,12 @@ pub async fn list_deliveries(
     let limit = super::pagination::page_size(q.limit, 20, 100)?;
     let mut rows = state
         .store
-        .list_webhook_attempts(&id, succeeded, q.before.as_deref(), limit + 1)
+        .list_webhook_attempts(
+            &id,
+            succeeded,
+            super::pagination::cursor("before", q.before)?.as_deref(),
+            limit + 1,
+        )
         .await?;
     let has_more = super::pagination::trim_page(&mut rows, limit);
     let data: Vec<Value> = rows

@@ -57,6 +57,24 @@ async fn search_filters_and_pages(backend: Backend) {
     assert_eq!(second, newest_first[2..4].to_vec());
     let (back, _) = page(&format!("?limit=2&before={}", second[0])).await;
     assert_eq!(back, first, "before pages back");
+    // A cursor is an id, in whatever case; anything else is refused, not compared as text
+    // (`after=zzz` sorted after every id: the first page again, or none).
+    let (upper, _) = page(&format!("?limit=2&after={}", first[1].to_uppercase())).await;
+    assert_eq!(upper, second);
+    for path in [
+        "/v1/emails?after=zzz".to_owned(),
+        "/v1/emails?before=01a2".to_owned(),
+        format!("/v1/emails/{}/events?after=zzz", ids[0]),
+        "/v1/events?after=zzz".to_owned(),
+        "/v1/suppressions?before=zzz".to_owned(),
+    ] {
+        let (s, v) = app.get(&path, &app.key).await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_query")),
+            "{path}: {v}"
+        );
+    }
     assert_eq!(page("?tag=even").await.0.len(), 3);
     assert_eq!(
         page("?recipient=user3@example.com").await.0,

@@ -1,6 +1,7 @@
 //! The crash test: a real `herald serve` process, 2,000 emails, a slow relay, SIGKILL in the
 //! middle of delivery, a restart, and proof that every email reached the relay and has a
-//! final status. Prints lost (must be 0) and duplicated.
+//! final status. Prints lost (must be 0) and duplicated. And the database's side of it: every
+//! connection Herald holds to Postgres cut, three times, while requests are in flight.
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -11,11 +12,119 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::helpers::{TestDb, email_to};
+use crate::helpers::{TestApp, TestDb, email_to, postgres_admin_url};
 use crate::on_both_backends;
 use crate::smtp_server::{Action, Received, Step, TestSmtp, Tls, ok};
 
 on_both_backends!(sigkill_mid_delivery_loses_nothing);
+
+/// What a database restart looks like to Herald: every connection it holds to Postgres
+/// terminated by the server (`pg_terminate_backend`), here three times while eight clients
+/// send. A request whose connection died is answered 503 `service_unavailable` with a
+/// `Retry-After`, never a 2xx it did not commit; the pools reconnect by themselves; and every
+/// email answered 202 is delivered, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_database_connections_lose_nothing() {
+    const CLIENTS: usize = 8;
+    const PER_CLIENT: usize = 40;
+    let smtp = TestSmtp::start(Tls::None).await;
+    let app = TestApp::spawn(Backend::Postgres, Some(&smtp)).await;
+    let name = app.db.pg_name().expect("a Postgres database").to_owned();
+    let admin = sqlx::PgPool::connect(&postgres_admin_url())
+        .await
+        .expect("admin connection");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let progress = std::sync::Arc::new(tokio::sync::Notify::new());
+    let mut clients = Vec::new();
+    for c in 0..CLIENTS {
+        let (http, url, key) = (
+            app.http.clone(),
+            format!("{}/v1/emails", app.base),
+            app.key.clone(),
+        );
+        let (done, progress) = (done.clone(), progress.clone());
+        clients.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for i in 0..PER_CLIENT {
+                let body = email_to(&[&format!("c{c}-{i}@example.com")]);
+                let r = http
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("an answer");
+                let status = r.status();
+                let retry_after = r.headers().contains_key("retry-after");
+                let v: Value = r.json().await.expect("a JSON body");
+                answers.push((status, retry_after, v));
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                progress.notify_one();
+            }
+            answers
+        }));
+    }
+    // Cut every connection when a quarter, half and three quarters of the requests are answered.
+    let total = CLIENTS * PER_CLIENT;
+    let mut cut = 0;
+    for quarter in 1..=3 {
+        while done.load(std::sync::atomic::Ordering::SeqCst) < total * quarter / 4 {
+            progress.notified().await;
+        }
+        let terminated: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()) t",
+        )
+        .bind(&name)
+        .fetch_one(&admin)
+        .await
+        .expect("terminate");
+        cut += terminated;
+    }
+    assert!(cut >= 3, "Herald held connections to cut ({cut})");
+
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for client in clients {
+        for (status, retry_after, v) in client.await.expect("client") {
+            match status.as_u16() {
+                202 => accepted.push(v["id"].as_str().expect("id").to_owned()),
+                503 => {
+                    assert_eq!(v["code"], "service_unavailable", "{v}");
+                    assert!(retry_after, "a 503 says when to retry");
+                    refused += 1;
+                }
+                other => panic!("{other}: {v}"),
+            }
+        }
+    }
+    println!(
+        "accepted {} refused {refused} connections cut {cut}",
+        accepted.len()
+    );
+    // Herald is whole again: the next requests commit.
+    for i in 0..10 {
+        accepted.push(
+            app.send(&email_to(&[&format!("after-{i}@example.com")]))
+                .await,
+        );
+    }
+
+    app.drain().await;
+    let received = message_ids(&smtp.received());
+    for id in &accepted {
+        let email = app.email(id).await;
+        assert_eq!(email["status"], "sent", "{email}");
+        let message_id = email["message_id"].as_str().expect("message id");
+        assert_eq!(
+            received.get(message_id),
+            Some(&1),
+            "{message_id} relayed once"
+        );
+    }
+    admin.close().await;
+    app.finish().await;
+}
 
 const EMAILS: usize = 2_000;
 

@@ -65,6 +65,11 @@ impl TestDb {
         }
     }
 
+    /// The Postgres database's name (`None` on SQLite).
+    pub fn pg_name(&self) -> Option<&str> {
+        self.pg_name.as_deref()
+    }
+
     /// Drops a Postgres database (SQLite files go with their temp dir).
     pub async fn drop_db(&self) {
         if let Some(name) = &self.pg_name

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use herald::app::{App, cancel_on_signals};
 use herald::clock::{Clock, SystemClock, format_ms};
 use herald::config::Config;
-use herald::domain::address::ascii_domain;
+use herald::domain::address::domain_name;
 use herald::domain::api_key::{ApiKeyToken, Permission};
 use herald::store::{ApiKeyRecord, Store};
 
@@ -310,15 +310,16 @@ async fn keys(config: Config, command: KeysCommand) -> anyhow::Result<()> {
             name,
             allowed_domain,
         } => {
-            let project = store.ensure_project(&project, now).await?;
+            // Checked before the project is made: a refused command leaves nothing behind.
             let permission = Permission::parse(&permission).context("permission")?;
             let allowed_domain = allowed_domain
                 .iter()
                 .map(|d| {
-                    ascii_domain(d.trim().trim_end_matches('.'))
+                    domain_name(d)
                         .with_context(|| format!("--allowed-domain {d:?} is not a domain name"))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
+            let project = store.ensure_project(&project, now).await?;
             let token = ApiKeyToken::generate();
             let record = ApiKeyRecord {
                 id: uuid::Uuid::now_v7().to_string(),
@@ -344,12 +345,15 @@ async fn keys(config: Config, command: KeysCommand) -> anyhow::Result<()> {
             let project = store.ensure_project(&project, now).await?;
             for k in store.list_api_keys(&project.id).await? {
                 println!(
-                    "{}  {}  {:<15} {}  last used {}",
+                    "{}  {}  {:<15} {}  last used {}{}",
                     k.id,
                     k.prefix,
                     k.permission,
                     k.name,
-                    k.last_used_at.map_or_else(|| "never".into(), format_ms)
+                    k.last_used_at.map_or_else(|| "never".into(), format_ms),
+                    k.allowed_domains
+                        .map(|d| format!("  sends from {}", d.join(", ")))
+                        .unwrap_or_default()
                 );
             }
         }

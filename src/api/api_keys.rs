@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::clock::format_ms;
-use crate::domain::address::ascii_domain;
+use crate::domain::address::domain_name;
 use crate::domain::api_key::{ApiKeyToken, Permission};
 use crate::store::ApiKeyRecord;
 
@@ -96,7 +96,7 @@ pub async fn create_api_key(
         list.iter()
             .enumerate()
             .filter_map(|(i, d)| {
-                let domain = ascii_domain(d.trim().trim_end_matches('.'));
+                let domain = domain_name(d);
                 if domain.is_none() {
                     errors.push(FieldError::new(
                         format!("/allowed_domains/{i}"),

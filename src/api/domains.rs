@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::domain::address::ascii_domain;
+use crate::domain::address::domain_name;
 use crate::domain::dkim::{DkimAlgorithm, generate};
 use crate::domains::records::{RecordSettings, domain_json};
 use crate::store::{DkimKeyRecord, DomainRecord, StoreError};
@@ -131,7 +131,7 @@ pub async fn create_domain(
     let mut errors = Vec::new();
     // Lower-case ASCII, an internationalized name in its ASCII form: as `From` addresses and
     // DNS carry it (see `domain::address`).
-    let name = ascii_domain(req.name.trim().trim_end_matches('.')).unwrap_or_else(|| {
+    let name = domain_name(&req.name).unwrap_or_else(|| {
         errors.push(FieldError::new(
             "/name",
             "invalid_domain",

@@ -75,13 +75,20 @@ fn valid_local_part(local: &str) -> bool {
 /// form (UTS #46 with the STD3 rules, so each label is letters, digits and hyphens), an ASCII
 /// one as given. `None` if it is not a host name of two labels or more with a top-level label
 /// that is not all digits.
-pub fn ascii_domain(domain: &str) -> Option<String> {
+fn ascii_domain(domain: &str) -> Option<String> {
     let domain = if domain.is_ascii() {
         domain.to_ascii_lowercase()
     } else {
         idna::domain_to_ascii_strict(domain).ok()?
     };
     valid_domain(&domain).then_some(domain)
+}
+
+/// A domain name as an operator types it (surrounding spaces, the root's trailing dot, any
+/// case or script) in the form [`ascii_domain`] keeps: for a domain to sign for, or one an API
+/// key may send from.
+pub fn domain_name(input: &str) -> Option<String> {
+    ascii_domain(input.trim().trim_end_matches('.'))
 }
 
 fn valid_domain(domain: &str) -> bool {
@@ -209,6 +216,10 @@ mod tests {
             Some("xn--mnchen-3ya.de")
         );
         assert_eq!(ascii_domain("münchen"), None);
+        assert_eq!(
+            domain_name(" Bücher.DE. ").as_deref(),
+            Some("xn--bcher-kva.de")
+        );
     }
 
     #[test]

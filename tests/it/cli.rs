@@ -58,6 +58,34 @@ fn migrate_keys_and_config() {
     assert!(list.trim().is_empty(), "{list}");
     let (ok, _, err) = run(herald(dir.path()).args(["keys", "revoke", &id, "--project", "shop"]));
     assert!(!ok && err.contains("no live key"), "{err}");
+    // A key limited to domains keeps them as `From` addresses carry them (lower-case, ASCII):
+    // typed as `Acme.COM` it could never have sent.
+    let (ok, _, err) = run(herald(dir.path()).args([
+        "keys",
+        "create",
+        "--project",
+        "shop",
+        "--allowed-domain",
+        "Acme.COM",
+        "--allowed-domain",
+        "Bücher.de.",
+    ]));
+    assert!(ok, "{err}");
+    let (_, list, _) = run(herald(dir.path()).args(["keys", "list", "--project", "shop"]));
+    assert!(
+        list.trim_end()
+            .ends_with("sends from acme.com, xn--bcher-kva.de"),
+        "{list}"
+    );
+    let (ok, _, err) = run(herald(dir.path()).args([
+        "keys",
+        "create",
+        "--project",
+        "other",
+        "--allowed-domain",
+        "bü_cher.de",
+    ]));
+    assert!(!ok && err.contains("is not a domain name"), "{err}");
 
     let (ok, config, _) = run(herald(dir.path())
         .arg("config")

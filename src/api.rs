@@ -95,7 +95,9 @@ impl AppState {
         admin_tokens: AdminTokens,
     ) -> Self {
         let events_wake = Arc::new(Notify::new());
+        let metrics: Arc<crate::metrics::Metrics> = Arc::default();
         let inbound = InboundProcessor {
+            metrics: Arc::clone(&metrics),
             store: store.clone(),
             clock: Arc::clone(&clock),
             verp,
@@ -109,7 +111,7 @@ impl AppState {
             wake: Arc::new(Notify::new()),
             events_wake,
             inbound,
-            metrics: Arc::default(),
+            metrics,
             rate_limiter: Arc::default(),
             admin_tokens,
             domains_wake: Arc::new(Notify::new()),
@@ -209,6 +211,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/inbound",
             post(inbound::receive_inbound).layer(inbound_limit),
         )
+        .route("/v1/inbound/reprocess", post(inbound::reprocess_inbound))
         .route("/v1/events", get(events::list_events))
         .route("/v1/stats", get(stats::get_stats))
         .route("/v1/stats/bounces", get(stats::get_bounce_stats))

@@ -74,6 +74,37 @@ pub fn mailer(config: &Config) -> anyhow::Result<Mailer> {
     )))
 }
 
+/// The key that signs return paths, webhooks' secrets at rest and admin tokens: the configured
+/// `secret_key`, else one generated once and kept in the database.
+pub async fn master_key(store: &Store, config: &Config) -> anyhow::Result<String> {
+    if !config.secret_key.is_empty() {
+        return Ok(config.secret_key.clone());
+    }
+    Ok(store
+        .setting_or_insert("master_key", || {
+            let bytes: [u8; 32] = rand::random();
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        })
+        .await?)
+}
+
+/// The reader of inbound reports over a store, for the command line (no server).
+pub async fn inbound_processor(
+    store: &Store,
+    config: &Config,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<crate::bounces::inbound::InboundProcessor> {
+    let key = master_key(store, config).await?;
+    Ok(crate::bounces::inbound::InboundProcessor {
+        store: store.clone(),
+        clock,
+        verp: VerpSigner::new(key.as_bytes()),
+        bounce_domain: config.delivery.bounce_domain.clone(),
+        events_wake: Arc::default(),
+        metrics: Arc::default(),
+    })
+}
+
 impl App {
     /// Opens the store (migrating it), binds the listener, and prepares the workers.
     pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
@@ -81,16 +112,7 @@ impl App {
             .await
             .context("opening the database")?;
         let mailer = Arc::new(mailer(&config)?);
-        let key = if config.secret_key.is_empty() {
-            store
-                .setting_or_insert("master_key", || {
-                    let bytes: [u8; 32] = rand::random();
-                    bytes.iter().map(|b| format!("{b:02x}")).collect()
-                })
-                .await?
-        } else {
-            config.secret_key.clone()
-        };
+        let key = master_key(&store, &config).await?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -162,9 +184,7 @@ impl App {
                 .with_context(|| format!("binding the inbound SMTP listener on {}", i.listen))?;
             let settings = ListenerSettings {
                 hostname: config.delivery.bounce_domain.clone(),
-                max_message_bytes: i.max_message_bytes,
-                max_recipients: i.max_recipients,
-                timeout: i.timeout,
+                limits: i.clone(),
                 tls,
             };
             Some((l, settings))
@@ -221,13 +241,18 @@ impl App {
                 config.delivery.poll_interval,
             ));
             tracker.spawn(self.retention.clone().run(shutdown.clone()));
+            tracker.spawn(
+                self.state
+                    .inbound
+                    .clone()
+                    .run_recovery(std::time::Duration::from_secs(60), shutdown.clone()),
+            );
         }
         if let Some((listener, settings)) = self.inbound {
             tracker.spawn(crate::bounces::listener::serve(
                 listener,
                 self.state.inbound.clone(),
                 settings,
-                config.inbound.max_connections,
                 shutdown.clone(),
             ));
         }

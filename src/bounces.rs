@@ -1,3 +1,4 @@
+#![cfg_attr(not(test), warn(clippy::string_slice, clippy::indexing_slicing))]
 //! Bounces and complaints: reports that come back after the relay said 250.
 //!
 //! [`report::parse_report`] reads one message (RFC 3464 DSN, RFC 5965 ARF, or one of the

@@ -310,9 +310,24 @@ pub struct InboundConfig {
     pub max_message_bytes: usize,
     pub max_connections: usize,
     pub max_recipients: usize,
-    /// Time allowed for each command or line of data.
+    /// Time allowed for each command, line of data or reply written.
     #[serde(with = "duration_text")]
     pub timeout: Duration,
+    /// The longest one connection may last, whatever it does.
+    #[serde(with = "duration_text")]
+    pub session_timeout: Duration,
+    /// Connections open at once from one client address.
+    pub max_connections_per_client: usize,
+    /// Connections one client address may open in a minute.
+    pub connections_per_minute_per_client: u32,
+    /// Commands that move no mail (NOOP, RSET, HELP, VRFY, unknown ones) one connection may send.
+    pub max_junk_commands: u32,
+    /// Refused commands one connection may send before it is closed.
+    pub max_errors: u32,
+    /// The largest message kept for `postmaster@`/`abuse@` (mail with no signed return path).
+    pub unsigned_max_bytes: usize,
+    /// How many such messages are kept an hour, from everyone together.
+    pub unsigned_per_hour: u32,
     /// PEM certificate chain and key for STARTTLS; empty: no STARTTLS.
     pub tls_cert_file: String,
     pub tls_key_file: String,
@@ -326,6 +341,13 @@ impl Default for InboundConfig {
             max_connections: 100,
             max_recipients: 50,
             timeout: Duration::from_secs(60),
+            session_timeout: Duration::from_secs(600),
+            max_connections_per_client: 10,
+            connections_per_minute_per_client: 60,
+            max_junk_commands: 20,
+            max_errors: 10,
+            unsigned_max_bytes: 256 * 1024,
+            unsigned_per_hour: 100,
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
         }

@@ -1,3 +1,4 @@
+#![cfg_attr(not(test), warn(clippy::string_slice, clippy::indexing_slicing))]
 //! Pure types and rules: no I/O, nothing of Herald's imported from above.
 //!
 //! Everything that reaches the store or the wire has been parsed into one of these

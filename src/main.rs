@@ -101,6 +101,17 @@ enum BounceCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Read kept inbound messages again with today's parser. Effects a message already made
+    /// are not made again (no duplicate events, webhooks or suppressions).
+    Reprocess {
+        /// Which messages: received, unknown, unmatched, parse_error, processed, or all (all
+        /// but processed).
+        #[arg(long, default_value = "all")]
+        status: String,
+        /// Only messages received at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -194,12 +205,7 @@ async fn main() -> anyhow::Result<()> {
                 let store = Store::open(&config.database_url, 2)
                     .await
                     .context("opening the database")?;
-                let k = store
-                    .setting_or_insert("master_key", || {
-                        let bytes: [u8; 32] = rand::random();
-                        bytes.iter().map(|b| format!("{b:02x}")).collect()
-                    })
-                    .await?;
+                let k = herald::app::master_key(&store, &config).await?;
                 store.close().await;
                 k
             } else {
@@ -219,6 +225,9 @@ async fn main() -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
+        Command::Bounce {
+            command: BounceCommand::Reprocess { status, since },
+        } => reprocess_bounces(config, &status, since.as_deref()).await,
         Command::Bounce { .. }
         | Command::Send { .. }
         | Command::Status { .. }
@@ -274,6 +283,35 @@ fn parse_bounces(files: &[PathBuf]) -> anyhow::Result<()> {
         v["file"] = serde_json::Value::String(file.display().to_string());
         println!("{}", serde_json::to_string(&v)?);
     }
+    Ok(())
+}
+
+async fn reprocess_bounces(
+    config: Config,
+    status: &str,
+    since: Option<&str>,
+) -> anyhow::Result<()> {
+    let statuses = herald::api::inbound::reprocess_statuses(status).ok_or_else(|| {
+        anyhow::anyhow!(
+            "--status must be received, unknown, unmatched, parse_error, processed or all"
+        )
+    })?;
+    let since = match since {
+        None => 0,
+        Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+            .map_err(|e| anyhow::anyhow!("--since: {e}"))?
+            .timestamp_millis(),
+    };
+    let store = Store::open(&config.database_url, 4)
+        .await
+        .context("opening the database")?;
+    let processor =
+        herald::app::inbound_processor(&store, &config, std::sync::Arc::new(SystemClock)).await?;
+    let summary = processor
+        .reprocess(&statuses, since, SystemClock.now_ms())
+        .await?;
+    println!("{}", serde_json::to_string(&summary)?);
+    store.close().await;
     Ok(())
 }
 

@@ -18,6 +18,7 @@ pub struct Metrics {
     pub relay_connection_errors: AtomicU64,
     outcomes: Mutex<BTreeMap<String, u64>>,
     webhook_attempts: Mutex<BTreeMap<String, u64>>,
+    inbound: Mutex<BTreeMap<String, u64>>,
     smtp_buckets: [AtomicU64; BUCKETS.len()],
     smtp_count: AtomicU64,
     smtp_sum_micros: AtomicU64,
@@ -29,8 +30,6 @@ pub struct QueueSnapshot {
     pub queue_depth: Vec<(String, i64)>,
     pub oldest_due_seconds: f64,
     pub webhook_backlog: i64,
-    /// Inbound report mail kept, by kind (`dsn`, `arf`, …) and processing status.
-    pub inbound: Vec<(String, String, i64)>,
     /// What this process's group-commit writer has done.
     pub writer: WriterFigures,
 }
@@ -63,6 +62,14 @@ impl Metrics {
         bump(
             &self.webhook_attempts,
             if succeeded { "succeeded" } else { "failed" },
+        );
+    }
+
+    /// One inbound message read, by report kind and the status it ended in.
+    pub fn record_inbound(&self, kind: &str, status: &str) {
+        bump(
+            &self.inbound,
+            &format!("{{kind=\"{kind}\",status=\"{status}\"}}"),
         );
     }
 
@@ -182,15 +189,17 @@ impl Metrics {
              # HELP herald_store_wal_frames Pages in SQLite's write-ahead log at the last checkpoint.\n# TYPE herald_store_wal_frames gauge\nherald_store_wal_frames {}",
             w.commits, w.jobs, w.busy_seconds, w.checkpoints, w.wal_frames
         );
+        let inbound = self
+            .inbound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let _ = writeln!(
             out,
-            "# HELP herald_inbound_messages Inbound report mail kept, by kind and outcome.\n# TYPE herald_inbound_messages gauge"
+            "# HELP herald_inbound_messages_total Inbound report mail read by this process, by kind and outcome.\n# TYPE herald_inbound_messages_total counter"
         );
-        for (kind, status, n) in &q.inbound {
-            let _ = writeln!(
-                out,
-                "herald_inbound_messages{{kind=\"{kind}\",status=\"{status}\"}} {n}"
-            );
+        for (labels, n) in inbound {
+            let _ = writeln!(out, "herald_inbound_messages_total{labels} {n}");
         }
         out
     }
@@ -207,11 +216,12 @@ mod tests {
         m.record_outcome("sent");
         m.record_outcome("sent");
         m.observe_smtp(Duration::from_millis(30));
+        m.record_inbound("arf", "processed");
+        m.record_inbound("arf", "processed");
         let text = m.render(&QueueSnapshot {
             queue_depth: vec![("queued".into(), 7)],
             oldest_due_seconds: 1.5,
             webhook_backlog: 2,
-            inbound: vec![("arf".into(), "processed".into(), 2)],
             writer: WriterFigures {
                 commits: 4,
                 jobs: 9,
@@ -232,6 +242,8 @@ mod tests {
         assert!(text.contains("herald_queue_depth{status=\"queued\"} 7\n"));
         assert!(text.contains("herald_queue_depth{status=\"scheduled\"} 0\n"));
         assert!(text.contains("herald_queue_oldest_due_seconds 1.5\n"));
-        assert!(text.contains("herald_inbound_messages{kind=\"arf\",status=\"processed\"} 2\n"));
+        assert!(
+            text.contains("herald_inbound_messages_total{kind=\"arf\",status=\"processed\"} 2\n")
+        );
     }
 }

@@ -58,7 +58,7 @@ pub use emails::{
     EmailFilter, EmailRecord, EventFilter, EventRecord, IdempotencyRecord, NewEmail, NewEvent,
     NewRecipient, RecipientRecord, Respond, StoredResponse, Suppressed, json_text,
 };
-pub use inbound::{RecipientRef, ReportEffect};
+pub use inbound::{KeptInbound, RecipientRef, ReportEffect};
 pub use projects::{ApiKeyRecord, Project};
 pub use queue::{ClaimedEmail, ClaimedRecipient, Outcome, Recorded};
 pub use stats::{BounceCount, METRICS, StatsDimension, StatsQuery, StatsRow};

@@ -1,18 +1,22 @@
 //! `POST /v1/inbound`: a raw bounce or complaint message (RFC 5322), for operators whose
 //! bounce mailbox lives elsewhere. The same processing as Herald's own SMTP listener, limited
-//! to the key's project.
+//! to the key's project. `POST /v1/inbound/reprocess` (admin): read kept messages again.
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::auth::Principal;
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, FieldError};
+use super::json::JsonBody;
+use super::projects::Admin;
+use crate::bounces::inbound::InboundStatus;
 
-#[utoipa::path(post, path = "/v1/inbound", tag = "inbound", request_body(content((String = "message/rfc822"), (String = "text/plain")), description = "A bounce (DSN), complaint (ARF) or plain bounce message"), responses((status = 200, description = "Stored, parsed and applied", body = crate::api::openapi::schemas::InboundResult), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v1/inbound", tag = "inbound", request_body(content((String = "message/rfc822"), (String = "text/plain")), description = "A bounce (DSN), complaint (ARF) or plain bounce message"), responses((status = 200, description = "Kept, read and applied", body = crate::api::openapi::schemas::InboundResult), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn receive_inbound(
     State(state): State<AppState>,
     principal: Principal,
@@ -51,7 +55,12 @@ pub async fn receive_inbound(
     }
     let outcome = state
         .inbound
-        .process(&body, &[], "api", Some(&principal.project_id))
+        .receive(
+            body.to_vec(),
+            Vec::new(),
+            "api",
+            Some(&principal.project_id),
+        )
         .await?;
     let report = serde_json::to_value(&outcome.report).map_err(|e| ApiError::internal(&e))?;
     Ok((
@@ -59,6 +68,7 @@ pub async fn receive_inbound(
         Json(json!({
             "object": "inbound",
             "id": outcome.id,
+            "status": outcome.status,
             "kind": report["kind"],
             "recipients": report["recipients"],
             "complaint": report["complaint"],
@@ -66,4 +76,70 @@ pub async fn receive_inbound(
             "matched": outcome.matched.len(),
         })),
     ))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"status": "unmatched", "since": "2026-12-01T00:00:00Z"}))]
+pub struct ReprocessRequest {
+    /// `received`, `unknown`, `unmatched`, `parse_error`, `processed` or `all` (default
+    /// `all`: everything but `processed`).
+    #[serde(default)]
+    status: Option<String>,
+    /// Only messages received at or after this time (RFC 3339).
+    #[serde(default)]
+    since: Option<String>,
+}
+
+/// The statuses a `status` word stands for.
+pub fn reprocess_statuses(word: &str) -> Option<Vec<InboundStatus>> {
+    if word == "all" {
+        return Some(vec![
+            InboundStatus::Received,
+            InboundStatus::Unknown,
+            InboundStatus::Unmatched,
+            InboundStatus::ParseError,
+        ]);
+    }
+    InboundStatus::parse(word).map(|s| vec![s])
+}
+
+/// Reads kept inbound messages again with today's parser. Effects a message already made are
+/// not made again (no duplicate events, webhooks or suppressions).
+#[utoipa::path(post, path = "/v1/inbound/reprocess", tag = "inbound", request_body = ReprocessRequest, responses((status = 200, description = "What became of the messages read", body = crate::api::openapi::schemas::ReprocessResult), crate::api::openapi::Problems), security(("admin_token" = [])))]
+pub async fn reprocess_inbound(
+    State(state): State<AppState>,
+    admin: Admin,
+    JsonBody(req): JsonBody<ReprocessRequest>,
+) -> ApiResult<Json<Value>> {
+    let word = req.status.as_deref().unwrap_or("all");
+    let statuses = reprocess_statuses(word).ok_or_else(|| {
+        ApiError::validation(vec![FieldError::new(
+            "/status",
+            "validation_error",
+            "status must be received, unknown, unmatched, parse_error, processed or all",
+        )])
+    })?;
+    let since = match req.since.as_deref() {
+        None => 0,
+        Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+            .map(|t| t.timestamp_millis())
+            .map_err(|_| {
+                ApiError::validation(vec![FieldError::new(
+                    "/since",
+                    "validation_error",
+                    "since must be an RFC 3339 time",
+                )])
+            })?,
+    };
+    let summary = state
+        .inbound
+        .reprocess(&statuses, since, state.clock.now_ms())
+        .await?;
+    tracing::info!(admin = %admin.subject, examined = summary.examined, "inbound messages read again");
+    let mut v = serde_json::to_value(&summary).map_err(|e| ApiError::internal(&e))?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("object".into(), json!("inbound_reprocess"));
+    }
+    Ok(Json(v))
 }

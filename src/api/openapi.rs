@@ -37,6 +37,7 @@ use super::{suppressions, webhooks};
         domains::rotate_dkim,
         api_keys::create_api_key, api_keys::list_api_keys, api_keys::delete_api_key,
         inbound::receive_inbound,
+        inbound::reprocess_inbound,
         projects::create_project, projects::list_projects, projects::get_project,
         projects::update_project, projects::delete_project, projects::create_project_key,
         projects::list_project_keys, projects::delete_project_key,
@@ -559,13 +560,33 @@ pub mod schemas {
         pub object: String,
         /// The stored report's id.
         pub id: String,
-        /// `dsn`, `arf`, `bounce` or null (not a report).
+        /// `processed` (it changed a recipient), `unmatched` (a report, but no signed return
+        /// path of Herald's in it: nothing changed), `unknown` (not a report), `parse_error`
+        /// (reading it failed; it is kept) or `received` (kept; it will be read again).
+        pub status: String,
+        /// `dsn`, `arf`, `non_standard`, `unknown`, or null when reading failed.
         pub kind: Option<String>,
         pub recipients: Option<Vec<Value>>,
         pub complaint: Option<Value>,
         pub original_message_id: Option<String>,
         /// How many recipients it changed.
         pub matched: i64,
+    }
+
+    #[derive(ToSchema)]
+    pub struct ReprocessResult {
+        pub object: String,
+        /// Messages read.
+        pub examined: i64,
+        pub processed: i64,
+        pub unmatched: i64,
+        pub unknown: i64,
+        pub parse_error: i64,
+        /// Left `received`: the database failed while they were read.
+        pub received: i64,
+        /// Effects (events, status changes, suppressions) made by this run; a message read
+        /// again makes none it made before.
+        pub applied: i64,
     }
 
     #[derive(ToSchema)]

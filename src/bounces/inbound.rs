@@ -1,25 +1,44 @@
-//! Processing an inbound report: keep it, parse it, correlate it with Herald's recipients (by
-//! the signed VERP token, else by the returned Message-ID) and record what it says.
+//! Processing an inbound report: keep it, read it, correlate it with the recipient its signed
+//! VERP token names, and record what it says.
 //!
-//! - failed → `bounced` (phase `async_dsn`), and a hard bounce adds a global suppression;
+//! - failed → `bounced` (phase `async_dsn`), and a permanent "no such mailbox" adds a global
+//!   suppression;
 //! - delayed → a `delivery_delayed` event, the status unchanged (the relay still tries);
 //! - delivered/relayed → `delivered`;
 //! - an ARF complaint → `complained`, and a suppression for the email's stream.
 //!
-//! Mail that cannot be understood or matched is kept and counted, never dropped.
+//! Only evidence Herald signed changes state: a report must carry a valid VERP token, in its
+//! envelope recipient or anywhere in its text (the return path quoted in a DSN, the
+//! `Return-Path` of the original an ARF report returns). A report that names an email only by
+//! its `Message-ID` is kept as `unmatched` and changes nothing: every recipient of an email can
+//! read its `Message-ID`, so it would let one recipient bounce or suppress another; the token
+//! is per recipient and signed.
+//!
+//! Reading a message is isolated: whatever fails in it, a panic included, the message stays
+//! kept with status `parse_error` and the reason (or `received`, to be read again, when the
+//! database failed), and the sender still gets its answer. Every effect is recorded against the
+//! message that caused it, so reading a message again changes nothing twice.
 
 use std::sync::Arc;
 
+use serde::Serialize;
 use serde_json::json;
 use tokio::sync::Notify;
+use uuid::Uuid;
 
 use crate::clock::Clock;
 use crate::domain::bounce::{BounceClass, BounceType};
 use crate::domain::suppression::{SuppressionReason, bounce_suppresses};
 use crate::domain::verp::VerpSigner;
-use crate::store::{NewEvent, RecipientRef, ReportEffect, Store, StoreError, SuppressionRecord};
+use crate::metrics::Metrics;
+use crate::store::{
+    KeptInbound, NewEvent, RecipientRef, ReportEffect, Store, StoreError, SuppressionRecord,
+};
 
 use super::report::{Action, Report, ReportKind, ReportRecipient, first_reply_code, parse_report};
+
+/// How many distinct signed tokens one message may name (a real report names one).
+const MAX_TOKENS: usize = 8;
 
 #[derive(Clone)]
 pub struct InboundProcessor {
@@ -28,113 +47,370 @@ pub struct InboundProcessor {
     pub verp: VerpSigner,
     pub bounce_domain: String,
     pub events_wake: Arc<Notify>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Where a kept message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InboundStatus {
+    /// Kept, not read yet (or its reading could not be recorded: it will be read again).
+    Received,
+    /// Read, and it changed or annotated a recipient.
+    Processed,
+    /// A report, but no signed token named a recipient of Herald's.
+    Unmatched,
+    /// Not a report Herald understands.
+    Unknown,
+    /// Reading it failed; the reason is kept with it.
+    ParseError,
+}
+
+impl InboundStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Received => "received",
+            Self::Processed => "processed",
+            Self::Unmatched => "unmatched",
+            Self::Unknown => "unknown",
+            Self::ParseError => "parse_error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Received,
+            Self::Processed,
+            Self::Unmatched,
+            Self::Unknown,
+            Self::ParseError,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+    }
 }
 
 /// What became of one inbound message.
 #[derive(Debug, Clone)]
 pub struct InboundOutcome {
     pub id: String,
-    pub report: Report,
-    /// Recipients whose state the report changed or annotated.
+    pub status: InboundStatus,
+    /// The report as read (none when reading failed).
+    pub report: Option<Report>,
+    /// Recipients the report is about (named by its signed tokens).
     pub matched: Vec<String>,
+    /// Effects (events, status changes, suppressions) made by this reading; a message read
+    /// again makes none it made before.
+    pub applied: usize,
+}
+
+/// What a reprocessing run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReprocessSummary {
+    pub examined: u64,
+    pub processed: u64,
+    pub unmatched: u64,
+    pub unknown: u64,
+    pub parse_error: u64,
+    /// Left `received`: the database failed while they were read.
+    pub received: u64,
+    /// Effects made by this run (none that a reading before had made).
+    pub applied: u64,
+}
+
+impl ReprocessSummary {
+    fn count(&mut self, o: &InboundOutcome) {
+        self.examined += 1;
+        self.applied += o.applied as u64;
+        match o.status {
+            InboundStatus::Processed => self.processed += 1,
+            InboundStatus::Unmatched => self.unmatched += 1,
+            InboundStatus::Unknown => self.unknown += 1,
+            InboundStatus::ParseError => self.parse_error += 1,
+            InboundStatus::Received => self.received += 1,
+        }
+    }
+}
+
+/// The recipient ids named by valid VERP tokens in the envelope recipients or anywhere in the
+/// message (the return path is often quoted in the report or the returned headers).
+pub fn signed_recipients(
+    verp: &VerpSigner,
+    bounce_domain: &str,
+    raw: &[u8],
+    envelope: &[String],
+) -> Vec<Uuid> {
+    let mut ids = Vec::new();
+    let mut push = |id: Uuid| {
+        if !ids.contains(&id) && ids.len() < MAX_TOKENS {
+            ids.push(id);
+        }
+    };
+    for rcpt in envelope {
+        if let Some(id) = verp.verify_address(rcpt, bounce_domain) {
+            push(id);
+        }
+    }
+    let finder = memchr::memmem::Finder::new(b"bounces+");
+    let mut tried = 0;
+    for at in finder.find_iter(&raw.to_ascii_lowercase()) {
+        let token: String = raw
+            .get(at + 8..)
+            .unwrap_or(&[])
+            .iter()
+            .take(64)
+            .take_while(|b| b.is_ascii_alphanumeric())
+            .map(|&b| char::from(b))
+            .collect();
+        if let Some(id) = verp.verify(&token) {
+            push(id);
+        }
+        // Each try is an HMAC: bounded, whatever the message repeats.
+        tried += 1;
+        if tried >= 64 {
+            break;
+        }
+    }
+    ids
 }
 
 impl InboundProcessor {
-    /// Recipient ids named by valid VERP tokens in the envelope recipients or anywhere in the
-    /// message (the return path is often quoted in the report or the returned headers).
-    fn verp_recipients(&self, raw: &[u8], envelope: &[String]) -> Vec<String> {
-        let text = String::from_utf8_lossy(raw).to_ascii_lowercase();
-        let mut ids = Vec::new();
-        let mut push = |id: uuid::Uuid| {
-            let id = id.to_string();
-            if !ids.contains(&id) {
-                ids.push(id);
-            }
-        };
-        for rcpt in envelope {
-            if let Some(id) = self.verp.verify_address(rcpt, &self.bounce_domain) {
-                push(id);
-            }
-        }
-        for (i, _) in text.match_indices("bounces+") {
-            let token: String = text[i + 8..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric())
-                .collect();
-            if let Some(id) = self.verp.verify(&token) {
-                push(id);
-            }
-        }
-        ids
-    }
-
-    /// Keeps, parses, correlates and applies one message. `project` limits correlation to one
-    /// project (`POST /v1/inbound` with a project's key).
-    pub async fn process(
+    /// Keeps a message, then reads it. Fails only when the message could not be kept; once it
+    /// is, the caller may answer that it was accepted, whatever its reading does.
+    pub async fn receive(
         &self,
-        raw: &[u8],
-        envelope: &[String],
+        raw: Vec<u8>,
+        envelope: Vec<String>,
         source: &str,
         project: Option<&str>,
     ) -> Result<InboundOutcome, StoreError> {
         let now = self.clock.now_ms();
-        let id = self.store.insert_inbound(project, source, raw, now).await?;
-        let report = parse_report(raw);
-        let mut candidates: Vec<RecipientRef> = Vec::new();
-        for rid in self.verp_recipients(raw, envelope) {
-            if let Some(r) = self.store.find_recipient(&rid).await?
-                && project.is_none_or(|p| p == r.project_id)
-            {
-                candidates.push(r);
+        let id = self
+            .store
+            .insert_inbound(project, source, &raw, &envelope, now)
+            .await?;
+        Ok(self
+            .read_kept(KeptInbound {
+                id,
+                project_id: project.map(str::to_owned),
+                raw,
+                envelope,
+            })
+            .await)
+    }
+
+    /// Reads a kept message and records the result on it. Never fails: a panic anywhere in
+    /// the reading leaves the message `parse_error` with its reason; a database failure leaves
+    /// it `received`, to be read again.
+    pub async fn read_kept(&self, kept: KeptInbound) -> InboundOutcome {
+        let id = kept.id.clone();
+        let this = self.clone();
+        match tokio::spawn(async move { this.read(kept).await }).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                let reason = panic_reason(e);
+                tracing::error!(inbound_id = %id, %reason, "reading an inbound message failed");
+                let outcome = InboundOutcome {
+                    id,
+                    status: InboundStatus::ParseError,
+                    report: None,
+                    matched: Vec::new(),
+                    applied: 0,
+                };
+                self.finish(&outcome, None, &json!({ "error": reason }))
+                    .await
             }
         }
-        if candidates.is_empty()
-            && let Some(mid) = &report.original_message_id
+    }
+
+    async fn read(&self, kept: KeptInbound) -> InboundOutcome {
+        let KeptInbound {
+            id,
+            project_id,
+            raw,
+            envelope,
+        } = kept;
+        let (verp, domain) = (self.verp.clone(), self.bounce_domain.clone());
+        let parsed = tokio::task::spawn_blocking(move || {
+            let tokens = signed_recipients(&verp, &domain, &raw, &envelope);
+            (parse_report(&raw), tokens)
+        })
+        .await;
+        let (report, tokens) = match parsed {
+            Ok(p) => p,
+            Err(e) => {
+                let reason = panic_reason(e);
+                tracing::error!(inbound_id = %id, %reason, "the report parser failed");
+                let outcome = InboundOutcome {
+                    id,
+                    status: InboundStatus::ParseError,
+                    report: None,
+                    matched: Vec::new(),
+                    applied: 0,
+                };
+                return self
+                    .finish(&outcome, None, &json!({ "error": reason }))
+                    .await;
+            }
+        };
+        let mut outcome = InboundOutcome {
+            id,
+            status: InboundStatus::Received,
+            report: None,
+            matched: Vec::new(),
+            applied: 0,
+        };
+        match self
+            .apply(&outcome.id, &report, &tokens, project_id.as_deref())
+            .await
         {
-            candidates = self.store.recipients_by_message_id(mid, project).await?;
+            Ok((matched, applied)) => {
+                outcome.status = match (report.kind, matched.is_empty()) {
+                    (ReportKind::Unknown, true) => InboundStatus::Unknown,
+                    (_, true) => InboundStatus::Unmatched,
+                    (_, false) => InboundStatus::Processed,
+                };
+                outcome.matched = matched;
+                outcome.applied = applied;
+            }
+            Err(e) => {
+                tracing::warn!(inbound_id = %outcome.id, error = %e, "could not apply an inbound report; it will be read again");
+            }
         }
+        let details = serde_json::to_value(&report).unwrap_or_default();
+        outcome.report = Some(report);
+        let kind = outcome.report.as_ref().map(|r| r.kind);
+        if outcome.status == InboundStatus::Received {
+            return outcome;
+        }
+        self.finish(&outcome, kind, &details).await
+    }
+
+    /// Correlates a report with the recipients its tokens name, and applies its effects.
+    async fn apply(
+        &self,
+        inbound_id: &str,
+        report: &Report,
+        tokens: &[Uuid],
+        project: Option<&str>,
+    ) -> Result<(Vec<String>, usize), StoreError> {
+        let now = self.clock.now_ms();
         let mut matched = Vec::new();
-        for rr in &report.recipients {
-            // With a VERP token there is one recipient; a report line about another address
-            // (an alias expansion, a forward) still belongs to it.
-            let target = candidates
-                .iter()
-                .find(|c| c.address.eq_ignore_ascii_case(&rr.address))
-                .or_else(|| (candidates.len() == 1).then(|| &candidates[0]));
-            let Some(target) = target else { continue };
-            if let Some(effect) = self.effect(&report, rr, target, now) {
-                self.store.apply_report_effect(&effect).await?;
+        let mut applied = 0;
+        for token in tokens {
+            let Some(target) = self.store.find_recipient(&token.to_string()).await? else {
+                continue;
+            };
+            if project.is_some_and(|p| p != target.project_id) {
+                continue;
+            }
+            let Some(rr) = about(report, &target) else {
+                continue;
+            };
+            if let Some(effect) = self.effect(report, rr, &target, now) {
+                if self
+                    .store
+                    .apply_report_effect(inbound_id, &effect)
+                    .await?
+                    .is_some()
+                {
+                    applied += 1;
+                }
                 matched.push(target.id.clone());
             }
         }
-        let kind = serde_json::to_value(report.kind)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        let status = match (report.kind, matched.is_empty()) {
-            (ReportKind::Unknown, _) => "unknown",
-            (_, true) => "unmatched",
-            (_, false) => "processed",
-        };
-        let details = serde_json::to_string(&report).unwrap_or_default();
-        self.store
-            .finish_inbound(
-                &id,
-                &kind,
-                status,
-                i64::try_from(matched.len()).unwrap_or(0),
-                &details,
-            )
-            .await?;
-        if !matched.is_empty() {
+        if applied > 0 {
             self.events_wake.notify_waiters();
         }
-        tracing::info!(inbound_id = %id, kind = %kind, status, matched = matched.len(), "inbound report");
-        Ok(InboundOutcome {
-            id,
-            report,
-            matched,
-        })
+        Ok((matched, applied))
+    }
+
+    /// Records how a message was read; a failure to record leaves it `received`.
+    async fn finish(
+        &self,
+        outcome: &InboundOutcome,
+        kind: Option<ReportKind>,
+        details: &serde_json::Value,
+    ) -> InboundOutcome {
+        let kind = kind.map_or("none", ReportKind::as_str);
+        let status = outcome.status.as_str();
+        let details = details.to_string();
+        let matched = i64::try_from(outcome.matched.len()).unwrap_or(0);
+        match self
+            .store
+            .finish_inbound(&outcome.id, kind, status, matched, &details)
+            .await
+        {
+            Ok(()) => {
+                self.metrics.record_inbound(kind, status);
+                tracing::info!(inbound_id = %outcome.id, kind, status, matched, "inbound report");
+                outcome.clone()
+            }
+            Err(e) => {
+                tracing::warn!(inbound_id = %outcome.id, error = %e, "could not record an inbound message's reading; it will be read again");
+                InboundOutcome {
+                    status: InboundStatus::Received,
+                    ..outcome.clone()
+                }
+            }
+        }
+    }
+
+    /// Reads again the kept messages in `statuses` received from `since` to `until`, a page at
+    /// a time, and says what became of them.
+    pub async fn reprocess(
+        &self,
+        statuses: &[InboundStatus],
+        since: i64,
+        until: i64,
+    ) -> Result<ReprocessSummary, StoreError> {
+        let names: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
+        let mut summary = ReprocessSummary::default();
+        let mut after = String::new();
+        loop {
+            let page = self
+                .store
+                .kept_inbound(&names, since, until, &after, 100)
+                .await?;
+            let Some(last) = page.last() else {
+                return Ok(summary);
+            };
+            after.clone_from(&last.id);
+            for kept in page {
+                let outcome = self.read_kept(kept).await;
+                summary.count(&outcome);
+            }
+        }
+    }
+
+    /// Reads the messages a crash or a database outage left `received` (older than a minute,
+    /// so not one being read right now), at start and then every `interval`, until `cancel`.
+    pub async fn run_recovery(
+        self,
+        interval: std::time::Duration,
+        cancel: tokio_util::sync::CancellationToken,
+    ) {
+        let mut first = true;
+        loop {
+            // At start nothing of this process's is being read: take everything.
+            let until = self.clock.now_ms() - if first { 0 } else { 60_000 };
+            first = false;
+            match self.reprocess(&[InboundStatus::Received], 0, until).await {
+                Ok(s) if s.examined > 0 => {
+                    tracing::info!(
+                        examined = s.examined,
+                        left = s.received,
+                        "read inbound messages left unread"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "could not look for unread inbound messages"),
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+        }
     }
 
     fn effect(
@@ -243,5 +519,36 @@ impl InboundProcessor {
                 })
             }
         }
+    }
+}
+
+/// The line of a report about the recipient a token names: the one with its address, else the
+/// first failure (an alias or a forward reports the address it expanded to), else the first.
+fn about<'r>(report: &'r Report, target: &RecipientRef) -> Option<&'r ReportRecipient> {
+    report
+        .recipients
+        .iter()
+        .find(|r| r.address.eq_ignore_ascii_case(&target.address))
+        .or_else(|| {
+            report
+                .recipients
+                .iter()
+                .find(|r| r.action == Action::Failed)
+        })
+        .or_else(|| report.recipients.first())
+}
+
+/// What a failed task said, for the message it failed on.
+fn panic_reason(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(p) => p
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .map_or_else(
+                || "the parser panicked".to_owned(),
+                |m| format!("the parser panicked: {m}"),
+            ),
+        Err(e) => format!("the reading was stopped: {e}"),
     }
 }

@@ -3,12 +3,20 @@
 //!
 //! It accepts RCPT only for valid signed VERP addresses on the bounce domain and for
 //! `postmaster@`/`abuse@` there (550 otherwise, so it is never an open relay nor a way to
-//! probe recipients), enforces SIZE, a line-length limit, a per-command timeout and a cap on
-//! connections, offers STARTTLS when given a certificate, keeps every accepted message raw
-//! before processing it, and answers 250 only after that.
+//! probe recipients), offers STARTTLS when given a certificate, keeps every accepted message
+//! raw before reading it, and answers 250 once it is kept, whatever its reading does.
+//!
+//! It sits on a public address, so nothing a client does holds it: every read and every write
+//! has a timeout, a connection has a deadline, junk commands and refused commands are counted
+//! and the connection closed past a limit, one client address has a cap on connections open
+//! and opened a minute, and accept errors (file descriptors run out) back off instead of
+//! spinning. Mail with no signed return path (to `postmaster@`/`abuse@`) is kept within a
+//! smaller size and an hourly budget shared by all clients.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
@@ -17,6 +25,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::inbound::InboundProcessor;
+use crate::config::InboundConfig;
 
 /// Longest command or data line accepted, CRLF included (RFC 5321 §4.5.3.1.6 says 1000 for
 /// text lines; real bounce generators exceed it, so allow some slack).
@@ -25,9 +34,7 @@ const MAX_LINE: usize = 4096;
 #[derive(Clone)]
 pub struct ListenerSettings {
     pub hostname: String,
-    pub max_message_bytes: usize,
-    pub max_recipients: usize,
-    pub timeout: Duration,
+    pub limits: InboundConfig,
     pub tls: Option<TlsAcceptor>,
 }
 
@@ -59,37 +66,156 @@ pub async fn serve(
     listener: TcpListener,
     processor: InboundProcessor,
     settings: ListenerSettings,
-    max_connections: usize,
     cancel: CancellationToken,
 ) {
-    let permits = Arc::new(Semaphore::new(max_connections.max(1)));
+    let permits = Arc::new(Semaphore::new(settings.limits.max_connections.max(1)));
+    let clients = Arc::new(Clients::default());
+    let budget = Arc::new(UnsignedBudget::new(settings.limits.unsigned_per_hour));
+    let mut backoff = Duration::ZERO;
     loop {
         let accepted = tokio::select! {
             () = cancel.cancelled() => return,
             a = listener.accept() => a,
         };
-        let Ok((mut stream, peer)) = accepted else {
-            continue;
+        let (stream, peer) = match accepted {
+            Ok(a) => {
+                backoff = Duration::ZERO;
+                a
+            }
+            Err(e) => {
+                // Out of file descriptors or memory: accepting again at once would spin.
+                backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                tracing::warn!(error = %e, pause_ms = backoff.as_millis(), "the bounce listener could not accept a connection");
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => continue,
+                }
+            }
         };
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            let _ = stream
-                .write_all(b"421 4.7.0 Too many connections, try again later\r\n")
-                .await;
+            // Never wait on a client here: the reply goes out if the socket takes it at once.
+            let _ = stream.try_write(b"421 4.7.0 Too many connections, try again later\r\n");
             continue;
         };
-        let (processor, settings) = (processor.clone(), settings.clone());
+        let Some(client) = Clients::admit(&clients, peer.ip(), &settings.limits) else {
+            let _ = stream.try_write(
+                b"421 4.7.0 Too many connections from your address, try again later\r\n",
+            );
+            continue;
+        };
+        let (processor, settings, budget) =
+            (processor.clone(), settings.clone(), Arc::clone(&budget));
         tokio::spawn(async move {
             let _permit = permit;
-            let result = session(stream, true, false, &processor, &settings).await;
+            let _client = client;
+            let mut session = Session::new(&processor, &settings, &budget);
+            let result = session.run(stream, true, false).await;
             if let Ok(Upgrade::StartTls(stream)) = result
                 && let Some(tls) = &settings.tls
                 && let Ok(Ok(stream)) =
-                    tokio::time::timeout(settings.timeout, tls.accept(stream)).await
+                    tokio::time::timeout(settings.limits.timeout, tls.accept(stream)).await
             {
-                let _ = session(stream, false, true, &processor, &settings).await;
+                let _ = session.run(stream, false, true).await;
             }
             tracing::debug!(%peer, "inbound SMTP session ended");
         });
+    }
+}
+
+/// Connections open and recently opened, per client address.
+#[derive(Default)]
+struct Clients {
+    by_ip: Mutex<HashMap<IpAddr, ClientCount>>,
+}
+
+struct ClientCount {
+    open: usize,
+    window_start: Instant,
+    opened_in_window: u32,
+}
+
+/// One admitted connection; dropping it releases its place.
+struct ClientSlot {
+    clients: Arc<Clients>,
+    ip: IpAddr,
+}
+
+impl Clients {
+    fn admit(this: &Arc<Self>, ip: IpAddr, limits: &InboundConfig) -> Option<ClientSlot> {
+        let mut map = this.by_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let minute = Duration::from_secs(60);
+        if map.len() > 10_000 {
+            map.retain(|_, c| c.open > 0 || now.duration_since(c.window_start) < minute);
+        }
+        let c = map.entry(ip).or_insert(ClientCount {
+            open: 0,
+            window_start: now,
+            opened_in_window: 0,
+        });
+        if now.duration_since(c.window_start) >= minute {
+            c.window_start = now;
+            c.opened_in_window = 0;
+        }
+        if c.open >= limits.max_connections_per_client.max(1)
+            || c.opened_in_window >= limits.connections_per_minute_per_client.max(1)
+        {
+            return None;
+        }
+        c.open += 1;
+        c.opened_in_window += 1;
+        Some(ClientSlot {
+            clients: Arc::clone(this),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut map = self.clients.by_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = map.get_mut(&self.ip) {
+            c.open = c.open.saturating_sub(1);
+        }
+    }
+}
+
+/// A token bucket for mail with no signed return path: `per_hour` messages an hour, as many
+/// at once at most.
+struct UnsignedBudget {
+    per_hour: u32,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl UnsignedBudget {
+    fn new(per_hour: u32) -> Self {
+        Self {
+            per_hour,
+            state: Mutex::new((f64::from(per_hour), Instant::now())),
+        }
+    }
+
+    fn refill(&self) -> std::sync::MutexGuard<'_, (f64, Instant)> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let earned = now.duration_since(s.1).as_secs_f64() * f64::from(self.per_hour) / 3600.0;
+        s.0 = (s.0 + earned).min(f64::from(self.per_hour));
+        s.1 = now;
+        s
+    }
+
+    fn has_room(&self) -> bool {
+        self.refill().0 >= 1.0
+    }
+
+    fn take(&self) -> bool {
+        let mut s = self.refill();
+        if s.0 >= 1.0 {
+            s.0 -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -104,12 +230,13 @@ enum Line {
     Text(Vec<u8>),
     TooLong,
     Eof,
+    TimedOut,
 }
 
 async fn read_line<S: AsyncRead + Unpin>(
     io: &mut BufReader<S>,
     timeout: Duration,
-) -> std::io::Result<Option<Line>> {
+) -> std::io::Result<Line> {
     let mut buf = Vec::new();
     let read = tokio::time::timeout(timeout, async {
         loop {
@@ -125,7 +252,7 @@ async fn read_line<S: AsyncRead + Unpin>(
                 .iter()
                 .position(|b| *b == b'\n')
                 .map_or(available.len(), |p| p + 1);
-            buf.extend_from_slice(&available[..take]);
+            buf.extend_from_slice(available.get(..take).unwrap_or(available));
             io.consume(take);
             if buf.len() > MAX_LINE {
                 return Ok(Line::TooLong);
@@ -136,163 +263,336 @@ async fn read_line<S: AsyncRead + Unpin>(
         }
     })
     .await;
-    match read {
-        Ok(r) => r.map(Some),
-        Err(_) => Ok(None),
-    }
+    read.unwrap_or(Ok(Line::TimedOut))
 }
 
-async fn session<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: S,
-    greet: bool,
-    tls: bool,
-    processor: &InboundProcessor,
-    s: &ListenerSettings,
-) -> std::io::Result<Upgrade<S>> {
-    let mut io = BufReader::new(stream);
-    if greet {
-        io.write_all(format!("220 {} ESMTP Herald bounce receiver\r\n", s.hostname).as_bytes())
-            .await?;
+/// Why a session ends early, with the reply it gets.
+const TIMEOUT: &str = "421 4.4.2 Timeout, closing connection";
+const DEADLINE: &str = "421 4.4.2 Connection open too long, closing";
+const TOO_LONG: &str = "500 5.5.2 Line too long";
+
+/// One client's conversation, across a STARTTLS upgrade.
+struct Session<'a> {
+    processor: &'a InboundProcessor,
+    s: &'a ListenerSettings,
+    budget: &'a UnsignedBudget,
+    deadline: Instant,
+    junk: u32,
+    errors: u32,
+}
+
+enum Step {
+    Reply(String),
+    Close(&'static str),
+}
+
+impl<'a> Session<'a> {
+    fn new(
+        processor: &'a InboundProcessor,
+        s: &'a ListenerSettings,
+        budget: &'a UnsignedBudget,
+    ) -> Self {
+        Self {
+            processor,
+            s,
+            budget,
+            deadline: Instant::now() + s.limits.session_timeout,
+            junk: 0,
+            errors: 0,
+        }
     }
-    let mut from: Option<String> = None;
-    let mut rcpts: Vec<String> = Vec::new();
-    loop {
-        let line = match read_line(&mut io, s.timeout).await? {
-            None => {
-                io.write_all(b"421 4.4.2 Timeout, closing connection\r\n")
-                    .await?;
+
+    /// The time a read may take: the per-line timeout, cut short by the session's deadline.
+    fn read_timeout(&self) -> Duration {
+        self.s
+            .limits
+            .timeout
+            .min(self.deadline.saturating_duration_since(Instant::now()))
+    }
+
+    async fn next_line<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        io: &mut BufReader<S>,
+    ) -> std::io::Result<Result<Vec<u8>, Option<&'static str>>> {
+        Ok(match read_line(io, self.read_timeout()).await? {
+            Line::Text(t) => Ok(t),
+            Line::Eof => Err(None),
+            Line::TooLong => Err(Some(TOO_LONG)),
+            Line::TimedOut if Instant::now() >= self.deadline => Err(Some(DEADLINE)),
+            Line::TimedOut => Err(Some(TIMEOUT)),
+        })
+    }
+
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        stream: S,
+        greet: bool,
+        tls: bool,
+    ) -> std::io::Result<Upgrade<S>> {
+        let mut io = BufReader::new(stream);
+        let s = self.s;
+        if greet {
+            let banner = format!("220 {} ESMTP Herald bounce receiver", s.hostname);
+            write_reply(&mut io, &banner, s.limits.timeout).await?;
+        }
+        let mut from: Option<String> = None;
+        let mut rcpts: Vec<String> = Vec::new();
+        loop {
+            let line = match self.next_line(&mut io).await? {
+                Ok(t) => String::from_utf8_lossy(&t).into_owned(),
+                Err(None) => return Ok(Upgrade::Closed),
+                Err(Some(reply)) => {
+                    write_reply(&mut io, reply, s.limits.timeout).await?;
+                    return Ok(Upgrade::Closed);
+                }
+            };
+            let cmd = line.trim_end_matches(['\r', '\n']);
+            let upper = cmd.to_ascii_uppercase();
+            let verb = upper.split([' ', ':']).next().unwrap_or("");
+            let step = match verb {
+                "EHLO" => {
+                    let mut ext = vec![
+                        format!("250-{}", s.hostname),
+                        format!("250-SIZE {}", s.limits.max_message_bytes),
+                        "250-8BITMIME".into(),
+                    ];
+                    if s.tls.is_some() && !tls {
+                        ext.push("250-STARTTLS".into());
+                    }
+                    ext.push("250 ENHANCEDSTATUSCODES".into());
+                    Step::Reply(ext.join("\r\n"))
+                }
+                "HELO" => Step::Reply(format!("250 {}", s.hostname)),
+                "STARTTLS" if s.tls.is_some() && !tls && upper == "STARTTLS" => {
+                    write_reply(&mut io, "220 2.0.0 Ready to start TLS", s.limits.timeout).await?;
+                    return Ok(Upgrade::StartTls(io.into_inner()));
+                }
+                "MAIL" if upper.starts_with("MAIL FROM:") => {
+                    let rest = upper.get("MAIL FROM:".len()..).unwrap_or("");
+                    let declared = rest
+                        .split_whitespace()
+                        .find_map(|p| p.strip_prefix("SIZE="))
+                        .and_then(|n| n.parse::<usize>().ok());
+                    if declared.is_some_and(|n| n > s.limits.max_message_bytes) {
+                        Step::Reply(
+                            "552 5.3.4 Message size exceeds fixed maximum message size".into(),
+                        )
+                    } else {
+                        from = Some(angle(cmd.get("MAIL FROM:".len()..).unwrap_or("")));
+                        rcpts.clear();
+                        Step::Reply("250 2.1.0 OK".into())
+                    }
+                }
+                "RCPT" if upper.starts_with("RCPT TO:") => {
+                    let addr = angle(cmd.get("RCPT TO:".len()..).unwrap_or(""));
+                    Step::Reply(self.rcpt(from.is_some(), &mut rcpts, addr))
+                }
+                "DATA" if upper == "DATA" => {
+                    if rcpts.is_empty() {
+                        Step::Reply("503 5.5.1 RCPT first".into())
+                    } else {
+                        write_reply(
+                            &mut io,
+                            "354 End data with <CR><LF>.<CR><LF>",
+                            s.limits.timeout,
+                        )
+                        .await?;
+                        let rcpt_list = std::mem::take(&mut rcpts);
+                        from = None;
+                        match self.data(&mut io, rcpt_list).await? {
+                            Ok(reply) => Step::Reply(reply),
+                            Err(close) => Step::Close(close),
+                        }
+                    }
+                }
+                "RSET" => {
+                    from = None;
+                    rcpts.clear();
+                    self.junk += 1;
+                    Step::Reply("250 2.0.0 OK".into())
+                }
+                "NOOP" => {
+                    self.junk += 1;
+                    Step::Reply("250 2.0.0 OK".into())
+                }
+                "QUIT" => {
+                    write_reply(&mut io, "221 2.0.0 Bye", s.limits.timeout).await?;
+                    return Ok(Upgrade::Closed);
+                }
+                _ => {
+                    self.junk += 1;
+                    Step::Reply("502 5.5.2 Command not recognized".into())
+                }
+            };
+            let reply = match step {
+                Step::Close(reply) => {
+                    write_reply(&mut io, reply, s.limits.timeout).await?;
+                    return Ok(Upgrade::Closed);
+                }
+                Step::Reply(r) => r,
+            };
+            if reply.starts_with(['4', '5']) {
+                self.errors += 1;
+            }
+            if self.errors > s.limits.max_errors {
+                write_reply(
+                    &mut io,
+                    "421 4.7.0 Too many errors, closing connection",
+                    s.limits.timeout,
+                )
+                .await?;
                 return Ok(Upgrade::Closed);
             }
-            Some(Line::Eof) => return Ok(Upgrade::Closed),
-            Some(Line::TooLong) => {
-                io.write_all(b"500 5.5.2 Line too long\r\n").await?;
+            if self.junk > s.limits.max_junk_commands {
+                write_reply(
+                    &mut io,
+                    "421 4.7.0 Too many commands that move no mail, closing connection",
+                    s.limits.timeout,
+                )
+                .await?;
                 return Ok(Upgrade::Closed);
             }
-            Some(Line::Text(t)) => String::from_utf8_lossy(&t).into_owned(),
-        };
-        let cmd = line.trim_end_matches(['\r', '\n']);
-        let upper = cmd.to_ascii_uppercase();
-        let reply: String = if upper.starts_with("EHLO") {
-            let mut ext = vec![
-                format!("250-{}", s.hostname),
-                format!("250-SIZE {}", s.max_message_bytes),
-                "250-8BITMIME".into(),
-            ];
-            if s.tls.is_some() && !tls {
-                ext.push("250-STARTTLS".into());
-            }
-            ext.push("250 ENHANCEDSTATUSCODES".into());
-            ext.join("\r\n")
-        } else if upper.starts_with("HELO") {
-            format!("250 {}", s.hostname)
-        } else if upper == "STARTTLS" && s.tls.is_some() && !tls {
-            io.write_all(b"220 2.0.0 Ready to start TLS\r\n").await?;
-            return Ok(Upgrade::StartTls(io.into_inner()));
-        } else if let Some(rest) = upper.strip_prefix("MAIL FROM:") {
-            let declared = rest
-                .split_whitespace()
-                .find_map(|p| p.strip_prefix("SIZE="))
-                .and_then(|n| n.parse::<usize>().ok());
-            if declared.is_some_and(|n| n > s.max_message_bytes) {
-                "552 5.3.4 Message size exceeds fixed maximum message size".into()
-            } else {
-                from = Some(angle(&cmd["MAIL FROM:".len()..]));
-                rcpts.clear();
-                "250 2.1.0 OK".into()
-            }
-        } else if upper.starts_with("RCPT TO:") {
-            let addr = angle(&cmd["RCPT TO:".len()..]);
-            if from.is_none() {
-                "503 5.5.1 MAIL first".into()
-            } else if rcpts.len() >= s.max_recipients {
-                "452 4.5.3 Too many recipients".into()
-            } else if accepts(processor, &addr) {
+            write_reply(&mut io, &reply, s.limits.timeout).await?;
+        }
+    }
+
+    fn rcpt(&self, has_from: bool, rcpts: &mut Vec<String>, addr: String) -> String {
+        let s = self.s;
+        if !has_from {
+            return "503 5.5.1 MAIL first".into();
+        }
+        if rcpts.len() >= s.limits.max_recipients {
+            return "452 4.5.3 Too many recipients".into();
+        }
+        match accepts(self.processor, &addr) {
+            Accept::Signed => {
                 rcpts.push(addr);
                 "250 2.1.5 OK".into()
-            } else {
-                "550 5.1.1 No such recipient here".into()
             }
-        } else if upper == "DATA" {
-            if rcpts.is_empty() {
-                "503 5.5.1 RCPT first".into()
-            } else {
-                io.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
-                    .await?;
-                let mut data = Vec::new();
-                let mut too_big = false;
-                loop {
-                    match read_line(&mut io, s.timeout).await? {
-                        None => {
-                            io.write_all(b"421 4.4.2 Timeout, closing connection\r\n")
-                                .await?;
-                            return Ok(Upgrade::Closed);
-                        }
-                        Some(Line::Eof) => return Ok(Upgrade::Closed),
-                        Some(Line::TooLong) => {
-                            io.write_all(b"500 5.5.2 Line too long\r\n").await?;
-                            return Ok(Upgrade::Closed);
-                        }
-                        Some(Line::Text(l)) => {
-                            if l == b".\r\n" || l == b".\n" {
-                                break;
-                            }
-                            // Undo dot-stuffing (RFC 5321 §4.5.2).
-                            let l = l.strip_prefix(b".").unwrap_or(&l);
-                            if data.len() + l.len() > s.max_message_bytes {
-                                too_big = true;
-                            } else {
-                                data.extend_from_slice(l);
-                            }
-                        }
-                    }
-                }
-                let rcpt_list = std::mem::take(&mut rcpts);
-                from = None;
-                if too_big {
-                    "552 5.3.4 Message size exceeds fixed maximum message size".into()
-                } else {
-                    match processor.process(&data, &rcpt_list, "smtp", None).await {
-                        Ok(outcome) => format!("250 2.0.0 OK {}", outcome.id),
-                        Err(e) => {
-                            tracing::error!(error = %e, "could not keep an inbound message");
-                            "451 4.3.0 Temporary failure, try again later".into()
-                        }
-                    }
-                }
+            Accept::Unsigned if self.budget.has_room() => {
+                rcpts.push(addr);
+                "250 2.1.5 OK".into()
             }
-        } else if upper == "RSET" {
-            from = None;
-            rcpts.clear();
-            "250 2.0.0 OK".into()
-        } else if upper == "NOOP" {
-            "250 2.0.0 OK".into()
-        } else if upper == "QUIT" {
-            io.write_all(b"221 2.0.0 Bye\r\n").await?;
-            return Ok(Upgrade::Closed);
+            Accept::Unsigned => {
+                "450 4.7.1 Too much mail for this mailbox this hour, try again later".into()
+            }
+            Accept::No => "550 5.1.1 No such recipient here".into(),
+        }
+    }
+
+    /// Reads a message and keeps it. `Err` with a reply that ends the session.
+    async fn data<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        io: &mut BufReader<S>,
+        rcpts: Vec<String>,
+    ) -> std::io::Result<Result<String, &'static str>> {
+        let s = self.s;
+        let signed = rcpts
+            .iter()
+            .any(|r| accepts(self.processor, r) == Accept::Signed);
+        let limit = if signed {
+            s.limits.max_message_bytes
         } else {
-            "502 5.5.2 Command not recognized".into()
+            s.limits.unsigned_max_bytes.min(s.limits.max_message_bytes)
         };
-        io.write_all(format!("{reply}\r\n").as_bytes()).await?;
+        let mut data = Vec::new();
+        let mut too_big = false;
+        loop {
+            match self.next_line(io).await? {
+                Ok(l) => {
+                    if l == b".\r\n" || l == b".\n" {
+                        break;
+                    }
+                    // Undo dot-stuffing (RFC 5321 §4.5.2).
+                    let l = l.strip_prefix(b".").unwrap_or(&l);
+                    if data.len() + l.len() > limit {
+                        too_big = true;
+                    } else {
+                        data.extend_from_slice(l);
+                    }
+                }
+                Err(None) => return Ok(Err("421 4.4.2 Connection closed during data")),
+                Err(Some(reply)) => return Ok(Err(reply)),
+            }
+        }
+        if too_big {
+            return Ok(Ok(
+                "552 5.3.4 Message size exceeds fixed maximum message size".into(),
+            ));
+        }
+        if !signed && !self.budget.take() {
+            return Ok(Ok(
+                "450 4.7.1 Too much mail for this mailbox this hour, try again later".into(),
+            ));
+        }
+        Ok(Ok(
+            match self.processor.receive(data, rcpts, "smtp", None).await {
+                Ok(outcome) => format!("250 2.0.0 OK {}", outcome.id),
+                Err(e) => {
+                    tracing::error!(error = %e, "could not keep an inbound message");
+                    "451 4.3.0 Temporary failure, try again later".into()
+                }
+            },
+        ))
     }
 }
 
-/// VERP addresses with a valid signature, and postmaster@/abuse@ the bounce domain.
-fn accepts(p: &InboundProcessor, addr: &str) -> bool {
+/// Writes one reply, within `timeout`: a client that does not read is not waited for.
+async fn write_reply<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut BufReader<S>,
+    reply: &str,
+    timeout: Duration,
+) -> std::io::Result<()> {
+    let mut bytes = Vec::with_capacity(reply.len() + 2);
+    bytes.extend_from_slice(reply.as_bytes());
+    bytes.extend_from_slice(b"\r\n");
+    match tokio::time::timeout(timeout, async {
+        io.write_all(&bytes).await?;
+        io.flush().await
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the client does not read its replies",
+        )),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Accept {
+    /// A VERP address with a valid signature.
+    Signed,
+    /// `postmaster@`/`abuse@` the bounce domain.
+    Unsigned,
+    No,
+}
+
+fn accepts(p: &InboundProcessor, addr: &str) -> Accept {
     let Some((local, domain)) = addr.rsplit_once('@') else {
-        return false;
+        return Accept::No;
     };
     if !domain.eq_ignore_ascii_case(&p.bounce_domain) {
-        return false;
+        return Accept::No;
+    }
+    if p.verp.verify_address(addr, &p.bounce_domain).is_some() {
+        return Accept::Signed;
     }
     let local = local.to_ascii_lowercase();
-    local == "postmaster"
-        || local == "abuse"
-        || p.verp.verify_address(addr, &p.bounce_domain).is_some()
+    if local == "postmaster" || local == "abuse" {
+        Accept::Unsigned
+    } else {
+        Accept::No
+    }
 }
 
+/// The address inside `<…>`, or the first word.
 fn angle(arg: &str) -> String {
     let arg = arg.trim();
-    let start = arg.find('<').map_or(0, |i| i + 1);
-    let end = arg[start..].find('>').map_or(arg.len(), |i| start + i);
-    arg[start..end].trim().to_owned()
+    let inner = match arg.split_once('<') {
+        Some((_, rest)) => rest.split_once('>').map_or(rest, |(a, _)| a),
+        None => arg.split_whitespace().next().unwrap_or(""),
+    };
+    inner.trim().to_owned()
 }

@@ -1,13 +1,26 @@
 //! Parsing bounce and complaint reports.
+//!
+//! Every reader here takes bytes from strangers, so each is bounded before it works: the
+//! message is cut at [`MAX_PARSED_BYTES`], the human-readable text at [`MAX_HUMAN_TEXT`], a
+//! report names at most [`MAX_RECIPIENTS`] recipients with diagnostics of at most
+//! [`MAX_DIAGNOSTIC`] bytes, and every pass over the text is linear in its length.
 
-use std::collections::BTreeMap;
+mod dsn;
+mod plain;
 
 use mail_parser::{MessageParser, MimeHeaders, PartType};
 use serde::Serialize;
 
-use crate::domain::bounce::{
-    BounceClass, BounceSubType, BounceType, classify_parts, is_enhanced_status,
-};
+use crate::domain::bounce::{BounceClass, BounceSubType, BounceType, classify_parts};
+
+/// How much of a message is read: bounces are small; what follows is the returned original.
+pub const MAX_PARSED_BYTES: usize = 2 * 1024 * 1024;
+/// How much human-readable text is searched for recipients.
+pub const MAX_HUMAN_TEXT: usize = 64 * 1024;
+/// How many recipients one report may name (a real one names a handful).
+pub const MAX_RECIPIENTS: usize = 100;
+/// How long a recipient's diagnostic may be, in bytes.
+pub const MAX_DIAGNOSTIC: usize = 1000;
 
 /// What kind of report a message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -17,6 +30,17 @@ pub enum ReportKind {
     NonStandard,
     Arf,
     Unknown,
+}
+
+impl ReportKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dsn => "dsn",
+            Self::NonStandard => "non_standard",
+            Self::Arf => "arf",
+            Self::Unknown => "unknown",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -60,6 +84,7 @@ pub struct Report {
 
 /// Reads one report. Never fails: what cannot be understood is `Unknown` with no recipients.
 pub fn parse_report(raw: &[u8]) -> Report {
+    let raw = raw.get(..MAX_PARSED_BYTES).unwrap_or(raw);
     let mut report = Report {
         kind: ReportKind::Unknown,
         recipients: Vec::new(),
@@ -71,6 +96,7 @@ pub fn parse_report(raw: &[u8]) -> Report {
         return report;
     };
     let mut human_text = String::new();
+    let mut dsn_seen = false;
     for part in &msg.parts {
         let (ctype, subtype) = part
             .content_type()
@@ -82,17 +108,19 @@ pub fn parse_report(raw: &[u8]) -> Report {
             })
             .unwrap_or_else(|| ("text".into(), "plain".into()));
         match (ctype.as_str(), subtype.as_str()) {
-            ("message", "delivery-status" | "global-delivery-status") => {
-                let text = String::from_utf8_lossy(part.contents()).into_owned();
-                parse_dsn_fields(&text, &mut report);
+            ("message", "delivery-status" | "global-delivery-status") if !dsn_seen => {
+                // Only the first status part: a second one is in a returned message.
+                dsn_seen = true;
+                let text = String::from_utf8_lossy(part.contents());
+                dsn::parse_fields(&text, &mut report);
                 report.kind = ReportKind::Dsn;
             }
             ("message", "feedback-report") => {
                 report.kind = ReportKind::Arf;
             }
             ("text", "rfc822-headers") | ("message", "rfc822-headers") => {
-                let text = String::from_utf8_lossy(part.contents()).into_owned();
                 if report.original_message_id.is_none() {
+                    let text = String::from_utf8_lossy(part.contents());
                     report.original_message_id = header_in(&text, "message-id");
                 }
             }
@@ -100,13 +128,11 @@ pub fn parse_report(raw: &[u8]) -> Report {
                 PartType::Message(inner) if report.original_message_id.is_none() => {
                     report.original_message_id = inner.message_id().map(|m| format!("<{m}>"));
                 }
-                PartType::Text(t) if human_text.len() < 64 * 1024 => {
-                    human_text.push_str(t);
-                    human_text.push('\n');
+                PartType::Text(t) if human_text.len() < MAX_HUMAN_TEXT => {
+                    push_clipped(&mut human_text, t);
                 }
                 PartType::Html(h) if human_text.is_empty() => {
-                    human_text.push_str(&strip_tags(h));
-                    human_text.push('\n');
+                    push_clipped(&mut human_text, &strip_tags(clip(h, MAX_HUMAN_TEXT)));
                 }
                 _ => {}
             },
@@ -117,17 +143,18 @@ pub fn parse_report(raw: &[u8]) -> Report {
         return report;
     }
     if report.kind == ReportKind::Dsn && !report.recipients.is_empty() {
+        dsn::fill_from_text(&mut report, &human_text);
         return report;
     }
-    let subject = msg.subject().unwrap_or("").to_ascii_lowercase();
+    let subject = msg.subject().unwrap_or("");
     let from = msg
         .from()
         .and_then(|a| a.first())
         .and_then(|a| a.address())
         .unwrap_or("")
         .to_ascii_lowercase();
-    if looks_like_bounce(&subject, &from, &human_text) {
-        let recipients = parse_plain(&human_text, &from);
+    if plain::looks_like_bounce(subject, &from, &human_text) {
+        let recipients = plain::parse(&human_text, &from);
         if !recipients.is_empty() {
             report.kind = ReportKind::NonStandard;
             report.recipients = recipients;
@@ -145,12 +172,12 @@ fn parse_arf(raw: &[u8], report: &mut Report) {
             let feedback_type = format!("{:?}", fb.feedback_type()).to_ascii_lowercase();
             report.complaint = Some(Complaint {
                 feedback_type,
-                user_agent: fb.user_agent().map(str::to_owned),
+                user_agent: fb.user_agent().map(|u| clip(u, MAX_DIAGNOSTIC).to_owned()),
                 arrival_date: fb.arrival_date(),
             });
             if let Some(rcpt) = fb.original_rcpt_to() {
                 report.recipients.push(ReportRecipient {
-                    address: strip_address(rcpt),
+                    address: clip(&strip_address(rcpt), 320).to_owned(),
                     action: Action::Delivered,
                     status: None,
                     diagnostic: None,
@@ -170,84 +197,8 @@ fn parse_arf(raw: &[u8], report: &mut Report) {
     }
 }
 
-/// Unfolds header-style text and splits it into groups at blank lines (RFC 3464 §2.1).
-fn field_groups(text: &str) -> Vec<Vec<(String, String)>> {
-    let mut groups = Vec::new();
-    let mut current: Vec<(String, String)> = Vec::new();
-    for line in text.lines() {
-        if line.trim().is_empty() {
-            if !current.is_empty() {
-                groups.push(std::mem::take(&mut current));
-            }
-        } else if line.starts_with([' ', '\t']) {
-            if let Some(last) = current.last_mut() {
-                last.1.push(' ');
-                last.1.push_str(line.trim());
-            }
-        } else if let Some((name, value)) = line.split_once(':') {
-            current.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
-        }
-    }
-    if !current.is_empty() {
-        groups.push(current);
-    }
-    groups
-}
-
-/// `type; value` → `value` (Final-Recipient, Remote-MTA, Diagnostic-Code).
-fn typed_value(v: &str) -> String {
-    v.split_once(';')
-        .map_or(v, |(_, rest)| rest)
-        .trim()
-        .to_owned()
-}
-
-fn strip_address(a: &str) -> String {
-    a.trim()
-        .trim_start_matches('<')
-        .trim_end_matches('>')
-        .trim()
-        .to_owned()
-}
-
-fn parse_dsn_fields(text: &str, report: &mut Report) {
-    for group in field_groups(text) {
-        let get = |name: &str| {
-            group
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.clone())
-        };
-        if let Some(mta) = get("reporting-mta") {
-            report.reporting_mta = Some(typed_value(&mta));
-        }
-        let Some(rcpt) = get("final-recipient").or_else(|| get("original-recipient")) else {
-            continue;
-        };
-        let action = get("action").unwrap_or_default().to_ascii_lowercase();
-        let action = match action.split_whitespace().next().unwrap_or("") {
-            "delayed" => Action::Delayed,
-            "delivered" | "relayed" | "expanded" => Action::Delivered,
-            _ => Action::Failed,
-        };
-        let status = get("status")
-            .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-            .filter(|s| is_enhanced_status(s));
-        let diagnostic = get("diagnostic-code").map(|d| typed_value(&d));
-        let remote_mta = get("remote-mta").map(|m| typed_value(&m));
-        let (kind, sub_type) = classify_report(action, status.as_deref(), diagnostic.as_deref());
-        report.recipients.push(ReportRecipient {
-            address: strip_address(&typed_value(&rcpt)),
-            action,
-            status,
-            diagnostic,
-            remote_mta,
-            kind,
-            sub_type,
-        });
-    }
-}
-
+/// The classification of one reported recipient: from its status and diagnostic, and when
+/// they say nothing, from the report's action.
 fn classify_report(
     action: Action,
     status: Option<&str>,
@@ -257,8 +208,7 @@ fn classify_report(
         return (BounceType::Undetermined, BounceSubType::Undetermined);
     }
     let diag = diagnostic.unwrap_or("");
-    let code = basic_code(diag);
-    let BounceClass { mut kind, sub_type } = classify_parts(code, status, diag);
+    let BounceClass { mut kind, sub_type } = classify_parts(basic_code(diag), status, diag);
     if kind == BounceType::Undetermined {
         kind = if action == Action::Delayed {
             BounceType::Transient
@@ -283,300 +233,73 @@ pub(crate) fn first_reply_code(text: &str, lowest: u16) -> Option<u16> {
         .find(|c| (lowest..600).contains(c))
 }
 
-/// A header's value in header-style text, case-insensitively.
+/// A header's value in header-style text, case-insensitively, at most 998 bytes.
 fn header_in(text: &str, name: &str) -> Option<String> {
-    let prefix = format!("{name}:");
-    text.lines()
-        .find(|l| l.len() > prefix.len() && l[..prefix.len()].eq_ignore_ascii_case(&prefix))
-        .map(|l| l[prefix.len()..].trim().to_owned())
-        .filter(|v| !v.is_empty())
+    text.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        let v = v.trim();
+        (n.trim_end().eq_ignore_ascii_case(name) && !v.is_empty()).then(|| clip(v, 998).to_owned())
+    })
+}
+
+/// At most `max` bytes of `s`, cut on a character boundary.
+pub(crate) fn clip(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or("")
+}
+
+/// Appends a part's text, stopping at [`MAX_HUMAN_TEXT`].
+fn push_clipped(out: &mut String, text: &str) {
+    let room = MAX_HUMAN_TEXT.saturating_sub(out.len());
+    out.push_str(clip(text, room));
+    out.push('\n');
+}
+
+fn strip_address(a: &str) -> String {
+    a.trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .trim()
+        .to_owned()
 }
 
 fn strip_tags(html: &str) -> String {
     let mut out = String::with_capacity(html.len());
     let mut in_tag = false;
+    let mut tag = String::new();
     for c in html.chars() {
         match c {
-            '<' => in_tag = true,
-            '>' => {
+            '<' => {
+                in_tag = true;
+                tag.clear();
+            }
+            '>' if in_tag => {
                 in_tag = false;
-                out.push(' ');
+                let name = tag.trim_start_matches('/').to_ascii_lowercase();
+                let block = ["br", "p", "div", "tr", "li", "table", "h1", "h2", "h3"]
+                    .iter()
+                    .any(|b| name.split([' ', '/']).next() == Some(b));
+                out.push(if block { '\n' } else { ' ' });
             }
-            '\n' if !in_tag => out.push('\n'),
-            c if !in_tag => out.push(c),
-            _ => {}
-        }
-    }
-    out.replace("<br>", "\n")
-}
-
-const BOUNCE_SUBJECTS: &[&str] = &[
-    "undeliver",
-    "delivery status notification",
-    "mail delivery failed",
-    "returned mail",
-    "failure notice",
-    "delivery failure",
-    "delivery failed",
-    "not delivered",
-    "could not be delivered",
-    "nondeliverable",
-    "non-deliverable",
-    "delivery notification",
-    "mail delivery system",
-    "unzustellbar",
-    "non remis",
-    "delivery has failed",
-    "message not delivered",
-    "delayed mail",
-    "delivery delayed",
-    "warning: could not send",
-    "mail system error",
-    "rejected:",
-    "returned to sender",
-    "undelivered mail",
-];
-
-fn looks_like_bounce(subject: &str, from: &str, text: &str) -> bool {
-    let from_daemon = [
-        "mailer-daemon",
-        "postmaster",
-        "mail-daemon",
-        "mailerdaemon",
-        "noreply-dmarc",
-    ]
-    .iter()
-    .any(|d| from.starts_with(d));
-    from_daemon
-        || BOUNCE_SUBJECTS.iter().any(|s| subject.contains(s))
-        || temporary_or_permanent(&text.to_ascii_lowercase()).is_some()
-}
-
-const TEMPORARY: &[&str] = &[
-    "temporary error",
-    "transient non-fatal",
-    "has not yet been delivered",
-    "not yet been delivered",
-    "will be retried",
-    "will continue to try",
-    "will keep trying",
-    "could not send message for past",
-    "delivery is delayed",
-    "delivery has been delayed",
-    "delivery delayed",
-    "still trying",
-    "is delayed",
-    "will retry",
-    "retry timeout not exceeded",
-    "queued for later delivery",
-];
-const PERMANENT: &[&str] = &[
-    "permanent error",
-    "permanent fatal",
-    "given up",
-    "giving up",
-    "could not be delivered",
-    "couldn't be delivered",
-    "failed permanently",
-    "undeliverable",
-    "unable to deliver",
-    "wasn't able to deliver",
-    "was not delivered",
-    "cannot be reached",
-    "delivery has failed",
-    "delivery to the following recipient",
-    "following address(es) failed",
-    "following addresses had permanent",
-    "not delivered to",
-    "message could not be sent",
-    "rejected your message",
-    "the following recipient(s) cannot be reached",
-    "delivery failed",
-    "failed to deliver",
-    "could not deliver",
-];
-
-fn temporary_or_permanent(lower: &str) -> Option<bool> {
-    if TEMPORARY.iter().any(|p| lower.contains(p)) {
-        Some(true)
-    } else if PERMANENT.iter().any(|p| lower.contains(p)) {
-        Some(false)
-    } else {
-        None
-    }
-}
-
-/// Where the human-readable part stops and the returned message begins.
-const ORIGINAL_MARKERS: &[&str] = &[
-    "--- below this line is a copy of the message",
-    "------ this is a copy of the message",
-    "----- original message -----",
-    "original message headers",
-    "--- the header of the original message",
-    "------ original message follows",
-    "----- unsent message below -----",
-    "----- message header follows -----",
-    "---------- forwarded message",
-    "content-type: message/rfc822",
-];
-
-fn find_addresses(line: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let bytes: Vec<char> = line.chars().collect();
-    for (i, c) in bytes.iter().enumerate() {
-        if *c != '@' || i == 0 {
-            continue;
-        }
-        let is_local = |c: &char| c.is_ascii_alphanumeric() || "._%+-=!#$&'*/?^`{|}~".contains(*c);
-        let is_dom = |c: &char| c.is_ascii_alphanumeric() || *c == '.' || *c == '-';
-        let mut start = i;
-        while start > 0 && is_local(&bytes[start - 1]) {
-            start -= 1;
-        }
-        let mut end = i + 1;
-        while end < bytes.len() && is_dom(&bytes[end]) {
-            end += 1;
-        }
-        let local: String = bytes[start..i].iter().collect();
-        let domain: String = bytes[i + 1..end]
-            .iter()
-            .collect::<String>()
-            .trim_end_matches('.')
-            .to_owned();
-        if !local.is_empty() && domain.contains('.') && !local.starts_with('.') {
-            out.push(format!("{local}@{domain}"));
-        }
-    }
-    out
-}
-
-/// How much a diagnostic says: a reply code, a recognisable reason, some words.
-fn informative(diag: &str) -> u8 {
-    let class = classify_parts(basic_code(diag), None, diag);
-    u8::from(basic_code(diag).is_some()) * 4
-        + u8::from(!matches!(
-            class.sub_type,
-            BounceSubType::General | BounceSubType::Undetermined
-        )) * 2
-        + u8::from(diag.len() > 20)
-}
-
-fn is_system_address(addr: &str, bounce_from: &str) -> bool {
-    let lower = addr.to_ascii_lowercase();
-    let local = lower.split('@').next().unwrap_or("");
-    lower == bounce_from
-        || [
-            "mailer-daemon",
-            "postmaster",
-            "mail-daemon",
-            "noreply",
-            "no-reply",
-            "abuse",
-            "root",
-        ]
-        .contains(&local)
-        || local.starts_with("bounces+")
-}
-
-/// Plain-text bounces (qmail, Exim, Sendmail, Exchange, Yahoo, GroupWise, Lotus Notes, and
-/// generic "the following addresses failed" texts): every address in the human-readable part,
-/// with the text that follows it as its diagnostic.
-fn parse_plain(text: &str, bounce_from: &str) -> Vec<ReportRecipient> {
-    let lower_all = text.to_ascii_lowercase();
-    let cut = ORIGINAL_MARKERS
-        .iter()
-        .filter_map(|m| lower_all.find(m))
-        .min()
-        .unwrap_or(text.len());
-    let human = &text[..cut];
-    let temporary = temporary_or_permanent(&human.to_ascii_lowercase());
-    let lines: Vec<&str> = human.lines().collect();
-    let mut found: BTreeMap<String, (usize, String)> = BTreeMap::new();
-    for (i, line) in lines.iter().enumerate() {
-        let trimmed = line.trim_start();
-        let lower_line = trimmed.to_ascii_lowercase();
-        // Header-like lines of a quoted original are not recipients.
-        if [
-            "from:",
-            "sender:",
-            "return-path:",
-            "reply-to:",
-            "subject:",
-            "message-id:",
-            "received:",
-            "date:",
-        ]
-        .iter()
-        .any(|h| lower_line.starts_with(h))
-        {
-            continue;
-        }
-        for addr in find_addresses(line) {
-            if is_system_address(&addr, bounce_from) {
-                continue;
-            }
-            // The diagnostic: the rest of this line and the following lines, up to a blank
-            // line or the next address.
-            let mut diag: Vec<String> = Vec::new();
-            let rest = line
-                .split(&addr)
-                .nth(1)
-                .unwrap_or("")
-                .trim_matches(|c: char| c == '>' || c == ':' || c.is_whitespace());
-            if rest.len() > 3 {
-                diag.push(rest.to_owned());
-            }
-            for next in lines.iter().skip(i + 1).take(8) {
-                if next.trim().is_empty() && !diag.is_empty() {
-                    break;
-                }
-                if !find_addresses(next).is_empty()
-                    && !next.to_ascii_lowercase().contains("said")
-                    && basic_code(next).is_none()
-                {
-                    break;
-                }
-                if !next.trim().is_empty() {
-                    diag.push(next.trim().to_owned());
+            c if in_tag => {
+                if tag.len() < 16 {
+                    tag.push(c);
                 }
             }
-            let diag = diag.join(" ");
-            let key = addr.to_ascii_lowercase();
-            match found.get(&key) {
-                Some((_, old)) if informative(old) >= informative(&diag) => {}
-                _ => {
-                    let order = found.get(&key).map_or(found.len(), |(o, _)| *o);
-                    found.insert(key, (order, diag));
-                }
-            }
+            c => out.push(c),
         }
     }
-    let mut ordered: Vec<(usize, String, String)> =
-        found.into_iter().map(|(a, (o, d))| (o, a, d)).collect();
-    ordered.sort();
-    ordered
-        .into_iter()
-        .map(|(_, address, diag)| {
-            let code = basic_code(&diag);
-            let status = diag
-                .split(|c: char| c.is_whitespace() || "()[];,#<>'\"".contains(c))
-                .find(|w| is_enhanced_status(w))
-                .map(str::to_owned);
-            let action = match (temporary, code) {
-                (_, Some(c)) if (400..500).contains(&c) => Action::Delayed,
-                (Some(true), None) => Action::Delayed,
-                _ => Action::Failed,
-            };
-            let (kind, sub_type) = classify_report(action, status.as_deref(), Some(&diag));
-            ReportRecipient {
-                address,
-                action,
-                status,
-                diagnostic: (!diag.is_empty()).then_some(diag),
-                remote_mta: None,
-                kind,
-                sub_type,
-            }
-        })
-        .collect()
+    out.replace("&nbsp;", " ")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
 }
+
+#[cfg(test)]
+mod tests;

@@ -94,7 +94,8 @@ impl std::fmt::Debug for ApiKeyToken {
 fn random_base62(len: usize) -> String {
     let mut rng = rand::rng();
     (0..len)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .filter_map(|_| ALPHABET.get(rng.random_range(0..ALPHABET.len())))
+        .map(|&b| char::from(b))
         .collect()
 }
 

@@ -80,12 +80,14 @@ impl SmtpReply {
 
 /// `class.subject.detail` with class 2, 4 or 5 (RFC 3463 §2).
 pub fn is_enhanced_status(word: &str) -> bool {
-    let parts: Vec<&str> = word.split('.').collect();
-    parts.len() == 3
-        && matches!(parts[0], "2" | "4" | "5")
-        && parts[1..]
-            .iter()
-            .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+    let mut parts = word.split('.');
+    let number = |p: Option<&str>| {
+        p.is_some_and(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    matches!(parts.next(), Some("2" | "4" | "5"))
+        && number(parts.next())
+        && number(parts.next())
+        && parts.next().is_none()
 }
 
 /// Whether trying again can help.
@@ -100,29 +102,40 @@ pub enum BounceType {
     Undetermined,
 }
 
-/// Why the mail was refused.
+/// Why the mail was refused: one value for each thing an operator would do differently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BounceSubType {
     /// Refused with no more specific reason.
     General,
-    /// The mailbox does not exist (x.1.1, x.1.6, x.2.1 disabled).
+    /// The mailbox does not exist (x.1.1, x.1.6): the address is dead.
     NoEmail,
+    /// The mailbox exists but is disabled or suspended (x.2.1): it may come back, or not.
+    MailboxDisabled,
     /// Herald did not try: the address is on the suppression list.
     Suppressed,
     /// The mailbox is over quota (x.2.2).
     MailboxFull,
     /// The message is larger than the receiver takes (x.2.3, x.3.4).
     MessageTooLarge,
-    /// The content was judged unacceptable (spam, virus) (x.7.1 with content wording, x.6.x).
+    /// The content was judged spam (x.6.x, x.7.1 with content wording).
     ContentRejected,
-    /// An attachment was refused.
+    /// A virus or a forbidden attachment.
     AttachmentRejected,
-    /// The sender is blocked by policy or reputation (x.7.x).
+    /// SPF, DKIM or DMARC did not pass (x.7.20 to x.7.27): fix the domain's records.
+    AuthFailed,
+    /// The sending IP or domain is on a block list or has a poor reputation, or its reverse
+    /// DNS is missing: fix the sender, not the address.
+    ReputationBlocked,
+    /// Too much mail too fast (x.7.28, provider throttles): slow down.
+    RateLimited,
+    /// The receiver refuses to relay for this sender: a routing or configuration mistake.
+    RelayDenied,
+    /// Refused by the receiver's policy for another reason (x.7.x).
     PolicyBlocked,
     /// The recipient's domain does not resolve or has no mail server (x.1.2, x.4.4).
     DnsFailure,
-    /// Herald gave up retrying: the retry window ran out.
+    /// Herald, or a remote MTA that had accepted the message, gave up retrying.
     Expired,
     /// Nothing tells.
     Undetermined,
@@ -139,15 +152,39 @@ impl BounceType {
 }
 
 impl BounceSubType {
+    pub const ALL: [Self; 16] = [
+        Self::General,
+        Self::NoEmail,
+        Self::MailboxDisabled,
+        Self::Suppressed,
+        Self::MailboxFull,
+        Self::MessageTooLarge,
+        Self::ContentRejected,
+        Self::AttachmentRejected,
+        Self::AuthFailed,
+        Self::ReputationBlocked,
+        Self::RateLimited,
+        Self::RelayDenied,
+        Self::PolicyBlocked,
+        Self::DnsFailure,
+        Self::Expired,
+        Self::Undetermined,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::General => "general",
             Self::NoEmail => "no_email",
+            Self::MailboxDisabled => "mailbox_disabled",
             Self::Suppressed => "suppressed",
             Self::MailboxFull => "mailbox_full",
             Self::MessageTooLarge => "message_too_large",
             Self::ContentRejected => "content_rejected",
             Self::AttachmentRejected => "attachment_rejected",
+            Self::AuthFailed => "auth_failed",
+            Self::ReputationBlocked => "reputation_blocked",
+            Self::RateLimited => "rate_limited",
+            Self::RelayDenied => "relay_denied",
             Self::PolicyBlocked => "policy_blocked",
             Self::DnsFailure => "dns_failure",
             Self::Expired => "expired",

@@ -168,10 +168,12 @@ fn has_header(message: &[u8], name: &str) -> bool {
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .unwrap_or(message.len());
-    message[..end].split(|b| *b == b'\n').any(|line| {
-        line.len() > name.len()
-            && line[name.len()] == b':'
-            && line[..name.len()].eq_ignore_ascii_case(name.as_bytes())
+    let head = message.get(..end).unwrap_or(message);
+    head.split(|b| *b == b'\n').any(|line| {
+        line.get(name.len()) == Some(&b':')
+            && line
+                .get(..name.len())
+                .is_some_and(|n| n.eq_ignore_ascii_case(name.as_bytes()))
     })
 }
 

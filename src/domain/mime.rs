@@ -93,16 +93,10 @@ fn text_body(text: &str) -> Body {
 /// The longest encoded line before its soft line break's `=` (RFC 2045: 76 with it).
 const QP_LINE: usize = 75;
 
-/// Bytes that quoted-printable may write as they are (spaces and tabs only inside a line).
-static QP_LITERAL: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        t[b] = matches!(b as u8, b'!'..=b'<' | b'>'..=b'~' | b' ' | b'\t');
-        b += 1;
-    }
-    t
-};
+/// Whether quoted-printable may write `b` as it is (spaces and tabs only inside a line).
+fn qp_literal(b: u8) -> bool {
+    matches!(b, b'!'..=b'<' | b'>'..=b'~' | b' ' | b'\t')
+}
 
 const ONES: u64 = u64::from_ne_bytes([1; 8]);
 const HIGH: u64 = ONES * 0x80;
@@ -117,7 +111,7 @@ fn all_printable(w: u64) -> bool {
     below_space | above_tilde == 0
 }
 
-/// Whether the eight bytes of `w` are all printable ASCII other than `=` (`QP_LITERAL` but
+/// Whether the eight bytes of `w` are all printable ASCII other than `=` (`qp_literal` but
 /// tab).
 fn all_literal(w: u64) -> bool {
     let eq = w ^ (ONES * u64::from(b'='));
@@ -145,7 +139,7 @@ fn escaped(bytes: &[u8]) -> usize {
 /// Where the run of literal bytes of `line` from `i` ends, at most at `end`: eight bytes at
 /// a time while they are all plain, then byte by byte.
 fn literal_run(line: &[u8], mut i: usize, end: usize) -> usize {
-    let line = &line[..end];
+    let line = line.get(..end).unwrap_or(line);
     loop {
         if let Some(word) = line.get(i..i + 8) {
             let word: [u8; 8] = word.try_into().unwrap_or_default();
@@ -155,7 +149,7 @@ fn literal_run(line: &[u8], mut i: usize, end: usize) -> usize {
             }
         }
         match line.get(i) {
-            Some(&b) if QP_LITERAL[usize::from(b)] => i += 1,
+            Some(&b) if qp_literal(b) => i += 1,
             _ => return i,
         }
     }
@@ -173,17 +167,16 @@ fn quoted_printable(text: &str) -> Vec<u8> {
     let breaks = memchr::memchr_iter(b'\n', bytes).map(Some);
     for end in breaks.chain([None]) {
         let last_line = end.is_none();
-        let mut line = &bytes[start..end.unwrap_or(bytes.len())];
+        let mut line = bytes.get(start..end.unwrap_or(bytes.len())).unwrap_or(&[]);
         start = end.map_or(start, |e| e + 1);
         // A CR before the LF is the line break's own.
         if let (Some((b'\r', rest)), false) = (line.split_last(), last_line) {
             line = rest;
         }
-        let ends_in_space = |j: usize| j == line.len() && matches!(line[j - 1], b' ' | b'\t');
+        let ends_in_space = |j: usize| j == line.len() && matches!(line.last(), Some(b' ' | b'\t'));
         let (mut i, mut width) = (0, 0);
-        while i < line.len() {
-            let b = line[i];
-            let literal = QP_LITERAL[usize::from(b)] && !ends_in_space(i + 1);
+        while let Some(&b) = line.get(i) {
+            let literal = qp_literal(b) && !ends_in_space(i + 1);
             if width + if literal { 1 } else { 3 } > QP_LINE {
                 out.extend_from_slice(b"=\r\n");
                 width = 0;
@@ -195,11 +188,12 @@ fn quoted_printable(text: &str) -> Vec<u8> {
                 if ends_in_space(j) {
                     j -= 1;
                 }
-                out.extend_from_slice(&line[i..j]);
+                out.extend_from_slice(line.get(i..j).unwrap_or(&[]));
                 width += j - i;
                 i = j;
             } else {
-                out.extend_from_slice(&[b'=', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+                let hex = |n: u8| HEX.get(usize::from(n & 15)).copied().unwrap_or(b'0');
+                out.extend_from_slice(&[b'=', hex(b >> 4), hex(b)]);
                 width += 3;
                 i += 1;
             }
@@ -561,9 +555,7 @@ mod tests {
                 for b in 0..=255u8 {
                     let mut word = [filler; 8];
                     word[place] = b;
-                    let expected = word
-                        .iter()
-                        .all(|&c| QP_LITERAL[usize::from(c)] && c != b'\t');
+                    let expected = word.iter().all(|&c| qp_literal(c) && c != b'\t');
                     assert_eq!(
                         all_literal(u64::from_ne_bytes(word)),
                         expected,

@@ -39,14 +39,15 @@ impl SuppressionReason {
     }
 }
 
-/// Whether a bounce adds its address to the suppression list: permanent failures that say the
-/// mailbox is gone (or say nothing more specific). Never policy or content refusals: those are
-/// the sender's problem, not the address's.
+/// Whether a bounce adds its address to the suppression list: only permanent evidence that the
+/// mailbox is gone or disabled. Not a permanent refusal that says nothing more (`general`: a
+/// "554 transaction failed" may be about the message, the sender or the hour), and never policy,
+/// reputation or content refusals: those are the sender's problem, not the address's.
 pub fn bounce_suppresses(class: &BounceClass) -> bool {
     class.kind == BounceType::Permanent
         && matches!(
             class.sub_type,
-            BounceSubType::NoEmail | BounceSubType::General
+            BounceSubType::NoEmail | BounceSubType::MailboxDisabled
         )
 }
 
@@ -63,7 +64,15 @@ mod tests {
         )));
         assert!(bounce_suppresses(&c(
             BounceType::Permanent,
+            BounceSubType::MailboxDisabled
+        )));
+        assert!(!bounce_suppresses(&c(
+            BounceType::Permanent,
             BounceSubType::General
+        )));
+        assert!(!bounce_suppresses(&c(
+            BounceType::Permanent,
+            BounceSubType::ReputationBlocked
         )));
         assert!(!bounce_suppresses(&c(
             BounceType::Permanent,

@@ -41,7 +41,9 @@ impl VerpSigner {
         mac.update(id);
         let full = mac.finalize().into_bytes();
         let mut out = [0u8; MAC_LEN];
-        out.copy_from_slice(&full[..MAC_LEN]);
+        for (o, b) in out.iter_mut().zip(full.iter()) {
+            *o = *b;
+        }
         out
     }
 
@@ -88,13 +90,20 @@ fn base32_encode(bytes: &[u8]) -> String {
         bits += 8;
         while bits >= 5 {
             bits -= 5;
-            out.push(ALPHABET[((buf >> bits) & 31) as usize] as char);
+            out.push(base32_char(buf >> bits));
         }
     }
     if bits > 0 {
-        out.push(ALPHABET[((buf << (5 - bits)) & 31) as usize] as char);
+        out.push(base32_char(buf << (5 - bits)));
     }
     out
+}
+
+/// The base32 letter for the low five bits of `n`.
+fn base32_char(n: u32) -> char {
+    ALPHABET
+        .get((n & 31) as usize)
+        .map_or('a', |&b| char::from(b))
 }
 
 fn base32_decode(s: &str) -> Option<Vec<u8>> {

@@ -8,6 +8,15 @@ use super::suppressions::{SuppressionRecord, insert_suppression};
 use super::webhooks::Outbox;
 use super::{Store, StoreResult};
 
+/// A kept inbound message, to be read again.
+#[derive(Debug, Clone)]
+pub struct KeptInbound {
+    pub id: String,
+    pub project_id: Option<String>,
+    pub raw: Vec<u8>,
+    pub envelope: Vec<String>,
+}
+
 /// A recipient a report may be about.
 #[derive(Debug, Clone)]
 pub struct RecipientRef {
@@ -46,18 +55,20 @@ fn ref_from_row(r: &sqlx::any::AnyRow) -> StoreResult<RecipientRef> {
 }
 
 impl Store {
-    /// Keeps a received message before anything else is done with it.
+    /// Keeps a received message, and the envelope recipients it came to, before anything else
+    /// is done with it.
     pub async fn insert_inbound(
         &self,
         project_id: Option<&str>,
         source: &str,
         raw: &[u8],
+        envelope: &[String],
         now: i64,
     ) -> StoreResult<String> {
         let id = Uuid::now_v7().to_string();
         sqlx::query(
-            "INSERT INTO inbound_messages (id, project_id, received_at, source, size, raw, status, matched) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'received', 0)",
+            "INSERT INTO inbound_messages (id, project_id, received_at, source, size, raw, status, matched, envelope) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'received', 0, $7)",
         )
         .bind(&id)
         .bind(project_id)
@@ -65,9 +76,58 @@ impl Store {
         .bind(source)
         .bind(i64::try_from(raw.len()).unwrap_or(i64::MAX))
         .bind(raw)
+        .bind(envelope.join("\n"))
         .execute(&self.write)
         .await?;
         Ok(id)
+    }
+
+    /// Kept messages to read again: those in one of `statuses` received from `since` to
+    /// `until`, after the id `after` (ids grow with time), oldest first.
+    pub async fn kept_inbound(
+        &self,
+        statuses: &[&str],
+        since: i64,
+        until: i64,
+        after: &str,
+        limit: i64,
+    ) -> StoreResult<Vec<KeptInbound>> {
+        let list = statuses
+            .iter()
+            .filter(|s| s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+            .map(|s| format!("'{s}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if list.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT id, project_id, raw, envelope FROM inbound_messages \
+             WHERE status IN ({list}) AND received_at >= $1 AND received_at <= $2 AND id > $3 \
+             ORDER BY id LIMIT $4"
+        )))
+        .bind(since)
+        .bind(until)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let envelope: Option<String> = r.try_get(3)?;
+                Ok(KeptInbound {
+                    id: r.try_get(0)?,
+                    project_id: r.try_get(1)?,
+                    raw: r.try_get(2)?,
+                    envelope: envelope
+                        .unwrap_or_default()
+                        .lines()
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                })
+            })
+            .collect()
     }
 
     pub async fn finish_inbound(
@@ -106,37 +166,30 @@ impl Store {
         row.as_ref().map(ref_from_row).transpose()
     }
 
-    /// The recipients of the email with this Message-ID (angle brackets included), within one
-    /// project if given. Herald writes every Message-ID as `<email id@domain>`: the email is
-    /// found by its id, and its Message-ID must be this one exactly.
-    pub async fn recipients_by_message_id(
-        &self,
-        message_id: &str,
-        project_id: Option<&str>,
-    ) -> StoreResult<Vec<RecipientRef>> {
-        let Some((email_id, _)) = message_id
-            .strip_prefix('<')
-            .and_then(|rest| rest.split_once('@'))
-        else {
-            return Ok(Vec::new());
-        };
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{REF_SELECT} WHERE e.id = $1 AND e.message_id = $2 AND ($3 = '' OR e.project_id = $3) \
-             ORDER BY r.position"
-        )))
-        .bind(email_id)
-        .bind(message_id)
-        .bind(project_id.unwrap_or(""))
-        .fetch_all(&self.read)
-        .await?;
-        rows.iter().map(ref_from_row).collect()
-    }
-
     /// Applies a report's effect: the status change (if allowed from the current status), the
-    /// event (with its webhooks) and the suppression, in one transaction. Returns whether the
-    /// status changed.
-    pub async fn apply_report_effect(&self, effect: &ReportEffect) -> StoreResult<bool> {
+    /// event (with its webhooks) and the suppression, in one transaction, once for each kept
+    /// message: a message read again adds nothing it added before. Returns `None` when this
+    /// message had made this effect already, else whether the status changed.
+    pub async fn apply_report_effect(
+        &self,
+        inbound_id: &str,
+        effect: &ReportEffect,
+    ) -> StoreResult<Option<bool>> {
         let mut tx = self.write.begin().await?;
+        let first = sqlx::query(
+            "INSERT INTO inbound_effects (inbound_id, recipient_id, event_type, created_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(inbound_id)
+        .bind(&effect.recipient.id)
+        .bind(&effect.event.event_type)
+        .bind(effect.event.created_at)
+        .execute(&mut *tx)
+        .await?;
+        if first.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
         let mut changed = false;
         if let Some(status) = effect.new_status {
             let allowed = effect
@@ -178,6 +231,6 @@ impl Store {
             insert_suppression(&mut tx, s).await?;
         }
         outbox.commit(tx).await?;
-        Ok(changed)
+        Ok(Some(changed))
     }
 }

@@ -86,6 +86,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0012_due_index_predicate.sql"),
         postgres: include_str!("../../migrations/postgres/0012_due_index_predicate.sql"),
     },
+    Migration {
+        version: 13,
+        name: "inbound_effects",
+        sqlite: include_str!("../../migrations/sqlite/0013_inbound_effects.sql"),
+        postgres: include_str!("../../migrations/postgres/0013_inbound_effects.sql"),
+    },
 ];
 
 /// An arbitrary constant: the advisory lock id Herald's migrations hold on Postgres.

@@ -301,26 +301,10 @@ impl Store {
         .bind(now_ms)
         .fetch_one(&self.read)
         .await?;
-        let inbound = sqlx::query(
-            "SELECT COALESCE(kind, 'none'), status, COUNT(*) FROM inbound_messages \
-             GROUP BY kind, status ORDER BY 1, 2",
-        )
-        .fetch_all(&self.read)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok((
-                r.try_get::<String, _>(0)?,
-                r.try_get::<String, _>(1)?,
-                r.try_get::<i64, _>(2)?,
-            ))
-        })
-        .collect::<StoreResult<Vec<_>>>()?;
         Ok(crate::metrics::QueueSnapshot {
             queue_depth: depth,
             oldest_due_seconds: oldest.map_or(0.0, |t| (now_ms - t).max(0) as f64 / 1000.0),
             webhook_backlog: self.count_pending_webhooks().await?,
-            inbound,
             writer: self.writer.figures(),
         })
     }

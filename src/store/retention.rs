@@ -102,7 +102,7 @@ impl Store {
     /// keys, settled webhook deliveries and attempts and events about no email (older than
     /// `before`), and inbound reports received before `before`. Returns how many went.
     pub async fn purge_records(&self, before: i64, now_ms: i64, batch: i64) -> StoreResult<u64> {
-        let statements: [(&str, i64); 5] = [
+        let statements: [(&str, i64); 6] = [
             (
                 "DELETE FROM idempotency_keys WHERE (project_id, method, path, idem_key) IN \
                  (SELECT project_id, method, path, idem_key FROM idempotency_keys \
@@ -127,6 +127,12 @@ impl Store {
             (
                 "DELETE FROM inbound_messages WHERE id IN (SELECT id FROM inbound_messages \
                  WHERE received_at < $1 LIMIT $2)",
+                before,
+            ),
+            (
+                "DELETE FROM inbound_effects WHERE (inbound_id, recipient_id, event_type) IN \
+                 (SELECT inbound_id, recipient_id, event_type FROM inbound_effects \
+                  WHERE created_at < $1 LIMIT $2)",
                 before,
             ),
         ];

@@ -85,6 +85,7 @@ pub struct Report {
 /// Reads one report. Never fails: what cannot be understood is `Unknown` with no recipients.
 pub fn parse_report(raw: &[u8]) -> Report {
     let raw = raw.get(..MAX_PARSED_BYTES).unwrap_or(raw);
+    let raw = message_start(raw);
     let mut report = Report {
         kind: ReportKind::Unknown,
         recipients: Vec::new(),
@@ -153,8 +154,44 @@ pub fn parse_report(raw: &[u8]) -> Report {
         .and_then(|a| a.address())
         .unwrap_or("")
         .to_ascii_lowercase();
-    if plain::looks_like_bounce(subject, &from, &human_text) {
-        let recipients = plain::parse(&human_text, &from);
+    // Exim and Gmail name the failed addresses in a header: the list to believe.
+    let failed_header: Vec<String> = msg
+        .headers_raw()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("x-failed-recipients"))
+        .flat_map(|(_, v)| v.split(','))
+        .map(plain::clean_address)
+        .filter(|a| plain::is_internet_address(a))
+        .take(MAX_RECIPIENTS)
+        .collect();
+    if plain::looks_like_bounce(subject, &from, &human_text) || !failed_header.is_empty() {
+        // DSN fields pasted into the text of a message that has no status part.
+        let mut fields = report.clone();
+        dsn::parse_fields(&human_text, &mut fields);
+        let mut recipients = if fields.recipients.is_empty() {
+            plain::parse(&human_text, &from)
+        } else {
+            dsn::fill_from_text(&mut fields, &human_text);
+            fields.recipients
+        };
+        if !failed_header.is_empty() {
+            recipients.retain(|r| {
+                failed_header
+                    .iter()
+                    .any(|f| f.eq_ignore_ascii_case(&r.address))
+            });
+            for address in &failed_header {
+                if !recipients
+                    .iter()
+                    .any(|r| r.address.eq_ignore_ascii_case(address))
+                {
+                    recipients.push(plain::recipient(
+                        address.clone(),
+                        String::new(),
+                        Some(false),
+                    ));
+                }
+            }
+        }
         if !recipients.is_empty() {
             report.kind = ReportKind::NonStandard;
             report.recipients = recipients;
@@ -164,6 +201,21 @@ pub fn parse_report(raw: &[u8]) -> Report {
         }
     }
     report
+}
+
+/// Where the message's header section starts: after blank space and an mbox `From ` line,
+/// which saved messages often carry and which would hide every header behind them.
+fn message_start(raw: &[u8]) -> &[u8] {
+    let start = raw
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(raw.len());
+    let raw = raw.get(start..).unwrap_or(&[]);
+    if raw.starts_with(b"From ") {
+        let next = memchr::memchr(b'\n', raw).map_or(raw.len(), |i| i + 1);
+        return raw.get(next..).unwrap_or(&[]);
+    }
+    raw
 }
 
 fn parse_arf(raw: &[u8], report: &mut Report) {
@@ -208,7 +260,29 @@ fn classify_report(
         return (BounceType::Undetermined, BounceSubType::Undetermined);
     }
     let diag = diagnostic.unwrap_or("");
-    let BounceClass { mut kind, sub_type } = classify_parts(basic_code(diag), status, diag);
+    let code = basic_code(diag);
+    let BounceClass {
+        mut kind,
+        mut sub_type,
+    } = classify_parts(code, status, diag);
+    // A remote MTA that returns the message for a reason that was only ever temporary (a
+    // 4xx, a timeout) has given up retrying.
+    let temporary = status.is_some_and(|s| s.starts_with('4'))
+        || code.is_some_and(|c| (400..500).contains(&c))
+        || kind == BounceType::Transient;
+    let unexplained = matches!(
+        sub_type,
+        BounceSubType::General | BounceSubType::Undetermined
+    );
+    if action == Action::Failed && temporary && unexplained {
+        sub_type = BounceSubType::Expired;
+        kind = BounceType::Permanent;
+    }
+    // A delay report for no reason of its own: the message is ageing in a remote queue, the
+    // warning before a give-up (Sisimai reads it as `expired` too).
+    if action == Action::Delayed && unexplained {
+        sub_type = BounceSubType::Expired;
+    }
     if kind == BounceType::Undetermined {
         kind = if action == Action::Delayed {
             BounceType::Transient

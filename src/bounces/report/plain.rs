@@ -104,6 +104,9 @@ const PERMANENT: &[&str] = &[
     "delivery failed",
     "failed to deliver",
     "could not deliver",
+    "not a valid user",
+    "no such user",
+    "user unknown",
 ];
 
 fn temporary_or_permanent(lower: &str) -> Option<bool> {
@@ -197,7 +200,7 @@ pub(super) fn parse(text: &str, bounce_from: &str) -> Vec<ReportRecipient> {
         .collect()
 }
 
-fn recipient(address: String, diag: String, temporary: Option<bool>) -> ReportRecipient {
+pub(super) fn recipient(address: String, diag: String, temporary: Option<bool>) -> ReportRecipient {
     let code = basic_code(&diag);
     let status = diag
         .split(|c: char| c.is_whitespace() || "()[];,#<>'\"".contains(c))
@@ -245,7 +248,9 @@ impl<'a> Line<'a> {
             addresses: find_addresses(text),
             has_code: basic_code(clip(text, 4096)).is_some(),
             says: lower_said,
-            quoted_header: HEADER_LINES.iter().any(|h| head.starts_with(h)),
+            // A quoted original (`> From: …`) or one of its header lines.
+            quoted_header: head.starts_with('>')
+                || HEADER_LINES.iter().any(|h| head.starts_with(h)),
         }
     }
 }
@@ -365,6 +370,7 @@ pub(crate) fn is_internet_address(a: &str) -> bool {
         return false;
     };
     !local.is_empty()
+        && !local.ends_with(['.', '='])
         && local.len() <= 64
         && !local.contains(['@', ' ', '<', '>'])
         && domain.len() <= 255

@@ -53,12 +53,27 @@ pub fn classify_parts(code: Option<u16>, enhanced: Option<&str>, text: &str) -> 
                 .filter(|s| *s != BounceSubType::General)
         })
         .or_else(|| code.and_then(sub_type_of_basic))
-        .unwrap_or(if kind == BounceType::Undetermined {
+        .unwrap_or(if kind == BounceType::Undetermined || !says_why(text) {
             BounceSubType::Undetermined
         } else {
             BounceSubType::General
         });
     BounceClass { kind, sub_type }
+}
+
+/// Whether a text gives any reason in words, beyond reply codes and protocol labels: a
+/// refusal with words Herald does not know is `general`; one with none is `undetermined`.
+fn says_why(text: &str) -> bool {
+    text.split(|c: char| !c.is_ascii_alphabetic())
+        .filter(|w| w.len() > 1)
+        .filter(|w| {
+            !["smtp", "dns", "rfc", "unix", "postfix", "x"]
+                .iter()
+                .any(|l| w.eq_ignore_ascii_case(l))
+        })
+        .take(2)
+        .count()
+        >= 2
 }
 
 /// The first `x.y.z` status code among a text's first words (bounce texts often carry one
@@ -139,7 +154,12 @@ const TEXT_RULES: &[TextRule] = &[
             "mailfolder is full",
             "not enough storage space",
             "the user's mailbox is full",
+            "full mailbox",
             "mail box full",
+            "mailbox quota",
+            "quota usage exceeded",
+            "too many messages on the server",
+            "zuviele mails",
             "mailbox is over",
             "over the allowed quota",
             "exceeded the quota",
@@ -157,6 +177,8 @@ const TEXT_RULES: &[TextRule] = &[
     rule(
         &[
             "message size exceeds",
+            "message size exceeded",
+            "size exceeded",
             "message exceeded",
             "size limit",
             "message too large",
@@ -216,6 +238,26 @@ const TEXT_RULES: &[TextRule] = &[
         ],
         BounceSubType::AuthFailed,
     ),
+    // Block lists by name, before the content rules ("spamhaus" is not about the content).
+    rule(
+        &[
+            "blocked using",
+            "access from ip address",
+            "from ip address",
+            "spamhaus",
+            "spamcop",
+            "sorbs",
+            "barracudacentral",
+            "block list",
+            "blocklist",
+            "blacklist",
+            "dnsbl",
+            // Gmail: "an unusual rate of unsolicited mail originating from your IP address".
+            "unusual rate",
+            "originating from your ip",
+        ],
+        BounceSubType::ReputationBlocked,
+    ),
     // Content judged spam (Gmail "likely unsolicited mail", Yandex "suspicion of spam", Mail.ru
     // "spam message rejected", Microsoft "content filter").
     rule(
@@ -251,6 +293,14 @@ const TEXT_RULES: &[TextRule] = &[
             "not accepted as spam",
             "message filtered",
             "unsolicited commercial",
+            "spam",
+            "unsolicited",
+            "uribl",
+            "surbl",
+            "mass mailer",
+            "bulk email",
+            "content reject",
+            "dspam",
         ],
         BounceSubType::ContentRejected,
     ),
@@ -259,12 +309,17 @@ const TEXT_RULES: &[TextRule] = &[
     rule(
         &[
             "domain not found",
+            "unrouteable mail domain",
+            "unroutable mail domain",
             "host not found",
             "host unknown",
             "unknown host",
             "no mx",
             "unrouteable domain",
             "unroutable domain",
+            // Exim's word for an address whose domain cannot be routed.
+            "unrouteable address",
+            "unroutable address",
             "domain does not exist",
             "name or service not known",
             "nxdomain",
@@ -287,6 +342,8 @@ const TEXT_RULES: &[TextRule] = &[
     rule(
         &[
             "account is disabled",
+            "suspend",
+            "currently suspended",
             "account has been disabled",
             "account disabled",
             "mailbox is disabled",
@@ -317,7 +374,18 @@ const TEXT_RULES: &[TextRule] = &[
     rule(
         &[
             "user unknown",
+            "no mail box",
+            "bad_recipient",
+            "bad recipient",
+            "not an active address",
+            "recipient not ok",
+            "no such mail box",
             "unknown user",
+            "nonexistent user",
+            "non-existent user",
+            "nonexistent mailbox",
+            "non-existent mailbox",
+            "nonexistent address",
             "no such user",
             "no such recipient",
             "no such mailbox",
@@ -343,8 +411,6 @@ const TEXT_RULES: &[TextRule] = &[
             "recipient address rejected: user",
             "not our customer",
             "no mailbox here",
-            "unrouteable address",
-            "unroutable address",
             "no longer available",
             "not a valid user",
             "unknown local part",
@@ -414,6 +480,9 @@ const TEXT_RULES: &[TextRule] = &[
             "queue timeout",
             "expired after",
             "was not delivered within",
+            "failing for a long time",
+            "retry time not reached",
+            "could not initiate smtp conversation",
         ],
         BounceSubType::Expired,
     ),
@@ -443,6 +512,9 @@ const TEXT_RULES: &[TextRule] = &[
     rule(
         &[
             "relay access denied",
+            "as a relay",
+            "rcpthosts",
+            "not a relay",
             "relaying denied",
             "relay not permitted",
             "not permitted to relay",
@@ -520,6 +592,20 @@ const TEXT_RULES: &[TextRule] = &[
             "dialup",
             "has been blocked",
             "ip blocked",
+        ],
+        BounceSubType::ReputationBlocked,
+    ),
+    // Refused before any address was given: the receiver does not want the sending host.
+    rule(
+        &[
+            "after initial connection",
+            "after helo",
+            "after ehlo",
+            "in reply to helo command",
+            "in reply to ehlo command",
+            "in reply to the helo",
+            "connection rejected",
+            "not allowed to send mail",
         ],
         BounceSubType::ReputationBlocked,
     ),
@@ -828,7 +914,8 @@ mod tests {
                 Transient,
                 General,
             ),
-            (550, "Unrouteable address", Permanent, NoEmail),
+            // Exim: the domain cannot be routed.
+            (550, "Unrouteable address", Permanent, DnsFailure),
             (
                 552,
                 "Message size exceeds fixed maximum message size",

@@ -552,3 +552,26 @@ fn panic_reason(e: tokio::task::JoinError) -> String {
         Err(e) => format!("the reading was stopped: {e}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn tokens_are_read_from_any_bytes(
+            raw in prop::collection::vec(prop_oneof![Just(b"bounces+".to_vec()), prop::collection::vec(any::<u8>(), 0..40)], 0..50),
+            envelope in prop::collection::vec("\\PC{0,80}", 0..4),
+        ) {
+            let verp = VerpSigner::new(b"k");
+            let id = Uuid::now_v7();
+            let mut raw = raw.concat();
+            raw.extend_from_slice(verp.return_path(id, "b.example").as_bytes());
+            let found = signed_recipients(&verp, "b.example", &raw, &envelope);
+            prop_assert!(found.len() <= MAX_TOKENS);
+            prop_assert!(found.contains(&id) || found.len() == MAX_TOKENS);
+        }
+    }
+}

@@ -596,3 +596,26 @@ fn angle(arg: &str) -> String {
     };
     inner.trim().to_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::angle;
+
+    #[test]
+    fn takes_the_address_inside_angle_brackets() {
+        assert_eq!(angle(" <a@b.example> SIZE=10"), "a@b.example");
+        assert_eq!(angle("a@b.example"), "a@b.example");
+        assert_eq!(angle("<>"), "");
+        assert_eq!(angle("<é@x"), "é@x");
+    }
+
+    proptest! {
+        #[test]
+        fn any_argument_is_read(arg in "\\PC{0,200}") {
+            let a = angle(&arg);
+            prop_assert!(a.len() <= arg.len());
+        }
+    }
+}

@@ -113,6 +113,14 @@ async fn keeps_an_8bit_message_byte_for_byte() {
 }
 
 async fn listener_app(backend: Backend, relay: Option<&TestSmtp>) -> TestApp {
+    listener_app_with(backend, relay, |_| {}).await
+}
+
+async fn listener_app_with(
+    backend: Backend,
+    relay: Option<&TestSmtp>,
+    tweak: impl FnOnce(&mut herald::config::InboundConfig),
+) -> TestApp {
     TestApp::spawn_with(backend, relay, |c| {
         let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
         c.inbound.listen = "127.0.0.1:0".into();
@@ -120,8 +128,163 @@ async fn listener_app(backend: Backend, relay: Option<&TestSmtp>) -> TestApp {
         c.inbound.timeout = Duration::from_secs(5);
         c.inbound.tls_cert_file = format!("{fixtures}/server.pem");
         c.inbound.tls_key_file = format!("{fixtures}/server.key");
+        tweak(&mut c.inbound);
     })
     .await
+}
+
+/// Junk commands and errors end a session; one address cannot hold more than its share of
+/// connections; a slot a client held comes back when it is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_errors_and_one_address_cannot_hold_the_listener() {
+    let app = listener_app_with(Backend::Sqlite, None, |i| {
+        i.max_junk_commands = 5;
+        i.max_errors = 3;
+        i.max_connections_per_client = 2;
+    })
+    .await;
+    let addr = app.inbound_addr.expect("listener");
+    let mut s = Client::connect(addr).await;
+    s.expect("220").await;
+    for _ in 0..5 {
+        s.send("NOOP").await;
+        s.expect("250").await;
+    }
+    s.send("NOOP").await;
+    assert!(s.expect("421").await.contains("move no mail"));
+    assert!(s.closed().await, "closed after the junk limit");
+
+    let mut s = Client::connect(addr).await;
+    s.expect("220").await;
+    for _ in 0..3 {
+        s.send("RCPT TO:<nobody@bounces.herald.localhost>").await;
+        s.expect("503").await;
+    }
+    s.send("RCPT TO:<nobody@bounces.herald.localhost>").await;
+    assert!(s.expect("421").await.contains("Too many errors"));
+    assert!(s.closed().await);
+
+    // Two connections from 127.0.0.1 are held open; a third is turned away at once.
+    let mut a = Client::connect(addr).await;
+    a.expect("220").await;
+    let mut b = Client::connect(addr).await;
+    b.expect("220").await;
+    let mut c = Client::connect(addr).await;
+    assert!(c.expect("421").await.contains("from your address"));
+    drop(a);
+    // Once one closes, its place is free again (the listener sees the close at its next read).
+    let mut again = None;
+    for _ in 0..100 {
+        let mut d = Client::connect(addr).await;
+        if d.reply().await.starts_with("220") {
+            again = Some(d);
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(again.is_some(), "a freed place is given to the next client");
+    b.send("QUIT").await;
+    b.expect("221").await;
+    app.finish().await;
+}
+
+/// A client that writes and never reads its replies, and one that keeps a connection alive
+/// with a NOOP now and then, are both cut off: by the write timeout and by the session's
+/// deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_or_never_leaves_is_cut_off() {
+    let app = listener_app_with(Backend::Sqlite, None, |i| {
+        i.timeout = Duration::from_secs(1);
+        i.session_timeout = Duration::from_secs(3);
+        i.max_junk_commands = u32::MAX;
+    })
+    .await;
+    let addr = app.inbound_addr.expect("listener");
+    let started = std::time::Instant::now();
+    let mut pipeliner = TcpStream::connect(addr).await.expect("connect");
+    let noops = "NOOP\r\n".repeat(64 * 1024);
+    let cut = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if pipeliner.write_all(noops.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        cut.is_ok(),
+        "the listener closed a connection whose client does not read"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+
+    let mut lingerer = Client::connect(addr).await;
+    lingerer.expect("220").await;
+    let started = std::time::Instant::now();
+    let last = loop {
+        // A NOOP every half second: within the per-command timeout each time.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        lingerer.send("NOOP").await;
+        let reply = lingerer.reply().await;
+        if !reply.starts_with("250") {
+            break reply;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "never cut off");
+    };
+    assert!(
+        last.starts_with("421") && last.contains("too long"),
+        "{last}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    app.finish().await;
+}
+
+/// Mail with no signed return path (to postmaster@/abuse@) is kept within a smaller size and
+/// an hourly budget; mail to a signed return path is not held to either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsigned_mail_is_kept_within_a_size_and_an_hourly_budget() {
+    let app = listener_app_with(Backend::Sqlite, None, |i| {
+        i.unsigned_max_bytes = 2048;
+        i.unsigned_per_hour = 2;
+    })
+    .await;
+    let addr = app.inbound_addr.expect("listener");
+    let mut s = Client::connect(addr).await;
+    s.expect("220").await;
+    let send = async |s: &mut Client, rcpt: &str, body: &str| {
+        s.send("MAIL FROM:<>").await;
+        s.expect("250").await;
+        s.send(&format!("RCPT TO:<{rcpt}>")).await;
+        let r = s.reply().await;
+        if !r.starts_with("250") {
+            return r;
+        }
+        s.send("DATA").await;
+        s.expect("354").await;
+        s.send(body).await;
+        s.send(".").await;
+        s.reply().await
+    };
+    let big = "x".repeat(3000);
+    let r = send(&mut s, "postmaster@bounces.herald.localhost", &big).await;
+    assert!(r.starts_with("552"), "{r}");
+    for _ in 0..2 {
+        let r = send(
+            &mut s,
+            "abuse@bounces.herald.localhost",
+            "Subject: hi\r\n\r\nhello",
+        )
+        .await;
+        assert!(r.starts_with("250"), "{r}");
+    }
+    let r = send(
+        &mut s,
+        "postmaster@bounces.herald.localhost",
+        "Subject: hi\r\n\r\nhello",
+    )
+    .await;
+    assert!(r.starts_with("450"), "the hourly budget is spent: {r}");
+    assert_eq!(app.store.count_inbound("unknown").await.expect("count"), 2);
+    app.finish().await;
 }
 
 async fn dsn_over_smtp_bounces_suppresses_and_blocks_the_next_send(backend: Backend) {
@@ -211,6 +374,30 @@ impl Client {
 
     async fn write(&mut self, bytes: &[u8]) {
         self.io.get_mut().write_all(bytes).await.expect("write");
+    }
+
+    /// Reads one (possibly multi-line) reply, whatever its code ("" when the connection closed).
+    async fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            if self.io.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return all;
+            }
+            all.push_str(&line);
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return all;
+            }
+        }
+    }
+
+    /// Whether the server has closed the connection (what is left to read ends at once).
+    async fn closed(&mut self) -> bool {
+        let mut rest = String::new();
+        matches!(
+            tokio::time::timeout(Duration::from_secs(10), self.io.read_line(&mut rest)).await,
+            Ok(Ok(0) | Err(_))
+        )
     }
 
     /// Reads one (possibly multi-line) reply and checks its code.

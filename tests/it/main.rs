@@ -7,6 +7,7 @@ mod smtp_server;
 
 mod api_keys;
 mod bounce_corpus;
+mod bounce_mutations;
 mod checkpoints;
 mod cli;
 mod crash;

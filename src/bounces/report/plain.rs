@@ -338,11 +338,12 @@ pub(super) fn find_addresses(line: &str) -> Vec<(usize, usize)> {
 }
 
 /// An address as a bounce quotes it, without what surrounds it: angle brackets, quotes,
-/// `rfc822;` and `smtp=`-style prefixes, a trailing dot. The domain in lower case.
+/// `rfc822;` and `smtp=`-style prefixes, a trailing dot. The domain in lower case. At most
+/// 330 bytes.
 pub(crate) fn clean_address(raw: &str) -> String {
-    let mut a = raw
-        .trim()
-        .trim_matches(['<', '>', '"', '\'', '`', '(', ')', '[', ']', ' ']);
+    // No address is longer (RFC 5321: 64 + 1 + 255); what is, is cut and fails validation.
+    let mut a =
+        clip(raw.trim(), 330).trim_matches(['<', '>', '"', '\'', '`', '(', ')', '[', ']', ' ']);
     for prefix in [
         "rfc822;", "rfc822:", "smtp;", "smtp=", "smtp:", "to=", "mailto:",
     ] {

@@ -163,6 +163,15 @@ pub fn parse_report(raw: &[u8]) -> Report {
         .filter(|a| plain::is_internet_address(a))
         .take(MAX_RECIPIENTS)
         .collect();
+    // Auto-replies say so in a header of their own; they are not bounces, whatever they say.
+    let auto_reply = msg.headers_raw().any(|(name, _)| {
+        ["x-autoreply", "x-autorespond"]
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h))
+    });
+    if auto_reply && failed_header.is_empty() {
+        return report;
+    }
     if plain::looks_like_bounce(subject, &from, &human_text) || !failed_header.is_empty() {
         // DSN fields pasted into the text of a message that has no status part.
         let mut fields = report.clone();

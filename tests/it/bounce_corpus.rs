@@ -149,11 +149,11 @@ fn score(dir: &str) -> Score {
 /// What each real-world source scored when its expected answers were written: messages,
 /// recipients exact, expected recipients, verdicts right, sub_types right.
 const FLOORS: &[(&str, [usize; 5])] = &[
-    ("bounce_email", [41, 39, 37, 37, 37]),
-    ("bounceparser", [128, 126, 121, 120, 119]),
+    ("bounce_email", [41, 40, 37, 37, 37]),
+    ("bounceparser", [128, 127, 121, 120, 119]),
     ("exim", [63, 63, 78, 78, 78]),
     ("mail-auth-arf", [5, 5, 0, 0, 0]),
-    ("mail_manager", [12, 11, 8, 8, 8]),
+    ("mail_manager", [12, 12, 8, 8, 8]),
     ("php-bounce-handler", [90, 90, 76, 76, 76]),
 ];
 

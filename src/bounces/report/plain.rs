@@ -148,6 +148,10 @@ const HEADER_LINES: &[&str] = &[
     "list-",
     "dkim-signature:",
     "reporting-mta:",
+    // Exchange quotes the original as "Your message  To: …  Subject: …  Sent: …".
+    "to:",
+    "cc:",
+    "sent:",
 ];
 
 /// Reads the recipients a plain-text bounce names.
@@ -250,6 +254,8 @@ impl<'a> Line<'a> {
             says: lower_said,
             // A quoted original (`> From: …`) or one of its header lines.
             quoted_header: head.starts_with('>')
+                || head.starts_with("(expanded from")
+                || head.starts_with("(generated from")
                 || HEADER_LINES.iter().any(|h| head.starts_with(h)),
         }
     }

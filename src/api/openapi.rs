@@ -223,7 +223,30 @@ pub mod schemas {
         /// `permanent`, `transient` or `undetermined`.
         #[schema(rename = "type")]
         pub kind: String,
-        pub sub_type: Option<String>,
+        pub sub_type: Option<BounceSubType>,
+    }
+
+    /// Why a recipient bounced, by what an operator does next (see the README's table); only
+    /// permanent `no_email` and `mailbox_disabled` add a suppression by themselves.
+    #[derive(ToSchema)]
+    #[schema(rename_all = "snake_case")]
+    pub enum BounceSubType {
+        General,
+        NoEmail,
+        MailboxDisabled,
+        Suppressed,
+        MailboxFull,
+        MessageTooLarge,
+        ContentRejected,
+        AttachmentRejected,
+        AuthFailed,
+        ReputationBlocked,
+        RateLimited,
+        RelayDenied,
+        PolicyBlocked,
+        DnsFailure,
+        Expired,
+        Undetermined,
     }
 
     /// One recipient and where it stands.
@@ -383,7 +406,7 @@ pub mod schemas {
     pub struct BounceCount {
         #[schema(rename = "type")]
         pub kind: String,
-        pub sub_type: String,
+        pub sub_type: BounceSubType,
         pub count: i64,
     }
 
@@ -621,5 +644,17 @@ mod tests {
             committed.trim_end() == super::document_json().trim_end(),
             "openapi/openapi.json is stale: run `cargo run -- openapi > openapi/openapi.json`"
         );
+    }
+
+    /// The document's list of bounce sub-types is the classifier's.
+    #[test]
+    fn documents_every_bounce_sub_type() {
+        let doc: serde_json::Value = serde_json::from_str(&super::document_json()).expect("json");
+        let documented = &doc["components"]["schemas"]["BounceSubType"]["enum"];
+        let names: Vec<&str> = crate::domain::bounce::BounceSubType::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
+        assert_eq!(documented, &serde_json::json!(names));
     }
 }

@@ -13,14 +13,16 @@ use crate::smtp_server::{Step, TestSmtp, Tls, ok, reply};
 
 on_both_backends!(stats_count_every_outcome_once);
 
-fn complaint(rcpt: &str, message_id: &str) -> String {
+/// A feedback-loop report, returning the original with the signed return path its receiver
+/// put in `Return-Path`.
+fn complaint(rcpt: &str, message_id: &str, return_path: &str) -> String {
     format!(
         "From: fbl@isp.example\r\nTo: abuse@bounces.herald.localhost\r\nSubject: Abuse report\r\n\
          MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=feedback-report; boundary=\"F\"\r\n\r\n\
          --F\r\nContent-Type: text/plain\r\n\r\nComplaint.\r\n\r\n\
          --F\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\nUser-Agent: FBL/1.0\r\n\
          Version: 1\r\nOriginal-Rcpt-To: <{rcpt}>\r\n\r\n\
-         --F\r\nContent-Type: message/rfc822\r\n\r\nFrom: orders@acme.com\r\nTo: {rcpt}\r\n\
+         --F\r\nContent-Type: message/rfc822\r\n\r\nReturn-Path: <{return_path}>\r\nFrom: orders@acme.com\r\nTo: {rcpt}\r\n\
          Message-ID: {message_id}\r\nSubject: Hi\r\n\r\nHi\r\n--F--\r\n"
     )
 }
@@ -61,8 +63,14 @@ async fn stats_count_every_outcome_once(backend: Backend) {
         .as_str()
         .expect("message_id")
         .to_owned();
+    let return_path = smtp
+        .received()
+        .into_iter()
+        .find(|m| m.rcpt_to.iter().any(|r| r == "bob@example.org"))
+        .expect("sent to bob")
+        .mail_from;
     for _ in 0..2 {
-        post_inbound(&app, &complaint("bob@example.org", &mid)).await;
+        post_inbound(&app, &complaint("bob@example.org", &mid, &return_path)).await;
     }
 
     let v = stats(&app, "?granularity=hour").await;

@@ -203,9 +203,18 @@ impl InboundProcessor {
     /// the reading leaves the message `parse_error` with its reason; a database failure leaves
     /// it `received`, to be read again.
     pub async fn read_kept(&self, kept: KeptInbound) -> InboundOutcome {
+        self.read_kept_with(kept, parse_report).await
+    }
+
+    /// [`Self::read_kept`] with the parser given: what the tests use to make one fail.
+    async fn read_kept_with(
+        &self,
+        kept: KeptInbound,
+        parse: fn(&[u8]) -> Report,
+    ) -> InboundOutcome {
         let id = kept.id.clone();
         let this = self.clone();
-        match tokio::spawn(async move { this.read(kept).await }).await {
+        match tokio::spawn(async move { this.read(kept, parse).await }).await {
             Ok(outcome) => outcome,
             Err(e) => {
                 let reason = panic_reason(e);
@@ -223,7 +232,7 @@ impl InboundProcessor {
         }
     }
 
-    async fn read(&self, kept: KeptInbound) -> InboundOutcome {
+    async fn read(&self, kept: KeptInbound, parse: fn(&[u8]) -> Report) -> InboundOutcome {
         let KeptInbound {
             id,
             project_id,
@@ -233,7 +242,7 @@ impl InboundProcessor {
         let (verp, domain) = (self.verp.clone(), self.bounce_domain.clone());
         let parsed = tokio::task::spawn_blocking(move || {
             let tokens = signed_recipients(&verp, &domain, &raw, &envelope);
-            (parse_report(&raw), tokens)
+            (parse(&raw), tokens)
         })
         .await;
         let (report, tokens) = match parsed {
@@ -558,6 +567,56 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// A parser that panics on a message leaves it kept as `parse_error` with the panic's
+    /// words, and the next message is read as usual.
+    #[tokio::test]
+    async fn a_panicking_parser_fails_its_message_alone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("herald.db").display());
+        let store = Store::open(&url, 2).await.expect("store");
+        let p = InboundProcessor {
+            store: store.clone(),
+            clock: Arc::new(crate::clock::SystemClock),
+            verp: VerpSigner::new(b"k"),
+            bounce_domain: "b.example".into(),
+            events_wake: Arc::default(),
+            metrics: Arc::default(),
+        };
+        let keep = |raw: &[u8]| {
+            let (store, raw) = (store.clone(), raw.to_vec());
+            async move {
+                let id = store
+                    .insert_inbound(None, "smtp", &raw, &[], 0)
+                    .await
+                    .expect("keep");
+                KeptInbound {
+                    id,
+                    project_id: None,
+                    raw,
+                    envelope: Vec::new(),
+                }
+            }
+        };
+        let kept = keep(b"Subject: x\r\n\r\nboom").await;
+        let outcome = p.read_kept_with(kept, |_| panic!("a parser bug")).await;
+        assert_eq!(outcome.status, InboundStatus::ParseError);
+        let details = store
+            .kept_inbound(&["parse_error"], 0, i64::MAX, "", 10)
+            .await
+            .expect("kept");
+        assert_eq!(details.len(), 1, "kept as parse_error");
+        let details: String =
+            sqlx::query_scalar("SELECT details FROM inbound_messages WHERE id = $1")
+                .bind(&outcome.id)
+                .fetch_one(&sqlx::AnyPool::connect(&url).await.expect("pool"))
+                .await
+                .expect("details");
+        assert!(details.contains("a parser bug"), "{details}");
+        let outcome = p.read_kept(keep(b"Subject: hello\r\n\r\nhi").await).await;
+        assert_eq!(outcome.status, InboundStatus::Unknown);
+        assert_eq!(store.count_inbound("parse_error").await.expect("count"), 1);
+    }
 
     proptest! {
         #[test]

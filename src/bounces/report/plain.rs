@@ -180,7 +180,10 @@ pub(super) fn parse(text: &str, bounce_from: &str) -> Vec<ReportRecipient> {
             let Some(addr) = line.text.get(start..end).map(clean_address) else {
                 continue;
             };
-            if !is_internet_address(&addr) || is_system_address(&addr, bounce_from) {
+            if !is_internet_address(&addr)
+                || is_system_address(&addr, bounce_from)
+                || names_the_sender(line.text, start)
+            {
                 continue;
             }
             let rest = line.text.get(end..).unwrap_or("");
@@ -289,6 +292,18 @@ fn diagnostic_after(rest: &str, next: &[Line<'_>]) -> String {
         diag.push_str(clip(t, MAX_DIAGNOSTIC - diag.len().min(MAX_DIAGNOSTIC)));
     }
     clip(&diag, MAX_DIAGNOSTIC).to_owned()
+}
+
+/// Whether the words just before an address introduce the sender (`From: x`, `MAIL FROM:<x>`,
+/// a transcript's `*  From: x`): the sender is never the failed recipient.
+fn names_the_sender(line: &str, start: usize) -> bool {
+    let before = line
+        .as_bytes()
+        .get(start.saturating_sub(16)..start)
+        .unwrap_or(&[]);
+    let before = String::from_utf8_lossy(before).to_ascii_lowercase();
+    let before = before.trim_end_matches([' ', '<', '"', '\t']);
+    before.ends_with("from:") || before.ends_with("sender:") || before.ends_with("envelope-from")
 }
 
 /// How much a diagnostic says: a reply code, a recognisable reason, some words.

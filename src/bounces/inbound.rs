@@ -104,6 +104,18 @@ pub struct InboundOutcome {
     pub applied: usize,
 }
 
+impl InboundOutcome {
+    fn new(id: String, status: InboundStatus) -> Self {
+        Self {
+            id,
+            status,
+            report: None,
+            matched: Vec::new(),
+            applied: 0,
+        }
+    }
+}
+
 /// What a reprocessing run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ReprocessSummary {
@@ -216,20 +228,18 @@ impl InboundProcessor {
         let this = self.clone();
         match tokio::spawn(async move { this.read(kept, parse).await }).await {
             Ok(outcome) => outcome,
-            Err(e) => {
-                let reason = panic_reason(e);
-                tracing::error!(inbound_id = %id, %reason, "reading an inbound message failed");
-                let outcome = InboundOutcome {
-                    id,
-                    status: InboundStatus::ParseError,
-                    report: None,
-                    matched: Vec::new(),
-                    applied: 0,
-                };
-                self.finish(&outcome, None, &json!({ "error": reason }))
-                    .await
-            }
+            Err(e) => self.failed(id, e).await,
         }
+    }
+
+    /// Records that reading a message failed (a panic, or a task stopped): `parse_error`, with
+    /// the reason.
+    async fn failed(&self, id: String, e: tokio::task::JoinError) -> InboundOutcome {
+        let reason = panic_reason(e);
+        tracing::error!(inbound_id = %id, %reason, "reading an inbound message failed");
+        let outcome = InboundOutcome::new(id, InboundStatus::ParseError);
+        self.finish(&outcome, None, &json!({ "error": reason }))
+            .await
     }
 
     async fn read(&self, kept: KeptInbound, parse: fn(&[u8]) -> Report) -> InboundOutcome {
@@ -247,28 +257,9 @@ impl InboundProcessor {
         .await;
         let (report, tokens) = match parsed {
             Ok(p) => p,
-            Err(e) => {
-                let reason = panic_reason(e);
-                tracing::error!(inbound_id = %id, %reason, "the report parser failed");
-                let outcome = InboundOutcome {
-                    id,
-                    status: InboundStatus::ParseError,
-                    report: None,
-                    matched: Vec::new(),
-                    applied: 0,
-                };
-                return self
-                    .finish(&outcome, None, &json!({ "error": reason }))
-                    .await;
-            }
+            Err(e) => return self.failed(id, e).await,
         };
-        let mut outcome = InboundOutcome {
-            id,
-            status: InboundStatus::Received,
-            report: None,
-            matched: Vec::new(),
-            applied: 0,
-        };
+        let mut outcome = InboundOutcome::new(id, InboundStatus::Received);
         match self
             .apply(&outcome.id, &report, &tokens, project_id.as_deref())
             .await

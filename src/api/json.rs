@@ -44,7 +44,49 @@ impl<S: Send + Sync> FromRequest<S> for JsonBytes {
                 ApiError::bad_request("invalid_body", "the request body could not be read")
             }
         })?;
+        refuse_nul(&bytes)?;
         Ok(Self(bytes))
+    }
+}
+
+/// Refuses a body with a NUL character in any string (`\u0000`): Postgres cannot store it in
+/// text, and SQLite would cut C strings at it, so it is refused here, on both backends alike,
+/// before it could fail the shared transaction of other requests. The escape is looked for in
+/// the bytes (a raw NUL is not valid JSON); only a body that has it is parsed to say where.
+fn refuse_nul(bytes: &[u8]) -> Result<(), ApiError> {
+    if memchr::memmem::find(bytes, b"\\u0000").is_none() {
+        return Ok(());
+    }
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return Ok(()); // not JSON: the parse that follows says so
+    };
+    match nul_pointer(&value, String::new()) {
+        None => Ok(()),
+        Some(pointer) => Err(ApiError::validation(vec![FieldError::new(
+            pointer,
+            "invalid_character",
+            "text may not contain the NUL character (\\u0000)",
+        )])),
+    }
+}
+
+/// The pointer of the first string (or key) with a NUL in it.
+fn nul_pointer(v: &serde_json::Value, at: String) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => s.contains('\0').then_some(at),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| nul_pointer(item, format!("{at}/{i}"))),
+        serde_json::Value::Object(map) => map.iter().find_map(|(k, item)| {
+            let here = format!("{at}/{}", escape(k));
+            if k.contains('\0') {
+                Some(here)
+            } else {
+                nul_pointer(item, here)
+            }
+        }),
+        _ => None,
     }
 }
 

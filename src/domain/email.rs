@@ -97,7 +97,8 @@ impl OutgoingEmail {
     /// Every distinct envelope recipient, in to, cc, bcc order. An address given twice is
     /// delivered once (the first mention wins).
     pub fn recipients(&self) -> Vec<(RecipientKind, &Mailbox)> {
-        let mut seen: Vec<&EmailAddress> = Vec::new();
+        // A set: linear in the number of addresses, whatever a request lists.
+        let mut seen: std::collections::HashSet<&EmailAddress> = std::collections::HashSet::new();
         let all = self
             .to
             .iter()
@@ -106,8 +107,7 @@ impl OutgoingEmail {
             .chain(self.bcc.iter().map(|m| (RecipientKind::Bcc, m)));
         let mut out = Vec::new();
         for (kind, m) in all {
-            if !seen.contains(&&m.email) {
-                seen.push(&m.email);
+            if seen.insert(&m.email) {
                 out.push((kind, m));
             }
         }

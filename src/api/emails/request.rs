@@ -267,6 +267,22 @@ pub fn validate(
             None
         }
     };
+    // Limits before work: a list far longer than the recipient limit is refused before a
+    // single address is parsed (duplicates are folded, so up to ten times the limit is read).
+    let listed: usize = [&req.to, &req.cc, &req.bcc, &req.reply_to]
+        .iter()
+        .map(|l| l.as_ref().map_or(0, |l| l.items().len()))
+        .sum();
+    if listed > ctx.limits.max_recipients.saturating_mul(10) {
+        return Err(vec![FieldError::new(
+            p("to"),
+            "too_many_recipients",
+            format!(
+                "{listed} addresses listed; at most {} recipients across to, cc and bcc",
+                ctx.limits.max_recipients
+            ),
+        )]);
+    }
     let to = mailboxes(req.to.as_ref(), &p("to"), &mut errors);
     let cc = mailboxes(req.cc.as_ref(), &p("cc"), &mut errors);
     let bcc = mailboxes(req.bcc.as_ref(), &p("bcc"), &mut errors);

@@ -261,9 +261,7 @@ impl App {
         let clock = Arc::clone(&self.state.clock);
         let mailer = Arc::clone(&self.worker.mailer);
         let router = api::router(self.state);
-        let http = axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        http.await.context("HTTP server")?;
+        api::server::serve(self.listener, router, config.http.clone(), shutdown.clone()).await;
 
         // HTTP has stopped; the workers saw the same token and stop claiming.
         if tokio::time::timeout(config.delivery.shutdown_grace, tracker.wait())

@@ -32,6 +32,7 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub retry: RetryConfig,
     pub limits: LimitsConfig,
+    pub http: HttpConfig,
     pub webhooks: WebhooksConfig,
     pub domains: DomainsConfig,
     pub inbound: InboundConfig,
@@ -52,6 +53,7 @@ impl Default for Config {
             delivery: DeliveryConfig::default(),
             retry: RetryConfig::default(),
             limits: LimitsConfig::default(),
+            http: HttpConfig::default(),
             webhooks: WebhooksConfig::default(),
             domains: DomainsConfig::default(),
             retention: RetentionConfig::default(),
@@ -369,6 +371,36 @@ mod duration_list {
             .iter()
             .map(|t| super::duration_text::parse(t).map_err(serde::de::Error::custom))
             .collect()
+    }
+}
+
+/// How long HTTP clients may take, and how many may be connected: a client that sends nothing,
+/// trickles its headers or idles on keep-alive is closed, whatever it does.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Time to send a request's headers, counted from its first byte or, on a kept-alive
+    /// connection, from the end of the previous answer (so also the idle timeout).
+    #[serde(with = "duration_text")]
+    pub header_timeout: Duration,
+    /// Time for a whole request, body included, from its headers to its answer (408 after).
+    #[serde(with = "duration_text")]
+    pub request_timeout: Duration,
+    /// Connections open at once; past it a new connection is closed at once.
+    pub max_connections: usize,
+    /// At shutdown, how long requests in flight may take to finish.
+    #[serde(with = "duration_text")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+            shutdown_timeout: Duration::from_secs(10),
+        }
     }
 }
 

@@ -14,6 +14,7 @@ mod crash;
 mod delivery;
 mod domains;
 mod emails;
+mod http_limits;
 mod inbound;
 mod interop;
 mod listener;

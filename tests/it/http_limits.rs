@@ -1,0 +1,121 @@
+//! HTTP clients cannot hold Herald: a connection that sends nothing, trickles its body or idles
+//! on keep-alive is closed; past the connection cap a new one is closed at once; and a stalled
+//! client does not hold the shutdown past its deadline.
+
+use std::time::{Duration, Instant};
+
+use herald::store::Backend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::TestApp;
+
+async fn app() -> TestApp {
+    TestApp::spawn_with(Backend::Sqlite, None, |c| {
+        c.http.header_timeout = Duration::from_secs(1);
+        c.http.request_timeout = Duration::from_secs(1);
+        c.http.max_connections = 4;
+        c.http.shutdown_timeout = Duration::from_secs(1);
+    })
+    .await
+}
+
+fn addr(app: &TestApp) -> String {
+    app.base.trim_start_matches("http://").to_owned()
+}
+
+/// Reads until the server closes the connection; what it said, or `None` if it kept it open
+/// for 20 s.
+async fn until_closed(s: &mut TcpStream) -> Option<String> {
+    let mut all = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut all)).await;
+    match read {
+        Ok(_) => Some(String::from_utf8_lossy(&all).into_owned()),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_slow_and_idle_clients_are_closed() {
+    let app = app().await;
+    // Sends nothing.
+    let mut silent = TcpStream::connect(addr(&app)).await.expect("connect");
+    assert!(
+        until_closed(&mut silent).await.is_some(),
+        "a silent client is closed"
+    );
+    // Sends its headers, then one byte of a ten-byte body.
+    let mut slow = TcpStream::connect(addr(&app)).await.expect("connect");
+    slow.write_all(
+        format!(
+            "POST /v1/emails HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n{{",
+            app.key
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("write");
+    let answer = until_closed(&mut slow).await.expect("closed");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    // One request answered, then idle on keep-alive.
+    let mut idle = TcpStream::connect(addr(&app)).await.expect("connect");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = until_closed(&mut idle).await.expect("closed when idle");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_cap_a_connection_is_closed_at_once() {
+    let app = app().await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(addr(&app)).await.expect("connect");
+        // A byte of a request, so each is taken (and held until its header timeout).
+        s.write_all(b"G").await.expect("write");
+        held.push(s);
+    }
+    // Accepted, then closed without an answer.
+    let mut fifth = TcpStream::connect(addr(&app)).await.expect("connect");
+    let started = Instant::now();
+    let said = until_closed(&mut fifth).await.expect("closed");
+    assert!(said.is_empty(), "{said}");
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "closed before any timeout"
+    );
+    drop(held);
+    // The places come back: a request goes through again.
+    let mut ok = false;
+    for _ in 0..50 {
+        if let Ok(r) = app.http.get(format!("{}/healthz", app.base)).send().await
+            && r.status() == 200
+        {
+            ok = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(ok, "served again once the held connections closed");
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_does_not_hold_the_shutdown() {
+    let app = app().await;
+    let mut stalled = TcpStream::connect(addr(&app)).await.expect("connect");
+    stalled
+        .write_all(b"POST /v1/emails HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    app.finish().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stopped in {:?}",
+        started.elapsed()
+    );
+}

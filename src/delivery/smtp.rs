@@ -51,6 +51,8 @@ pub struct SmtpRelay {
     idle: Mutex<Vec<Idle>>,
     /// What the relay offers beyond what lettre tracks, learned on the first connection.
     relay_ext: OnceLock<RelayExtensions>,
+    /// Set once a connection went on without TLS (`tls=none`), so the warning is said once.
+    warned_plaintext: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for SmtpRelay {
@@ -102,6 +104,7 @@ impl SmtpRelay {
             permits: Semaphore::new(settings.concurrency.max(1)),
             idle: Mutex::new(Vec::new()),
             relay_ext: OnceLock::new(),
+            warned_plaintext: std::sync::atomic::AtomicBool::new(false),
             url,
             settings,
             hello,
@@ -386,6 +389,30 @@ impl SmtpRelay {
                     });
                 }
                 _ => {}
+            }
+        }
+        let has_credentials = self.url.username.is_some() && self.url.password.is_some();
+        if !conn.is_encrypted() {
+            // TLS means TLS: the password goes in the clear only when the URL says tls=none.
+            if has_credentials && self.url.tls != TlsMode::None {
+                return Err(Failure {
+                    reply: None,
+                    phase: SmtpPhase::Auth,
+                    detail: "the relay offers no STARTTLS: Herald does not send the password \
+                             without TLS (set tls=none in the relay URL to allow it)"
+                        .into(),
+                    reusable: false,
+                });
+            }
+            if !self
+                .warned_plaintext
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::warn!(
+                    relay = %self.url.host,
+                    "the relay is reached without TLS (tls=none): mail{} crosses the network in the clear",
+                    if has_credentials { " and the relay password" } else { "" }
+                );
             }
         }
         if let (Some(user), Some(pass)) = (&self.url.username, &self.url.password) {

@@ -26,6 +26,7 @@ on_sqlite!(
     a_reply_that_never_comes_times_out,
     wrong_relay_password_defers_without_losing_mail,
     tls_required_refuses_a_relay_without_starttls,
+    opportunistic_tls_never_sends_the_password_in_the_clear,
     expired_email_fails_without_an_attempt,
     relay_that_refuses_connections_ends_in_failed,
     connections_are_reused,
@@ -467,6 +468,34 @@ async fn tls_required_refuses_a_relay_without_starttls(backend: Backend) {
         smtp.received().is_empty(),
         "nothing may be sent in the clear"
     );
+    app.finish().await;
+}
+
+/// `tls=opportunistic` with a relay that offers no STARTTLS: the password is never sent in the
+/// clear; the attempt is delayed with a reason that says what to change.
+async fn opportunistic_tls_never_sends_the_password_in_the_clear(backend: Backend) {
+    let smtp = TestSmtp::start(Tls::None).await;
+    let app = TestApp::spawn_with(backend, Some(&smtp), |c| {
+        c.relay_url = c.relay_url.replace("tls=none", "tls=opportunistic");
+    })
+    .await;
+    let id = app.send(&email_to(&["ada@example.com"])).await;
+    app.drain().await;
+    let events = app.events(&id).await;
+    let delayed = events
+        .iter()
+        .find(|e| e["type"] == "email.delivery_delayed")
+        .expect("delayed");
+    assert_eq!(delayed["phase"], "auth", "{delayed}");
+    assert!(
+        delayed["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("tls=none"),
+        "{delayed}"
+    );
+    assert_eq!(smtp.auth_attempts(), 0, "no AUTH without TLS");
+    assert!(smtp.received().is_empty());
     app.finish().await;
 }
 

@@ -80,6 +80,8 @@ struct Shared {
     received: Mutex<Vec<Received>>,
     arrived: Notify,
     connections: Mutex<usize>,
+    /// AUTH commands received, whatever came of them.
+    auth_attempts: Mutex<usize>,
 }
 
 pub struct TestSmtp {
@@ -143,6 +145,11 @@ impl TestSmtp {
             ),
             Tls::None => format!("smtp://{USER}:{PASSWORD}@localhost:{}?tls=none", self.port),
         }
+    }
+
+    /// How many AUTH commands arrived (a password sent, whether or not it was right).
+    pub fn auth_attempts(&self) -> usize {
+        *self.shared.auth_attempts.lock().expect("lock")
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -253,6 +260,9 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let cmd = line.trim_end().to_owned();
         let upper = cmd.to_ascii_uppercase();
+        if upper.starts_with("AUTH") {
+            *shared.auth_attempts.lock().expect("lock") += 1;
+        }
         let current = script.lock().expect("lock").clone();
         if upper.starts_with("EHLO") || upper.starts_with("HELO") {
             let mut ext = vec![

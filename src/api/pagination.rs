@@ -20,16 +20,22 @@ pub fn page_size(requested: Option<i64>, default: i64, max: i64) -> ApiResult<i6
 /// by comparing them), or 400 `invalid_query` if it is not an id at all: compared as it
 /// stands, `after=zzz` would sort after every id and give the first page again, or none.
 pub fn cursor(name: &str, value: Option<String>) -> ApiResult<Option<String>> {
+    canonical_id(value, || {
+        format!("{name} must be the id of an item from a list")
+    })
+}
+
+/// An id given as a filter (`email_id=`), in its canonical form, or 400 `invalid_query`.
+pub fn id(name: &str, value: Option<String>) -> ApiResult<Option<String>> {
+    canonical_id(value, || format!("{name} must be an id"))
+}
+
+fn canonical_id(value: Option<String>, message: impl Fn() -> String) -> ApiResult<Option<String>> {
     value
         .map(|v| {
             uuid::Uuid::parse_str(&v)
                 .map(|id| id.hyphenated().to_string())
-                .map_err(|_| {
-                    ApiError::bad_request(
-                        "invalid_query",
-                        format!("{name} must be the id of an item from a list"),
-                    )
-                })
+                .map_err(|_| ApiError::bad_request("invalid_query", message()))
         })
         .transpose()
 }

@@ -79,6 +79,11 @@ pub const SUBSCRIBABLE: &[&str] = &[
     "webhook.test",
 ];
 
+/// Whether `t` is a type of event Herald records (what the event feed may be filtered by).
+pub fn is_event_type(t: &str) -> bool {
+    SUBSCRIBABLE.contains(&t) || matches!(t, "domain.verified" | "domain.verification_failed")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -213,14 +213,13 @@ async fn main() -> anyhow::Result<()> {
             };
             let tokens = herald::domain::admin_token::AdminTokens::new(key.as_bytes());
             let now = SystemClock.now_ms() / 1000;
-            let token = tokens.mint(
-                &subject,
-                now,
-                i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
-            )?;
+            let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+            let token = tokens
+                .mint(&subject, now, ttl)
+                .map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
             eprintln!(
                 "admin token for {subject}, valid until {}:",
-                format_ms((now + i64::try_from(ttl.as_secs()).unwrap_or(0)) * 1000)
+                format_ms((now + ttl) * 1000)
             );
             println!("{token}");
             Ok(())

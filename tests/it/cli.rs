@@ -169,3 +169,22 @@ async fn shell_client_sends_and_reads_status() {
     assert!(!ok && err.contains("invalid_email"), "{err}");
     app.finish().await;
 }
+
+/// `admin-token` mints within its cap and refuses lifetimes past it or that overflow, with
+/// what to change.
+#[test]
+fn admin_tokens_are_short_lived() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ok, out, _) = run(herald(dir.path()).args(["admin-token", "--ttl", "1h"]));
+    assert!(ok && out.trim().split('.').count() == 3, "{out}");
+    for ttl in [
+        "100000d",
+        "99999999999999999999d",
+        "18446744073709551615d",
+        "0s",
+    ] {
+        let (ok, _, err) = run(herald(dir.path()).args(["admin-token", "--ttl", ttl]));
+        assert!(!ok, "{ttl}");
+        assert!(err.contains("--ttl"), "{ttl}: {err}");
+    }
+}

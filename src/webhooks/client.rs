@@ -20,17 +20,25 @@ pub fn is_forbidden_ip(ip: IpAddr) -> bool {
                 return is_forbidden_v4(v4);
             }
             let seg = v6.segments();
-            // NAT64 (64:ff9b::/96) embeds an IPv4 address in the last 32 bits.
-            if seg[0] == 0x64 && seg[1] == 0xff9b && seg[2..6] == [0, 0, 0, 0] {
-                let v4 = Ipv4Addr::new(
-                    (seg[6] >> 8) as u8,
-                    seg[6] as u8,
-                    (seg[7] >> 8) as u8,
-                    seg[7] as u8,
-                );
-                return is_forbidden_v4(v4);
+            let v4_in = |hi: u16, lo: u16| {
+                let [a, b] = hi.to_be_bytes();
+                let [c, d] = lo.to_be_bytes();
+                Ipv4Addr::new(a, b, c, d)
+            };
+            // NAT64 (64:ff9b::/96) and the deprecated IPv4-compatible form (::a.b.c.d) embed an
+            // IPv4 address in the last 32 bits; 6to4 (2002::/16) in the 32 after the prefix.
+            if (seg[0] == 0x64 && seg[1] == 0xff9b && seg[2..6] == [0, 0, 0, 0])
+                || (seg[..6] == [0, 0, 0, 0, 0, 0] && !v6.is_loopback() && !v6.is_unspecified())
+            {
+                return is_forbidden_v4(v4_in(seg[6], seg[7]));
+            }
+            if seg[0] == 0x2002 {
+                return is_forbidden_v4(v4_in(seg[1], seg[2]));
             }
             v6.is_loopback()
+                || (seg[0] == 0x2001 && seg[1] == 0) // Teredo 2001::/32: a tunnel to anywhere
+                || (seg[0] == 0x64 && seg[1] == 0xff9b && seg[2] == 1) // local NAT64 64:ff9b:1::/48
+                || (seg[0] == 0x100 && seg[1..4] == [0, 0, 0]) // discard-only 100::/64
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (seg[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
@@ -177,6 +185,13 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
             "64:ff9b::a00:1",
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "2002:7f00:1::",
+            "2002:a00:1::1",
+            "2001::1",
+            "64:ff9b:1::1",
+            "100::1",
         ] {
             assert!(is_forbidden_ip(ip.parse().expect("ip")), "{ip} allowed");
         }
@@ -186,6 +201,8 @@ mod tests {
             "172.32.0.1",
             "2606:4700::1111",
             "::ffff:8.8.8.8",
+            "2002:808:808::1",
+            "::8.8.8.8",
         ] {
             assert!(!is_forbidden_ip(ip.parse().expect("ip")), "{ip} forbidden");
         }
@@ -205,6 +222,12 @@ mod tests {
             check_target("http://localhost/h", false).await,
             Err(TargetError::Private(_))
         ));
+        for url in ["http://[::127.0.0.1]/h", "http://[2002:7f00:1::]/h"] {
+            assert!(
+                matches!(check_target(url, false).await, Err(TargetError::Private(_))),
+                "{url}"
+            );
+        }
         assert!(matches!(
             check_target("ftp://example.com/", false).await,
             Err(TargetError::InvalidUrl)

@@ -268,7 +268,36 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(request_id::middleware))
+        .layer(middleware::from_fn(security_headers))
         .with_state(state)
+}
+
+/// Headers that keep a browser from misreading or framing what Herald serves: no MIME
+/// sniffing, no framing, no referrer, and a content policy (the API serves no active content at
+/// all; the Swagger UI under `/docs` loads only its own files).
+async fn security_headers(
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    use axum::http::HeaderValue;
+    use axum::http::header::{
+        CONTENT_SECURITY_POLICY, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+    };
+    let docs = req.uri().path().starts_with("/docs");
+    let mut response = next.run(req).await;
+    let h = response.headers_mut();
+    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(if docs {
+            "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+        } else {
+            "default-src 'none'; frame-ancestors 'none'"
+        }),
+    );
+    response
 }
 
 async fn not_found() -> ApiError {

@@ -119,3 +119,31 @@ async fn a_stalled_client_does_not_hold_the_shutdown() {
         started.elapsed()
     );
 }
+
+/// Every answer forbids MIME sniffing and framing; the API's content policy allows nothing to
+/// run, the docs' only their own files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_carry_the_browser_security_headers() {
+    let app = app().await;
+    for (path, policy) in [
+        ("/healthz", "default-src 'none'"),
+        ("/v1/emails", "default-src 'none'"),
+        ("/docs/", "default-src 'self'"),
+    ] {
+        let r = app
+            .http
+            .get(format!("{}{path}", app.base))
+            .send()
+            .await
+            .expect("get");
+        let h = r.headers();
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(h["x-frame-options"], "DENY", "{path}");
+        let csp = h["content-security-policy"].to_str().expect("ascii");
+        assert!(
+            csp.starts_with(policy) && csp.contains("frame-ancestors 'none'"),
+            "{path}: {csp}"
+        );
+    }
+    app.finish().await;
+}

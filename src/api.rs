@@ -76,6 +76,8 @@ pub struct Shared {
     pub inbound: InboundProcessor,
     pub metrics: Arc<Metrics>,
     pub rate_limiter: Arc<rate_limit::RateLimiter>,
+    /// Failed authentications by client address.
+    pub auth_failures: Arc<rate_limit::FailureLimiter>,
     pub admin_tokens: AdminTokens,
     pub idempotency: idempotency::InFlight,
     /// When this process last recorded each key's use, so it writes at most once a minute.
@@ -114,6 +116,7 @@ impl AppState {
             inbound,
             metrics,
             rate_limiter: Arc::default(),
+            auth_failures: Arc::default(),
             admin_tokens,
             domains_wake: Arc::new(Notify::new()),
             sealer,

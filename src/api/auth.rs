@@ -51,7 +51,17 @@ impl FromRequestParts<AppState> for Principal {
                 "send an API key as Authorization: Bearer hk_…",
             ));
         };
-        let invalid = || unauthorized("invalid_api_key", "the API key is not valid");
+        // The client's address, when the server knows it (not in handler tests).
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        let invalid = || {
+            if let Some(ip) = peer {
+                state.auth_failures.fail(ip);
+            }
+            unauthorized("invalid_api_key", "the API key is not valid")
+        };
         let token = value
             .to_str()
             .ok()
@@ -62,7 +72,17 @@ impl FromRequestParts<AppState> for Principal {
             .map(str::trim)
             .and_then(ApiKeyToken::parse)
             .ok_or_else(invalid)?;
-        let key = state.api_key(&token.prefix()).await?.ok_or_else(invalid)?;
+        let prefix = token.prefix();
+        let key = match state.api_keys.get(&prefix) {
+            Some(key) => key,
+            None => {
+                // Only what would read the database is held back: a cached key costs nothing.
+                if let Some(ip) = peer {
+                    state.auth_failures.check(ip)?;
+                }
+                state.api_key(&prefix).await?.ok_or_else(invalid)?
+            }
+        };
         let now = state.clock.now_ms();
         // The hash is compared even for revoked keys, so timing does not tell them apart.
         let matches = token.matches(&key.secret_hash);

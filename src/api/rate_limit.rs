@@ -1,6 +1,8 @@
 //! Per-key rate limits: a token bucket per API key (in this process), `RateLimit-Limit`,
 //! `RateLimit-Remaining` and `RateLimit-Reset` on every authenticated response, and 429
-//! `rate_limit_exceeded` with `Retry-After` when the bucket is empty.
+//! `rate_limit_exceeded` with `Retry-After` when the bucket is empty. And [`FailureLimiter`]:
+//! failed authentications per client address, so that guessing keys costs the database
+//! nothing past a burst.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -103,5 +105,60 @@ mod tests {
         assert_eq!(err.retry_after, Some(1));
         assert!(r.check("other", 1.0, 5).is_ok(), "buckets are per key");
         assert!(r.check("k", 0.0, 5).is_ok(), "0 turns limits off");
+    }
+}
+
+/// Failed authentications by client address: a token bucket each (`BURST` failures, then
+/// `PER_SECOND`), checked before a key is looked up, so an unauthenticated client cannot make
+/// every request a database read.
+#[derive(Default)]
+pub struct FailureLimiter {
+    buckets: Mutex<HashMap<std::net::IpAddr, Bucket>>,
+}
+
+impl FailureLimiter {
+    const BURST: f64 = 20.0;
+    const PER_SECOND: f64 = 5.0;
+    /// Addresses tracked at once; past it the (stale, at these rates) table starts over.
+    const MAX_ADDRESSES: usize = 100_000;
+
+    fn refill(b: &mut Bucket, now: Instant) {
+        b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * Self::PER_SECOND)
+            .min(Self::BURST);
+        b.last = now;
+    }
+
+    /// 429 when this address has failed too often lately.
+    pub fn check(&self, ip: std::net::IpAddr) -> Result<(), ApiError> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(b) = buckets.get_mut(&ip) else {
+            return Ok(());
+        };
+        Self::refill(b, Instant::now());
+        if b.tokens >= 1.0 {
+            return Ok(());
+        }
+        let mut err = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_failed_authentications",
+            "too many requests with keys that are not valid from this address; wait and check the key",
+        );
+        err.retry_after = Some(((1.0 - b.tokens) / Self::PER_SECOND).ceil().max(1.0) as u64);
+        Err(err)
+    }
+
+    /// Counts one failed authentication from this address.
+    pub fn fail(&self, ip: std::net::IpAddr) {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() >= Self::MAX_ADDRESSES && !buckets.contains_key(&ip) {
+            buckets.clear();
+        }
+        let now = Instant::now();
+        let b = buckets.entry(ip).or_insert(Bucket {
+            tokens: Self::BURST,
+            last: now,
+        });
+        Self::refill(b, now);
+        b.tokens = (b.tokens - 1.0).max(0.0);
     }
 }

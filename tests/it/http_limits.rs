@@ -147,3 +147,34 @@ async fn answers_carry_the_browser_security_headers() {
     }
     app.finish().await;
 }
+
+/// Keys that are not valid, from one address: 401 for a burst, then 429 before any lookup,
+/// so guessing keys cannot make every request a database read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_keys_is_cut_off_per_address() {
+    let app = app().await;
+    let mut codes = Vec::new();
+    for _ in 0..40 {
+        let guess = herald::domain::api_key::ApiKeyToken::generate();
+        let r = app
+            .http
+            .get(format!("{}/v1/emails", app.base))
+            .bearer_auth(guess.reveal())
+            .send()
+            .await
+            .expect("get");
+        codes.push(r.status().as_u16());
+        if r.status() == 429 {
+            assert!(r.headers().contains_key("retry-after"));
+            let v: serde_json::Value = r.json().await.expect("json");
+            assert_eq!(v["code"], "too_many_failed_authentications");
+        }
+    }
+    assert_eq!(codes.first(), Some(&401));
+    assert!(
+        codes.iter().filter(|c| **c == 401).count() >= 20,
+        "{codes:?}"
+    );
+    assert_eq!(codes.last(), Some(&429), "{codes:?}");
+    app.finish().await;
+}

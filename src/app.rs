@@ -166,6 +166,7 @@ impl App {
             lease: config.delivery.lease,
             events_wake: Arc::clone(&state.events_wake),
             metrics: Arc::clone(&state.metrics),
+            unrecorded: Arc::default(),
         };
         let inbound = if config.inbound.listen.is_empty() {
             None

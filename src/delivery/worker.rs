@@ -8,6 +8,13 @@
 //! The only window for a duplicate is a crash between the relay's 250 and the commit of
 //! `sent` (a few milliseconds): the lease then expires and the recipient is sent again. We
 //! prefer a rare duplicate to a loss.
+//!
+//! A relay's answer is never forgotten while the process lives: an outcome the database does
+//! not take (an outage, a full disk) is kept and written again, with back-off, until it is;
+//! the sends in flight are never cut short; and the step does not end, so no new claim is
+//! made, until every outcome is written. Verdicts not written yet are also kept in a
+//! registry shared by the process's workers ([`Unrecorded`]): a recipient claimed again after
+//! its lease ran out is not sent again, its kept verdict is written instead.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +57,48 @@ pub struct Worker {
     /// Told when outcomes (and so events) are committed, to wake the webhook dispatcher.
     pub events_wake: Arc<Notify>,
     pub metrics: Arc<Metrics>,
+    /// Verdicts this process has and the database has not taken yet, by recipient id.
+    pub unrecorded: Arc<Unrecorded>,
+}
+
+/// Outcomes the database did not take yet, shared by a process's workers.
+#[derive(Debug, Default)]
+pub struct Unrecorded(std::sync::Mutex<std::collections::HashMap<String, Outcome>>);
+
+impl Unrecorded {
+    fn keep(&self, outcomes: &[Outcome]) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for o in outcomes {
+            m.insert(o.recipient_id.clone(), o.clone());
+        }
+    }
+
+    fn written(&self, outcomes: &[Outcome]) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if m.is_empty() {
+            return;
+        }
+        for o in outcomes {
+            m.remove(&o.recipient_id);
+        }
+    }
+
+    /// The kept verdict for a recipient claimed again, if this process has one.
+    fn take(&self, recipient_id: &str) -> Option<Outcome> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if m.is_empty() {
+            return None;
+        }
+        m.remove(recipient_id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl Worker {
@@ -70,6 +119,11 @@ impl Worker {
         for email in claimed {
             let message: Arc<[u8]> = Arc::from(email.mime.as_slice());
             for r in &email.recipients {
+                // A verdict this process saw and could not write yet: written now, not sent.
+                if let Some(kept) = self.unrecorded.take(&r.id) {
+                    outcomes.push(kept);
+                    continue;
+                }
                 let deadline = email
                     .expires_at
                     .map_or(r.deadline_at, |e| e.min(r.deadline_at));
@@ -125,7 +179,7 @@ impl Worker {
         // Outcomes are committed as soon as they are known, in groups of whatever finished
         // together, so the window between a relay's 250 and the commit of `sent` (the only
         // place a crash can cause a duplicate) stays a few milliseconds wide.
-        self.record(&mut outcomes).await?;
+        self.record(&mut outcomes).await;
         // While deliveries are in flight the lease is renewed, so a slow relay never makes
         // a live worker lose its recipients, and a dead worker's lease runs out quickly.
         let every = (self.lease / 3).max(Duration::from_millis(100));
@@ -138,13 +192,23 @@ impl Worker {
                     while let Some(more) = tasks.try_join_next() {
                         self.collect(more, &mut outcomes);
                     }
-                    self.record(&mut outcomes).await?;
+                    self.record(&mut outcomes).await;
                 }
                 _ = renew.tick() => {
                     let until = self.clock.now_ms() + lease_ms;
-                    self.store.renew_leases(&self.owner, until).await?;
+                    if let Err(e) = self.store.renew_leases(&self.owner, until).await {
+                        tracing::warn!(error = %e, "could not renew leases; the sends in flight go on");
+                    }
                 }
             }
+        }
+        // Every send has answered; what the database has not taken yet is written before
+        // anything new is claimed.
+        let mut pause = Duration::from_millis(100);
+        while !outcomes.is_empty() {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+            self.record(&mut outcomes).await;
         }
         Ok(RunOutcome::Worked(attempted))
     }
@@ -166,25 +230,37 @@ impl Worker {
         }
     }
 
-    async fn record(&self, outcomes: &mut Vec<Outcome>) -> Result<(), StoreError> {
+    /// Writes the outcomes; on success `outcomes` is emptied, on failure they stay (and are
+    /// kept in the process's registry) to be written again.
+    async fn record(&self, outcomes: &mut Vec<Outcome>) {
         if outcomes.is_empty() {
-            return Ok(());
+            return;
         }
         let written = outcomes.len();
-        let recorded = self
+        // A copy goes to the writer: the originals are what is kept if it fails.
+        match self
             .store
-            .record_outcomes(&self.owner, std::mem::take(outcomes))
-            .await?;
-        if recorded.announced > 0 {
-            self.events_wake.notify_waiters();
+            .record_outcomes(&self.owner, outcomes.clone())
+            .await
+        {
+            Ok(recorded) => {
+                self.unrecorded.written(outcomes);
+                outcomes.clear();
+                if recorded.announced > 0 {
+                    self.events_wake.notify_waiters();
+                }
+                if recorded.applied < written {
+                    tracing::warn!(
+                        lost = written - recorded.applied,
+                        "leases expired before outcomes were recorded; those recipients were retried elsewhere"
+                    );
+                }
+            }
+            Err(e) => {
+                self.unrecorded.keep(outcomes);
+                tracing::error!(error = %e, pending = written, "could not record delivery outcomes; they are kept and written again");
+            }
         }
-        if recorded.applied < written {
-            tracing::warn!(
-                lost = written - recorded.applied,
-                "leases expired before outcomes were recorded; those recipients were retried elsewhere"
-            );
-        }
-        Ok(())
     }
 
     /// Loops until `cancel`: runs steps while there is work, then sleeps until new mail is

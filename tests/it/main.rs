@@ -18,6 +18,7 @@ mod http_limits;
 mod inbound;
 mod interop;
 mod listener;
+mod outage;
 mod projects;
 mod receiver;
 mod retention;

@@ -1,0 +1,172 @@
+//! The database stops while the relay is answering: every 250 the relay gave is recorded once
+//! the database is back, and nothing is sent twice. On a throwaway Postgres cluster the test
+//! starts on a port of its own (never the shared one), stopped and started by `pg_ctlcluster`.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use herald::store::Backend;
+use tokio::sync::Notify;
+
+use crate::helpers::{TestApp, email_to};
+use crate::smtp_server::{Action, Step, TestSmtp, Tls, ok};
+
+/// A Postgres cluster of this test's own, dropped with it.
+struct Cluster {
+    version: String,
+    name: String,
+    port: u16,
+}
+
+impl Cluster {
+    fn ctl(&self, action: &str) {
+        let ok = Command::new("pg_ctlcluster")
+            .args([
+                "--skip-systemctl-redirect",
+                &self.version,
+                &self.name,
+                action,
+            ])
+            .args(if action == "stop" {
+                &["-m", "fast"][..]
+            } else {
+                &[][..]
+            })
+            .status()
+            .expect("pg_ctlcluster")
+            .success();
+        assert!(ok, "pg_ctlcluster {action}");
+    }
+
+    fn start() -> Option<Self> {
+        let version = std::fs::read_dir("/etc/postgresql")
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .next()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let name = format!("herald_outage_{port}");
+        let created = Command::new("pg_createcluster")
+            .args([
+                &version,
+                &name,
+                "--port",
+                &port.to_string(),
+                "--",
+                "--auth=trust",
+            ])
+            .output()
+            .ok()?
+            .status
+            .success();
+        if !created {
+            return None;
+        }
+        let c = Self {
+            version,
+            name,
+            port,
+        };
+        c.ctl("start");
+        Some(c)
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("pg_dropcluster")
+            .args(["--stop", &self.version, &self.name])
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_mid_delivery_sends_nothing_twice() {
+    let Some(cluster) = Cluster::start() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must be able to start a throwaway Postgres cluster"
+        );
+        eprintln!("skipped: no pg_createcluster here");
+        return;
+    };
+    const N: usize = 6;
+    let smtp = TestSmtp::start(Tls::Starttls).await;
+    // Every message is answered 250 three seconds after it arrives; the test hears of each
+    // arrival at once.
+    let (arrived, wake) = (Arc::new(AtomicUsize::new(0)), Arc::new(Notify::new()));
+    let (a, w) = (Arc::clone(&arrived), Arc::clone(&wake));
+    smtp.script(move |step| match step {
+        Step::Message { .. } => {
+            a.fetch_add(1, Ordering::SeqCst);
+            w.notify_waiters();
+            Action::ReplyAfter(Duration::from_secs(3), 250, "2.0.0 OK".into())
+        }
+        _ => ok(),
+    });
+    let url = cluster.url();
+    let app = TestApp::spawn_with(Backend::Postgres, Some(&smtp), move |c| {
+        c.database_url = url;
+        c.relay.concurrency = N;
+        c.relay.data_timeout = Duration::from_secs(10);
+    })
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..N {
+        ids.push(app.send(&email_to(&[&format!("u{i}@example.com")])).await);
+    }
+    let worker = app.worker.clone();
+    let step = tokio::spawn(async move { worker.run_once().await });
+    // Every message is at the relay, its 250 still to come: the database stops.
+    while arrived.load(Ordering::SeqCst) < N {
+        let notified = wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if arrived.load(Ordering::SeqCst) >= N {
+            break;
+        }
+        tokio::time::timeout(Duration::from_secs(30), notified)
+            .await
+            .expect("messages at the relay");
+    }
+    cluster.ctl("stop");
+    // The relay answers; the outcomes cannot be written and are kept.
+    let kept = tokio::time::timeout(Duration::from_secs(60), async {
+        while app.worker.unrecorded.len() < N {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(kept.is_ok(), "the outcomes were kept");
+    assert!(!step.is_finished(), "no new claim while outcomes wait");
+    cluster.ctl("start");
+    let done = tokio::time::timeout(Duration::from_secs(60), step)
+        .await
+        .expect("the step ends once the database is back")
+        .expect("joined");
+    assert!(done.is_ok(), "{done:?}");
+    assert!(app.worker.unrecorded.is_empty());
+    // Past every lease: a claim now would send anything not recorded again.
+    app.advance(Duration::from_secs(3600));
+    assert_eq!(app.drain().await, 0, "nothing left to send");
+    let got = smtp.received();
+    for i in 0..N {
+        let to = format!("u{i}@example.com");
+        let times = got.iter().filter(|m| m.rcpt_to.contains(&to)).count();
+        assert_eq!(times, 1, "{to} reached the relay {times} times");
+    }
+    for id in &ids {
+        assert_eq!(app.email(id).await["status"], "sent");
+    }
+    app.finish().await;
+}

@@ -167,6 +167,7 @@ impl App {
             events_wake: Arc::clone(&state.events_wake),
             metrics: Arc::clone(&state.metrics),
             unrecorded: Arc::default(),
+            stopping: CancellationToken::new(),
         };
         let inbound = if config.inbound.listen.is_empty() {
             None
@@ -223,6 +224,7 @@ impl App {
         for n in 0..workers {
             let mut w = self.worker.clone();
             w.owner = format!("{}/{n}", self.worker.owner);
+            w.stopping = shutdown.clone();
             owners.push(w.owner.clone());
             tracker.spawn(w.run(
                 Arc::clone(&self.state.wake),

@@ -31,17 +31,25 @@ pub enum Mailer {
 }
 
 impl Mailer {
-    /// Sends `message` to `rcpt` with envelope sender `mail_from`.
+    /// Sends `message` to `rcpt` with envelope sender `mail_from`; `None` when `stop` came
+    /// before the transaction could start (it waited for a relay connection): a transaction
+    /// that has started always finishes, one that has not never starts after `stop`.
     pub async fn deliver(
         &self,
         mail_from: &str,
         rcpt: &str,
         message: &[u8],
         name: &str,
-    ) -> Verdict {
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Option<Verdict> {
         match self {
-            Self::Smtp(relay) => relay.deliver(mail_from, rcpt, message, Some(name)).await,
-            Self::Directory(dir) => dir.deliver(mail_from, rcpt, message, name).await,
+            Self::Smtp(relay) => {
+                relay
+                    .deliver(mail_from, rcpt, message, Some(name), stop)
+                    .await
+            }
+            Self::Directory(_) if stop.is_cancelled() => None,
+            Self::Directory(dir) => Some(dir.deliver(mail_from, rcpt, message, name).await),
         }
     }
 

@@ -117,17 +117,39 @@ impl SmtpRelay {
     }
 
     /// One SMTP transaction: MAIL FROM `mail_from`, RCPT TO `rcpt`, DATA `message`.
-    /// `envelope_id` is sent as ENVID when the relay offers DSN.
+    /// `envelope_id` is sent as ENVID when the relay offers DSN. `None` when `stop` came while
+    /// it waited for a connection: it never started.
     pub async fn deliver(
         &self,
         mail_from: &str,
         rcpt: &str,
         message: &[u8],
         envelope_id: Option<&str>,
-    ) -> Verdict {
-        let Ok(_permit) = self.permits.acquire().await else {
-            return deferred(None, SmtpPhase::Connect, "relay client is shutting down");
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Option<Verdict> {
+        let permit = tokio::select! {
+            biased;
+            () = stop.cancelled() => return None,
+            p = self.permits.acquire() => p,
         };
+        let Ok(_permit) = permit else {
+            return Some(deferred(
+                None,
+                SmtpPhase::Connect,
+                "relay client is shutting down",
+            ));
+        };
+        Some(self.send_one(mail_from, rcpt, message, envelope_id).await)
+    }
+
+    /// The transaction itself, with a connection permit held.
+    async fn send_one(
+        &self,
+        mail_from: &str,
+        rcpt: &str,
+        message: &[u8],
+        envelope_id: Option<&str>,
+    ) -> Verdict {
         let (from, to) = match (mail_from.parse::<Address>(), rcpt.parse::<Address>()) {
             (Ok(f), Ok(t)) => (f, t),
             _ => {

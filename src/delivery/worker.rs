@@ -59,6 +59,9 @@ pub struct Worker {
     pub metrics: Arc<Metrics>,
     /// Verdicts this process has and the database has not taken yet, by recipient id.
     pub unrecorded: Arc<Unrecorded>,
+    /// Cancelled at shutdown: transactions not started yet are not started (their leases are
+    /// given back); those under way finish and are recorded.
+    pub stopping: CancellationToken,
 }
 
 /// Outcomes the database did not take yet, shared by a process's workers.
@@ -154,11 +157,15 @@ impl Worker {
                     deadline,
                 };
                 let metrics = Arc::clone(&self.metrics);
+                let stopping = self.stopping.clone();
                 tasks.spawn(async move {
                     let started = std::time::Instant::now();
                     let verdict = mailer
-                        .deliver(&mail_from, &ctx.address, &message, &name)
+                        .deliver(&mail_from, &ctx.address, &message, &name, &stopping)
                         .await;
+                    let Some(verdict) = verdict else {
+                        return (ctx, None);
+                    };
                     metrics.observe_smtp(started.elapsed());
                     if matches!(
                         verdict,
@@ -171,7 +178,7 @@ impl Worker {
                             .relay_connection_errors
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
-                    (ctx, verdict)
+                    (ctx, Some(verdict))
                 });
             }
         }
@@ -215,11 +222,13 @@ impl Worker {
 
     fn collect(
         &self,
-        joined: Result<(Attempt, Verdict), tokio::task::JoinError>,
+        joined: Result<(Attempt, Option<Verdict>), tokio::task::JoinError>,
         outcomes: &mut Vec<Outcome>,
     ) {
         match joined {
-            Ok((ctx, verdict)) => {
+            // Not started: shutting down. The lease is given back at shutdown.
+            Ok((_, None)) => {}
+            Ok((ctx, Some(verdict))) => {
                 let o = self.outcome(&ctx, verdict);
                 self.metrics.record_outcome(&o.status);
                 outcomes.push(o);

@@ -27,6 +27,7 @@ on_sqlite!(
     wrong_relay_password_defers_without_losing_mail,
     tls_required_refuses_a_relay_without_starttls,
     opportunistic_tls_never_sends_the_password_in_the_clear,
+    shutdown_finishes_what_started_and_starts_nothing,
     expired_email_fails_without_an_attempt,
     relay_that_refuses_connections_ends_in_failed,
     connections_are_reused,
@@ -658,4 +659,65 @@ async fn shutdown_finishes_deliveries_in_flight() {
         "recorded before exit"
     );
     assert_eq!(store.count_pending().await.expect("count"), 0);
+}
+
+/// At shutdown the transaction under way finishes and is recorded; the ones of the claimed
+/// batch still waiting for a relay connection never start, and their leases are given back,
+/// so the next start sends each of them once.
+async fn shutdown_finishes_what_started_and_starts_nothing(backend: Backend) {
+    let smtp = TestSmtp::start(Tls::Starttls).await;
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let a = Arc::clone(&arrived);
+    smtp.script(move |step| match step {
+        Step::Message { .. } => {
+            a.notify_one();
+            Action::ReplyAfter(Duration::from_millis(500), 250, "2.0.0 OK".into())
+        }
+        _ => ok(),
+    });
+    let app = TestApp::spawn_with(backend, Some(&smtp), |c| c.relay.concurrency = 1).await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(app.send(&email_to(&[&format!("u{i}@example.com")])).await);
+    }
+    let mut worker = app.worker.clone();
+    let stop = tokio_util::sync::CancellationToken::new();
+    worker.stopping = stop.clone();
+    let step = tokio::spawn(async move { worker.run_once().await });
+    // The first message is at the relay, its 250 not given yet: shutdown.
+    tokio::time::timeout(Duration::from_secs(30), arrived.notified())
+        .await
+        .expect("a message at the relay");
+    stop.cancel();
+    step.await.expect("joined").expect("step");
+    assert_eq!(smtp.received().len(), 1, "nothing new started");
+    let sent: Vec<String> = {
+        let mut v = Vec::new();
+        for id in &ids {
+            v.push(
+                app.email(id).await["status"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+            );
+        }
+        v
+    };
+    assert_eq!(sent.iter().filter(|s| *s == "sent").count(), 1, "{sent:?}");
+    // The next start: the leases given back, every other recipient sent once.
+    app.store
+        .release_leases(&app.worker.owner, app.clock_now())
+        .await
+        .expect("release");
+    app.drain().await;
+    for i in 0..4 {
+        let to = format!("u{i}@example.com");
+        let times = smtp
+            .received()
+            .iter()
+            .filter(|m| m.rcpt_to.contains(&to))
+            .count();
+        assert_eq!(times, 1, "{to}");
+    }
+    app.finish().await;
 }

@@ -178,3 +178,23 @@ async fn guessing_keys_is_cut_off_per_address() {
     assert_eq!(codes.last(), Some(&429), "{codes:?}");
     app.finish().await;
 }
+
+/// What axum's own extractors refuse (a path that is not UTF-8) is answered as problem+json
+/// too, with a stable code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_is_a_problem() {
+    let app = app().await;
+    let r = app
+        .http
+        .get(format!("{}/v1/emails/%FF%FE", app.base))
+        .bearer_auth(&app.key)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(v["code"], "bad_request", "{v}");
+    assert!(v["request_id"].is_string(), "{v}");
+    app.finish().await;
+}

@@ -88,6 +88,18 @@ pub async fn master_key(store: &Store, config: &Config) -> anyhow::Result<String
         .await?)
 }
 
+/// This process's stable name (see `delivery.instance_id`).
+fn instance_id(config: &Config, port: u16) -> String {
+    if !config.delivery.instance_id.is_empty() {
+        return config.delivery.instance_id.clone();
+    }
+    let host = hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{port}")
+}
+
 /// The reader of inbound reports over a store, for the command line (no server).
 pub async fn inbound_processor(
     store: &Store,
@@ -161,7 +173,7 @@ impl App {
             verp: VerpSigner::new(key.as_bytes()),
             bounce_domain: config.delivery.bounce_domain.clone(),
             retry: config.retry.policy(),
-            owner: format!("herald-{}", uuid::Uuid::now_v7()),
+            owner: format!("herald-{}", instance_id(&config, addr.port())),
             batch_size: config.delivery.batch_size,
             lease: config.delivery.lease,
             events_wake: Arc::clone(&state.events_wake),
@@ -225,6 +237,20 @@ impl App {
             let mut w = self.worker.clone();
             w.owner = format!("{}/{n}", self.worker.owner);
             w.stopping = shutdown.clone();
+            // Leases this instance held when it last stopped without giving them back (a
+            // crash): taken back at once, not after they run out.
+            match self
+                .state
+                .store
+                .release_leases(&w.owner, self.state.clock.now_ms())
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(recipients = n, "took back the leases of a previous run"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not take back earlier leases; they expire on their own")
+                }
+            }
             owners.push(w.owner.clone());
             tracker.spawn(w.run(
                 Arc::clone(&self.state.wake),

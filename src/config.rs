@@ -118,6 +118,11 @@ pub struct DeliveryConfig {
     pub shutdown_grace: Duration,
     /// The domain of VERP return paths (`bounces+<token>@<bounce_domain>`).
     pub bounce_domain: String,
+    /// Names this process's leases, the same across its restarts, so a restart after a crash
+    /// takes its leases back at once instead of waiting for them to run out. Empty: the host
+    /// name and the API port. Give each process sharing one Postgres its own (containers
+    /// whose host name changes at every start should set it).
+    pub instance_id: String,
 }
 
 impl Default for DeliveryConfig {
@@ -129,6 +134,7 @@ impl Default for DeliveryConfig {
             poll_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(30),
             bounce_domain: "bounces.herald.localhost".into(),
+            instance_id: String::new(),
         }
     }
 }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::Duration;
 
+use herald::clock::Clock as _;
 use herald::store::{Backend, Store};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -287,4 +288,40 @@ async fn sigkill_mid_delivery_loses_nothing(backend: Backend) {
         "every recipient is recorded as sent"
     );
     db.drop_db().await;
+}
+
+/// A process that died holding leases and starts again under the same instance id takes them
+/// back at once: its recipients go out without waiting for the leases to run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_takes_its_leases_back_at_once() {
+    let smtp = TestSmtp::start(Tls::Starttls).await;
+    let first = TestApp::spawn_with(Backend::Sqlite, Some(&smtp), |c| {
+        c.delivery.instance_id = "box-1".into();
+    })
+    .await;
+    first.send(&email_to(&["ada@example.com"])).await;
+    // The first life claims it (an hour's lease, by the test's clock) and dies.
+    let claimed = first
+        .store
+        .claim_due_recipients("herald-box-1/0", first.clock.now_ms(), 3_600_000, 10)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    // The second life: same database, same instance id, the same clock (the lease is not over).
+    let outbox = tempfile::tempdir().expect("tempdir");
+    let mut config = crate::helpers::test_config(&first.db.url, Some(&smtp), outbox.path());
+    config.delivery.instance_id = "box-1".into();
+    let clock = first.clock.clone();
+    let second = herald::app::App::build(config, std::sync::Arc::new(clock))
+        .await
+        .expect("build");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(second.run(stop.clone(), 1));
+    let got = tokio::time::timeout(Duration::from_secs(30), smtp.wait_until(|r| !r.is_empty()))
+        .await
+        .expect("delivered without waiting for the lease");
+    assert_eq!(got.len(), 1);
+    stop.cancel();
+    run.await.expect("joined").expect("ran");
+    first.finish().await;
 }

@@ -187,6 +187,11 @@ pub struct LimitsConfig {
     pub rate_per_second: f64,
     /// How many requests a key may make at once before the rate applies.
     pub rate_burst: u32,
+    /// How many Herald processes serve the API behind one load balancer. Each enforces its
+    /// share of the rate and the burst (`rate_per_second / processes`), so a key gets the
+    /// configured rate in all. A counter shared in the database would cost a write on every
+    /// request, the very thing the limit protects; a balancer spreads a key's requests evenly.
+    pub processes: u32,
 }
 
 impl Default for LimitsConfig {
@@ -200,11 +205,21 @@ impl Default for LimitsConfig {
             max_schedule_horizon: Duration::from_millis(l.max_schedule_horizon_ms.unsigned_abs()),
             rate_per_second: 1000.0,
             rate_burst: 2000,
+            processes: 1,
         }
     }
 }
 
 impl LimitsConfig {
+    /// This process's share of a key's rate and burst.
+    pub fn rate_share(&self) -> (f64, u32) {
+        let n = self.processes.max(1);
+        (
+            self.rate_per_second / f64::from(n),
+            self.rate_burst.div_ceil(n).max(1),
+        )
+    }
+
     pub fn email_limits(&self) -> Limits {
         Limits {
             max_recipients: self.max_recipients,
@@ -571,6 +586,16 @@ pub mod duration_text {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_process_enforces_its_share_of_a_keys_rate() {
+        let mut l = LimitsConfig::default();
+        assert_eq!(l.rate_share(), (1000.0, 2000));
+        l.processes = 3;
+        assert_eq!(l.rate_share(), (1000.0 / 3.0, 667));
+        l.processes = 0;
+        assert_eq!(l.rate_share(), (1000.0, 2000));
+    }
 
     #[test]
     fn durations_parse_and_format() {

@@ -91,10 +91,8 @@ impl FromRequestParts<AppState> for Principal {
             return Err(invalid());
         }
         let permission = Permission::parse(&key.permission).ok_or_else(invalid)?;
-        let limits = &state.config.limits;
-        state
-            .rate_limiter
-            .check(&key.id, limits.rate_per_second, limits.rate_burst)?;
+        let (rate, burst) = state.config.limits.rate_share();
+        state.rate_limiter.check(&key.id, rate, burst)?;
         state.note_key_use(&key.id, now).await;
         Ok(Principal {
             project_id: key.project_id,

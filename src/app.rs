@@ -285,6 +285,26 @@ impl App {
                 shutdown.clone(),
             ));
         }
+        if self.state.store.backend() == crate::store::Backend::Postgres {
+            // A key revoked through another process stops working here as soon as Postgres
+            // delivers the notice (milliseconds), not when the one-second cache runs out.
+            let (store, state, url) = (
+                self.state.store.clone(),
+                self.state.clone(),
+                config.database_url.clone(),
+            );
+            let stop = shutdown.clone();
+            tracker.spawn(async move {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    r = store.keys_changed(&url, || state.api_keys.clear()) => {
+                        if let Err(e) = r {
+                            tracing::warn!(error = %e, "no key-change listener; revocations reach this process within a second");
+                        }
+                    }
+                }
+            });
+        }
         tracker.close();
         let store = self.state.store.clone();
         let clock = Arc::clone(&self.state.clock);

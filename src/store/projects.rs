@@ -4,6 +4,9 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
+/// The Postgres channel on which key changes (revocations, deleted projects) are announced.
+const KEYS_CHANNEL: &str = "herald_keys";
+
 use super::{Store, StoreError, StoreResult};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +157,7 @@ impl Store {
             return Err(StoreError::NotFound);
         }
         tx.commit().await?;
+        self.announce_key_change().await;
         Ok(())
     }
 
@@ -220,7 +224,43 @@ impl Store {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
+        self.announce_key_change().await;
         Ok(())
+    }
+
+    /// Tells every other Herald process on this Postgres that keys changed, so each drops its
+    /// cached keys at once (`keys_changed`); SQLite has one process and nothing to tell.
+    async fn announce_key_change(&self) {
+        if self.backend() != super::Backend::Postgres {
+            return;
+        }
+        if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
+            .bind(KEYS_CHANNEL)
+            .execute(&self.write)
+            .await
+        {
+            tracing::warn!(error = %e, "could not announce a key change; other processes see it within a second");
+        }
+    }
+
+    /// Calls `changed` whenever another process announces a key change, and after every
+    /// reconnection (a notice may have been missed), until the listener cannot be opened.
+    /// Postgres only.
+    pub async fn keys_changed(&self, url: &str, changed: impl Fn()) -> StoreResult<()> {
+        let mut listener = sqlx::postgres::PgListener::connect(url).await?;
+        listener.listen(KEYS_CHANNEL).await?;
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(_)) => changed(),
+                // The connection was lost and is opened again by the next call.
+                Ok(None) => changed(),
+                Err(e) => {
+                    changed();
+                    tracing::warn!(error = %e, "the key-change listener failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        }
     }
 
     /// Records use of a key, at most once a minute per key so that sends do not each write.

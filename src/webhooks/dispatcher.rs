@@ -106,18 +106,28 @@ impl Dispatcher {
                 let _permit = permits.acquire_owned().await;
                 let record = this.attempt(&d).await;
                 this.metrics.record_webhook_attempt(record.succeeded);
-                this.store
-                    .record_webhook_attempt(&this.owner, &record)
-                    .await
+                // An endpoint's answer is never forgotten: kept and written again until the
+                // database takes it (an outage), or the delivery would be posted twice.
+                let mut pause = Duration::from_millis(100);
+                loop {
+                    match this.store.record_webhook_attempt(&this.owner, &record).await {
+                        Ok(applied) => break applied,
+                        Err(e) => {
+                            tracing::error!(error = %e, "could not record a webhook attempt; it is kept and written again");
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                }
             });
         }
+        // Every post finishes and is recorded: none is cut short by another's failure.
         while let Some(joined) = tasks.join_next().await {
             match joined {
-                Ok(Ok(true)) => {}
-                Ok(Ok(false)) => {
+                Ok(true) => {}
+                Ok(false) => {
                     tracing::warn!("a webhook lease expired before its attempt was recorded")
                 }
-                Ok(Err(e)) => return Err(e),
                 Err(e) => tracing::error!(error = %e, "a webhook task failed"),
             }
         }

@@ -33,8 +33,6 @@ pub use request::CreateEmailRequest;
 pub use sender::SenderDecision;
 use sender::Signing;
 
-const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
-
 /// An email ready to commit, with what its 202 will say.
 struct Prepared {
     row: NewEmail,
@@ -225,7 +223,7 @@ where
         response_status: 0,
         response_body: String::new(),
         created_at: now,
-        expires_at: now + IDEMPOTENCY_TTL_MS,
+        expires_at: now + super::idempotency::TTL_MS,
     };
     match work(Some(record)).await {
         Ok((status, body)) => Ok(respond(status, &body, false)),

@@ -19,6 +19,9 @@ use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
 
+/// How long a key reserves its response (API.md: 24 hours).
+pub const TTL_MS: i64 = 24 * 3600 * 1000;
+
 /// A well-formed key: 1 to 256 printable ASCII characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct IdempotencyKey(String);

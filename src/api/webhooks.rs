@@ -16,7 +16,8 @@ use crate::webhooks::signing::generate_secret;
 use super::AppState;
 use super::auth::Principal;
 use super::error::{ApiError, ApiResult, FieldError};
-use super::json::JsonBody;
+use super::idempotency::{IdempotencyKey, fingerprint, key_reused};
+use super::json::{JsonBody, JsonBytes, parse_object};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -145,9 +146,60 @@ fn check_description(d: Option<&str>, errors: &mut Vec<FieldError>) {
 pub async fn create_webhook(
     State(state): State<AppState>,
     principal: Principal,
-    JsonBody(req): JsonBody<CreateWebhookRequest>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+    headers: axum::http::HeaderMap,
+    JsonBytes(body): JsonBytes,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
     principal.require_full_access()?;
+    // With an `Idempotency-Key` a retried create answers with the endpoint the first one made.
+    // What is kept to replay is the endpoint's id, never its secret: a replay renders the
+    // endpoint as it is (its secret still sealed at rest).
+    let key = IdempotencyKey::from_headers(&headers)?;
+    let _guard = match &key {
+        Some(k) => Some(state.idempotency.enter(&principal.project_id, PATH, k)?),
+        None => None,
+    };
+    let now = state.clock.now_ms();
+    let print = fingerprint(&body);
+    let replay = |state: AppState, project: String, key: IdempotencyKey, print: Vec<u8>| async move {
+        let Some(stored) = state
+            .store
+            .find_idempotent_response(&project, "POST", PATH, key.as_str(), now)
+            .await?
+        else {
+            return Ok(None);
+        };
+        if stored.fingerprint != print {
+            return Err(key_reused());
+        }
+        let id = serde_json::from_str::<Value>(&stored.body)
+            .ok()
+            .and_then(|v| v["id"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let endpoint = state.store.get_webhook_endpoint(&project, &id).await?;
+        let mut resp = (
+            StatusCode::CREATED,
+            Json(webhook_json(&state, &endpoint, true)?),
+        )
+            .into_response();
+        resp.headers_mut().insert(
+            "idempotent-replayed",
+            axum::http::HeaderValue::from_static("true"),
+        );
+        Ok::<_, ApiError>(Some(resp))
+    };
+    if let Some(k) = &key
+        && let Some(resp) = replay(
+            state.clone(),
+            principal.project_id.clone(),
+            k.clone(),
+            print.clone(),
+        )
+        .await?
+    {
+        return Ok(resp);
+    }
+    let req: CreateWebhookRequest = parse_object(&body)?;
     let mut errors = Vec::new();
     check_url(&state, &req.url, &mut errors).await;
     check_events(&req.events, &mut errors);
@@ -173,12 +225,44 @@ pub async fn create_webhook(
         created_at: now,
         updated_at: now,
     };
-    state.store.insert_webhook_endpoint(&record).await?;
+    let idempotency = key.as_ref().map(|k| crate::store::IdempotencyRecord {
+        project_id: principal.project_id.clone(),
+        method: "POST".into(),
+        path: PATH.into(),
+        key: k.as_str().to_owned(),
+        fingerprint: print.clone(),
+        response_status: 201,
+        response_body: json!({"object": "webhook", "id": record.id}).to_string(),
+        created_at: now,
+        expires_at: now + super::idempotency::TTL_MS,
+    });
+    match state
+        .store
+        .insert_webhook_endpoint_once(&record, idempotency.as_ref())
+        .await
+    {
+        Ok(()) => {}
+        // Another process committed the same key first: answer as it did.
+        Err(crate::store::StoreError::Conflict) if key.is_some() => {
+            if let Some(k) = key
+                && let Some(resp) =
+                    replay(state.clone(), principal.project_id.clone(), k, print).await?
+            {
+                return Ok(resp);
+            }
+            return Err(crate::store::StoreError::Conflict.into());
+        }
+        Err(e) => return Err(e.into()),
+    }
     Ok((
         StatusCode::CREATED,
         Json(webhook_json(&state, &record, true)?),
-    ))
+    )
+        .into_response())
 }
+
+/// Where endpoints are created (the idempotency scope's path).
+const PATH: &str = "/v1/webhooks";
 
 /// `GET /v1/webhooks`.
 #[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", responses((status = 200, description = "The project's endpoints", body = crate::api::openapi::schemas::WebhookList), crate::api::openapi::Problems), security(("api_key" = [])))]

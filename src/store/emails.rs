@@ -383,6 +383,43 @@ fn count_events(outbox: &mut Outbox, events: &[EventRow<'_>]) {
     }
 }
 
+/// Reserves an idempotency key with the response to replay, inside the request's own
+/// transaction (a duplicate key fails the transaction: the caller replays what the first
+/// committed). An expired record no longer reserves the key.
+pub(super) async fn insert_idempotency(
+    tx: &mut AnyConnection,
+    idem: &IdempotencyRecord,
+) -> StoreResult<()> {
+    sqlx::query(
+        "DELETE FROM idempotency_keys WHERE project_id = $1 AND method = $2 \
+         AND path = $3 AND idem_key = $4 AND expires_at <= $5",
+    )
+    .bind(&idem.project_id)
+    .bind(&idem.method)
+    .bind(&idem.path)
+    .bind(&idem.key)
+    .bind(idem.created_at)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO idempotency_keys (project_id, method, path, idem_key, fingerprint, \
+         response_status, response_body, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&idem.project_id)
+    .bind(&idem.method)
+    .bind(&idem.path)
+    .bind(&idem.key)
+    .bind(&idem.fingerprint)
+    .bind(idem.response_status)
+    .bind(&idem.response_body)
+    .bind(idem.created_at)
+    .bind(idem.expires_at)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 /// Inserts one request's emails and idempotency record inside `tx`.
 pub(super) async fn insert_request(
     tx: &mut AnyConnection,
@@ -391,34 +428,7 @@ pub(super) async fn insert_request(
     idempotency: Option<&IdempotencyRecord>,
 ) -> StoreResult<()> {
     if let Some(idem) = idempotency {
-        // An expired record no longer reserves the key.
-        sqlx::query(
-            "DELETE FROM idempotency_keys WHERE project_id = $1 AND method = $2 \
-             AND path = $3 AND idem_key = $4 AND expires_at <= $5",
-        )
-        .bind(&idem.project_id)
-        .bind(&idem.method)
-        .bind(&idem.path)
-        .bind(&idem.key)
-        .bind(idem.created_at)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO idempotency_keys (project_id, method, path, idem_key, fingerprint, \
-             response_status, response_body, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&idem.project_id)
-        .bind(&idem.method)
-        .bind(&idem.path)
-        .bind(&idem.key)
-        .bind(&idem.fingerprint)
-        .bind(idem.response_status)
-        .bind(&idem.response_body)
-        .bind(idem.created_at)
-        .bind(idem.expires_at)
-        .execute(&mut *tx)
-        .await?;
+        insert_idempotency(tx, idem).await?;
     }
     insert_emails(tx, outbox, emails.iter()).await
 }

@@ -380,6 +380,19 @@ const CLAIM_POSTGRES: &str = "UPDATE webhook_deliveries SET lease_owner = $1, le
 
 impl Store {
     pub async fn insert_webhook_endpoint(&self, e: &EndpointRecord) -> StoreResult<()> {
+        self.insert_webhook_endpoint_once(e, None).await
+    }
+
+    /// Inserts an endpoint and, with an `Idempotency-Key`, its record in the same transaction.
+    pub async fn insert_webhook_endpoint_once(
+        &self,
+        e: &EndpointRecord,
+        idempotency: Option<&super::IdempotencyRecord>,
+    ) -> StoreResult<()> {
+        let mut tx = self.write.begin().await?;
+        if let Some(idem) = idempotency {
+            super::emails::insert_idempotency(&mut tx, idem).await?;
+        }
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO webhook_endpoints ({ENDPOINT_COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
@@ -397,8 +410,9 @@ impl Store {
         .bind(e.previous_secret_expires_at)
         .bind(e.created_at)
         .bind(e.updated_at)
-        .execute(&self.write)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         self.endpoints.clear();
         Ok(())
     }

@@ -729,3 +729,65 @@ async fn standard_webhooks_library_verifies_deliveries(backend: Backend) {
     assert!(stdout.contains("verified 4 of 4"), "{stdout}");
     app.finish().await;
 }
+
+/// `Idempotency-Key` on `POST /v1/webhooks`: a retry answers with the endpoint the first
+/// request made (its secret included, never kept in the clear), a different body with the same
+/// key is refused, and only one endpoint exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creating_an_endpoint_is_idempotent() {
+    let app = TestApp::spawn(Backend::Sqlite, None).await;
+    let body = json!({"url": "http://127.0.0.1:9/hook", "events": ["*"]});
+    let headers = [("idempotency-key", "hook-1")];
+    let (s1, first, _) = app
+        .request(
+            reqwest::Method::POST,
+            "/v1/webhooks",
+            &app.key,
+            Some(&body),
+            &headers,
+        )
+        .await;
+    assert_eq!(s1, StatusCode::CREATED, "{first}");
+    let (s2, again, h2) = app
+        .request(
+            reqwest::Method::POST,
+            "/v1/webhooks",
+            &app.key,
+            Some(&body),
+            &headers,
+        )
+        .await;
+    assert_eq!(s2, StatusCode::CREATED, "{again}");
+    assert_eq!(h2["idempotent-replayed"], "true");
+    assert_eq!(
+        (&again["id"], &again["secret"]),
+        (&first["id"], &first["secret"])
+    );
+    let other = json!({"url": "http://127.0.0.1:9/other", "events": ["*"]});
+    let (s3, v3, _) = app
+        .request(
+            reqwest::Method::POST,
+            "/v1/webhooks",
+            &app.key,
+            Some(&other),
+            &headers,
+        )
+        .await;
+    assert_eq!(
+        (s3, v3["code"].as_str()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("idempotency_key_reused")
+        )
+    );
+    let (_, list) = app.get("/v1/webhooks", &app.key).await;
+    assert_eq!(list["data"].as_array().map(Vec::len), Some(1), "{list}");
+    // What is kept to replay holds no secret.
+    let secret = first["secret"].as_str().expect("secret");
+    let kept: Vec<String> = sqlx::query_scalar("SELECT response_body FROM idempotency_keys")
+        .fetch_all(&sqlx::AnyPool::connect(&app.db.url).await.expect("pool"))
+        .await
+        .expect("kept");
+    assert!(kept.iter().all(|b| !b.contains(secret)), "{kept:?}");
+    app.finish().await;
+}

@@ -170,3 +170,66 @@ async fn a_database_outage_mid_delivery_sends_nothing_twice() {
     }
     app.finish().await;
 }
+
+/// The same for a webhook: the endpoint's 200 comes while the database is down (for longer
+/// than the pool waits); the attempt is written once it is back, and the event is not posted
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_mid_webhook_posts_nothing_twice() {
+    let Some(cluster) = Cluster::start() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must be able to start a throwaway Postgres cluster"
+        );
+        return;
+    };
+    let receiver = crate::receiver::Receiver::start().await;
+    receiver.set(crate::receiver::Mode::Slow(Duration::from_secs(3)));
+    let url = cluster.url();
+    let app = TestApp::spawn_with(Backend::Postgres, None, move |c| {
+        c.database_url = url;
+        c.webhooks.timeout = Duration::from_secs(20);
+    })
+    .await;
+    let (s, endpoint, _) = app
+        .post(
+            "/v1/webhooks",
+            &app.key,
+            &serde_json::json!({"url": receiver.url(), "events": ["*"]}),
+        )
+        .await;
+    assert_eq!(s, reqwest::StatusCode::CREATED, "{endpoint}");
+    let id = endpoint["id"].as_str().expect("id");
+    let (s, _, _) = app
+        .post(
+            &format!("/v1/webhooks/{id}/test"),
+            &app.key,
+            &serde_json::json!({}),
+        )
+        .await;
+    assert!(s.is_success());
+    let dispatcher = app.dispatcher.clone();
+    let step = tokio::spawn(async move { dispatcher.run_once().await });
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while receiver.hits().is_empty() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the post reached the endpoint");
+    cluster.ctl("stop");
+    // The endpoint answers 200 after three seconds; the outage outlasts the pool's ten-second
+    // wait for a connection, so writing the attempt fails, not just waits.
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    assert!(!step.is_finished(), "the attempt is kept, not dropped");
+    cluster.ctl("start");
+    let done = tokio::time::timeout(Duration::from_secs(60), step)
+        .await
+        .expect("the step ends once the database is back")
+        .expect("joined");
+    assert!(done.is_ok(), "{done:?}");
+    app.advance(Duration::from_secs(3600));
+    assert_eq!(app.dispatch().await, 0, "nothing posted again");
+    assert_eq!(receiver.hits().len(), 1);
+    app.finish().await;
+}

@@ -124,9 +124,12 @@ const ORIGINAL_MARKERS: &[&str] = &[
     "--- below this line is a copy of the message",
     "------ this is a copy of the message",
     "----- original message -----",
-    "original message headers",
-    "--- the header of the original message",
-    "------ original message follows",
+    "original message follows",
+    "-----original message-----",
+    "included is a copy of the message",
+    "the header of the original message",
+    "original message header",
+    "content-type: text/rfc822-headers",
     "----- unsent message below -----",
     "----- message header follows -----",
     "---------- forwarded message",
@@ -186,8 +189,9 @@ pub(super) fn parse(text: &str, bounce_from: &str) -> Vec<ReportRecipient> {
             {
                 continue;
             }
+            let before = line.text.get(..start).unwrap_or("");
             let rest = line.text.get(end..).unwrap_or("");
-            let diag = diagnostic_after(rest, lines.get(i + 1..).unwrap_or(&[]));
+            let diag = diagnostic_after(before, rest, lines.get(i + 1..).unwrap_or(&[]));
             let key = addr.to_ascii_lowercase();
             if let Some(&n) = index.get(&key) {
                 if let Some(old) = found.get_mut(n)
@@ -265,12 +269,17 @@ impl<'a> Line<'a> {
 }
 
 /// The diagnostic of an address: the rest of its line and the lines after it, up to a blank
-/// line or the next address (unless that line quotes the remote server's reply).
-fn diagnostic_after(rest: &str, next: &[Line<'_>]) -> String {
-    let rest = rest.trim_matches(|c: char| c == '>' || c == ':' || c == ',' || c.is_whitespace());
+/// line or the next address (unless that line quotes the remote server's reply); when the line
+/// says nothing after the address, what it says before it ("Mailbox full: x@y").
+fn diagnostic_after(before: &str, rest: &str, next: &[Line<'_>]) -> String {
+    let punctuation = |c: char| c == '>' || c == '<' || c == ':' || c == ',' || c.is_whitespace();
+    let rest = rest.trim_matches(punctuation);
+    let before = before.trim_matches(punctuation);
     let mut diag = String::new();
     if rest.len() > 3 {
         diag.push_str(clip(rest, MAX_DIAGNOSTIC));
+    } else if before.len() > 3 {
+        diag.push_str(clip(before, MAX_DIAGNOSTIC));
     }
     for line in next.iter().take(DIAGNOSTIC_LINES) {
         let t = line.text.trim();

@@ -8,6 +8,7 @@
 //! - [`api`]: the HTTP API (axum).
 //! - [`app`]: wires it all together and runs it until shutdown.
 
+pub mod accept;
 pub mod api;
 pub mod app;
 pub mod bounces;

@@ -10,7 +10,6 @@
 //!   flight get `http.shutdown_timeout`, then every connection is dropped.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::Request;
@@ -45,26 +44,7 @@ pub async fn serve(
     ));
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
-    let mut backoff = Duration::ZERO;
-    loop {
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => {
-                backoff = Duration::ZERO;
-                accepted
-            }
-            Err(e) => {
-                backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
-                tracing::warn!(error = %e, pause_ms = backoff.as_millis(), "could not accept an HTTP connection");
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(backoff) => continue,
-                }
-            }
-        };
+    while let Some((stream, peer)) = crate::accept::next(&listener, &shutdown, "http").await {
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
             // Over the cap: closed at once, so the ones being served keep their descriptors.
             continue;

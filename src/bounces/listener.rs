@@ -71,27 +71,7 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(settings.limits.max_connections.max(1)));
     let clients = Arc::new(Clients::default());
     let budget = Arc::new(UnsignedBudget::new(settings.limits.unsigned_per_hour));
-    let mut backoff = Duration::ZERO;
-    loop {
-        let accepted = tokio::select! {
-            () = cancel.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => {
-                backoff = Duration::ZERO;
-                a
-            }
-            Err(e) => {
-                // Out of file descriptors or memory: accepting again at once would spin.
-                backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
-                tracing::warn!(error = %e, pause_ms = backoff.as_millis(), "the bounce listener could not accept a connection");
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => continue,
-                }
-            }
-        };
+    while let Some((stream, peer)) = crate::accept::next(&listener, &cancel, "bounces").await {
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
             // Never wait on a client here: the reply goes out if the socket takes it at once.
             let _ = stream.try_write(b"421 4.7.0 Too many connections, try again later\r\n");

@@ -446,38 +446,32 @@ async fn wrong_relay_password_defers_without_losing_mail(backend: Backend) {
 }
 
 async fn tls_required_refuses_a_relay_without_starttls(backend: Backend) {
-    let smtp = TestSmtp::start(Tls::None).await;
-    let app = TestApp::spawn_with(backend, Some(&smtp), |c| {
-        c.relay_url = c.relay_url.replace("tls=none", "tls=required");
-    })
-    .await;
-    let id = app.send(&email_to(&["ada@example.com"])).await;
-    app.drain().await;
-    let events = app.events(&id).await;
-    let delayed = events
-        .iter()
-        .find(|e| e["type"] == "email.delivery_delayed")
-        .expect("delayed");
-    assert_eq!(delayed["phase"], "helo");
-    assert!(
-        delayed["reason"]
-            .as_str()
-            .unwrap_or("")
-            .contains("STARTTLS")
-    );
+    let smtp = a_relay_without_starttls(backend, "tls=required", "helo", "STARTTLS").await;
     assert!(
         smtp.received().is_empty(),
         "nothing may be sent in the clear"
     );
-    app.finish().await;
 }
 
 /// `tls=opportunistic` with a relay that offers no STARTTLS: the password is never sent in the
 /// clear; the attempt is delayed with a reason that says what to change.
 async fn opportunistic_tls_never_sends_the_password_in_the_clear(backend: Backend) {
+    let smtp = a_relay_without_starttls(backend, "tls=opportunistic", "auth", "tls=none").await;
+    assert_eq!(smtp.auth_attempts(), 0, "no AUTH without TLS");
+    assert!(smtp.received().is_empty());
+}
+
+/// Sends one email through a relay that offers no STARTTLS, with the relay URL's `tls` set to
+/// `mode`: the attempt is delayed in `phase` with a reason that mentions `says`.
+async fn a_relay_without_starttls(
+    backend: Backend,
+    mode: &'static str,
+    phase: &str,
+    says: &str,
+) -> TestSmtp {
     let smtp = TestSmtp::start(Tls::None).await;
-    let app = TestApp::spawn_with(backend, Some(&smtp), |c| {
-        c.relay_url = c.relay_url.replace("tls=none", "tls=opportunistic");
+    let app = TestApp::spawn_with(backend, Some(&smtp), move |c| {
+        c.relay_url = c.relay_url.replace("tls=none", mode);
     })
     .await;
     let id = app.send(&email_to(&["ada@example.com"])).await;
@@ -487,17 +481,13 @@ async fn opportunistic_tls_never_sends_the_password_in_the_clear(backend: Backen
         .iter()
         .find(|e| e["type"] == "email.delivery_delayed")
         .expect("delayed");
-    assert_eq!(delayed["phase"], "auth", "{delayed}");
+    assert_eq!(delayed["phase"], phase, "{delayed}");
     assert!(
-        delayed["reason"]
-            .as_str()
-            .unwrap_or("")
-            .contains("tls=none"),
+        delayed["reason"].as_str().unwrap_or("").contains(says),
         "{delayed}"
     );
-    assert_eq!(smtp.auth_attempts(), 0, "no AUTH without TLS");
-    assert!(smtp.received().is_empty());
     app.finish().await;
+    smtp
 }
 
 async fn expired_email_fails_without_an_attempt(backend: Backend) {

@@ -852,3 +852,36 @@ async fn refuses_what_a_backend_cannot_store_alone(backend: Backend) {
     );
     app.finish().await;
 }
+
+/// One tenant posting NUL-poisoned emails beside another posting clean ones, at once, on
+/// Postgres (which cannot store a NUL): every poisoned request is refused alone with 422, every
+/// clean one is accepted; none of the clean tenant's requests fails with the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poisoned_tenant_fails_alone() {
+    let app = TestApp::spawn(Backend::Postgres, None).await;
+    let other = crate::helpers::create_key(
+        &app.store,
+        "beta",
+        herald::domain::api_key::Permission::FullAccess,
+        chrono::Utc::now().timestamp_millis(),
+    )
+    .await;
+    let mut poisoned = email_to(&["ada@example.com"]);
+    poisoned["subject"] = json!("bad\u{0}subject");
+    let clean = email_to(&["bob@example.org"]);
+    let (bad, good) = futures::future::join(
+        futures::future::join_all((0..100).map(|_| app.post("/v1/emails", &other, &poisoned))),
+        futures::future::join_all((0..100).map(|_| app.post("/v1/emails", &app.key, &clean))),
+    )
+    .await;
+    assert!(
+        bad.iter()
+            .all(|(s, _, _)| *s == StatusCode::UNPROCESSABLE_ENTITY)
+    );
+    assert!(
+        good.iter().all(|(s, _, _)| *s == StatusCode::ACCEPTED),
+        "{:?}",
+        good.iter().map(|(s, _, _)| *s).collect::<Vec<_>>()
+    );
+    app.finish().await;
+}

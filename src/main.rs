@@ -290,7 +290,7 @@ async fn reprocess_bounces(
     status: &str,
     since: Option<&str>,
 ) -> anyhow::Result<()> {
-    let statuses = herald::api::inbound::reprocess_statuses(status).ok_or_else(|| {
+    let statuses = herald::bounces::inbound::InboundStatus::selection(status).ok_or_else(|| {
         anyhow::anyhow!(
             "--status must be received, unknown, unmatched, parse_error, processed or all"
         )

@@ -91,19 +91,6 @@ pub struct ReprocessRequest {
     since: Option<String>,
 }
 
-/// The statuses a `status` word stands for.
-pub fn reprocess_statuses(word: &str) -> Option<Vec<InboundStatus>> {
-    if word == "all" {
-        return Some(vec![
-            InboundStatus::Received,
-            InboundStatus::Unknown,
-            InboundStatus::Unmatched,
-            InboundStatus::ParseError,
-        ]);
-    }
-    InboundStatus::parse(word).map(|s| vec![s])
-}
-
 /// Reads kept inbound messages again with today's parser. Effects a message already made are
 /// not made again (no duplicate events, webhooks or suppressions).
 #[utoipa::path(post, path = "/v1/inbound/reprocess", tag = "inbound", request_body = ReprocessRequest, responses((status = 200, description = "What became of the messages read", body = crate::api::openapi::schemas::ReprocessResult), crate::api::openapi::Problems), security(("admin_token" = [])))]
@@ -113,7 +100,7 @@ pub async fn reprocess_inbound(
     JsonBody(req): JsonBody<ReprocessRequest>,
 ) -> ApiResult<Json<Value>> {
     let word = req.status.as_deref().unwrap_or("all");
-    let statuses = reprocess_statuses(word).ok_or_else(|| {
+    let statuses = InboundStatus::selection(word).ok_or_else(|| {
         ApiError::validation(vec![FieldError::new(
             "/status",
             "validation_error",

@@ -77,6 +77,20 @@ impl InboundStatus {
         }
     }
 
+    /// The statuses a `--status`/`status` word stands for: one status, or `all` (every one but
+    /// `processed`).
+    pub fn selection(word: &str) -> Option<Vec<Self>> {
+        if word == "all" {
+            return Some(vec![
+                Self::Received,
+                Self::Unknown,
+                Self::Unmatched,
+                Self::ParseError,
+            ]);
+        }
+        Self::parse(word).map(|s| vec![s])
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         [
             Self::Received,

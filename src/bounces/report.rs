@@ -174,13 +174,13 @@ pub fn parse_report(raw: &[u8]) -> Report {
     }
     if plain::looks_like_bounce(subject, &from, &human_text) || !failed_header.is_empty() {
         // DSN fields pasted into the text of a message that has no status part.
-        let mut fields = report.clone();
-        dsn::parse_fields(&human_text, &mut fields);
-        let mut recipients = if fields.recipients.is_empty() {
+        // (No recipient so far: a status part, if any, named none.)
+        dsn::parse_fields(&human_text, &mut report);
+        let mut recipients = if report.recipients.is_empty() {
             plain::parse(&human_text, &from)
         } else {
-            dsn::fill_from_text(&mut fields, &human_text);
-            fields.recipients
+            dsn::fill_from_text(&mut report, &human_text);
+            std::mem::take(&mut report.recipients)
         };
         if !failed_header.is_empty() {
             recipients.retain(|r| {

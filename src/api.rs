@@ -75,6 +75,8 @@ pub struct Shared {
     /// Reads bounce and complaint reports (`POST /v1/inbound`, and the SMTP listener).
     pub inbound: InboundProcessor,
     pub metrics: Arc<Metrics>,
+    /// Whether the database answers and takes writes (see `crate::readiness`).
+    pub readiness: Arc<crate::readiness::Readiness>,
     pub rate_limiter: Arc<rate_limit::RateLimiter>,
     /// Failed authentications by client address.
     pub auth_failures: Arc<rate_limit::FailureLimiter>,
@@ -115,6 +117,7 @@ impl AppState {
             events_wake,
             inbound,
             metrics,
+            readiness: Arc::default(),
             rate_limiter: Arc::default(),
             auth_failures: Arc::default(),
             admin_tokens,
@@ -270,6 +273,7 @@ pub fn router(state: AppState) -> Router {
         ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), health::gate))
         .layer(middleware::from_fn(problems_only))
         .layer(middleware::from_fn(request_id::middleware))
         .layer(middleware::from_fn(security_headers))

@@ -200,6 +200,7 @@ impl App {
                 hostname: config.delivery.bounce_domain.clone(),
                 limits: i.clone(),
                 tls,
+                readiness: Arc::clone(&state.readiness),
             };
             Some((l, settings))
         };
@@ -304,6 +305,28 @@ impl App {
                     }
                 }
             });
+        }
+        {
+            let probe = crate::store::Probe::new(
+                &config.database_url,
+                &self.worker.owner,
+                crate::readiness::LIMIT,
+            )?;
+            let dirs = if config.relay_url.is_empty() {
+                vec![config.outbox_dir.clone()]
+            } else {
+                Vec::new()
+            };
+            let watch = crate::readiness::Watch {
+                probe,
+                dirs,
+                min_free: config.limits.min_free_disk,
+            };
+            tracker.spawn(crate::readiness::watch(
+                Arc::clone(&self.state.readiness),
+                watch,
+                shutdown.clone(),
+            ));
         }
         tracker.close();
         let store = self.state.store.clone();

@@ -130,7 +130,7 @@ impl Default for DeliveryConfig {
         Self {
             workers: 4,
             batch_size: 64,
-            lease: Duration::from_secs(60),
+            lease: Duration::from_secs(15),
             poll_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(30),
             bounce_domain: "bounces.herald.localhost".into(),
@@ -192,6 +192,10 @@ pub struct LimitsConfig {
     /// configured rate in all. A counter shared in the database would cost a write on every
     /// request, the very thing the limit protects; a balancer spreads a key's requests evenly.
     pub processes: u32,
+    /// Free bytes to keep on the disk of the SQLite database (and of `outbox_dir` when there
+    /// is no relay): below it Herald answers writes 503 and `/readyz` says not ready, before
+    /// the disk is full and a write fails half-way.
+    pub min_free_disk: u64,
 }
 
 impl Default for LimitsConfig {
@@ -206,6 +210,7 @@ impl Default for LimitsConfig {
             rate_per_second: 1000.0,
             rate_burst: 2000,
             processes: 1,
+            min_free_disk: 100 * 1024 * 1024,
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod domain;
 pub mod domains;
 pub mod job_loop;
 pub mod metrics;
+pub mod readiness;
 pub mod retention;
 pub mod store;
 pub mod telemetry;

@@ -40,6 +40,7 @@ mod inbound;
 mod kept;
 mod lite;
 mod migrate;
+mod probe;
 mod projects;
 mod queue;
 mod retention;
@@ -59,6 +60,7 @@ pub use emails::{
     NewRecipient, RecipientRecord, Respond, StoredResponse, Suppressed, json_text,
 };
 pub use inbound::{KeptInbound, RecipientRef, ReportEffect};
+pub use probe::{Probe, ProbeFailure};
 pub use projects::{ApiKeyRecord, Project};
 pub use queue::{ClaimedEmail, ClaimedRecipient, Outcome, Recorded};
 pub use stats::{BounceCount, METRICS, StatsDimension, StatsQuery, StatsRow};

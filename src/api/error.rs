@@ -103,6 +103,9 @@ impl ApiError {
             StatusCode::CONFLICT => "Conflict",
             StatusCode::PAYLOAD_TOO_LARGE => "Payload too large",
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "Unsupported media type",
+            StatusCode::URI_TOO_LONG => "URI too long",
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "Request header fields too large",
+            StatusCode::REQUEST_TIMEOUT => "Request timeout",
             StatusCode::UNPROCESSABLE_ENTITY => "Request validation failed",
             StatusCode::TOO_MANY_REQUESTS => "Too many requests",
             StatusCode::SERVICE_UNAVAILABLE => "Service unavailable",
@@ -161,8 +164,9 @@ struct Problem<'a> {
     errors: &'a [FieldError],
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The problem document, as bytes.
+    pub fn to_json(&self) -> Vec<u8> {
         let body = Problem {
             kind: format!("https://herald.dev/errors/{}", self.code),
             title: self.title(),
@@ -173,7 +177,13 @@ impl IntoResponse for ApiError {
             request_id: request_id::current(),
             errors: &self.errors,
         };
-        let json = serde_json::to_vec(&body).unwrap_or_default();
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let json = self.to_json();
         let mut resp = (self.status, json).into_response();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,

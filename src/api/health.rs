@@ -2,11 +2,12 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
+use crate::readiness::State as Readiness;
 
 /// The process is up.
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process is up", body = crate::api::openapi::schemas::Health), crate::api::openapi::Problems))]
@@ -31,24 +32,53 @@ pub async fn metrics(State(state): State<AppState>) -> Result<axum::response::Re
         .into_response())
 }
 
-/// The process can serve: its database answers.
-#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "The database answers", body = crate::api::openapi::schemas::Health), crate::api::openapi::Problems))]
+/// The process can serve: the database answers and takes writes, and its disk has room
+/// (the watcher's last verdict, at most half a second old; see `crate::readiness`).
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "The database answers and takes writes", body = crate::api::openapi::schemas::Health), crate::api::openapi::Problems))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    // Within a second, whatever the database does: a probe that waits for a connection pool's
-    // timeout tells a load balancer nothing in time.
-    let answered =
-        tokio::time::timeout(std::time::Duration::from_secs(1), state.store.ping()).await;
-    let failure = match answered {
-        Ok(Ok(())) => return Ok(Json(json!({"status": "ready"}))),
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => "no answer within a second".to_owned(),
+    match unavailable(&state, true) {
+        None => Ok(Json(json!({"status": "ready"}))),
+        Some(e) => Err(e),
+    }
+}
+
+/// The 503 for what cannot work now: anything while the database is down, a write while it
+/// cannot take writes. Sent at once, where the request would otherwise wait out the pool.
+fn unavailable(state: &AppState, writes: bool) -> Option<ApiError> {
+    let detail = match state.readiness.state() {
+        Readiness::Ready => return None,
+        Readiness::Down => "the database does not answer; try again shortly",
+        Readiness::ReadOnly if writes => {
+            "Herald cannot store anything now (its disk is full or its database refuses writes); try again shortly"
+        }
+        Readiness::ReadOnly => return None,
     };
-    tracing::warn!(error = %failure, "readiness check failed");
     let mut err = ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "service_unavailable",
-        "the database does not answer",
+        detail,
     );
     err.retry_after = Some(1);
-    Err(err)
+    Some(err)
+}
+
+/// Refuses `/v1` requests that cannot work now (see [`unavailable`]), and has the database
+/// checked again as soon as any request saw it fail.
+pub async fn gate(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if req.uri().path().starts_with("/v1/") {
+        let writes = !matches!(*req.method(), Method::GET | Method::HEAD);
+        if let Some(e) = unavailable(&state, writes) {
+            return e.into_response();
+        }
+    }
+    let response = next.run(req).await;
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+        state.readiness.recheck();
+    }
+    response
 }

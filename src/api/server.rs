@@ -9,6 +9,8 @@
 //! - at shutdown: no new connection, kept-alive ones are closed after their answer, requests in
 //!   flight get `http.shutdown_timeout`, then every connection is dropped.
 
+mod parse_errors;
+
 use std::sync::Arc;
 
 use axum::Router;
@@ -64,7 +66,10 @@ pub async fn serve(
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
-            .serve_connection(TokioIo::new(stream), service);
+            .serve_connection(
+                TokioIo::new(parse_errors::ProblemsOnParseErrors::new(stream)),
+                service,
+            );
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             let _permit = permit;

@@ -36,6 +36,8 @@ pub struct ListenerSettings {
     pub hostname: String,
     pub limits: InboundConfig,
     pub tls: Option<TlsAcceptor>,
+    /// Mail is refused with 451 while the database cannot take it.
+    pub readiness: Arc<crate::readiness::Readiness>,
 }
 
 /// Loads a PEM certificate chain and key for STARTTLS.
@@ -356,6 +358,10 @@ impl<'a> Session<'a> {
                     if declared.is_some_and(|n| n > s.limits.max_message_bytes) {
                         Step::Reply(
                             "552 5.3.4 Message size exceeds fixed maximum message size".into(),
+                        )
+                    } else if s.readiness.state() != crate::readiness::State::Ready {
+                        Step::Reply(
+                            "451 4.3.0 Herald cannot store mail right now, try again later".into(),
                         )
                     } else {
                         from = Some(angle(cmd.get("MAIL FROM:".len()..).unwrap_or("")));

@@ -3,19 +3,16 @@
 //! final status. Prints lost (must be 0) and duplicated. And the database's side of it: every
 //! connection Herald holds to Postgres cut, three times, while requests are in flight.
 
-use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 use herald::clock::Clock as _;
 use herald::store::{Backend, Store};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 use crate::helpers::{TestApp, TestDb, email_to, postgres_admin_url};
 use crate::on_both_backends;
-use crate::smtp_server::{Action, Received, Step, TestSmtp, Tls, ok};
+use crate::process::{create_key, message_ids, serve, terminate};
+use crate::smtp_server::{Action, Step, TestSmtp, Tls, ok};
 
 on_both_backends!(sigkill_mid_delivery_loses_nothing);
 
@@ -132,68 +129,6 @@ async fn cut_database_connections_lose_nothing() {
 
 const EMAILS: usize = 2_000;
 
-fn herald(db_url: &str, relay: &TestSmtp, dir: &std::path::Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HERALD_DATABASE_URL", db_url)
-        .env("HERALD_LISTEN", "127.0.0.1:0")
-        .env("HERALD_RELAY_URL", relay.url())
-        .env(
-            "HERALD_RELAY__CA_FILE",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/ca.pem"),
-        )
-        .env("HERALD_RELAY__CONCURRENCY", "4")
-        .env("HERALD_DELIVERY__LEASE", "3s")
-        .env("HERALD_SECRET_KEY", "crash-test")
-        .env("HERALD_LOG__FORMAT", "json")
-        .env("HERALD_LOG__LEVEL", "info")
-        .env("HERALD_OUTBOX_DIR", dir.join("outbox"))
-        .current_dir(dir)
-        .kill_on_drop(true);
-    cmd
-}
-
-/// Starts `herald serve` and returns it with its address, read from its "listening" log line.
-async fn serve(db_url: &str, relay: &TestSmtp, dir: &std::path::Path) -> (Child, String) {
-    let mut child = herald(db_url, relay, dir)
-        .arg("serve")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn herald");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let addr = loop {
-        let line = lines
-            .next_line()
-            .await
-            .expect("read")
-            .expect("herald exited before listening");
-        let Ok(v) = serde_json::from_str::<Value>(&line) else {
-            continue;
-        };
-        if v["message"] == "Herald is listening" {
-            break v["addr"].as_str().expect("addr").to_owned();
-        }
-    };
-    // Keep draining its log so it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, format!("http://{addr}"))
-}
-
-fn message_ids(received: &[Received]) -> HashMap<String, usize> {
-    let mut ids = HashMap::new();
-    for m in received {
-        let text = String::from_utf8_lossy(&m.data);
-        let id = text
-            .lines()
-            .find_map(|l| l.strip_prefix("Message-ID: "))
-            .unwrap_or_default()
-            .to_owned();
-        *ids.entry(id).or_insert(0) += 1;
-    }
-    ids
-}
-
 async fn sigkill_mid_delivery_loses_nothing(backend: Backend) {
     let db = TestDb::new(backend).await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -205,20 +140,7 @@ async fn sigkill_mid_delivery_loses_nothing(backend: Backend) {
         _ => ok(),
     });
 
-    let out = herald(&db.url, &relay, dir.path())
-        .args(["keys", "create", "--project", "crash"])
-        .output()
-        .await
-        .expect("keys create");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let key = String::from_utf8(out.stdout)
-        .expect("utf8")
-        .trim()
-        .to_owned();
+    let key = create_key(&db.url, &relay, dir.path(), "crash").await;
 
     let (mut first, base) = serve(&db.url, &relay, dir.path()).await;
     let http = reqwest::Client::new();
@@ -258,13 +180,7 @@ async fn sigkill_mid_delivery_loses_nothing(backend: Backend) {
     let received = relay
         .wait_until(|r| accepted.iter().all(|id| message_ids(r).contains_key(id)))
         .await;
-    let pid = second.id().expect("pid");
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(term.success());
-    let status = second.wait().await.expect("wait");
+    let status = terminate(&mut second).await;
     assert!(status.success(), "graceful shutdown exits 0, got {status}");
 
     let ids = message_ids(&received);

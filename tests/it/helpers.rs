@@ -270,6 +270,11 @@ impl TestApp {
         (status, value, headers)
     }
 
+    /// Asks `/readyz` until it answers `want`, within `within`; returns how long that took.
+    pub async fn readyz_until(&self, want: StatusCode, within: Duration) -> Duration {
+        readyz_until(&self.http, &self.base, want, within).await
+    }
+
     /// Sends an email and returns its id, asserting 202.
     pub async fn send(&self, body: &Value) -> String {
         let (status, v, _) = self.post("/v1/emails", &self.key, body).await;
@@ -347,4 +352,29 @@ pub fn statuses(email: &Value) -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+/// Asks `{base}/readyz` until it answers `want`, within `within`; returns how long that took.
+pub async fn readyz_until(
+    http: &reqwest::Client,
+    base: &str,
+    want: StatusCode,
+    within: Duration,
+) -> Duration {
+    let started = std::time::Instant::now();
+    loop {
+        let got = http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .map(|r| r.status());
+        if matches!(got, Ok(s) if s == want) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "/readyz still answers {got:?} after {within:?}, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -196,5 +196,36 @@ async fn every_error_is_a_problem() {
     let v: serde_json::Value = r.json().await.expect("json");
     assert_eq!(v["code"], "bad_request", "{v}");
     assert!(v["request_id"].is_string(), "{v}");
+
+    // What hyper refuses before any handler runs: not HTTP, a request line too long, too many
+    // headers. Each answered as a problem, then the connection closed.
+    let many_headers: String = (0..200).map(|i| format!("x-{i}: y\r\n")).collect();
+    let cases = [
+        ("GARBAGE\r\n\r\n".to_owned(), "400", "bad_request"),
+        (
+            format!("GET /{} HTTP/1.1\r\nhost: x\r\n\r\n", "a".repeat(70_000)),
+            "414",
+            "uri_too_long",
+        ),
+        (
+            format!("GET /healthz HTTP/1.1\r\nhost: x\r\n{many_headers}\r\n"),
+            "431",
+            "headers_too_large",
+        ),
+    ];
+    for (request, status, code) in cases {
+        let mut s = TcpStream::connect(addr(&app)).await.expect("connect");
+        s.write_all(request.as_bytes()).await.expect("write");
+        let answer = until_closed(&mut s).await.expect("closed");
+        let (head, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
+        assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{answer}");
+        assert!(
+            head.contains("content-type: application/problem+json"),
+            "{answer}"
+        );
+        let v: serde_json::Value = serde_json::from_str(body).expect("a problem document");
+        assert_eq!(v["code"], code, "{v}");
+        assert_eq!(v["status"].to_string(), status, "{v}");
+    }
     app.finish().await;
 }

@@ -3,6 +3,7 @@
 
 mod dns_server;
 mod helpers;
+mod process;
 mod smtp_server;
 
 mod api_keys;
@@ -14,6 +15,7 @@ mod crash;
 mod delivery;
 mod domains;
 mod emails;
+mod faults;
 mod http_limits;
 mod inbound;
 mod interop;

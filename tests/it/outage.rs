@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use herald::store::Backend;
+use reqwest::StatusCode;
 use tokio::sync::Notify;
 
 use crate::helpers::{TestApp, email_to};
@@ -158,6 +159,21 @@ async fn a_database_outage_mid_delivery_sends_nothing_twice() {
     .await;
     assert!(kept.is_ok(), "the outcomes were kept");
     assert!(!step.is_finished(), "no new claim while outcomes wait");
+    // Readiness says so, and a request is refused at once (not after the pool's wait).
+    app.readyz_until(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(2))
+        .await;
+    let started = std::time::Instant::now();
+    let (status, problem, headers) = app
+        .post("/v1/emails", &app.key, &email_to(&["late@example.com"]))
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
+    assert_eq!(problem["code"], "service_unavailable");
+    assert!(headers.contains_key("retry-after"));
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "refused in {:?}",
+        started.elapsed()
+    );
     cluster.ctl("start");
     let done = tokio::time::timeout(Duration::from_secs(60), step)
         .await
@@ -165,6 +181,10 @@ async fn a_database_outage_mid_delivery_sends_nothing_twice() {
         .expect("joined");
     assert!(done.is_ok(), "{done:?}");
     assert!(app.worker.unrecorded.is_empty());
+    let back = app
+        .readyz_until(StatusCode::OK, Duration::from_secs(5))
+        .await;
+    println!("ready again {back:?} after the outcomes were written");
     // Past every lease: a claim now would send anything not recorded again.
     app.advance(Duration::from_secs(3600));
     assert_eq!(app.drain().await, 0, "nothing left to send");

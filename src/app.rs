@@ -178,7 +178,7 @@ impl App {
             lease: config.delivery.lease,
             events_wake: Arc::clone(&state.events_wake),
             metrics: Arc::clone(&state.metrics),
-            unrecorded: Arc::default(),
+            in_hand: Arc::default(),
             stopping: CancellationToken::new(),
         };
         let inbound = if config.inbound.listen.is_empty() {
@@ -233,17 +233,14 @@ impl App {
     pub async fn run(self, shutdown: CancellationToken, workers: usize) -> anyhow::Result<()> {
         let config = Arc::clone(&self.state.config);
         let tracker = tokio_util::task::TaskTracker::new();
-        let mut owners = Vec::new();
-        for n in 0..workers {
-            let mut w = self.worker.clone();
-            w.owner = format!("{}/{n}", self.worker.owner);
-            w.stopping = shutdown.clone();
-            // Leases this instance held when it last stopped without giving them back (a
-            // crash): taken back at once, not after they run out.
+        // Leases this instance held when it last stopped without giving them back (a crash):
+        // taken back at once, not after they run out. The workers share the one owner.
+        let owner = self.worker.owner.clone();
+        if workers > 0 {
             match self
                 .state
                 .store
-                .release_leases(&w.owner, self.state.clock.now_ms())
+                .release_leases(&owner, self.state.clock.now_ms())
                 .await
             {
                 Ok(0) => {}
@@ -252,7 +249,10 @@ impl App {
                     tracing::warn!(error = %e, "could not take back earlier leases; they expire on their own")
                 }
             }
-            owners.push(w.owner.clone());
+        }
+        for _ in 0..workers {
+            let mut w = self.worker.clone();
+            w.stopping = shutdown.clone();
             tracker.spawn(w.run(
                 Arc::clone(&self.state.wake),
                 shutdown.clone(),
@@ -345,8 +345,8 @@ impl App {
                 "deliveries still in flight after the grace period; releasing their leases"
             );
         }
-        for owner in &owners {
-            match store.release_leases(owner, clock.now_ms()).await {
+        if workers > 0 {
+            match store.release_leases(&owner, clock.now_ms()).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(released = n, "released leases for the next start"),
                 Err(e) => {

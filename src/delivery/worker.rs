@@ -12,9 +12,15 @@
 //! A relay's answer is never forgotten while the process lives: an outcome the database does
 //! not take (an outage, a full disk) is kept and written again, with back-off, until it is;
 //! the sends in flight are never cut short; and the step does not end, so no new claim is
-//! made, until every outcome is written. Verdicts not written yet are also kept in a
-//! registry shared by the process's workers ([`Unrecorded`]): a recipient claimed again after
-//! its lease ran out is not sent again, its kept verdict is written instead.
+//! made, until every outcome is written.
+//!
+//! Leases belong to the process (all its workers share one owner), and the process knows
+//! exactly which recipients it holds ([`InHand`]): a recipient claimed again after its lease
+//! ran out (a database outage longer than the lease) is not sent again while another worker
+//! of the process is sending it, and its kept verdict is written instead of a second send.
+//! Each worker renews the leases of the recipients it is sending; when renewals have failed
+//! for nearly a lease, it starts no new transaction, since another process may take those
+//! recipients once their leases run out.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,57 +56,72 @@ pub struct Worker {
     pub verp: VerpSigner,
     pub bounce_domain: String,
     pub retry: RetryPolicy,
-    /// Fences this worker's writes: only the lease owner may record an outcome.
+    /// Fences this process's writes: only the lease owner may record an outcome.
     pub owner: String,
     pub batch_size: usize,
     pub lease: Duration,
     /// Told when outcomes (and so events) are committed, to wake the webhook dispatcher.
     pub events_wake: Arc<Notify>,
     pub metrics: Arc<Metrics>,
-    /// Verdicts this process has and the database has not taken yet, by recipient id.
-    pub unrecorded: Arc<Unrecorded>,
+    /// The recipients this process holds, with the verdicts the database has not taken yet.
+    pub in_hand: Arc<InHand>,
     /// Cancelled at shutdown: transactions not started yet are not started (their leases are
     /// given back); those under way finish and are recorded.
     pub stopping: CancellationToken,
 }
 
-/// Outcomes the database did not take yet, shared by a process's workers.
+/// The recipients a process's workers hold, by id: each being sent (`None`) or with a verdict
+/// the database has not taken yet (`Some`).
 #[derive(Debug, Default)]
-pub struct Unrecorded(std::sync::Mutex<std::collections::HashMap<String, Outcome>>);
+pub struct InHand(std::sync::Mutex<std::collections::HashMap<String, Option<Outcome>>>);
 
-impl Unrecorded {
+/// What a claimed recipient is to the worker that claimed it.
+enum Held {
+    /// Its own now: send it.
+    Mine,
+    /// Sent by this process already; the verdict to write instead.
+    Kept(Box<Outcome>),
+    /// Another worker of this process is sending it; that worker records it.
+    Elsewhere,
+}
+
+impl InHand {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Option<Outcome>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn hold(&self, recipient_id: &str) -> Held {
+        let mut m = self.lock();
+        match m.get_mut(recipient_id) {
+            None => {
+                m.insert(recipient_id.to_owned(), None);
+                Held::Mine
+            }
+            Some(slot) => slot
+                .take()
+                .map_or(Held::Elsewhere, |o| Held::Kept(Box::new(o))),
+        }
+    }
+
     fn keep(&self, outcomes: &[Outcome]) {
-        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = self.lock();
         for o in outcomes {
-            m.insert(o.recipient_id.clone(), o.clone());
+            m.insert(o.recipient_id.clone(), Some(o.clone()));
         }
     }
 
-    fn written(&self, outcomes: &[Outcome]) {
-        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if m.is_empty() {
-            return;
-        }
-        for o in outcomes {
-            m.remove(&o.recipient_id);
+    fn release<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        let mut m = self.lock();
+        for id in ids {
+            m.remove(id);
         }
     }
 
-    /// The kept verdict for a recipient claimed again, if this process has one.
-    fn take(&self, recipient_id: &str) -> Option<Outcome> {
-        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if m.is_empty() {
-            return None;
-        }
-        m.remove(recipient_id)
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// Verdicts the database has not taken yet.
+    pub fn unrecorded(&self) -> usize {
+        self.lock().values().filter(|v| v.is_some()).count()
     }
 }
 
@@ -119,13 +140,21 @@ impl Worker {
         }
         let mut tasks = JoinSet::new();
         let mut outcomes = Vec::new();
+        // The recipients being sent (their leases renewed), and a stop for new transactions
+        // once the leases may have run out.
+        let mut sending = Sending::default();
+        let halt = self.stopping.child_token();
         for email in claimed {
             let message: Arc<[u8]> = Arc::from(email.mime.as_slice());
             for r in &email.recipients {
-                // A verdict this process saw and could not write yet: written now, not sent.
-                if let Some(kept) = self.unrecorded.take(&r.id) {
-                    outcomes.push(kept);
-                    continue;
+                match self.in_hand.hold(&r.id) {
+                    Held::Mine => {}
+                    // A verdict this process saw and could not write yet: written now, not sent.
+                    Held::Kept(kept) => {
+                        outcomes.push(*kept);
+                        continue;
+                    }
+                    Held::Elsewhere => continue,
                 }
                 let deadline = email
                     .expires_at
@@ -141,6 +170,7 @@ impl Worker {
                 }
                 let Ok(rid) = Uuid::parse_str(&r.id) else {
                     tracing::error!(recipient_id = %r.id, "recipient id is not a UUID; skipping");
+                    self.in_hand.release([r.id.as_str()]);
                     continue;
                 };
                 let mail_from = self.verp.return_path(rid, &self.bounce_domain);
@@ -157,8 +187,9 @@ impl Worker {
                     deadline,
                 };
                 let metrics = Arc::clone(&self.metrics);
-                let stopping = self.stopping.clone();
-                tasks.spawn(async move {
+                let stopping = halt.clone();
+                let recipient_id = r.id.clone();
+                let task = tasks.spawn(async move {
                     let started = std::time::Instant::now();
                     let verdict = mailer
                         .deliver(&mail_from, &ctx.address, &message, &name, &stopping)
@@ -180,6 +211,7 @@ impl Worker {
                     }
                     (ctx, Some(verdict))
                 });
+                sending.by_task.insert(task.id(), recipient_id);
             }
         }
         let attempted = tasks.len() + outcomes.len();
@@ -187,24 +219,36 @@ impl Worker {
         // together, so the window between a relay's 250 and the commit of `sent` (the only
         // place a crash can cause a duplicate) stays a few milliseconds wide.
         self.record(&mut outcomes).await;
-        // While deliveries are in flight the lease is renewed, so a slow relay never makes
-        // a live worker lose its recipients, and a dead worker's lease runs out quickly.
+        // While deliveries are in flight their leases are renewed, so a slow relay never
+        // makes a live worker lose its recipients, and a dead process's leases run out quickly.
         let every = (self.lease / 3).max(Duration::from_millis(100));
+        let every_ms = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
         let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut leased_until = now + lease_ms;
         loop {
             tokio::select! {
-                joined = tasks.join_next() => {
+                joined = tasks.join_next_with_id() => {
                     let Some(joined) = joined else { break };
-                    self.collect(joined, &mut outcomes);
-                    while let Some(more) = tasks.try_join_next() {
-                        self.collect(more, &mut outcomes);
+                    self.collect(joined, &mut outcomes, &mut sending);
+                    while let Some(more) = tasks.try_join_next_with_id() {
+                        self.collect(more, &mut outcomes, &mut sending);
                     }
                     self.record(&mut outcomes).await;
                 }
                 _ = renew.tick() => {
-                    let until = self.clock.now_ms() + lease_ms;
-                    if let Err(e) = self.store.renew_leases(&self.owner, until).await {
-                        tracing::warn!(error = %e, "could not renew leases; the sends in flight go on");
+                    let now = self.clock.now_ms();
+                    let ids: Vec<&str> = sending.by_task.values().map(String::as_str).collect();
+                    match self.store.renew_leases(&self.owner, &ids, now + lease_ms).await {
+                        Ok(_) => leased_until = now + lease_ms,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not renew leases; the sends in flight go on");
+                        }
+                    }
+                    // The leases run out before the next renewal: another process may take
+                    // these recipients then, so none of them starts here any more.
+                    if now + every_ms >= leased_until && !halt.is_cancelled() {
+                        tracing::warn!("leases not renewed for most of their length; starting no new sends in this step");
+                        halt.cancel();
                     }
                 }
             }
@@ -222,20 +266,33 @@ impl Worker {
 
     fn collect(
         &self,
-        joined: Result<(Attempt, Option<Verdict>), tokio::task::JoinError>,
+        joined: Result<(tokio::task::Id, (Attempt, Option<Verdict>)), tokio::task::JoinError>,
         outcomes: &mut Vec<Outcome>,
+        sending: &mut Sending,
     ) {
         match joined {
-            // Not started: shutting down. The lease is given back at shutdown.
-            Ok((_, None)) => {}
-            Ok((ctx, Some(verdict))) => {
-                let o = self.outcome(&ctx, verdict);
-                self.metrics.record_outcome(&o.status);
-                outcomes.push(o);
+            Ok((task, (ctx, verdict))) => {
+                sending.by_task.remove(&task);
+                match verdict {
+                    // Not started (shutting down, or the lease may have run out): no longer
+                    // held; its lease, no longer renewed, runs out (or is given back at
+                    // shutdown).
+                    None => self.in_hand.release([ctx.recipient_id.as_str()]),
+                    Some(verdict) => {
+                        let o = self.outcome(&ctx, verdict);
+                        self.metrics.record_outcome(&o.status);
+                        outcomes.push(o);
+                    }
+                }
             }
-            // A panicking send leaves its recipient leased: it comes due again when the
-            // lease expires, and is retried then.
-            Err(e) => tracing::error!(error = %e, "a delivery task failed"),
+            // A panicking send: its recipient is let go, and comes due again when its lease
+            // (no longer renewed) runs out.
+            Err(e) => {
+                tracing::error!(error = %e, "a delivery task failed");
+                if let Some(id) = sending.by_task.remove(&e.id()) {
+                    self.in_hand.release([id.as_str()]);
+                }
+            }
         }
     }
 
@@ -253,7 +310,8 @@ impl Worker {
             .await
         {
             Ok(recorded) => {
-                self.unrecorded.written(outcomes);
+                self.in_hand
+                    .release(outcomes.iter().map(|o| o.recipient_id.as_str()));
                 outcomes.clear();
                 if recorded.announced > 0 {
                     self.events_wake.notify_waiters();
@@ -266,7 +324,7 @@ impl Worker {
                 }
             }
             Err(e) => {
-                self.unrecorded.keep(outcomes);
+                self.in_hand.keep(outcomes);
                 tracing::error!(error = %e, pending = written, "could not record delivery outcomes; they are kept and written again");
             }
         }
@@ -409,6 +467,12 @@ impl Worker {
         o.attempts_delta = 0;
         o.event(data)
     }
+}
+
+/// The sends of one step still under way: their recipients, by task.
+#[derive(Default)]
+struct Sending {
+    by_task: std::collections::HashMap<tokio::task::Id, String>,
 }
 
 /// One recipient's attempt, carried from the claim to its outcome.

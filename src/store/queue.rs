@@ -244,18 +244,28 @@ impl Store {
             .submit_outcomes(owner.to_owned(), outcomes)
             .await
     }
-    /// Extends every lease `owner` holds to `until` (a worker still at work).
-    pub async fn renew_leases(&self, owner: &str, until: i64) -> StoreResult<u64> {
-        let done = sqlx::query(concat!(
-            "UPDATE recipients SET lease_expires_at = $1, next_attempt_at = $1 \
+    /// Extends the leases of `ids` that `owner` still holds to `until` (a worker still
+    /// sending them).
+    pub async fn renew_leases(&self, owner: &str, ids: &[&str], until: i64) -> StoreResult<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let sql = format!(
+            concat!(
+                "UPDATE recipients SET lease_expires_at = $1, next_attempt_at = $1 \
                  WHERE lease_owner = $2 AND ",
-            pending!()
-        ))
-        .bind(until)
-        .bind(owner)
-        .execute(&self.write)
-        .await?;
-        Ok(done.rows_affected())
+                pending!(),
+                " AND id IN ({})"
+            ),
+            padded_placeholders(3, ids.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(until)
+            .bind(owner);
+        for id in padded(ids) {
+            q = q.bind(id);
+        }
+        Ok(q.execute(&self.write).await?.rows_affected())
     }
 
     /// Gives back every lease `owner` holds, due at once (graceful shutdown).

@@ -219,7 +219,7 @@ async fn a_restart_takes_its_leases_back_at_once() {
     // The first life claims it (an hour's lease, by the test's clock) and dies.
     let claimed = first
         .store
-        .claim_due_recipients("herald-box-1/0", first.clock.now_ms(), 3_600_000, 10)
+        .claim_due_recipients("herald-box-1", first.clock.now_ms(), 3_600_000, 10)
         .await
         .expect("claim");
     assert_eq!(claimed.len(), 1);

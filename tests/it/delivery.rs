@@ -28,6 +28,7 @@ on_sqlite!(
     tls_required_refuses_a_relay_without_starttls,
     opportunistic_tls_never_sends_the_password_in_the_clear,
     shutdown_finishes_what_started_and_starts_nothing,
+    a_recipient_in_flight_is_not_sent_again_when_its_lease_runs_out,
     expired_email_fails_without_an_attempt,
     relay_that_refuses_connections_ends_in_failed,
     connections_are_reused,
@@ -708,6 +709,62 @@ async fn shutdown_finishes_what_started_and_starts_nothing(backend: Backend) {
             .filter(|m| m.rcpt_to.contains(&to))
             .count();
         assert_eq!(times, 1, "{to}");
+    }
+    app.finish().await;
+}
+
+/// A lease that runs out while its recipient is still at the relay (a relay slower than the
+/// lease, or a database outage that stopped renewals): another worker of the same process
+/// claims the recipient again, sees it is being sent, and leaves it; the first worker records
+/// its 250. One send, one `sent`.
+async fn a_recipient_in_flight_is_not_sent_again_when_its_lease_runs_out(backend: Backend) {
+    const N: usize = 3;
+    let smtp = TestSmtp::start(Tls::Starttls).await;
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let (a, w) = (Arc::clone(&arrived), Arc::clone(&wake));
+    smtp.script(move |step| match step {
+        Step::Message { .. } => {
+            a.fetch_add(1, Ordering::SeqCst);
+            w.notify_waiters();
+            Action::ReplyAfter(Duration::from_secs(1), 250, "2.0.0 OK".into())
+        }
+        _ => ok(),
+    });
+    let app = TestApp::spawn(backend, Some(&smtp)).await;
+    let mut ids = Vec::new();
+    for i in 0..N {
+        ids.push(app.send(&email_to(&[&format!("u{i}@example.com")])).await);
+    }
+    let first = app.worker.clone();
+    let step = tokio::spawn(async move { first.run_once().await });
+    while arrived.load(Ordering::SeqCst) < N {
+        let notified = wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if arrived.load(Ordering::SeqCst) >= N {
+            break;
+        }
+        tokio::time::timeout(Duration::from_secs(30), notified)
+            .await
+            .expect("messages at the relay");
+    }
+    // Every lease is over by the clock; a second worker claims them all and sends none.
+    app.advance(Duration::from_secs(3600));
+    app.worker.run_once().await.expect("second step");
+    step.await.expect("joined").expect("first step");
+    assert_eq!(app.drain().await, 0, "nothing left to send");
+    for i in 0..N {
+        let to = format!("u{i}@example.com");
+        let times = smtp
+            .received()
+            .iter()
+            .filter(|m| m.rcpt_to.contains(&to))
+            .count();
+        assert_eq!(times, 1, "{to} reached the relay {times} times");
+    }
+    for id in &ids {
+        assert_eq!(app.email(id).await["status"], "sent");
     }
     app.finish().await;
 }

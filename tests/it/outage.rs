@@ -152,7 +152,7 @@ async fn a_database_outage_mid_delivery_sends_nothing_twice() {
     cluster.ctl("stop");
     // The relay answers; the outcomes cannot be written and are kept.
     let kept = tokio::time::timeout(Duration::from_secs(60), async {
-        while app.worker.unrecorded.len() < N {
+        while app.worker.in_hand.unrecorded() < N {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
@@ -180,7 +180,7 @@ async fn a_database_outage_mid_delivery_sends_nothing_twice() {
         .expect("the step ends once the database is back")
         .expect("joined");
     assert!(done.is_ok(), "{done:?}");
-    assert!(app.worker.unrecorded.is_empty());
+    assert_eq!(app.worker.in_hand.unrecorded(), 0);
     let back = app
         .readyz_until(StatusCode::OK, Duration::from_secs(5))
         .await;

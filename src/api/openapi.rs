@@ -226,7 +226,7 @@ pub mod schemas {
         pub sub_type: Option<BounceSubType>,
     }
 
-    /// Why a recipient bounced, by what an operator does next (see the README's table); only
+    /// Why a recipient bounced, by what an operator does next (see the table in docs/guide.md); only
     /// permanent `no_email` and `mailbox_disabled` add a suppression by themselves.
     #[derive(ToSchema)]
     #[schema(rename_all = "snake_case")]

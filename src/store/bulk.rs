@@ -48,7 +48,7 @@ impl Val<'_> {
 // ACK (40 ms on Linux). Measured here: a group commit's INSERT of 31 emails took 43 ms over
 // 127.0.0.1 and 1 ms over the Unix socket (accepts: 908/s against 5,341/s). Splitting
 // statements makes it worse (each one waits: 200/s with 48 KB statements); one statement per
-// table waits once per batch. Hence the README's advice: a local Postgres through its Unix
+// table waits once per batch. Hence the guide's advice (docs/guide.md): a local Postgres through its Unix
 // socket.
 
 /// The largest chunk on SQLite (padded to 1, 4, 16 or 64 rows: four statements per table to

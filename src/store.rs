@@ -122,8 +122,39 @@ impl From<sqlx::Error> for StoreError {
         match &e {
             sqlx::Error::RowNotFound => Self::NotFound,
             sqlx::Error::Database(db) if db.is_unique_violation() => Self::Conflict,
+            _ if is_transient(&e) => Self::Unavailable(e.to_string()),
             _ => Self::Database(e),
         }
+    }
+}
+
+/// Whether the failure is the database's state, not the statement's: trying again later can
+/// work (a client gets 503 and `Retry-After`, never 500). A connection lost or refused, a
+/// pool with none to give; on Postgres the SQLSTATE classes of connection exceptions (08),
+/// insufficient resources (53: a full disk, too many connections), an operator's shutdown or
+/// restart (57P01–57P03), and serialization failures and deadlocks (40001, 40P01); on SQLite
+/// busy, locked, read-only, I/O error, full disk and cannot open (result codes 5, 6, 8, 10,
+/// 13, 14, extended codes included).
+fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // A SQLSTATE is five characters; SQLite's (extended) result codes are below 10,000.
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            if code.len() == 5 {
+                code.starts_with("08")
+                    || code.starts_with("53")
+                    || matches!(&*code, "57P01" | "57P02" | "57P03" | "40001" | "40P01")
+            } else {
+                code.parse::<u32>()
+                    .is_ok_and(|n| matches!(n & 0xff, 5 | 6 | 8 | 10 | 13 | 14))
+            }
+        }),
+        _ => false,
     }
 }
 
@@ -409,4 +440,66 @@ fn padded_placeholders(first: usize, n: usize) -> String {
 
 fn padded_len(n: usize) -> usize {
     n.next_power_of_two()
+}
+
+#[cfg(test)]
+mod transient_tests {
+    use super::{StoreError, is_transient};
+
+    /// A database error with just a code, as a driver reports one.
+    #[derive(Debug)]
+    struct Coded(&'static str);
+
+    impl std::fmt::Display for Coded {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "error {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Coded {}
+
+    impl sqlx::error::DatabaseError for Coded {
+        fn message(&self) -> &str {
+            self.0
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn coded(code: &'static str) -> sqlx::Error {
+        sqlx::Error::Database(Box::new(Coded(code)))
+    }
+
+    #[test]
+    fn outages_are_unavailable_and_mistakes_are_not() {
+        // Postgres: an administrator's termination, a full disk, a refused connection.
+        for code in ["57P01", "53100", "08006", "40P01"] {
+            assert!(is_transient(&coded(code)), "{code}");
+        }
+        // SQLite: busy, full, an I/O error's extended code.
+        for code in ["5", "13", "266"] {
+            assert!(is_transient(&coded(code)), "{code}");
+        }
+        // A syntax error, a foreign key, a check: the statement's fault, not the database's.
+        for code in ["42601", "23503", "1", "787", "275"] {
+            assert!(!is_transient(&coded(code)), "{code}");
+        }
+        assert!(matches!(
+            StoreError::from(sqlx::Error::PoolTimedOut),
+            StoreError::Unavailable(_)
+        ));
+    }
 }

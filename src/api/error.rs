@@ -123,18 +123,6 @@ impl From<StoreError> for ApiError {
                 "conflict",
                 "the resource changed meanwhile; retry",
             ),
-            StoreError::Database(
-                ref db @ (sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed),
-            ) => {
-                tracing::error!(request_id = %request_id::current(), error = %db, "database unavailable");
-                let mut err = Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "service_unavailable",
-                    "the database is unavailable; retry shortly",
-                );
-                err.retry_after = Some(1);
-                err
-            }
             StoreError::Unavailable(msg) => {
                 tracing::error!(request_id = %request_id::current(), error = %msg, "database unavailable");
                 let mut err = Self::new(

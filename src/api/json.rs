@@ -206,7 +206,4 @@ fn pointer_of(path: &serde_path_to_error::Path) -> String {
     out
 }
 
-/// Escapes one pointer token (RFC 6901 §3).
-pub fn escape(token: &str) -> String {
-    token.replace('~', "~0").replace('/', "~1")
-}
+pub use crate::domain::email::draft::escape;

@@ -1,9 +1,11 @@
 //! An outgoing email as Herald accepted it, and the rules its parts must follow.
 //!
-//! The API turns a JSON request into an [`OutgoingEmail`] (collecting every field error with
-//! its JSON pointer); from then on the email is known to be valid.
+//! Every way into Herald fills a [`draft::Draft`], whose rules make it an [`OutgoingEmail`]
+//! (or list every problem with its JSON pointer); from then on the email is known to be valid.
 
 use std::collections::BTreeMap;
+
+pub mod draft;
 
 use crate::domain::address::{EmailAddress, Mailbox};
 

@@ -13,7 +13,7 @@ use crate::domain::api_key::{ApiKeyToken, Permission};
 use crate::store::ApiKeyRecord;
 
 use super::AppState;
-use super::auth::Principal;
+use super::auth::FullAccess;
 use super::error::{ApiError, ApiResult, FieldError};
 use super::json::JsonBody;
 
@@ -49,10 +49,9 @@ fn key_json(k: &ApiKeyRecord) -> Value {
 #[utoipa::path(post, path = "/v1/api-keys", tag = "api-keys", request_body = CreateApiKeyRequest, responses((status = 201, description = "Created; the token is shown this once", body = crate::api::openapi::schemas::ApiKey), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn create_api_key(
     State(state): State<AppState>,
-    principal: Principal,
+    FullAccess(principal): FullAccess,
     JsonBody(req): JsonBody<CreateApiKeyRequest>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    principal.require_full_access()?;
     let now = state.clock.now_ms();
     let mut errors = Vec::new();
     let name = req.name.trim();
@@ -135,9 +134,8 @@ pub async fn create_api_key(
 #[utoipa::path(get, path = "/v1/api-keys", tag = "api-keys", responses((status = 200, description = "The project's keys (never their tokens)", body = crate::api::openapi::schemas::ApiKeyList), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn list_api_keys(
     State(state): State<AppState>,
-    principal: Principal,
+    FullAccess(principal): FullAccess,
 ) -> ApiResult<Json<Value>> {
-    principal.require_full_access()?;
     let keys = state.store.list_api_keys(&principal.project_id).await?;
     let data: Vec<Value> = keys.iter().map(key_json).collect();
     Ok(Json(
@@ -149,10 +147,9 @@ pub async fn list_api_keys(
 #[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "api-keys", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "Revoked", body = crate::api::openapi::schemas::Deleted), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn delete_api_key(
     State(state): State<AppState>,
-    principal: Principal,
+    FullAccess(principal): FullAccess,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    principal.require_full_access()?;
     state
         .store
         .revoke_api_key(&principal.project_id, &id, state.clock.now_ms())

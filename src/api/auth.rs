@@ -21,8 +21,8 @@ pub struct Principal {
 }
 
 impl Principal {
-    /// Refuses (403) a key without full access.
-    pub fn require_full_access(&self) -> Result<(), ApiError> {
+    /// Refuses (403) a key without full access (see [`FullAccess`]).
+    fn require_full_access(&self) -> Result<(), ApiError> {
         match self.permission {
             Permission::FullAccess => Ok(()),
             Permission::SendingAccess => Err(ApiError::forbidden(
@@ -34,6 +34,21 @@ impl Principal {
     /// Full-access keys see everything in the project; sending keys only what they created.
     pub fn may_access_email_of(&self, creator_key_id: Option<&str>) -> bool {
         self.permission == Permission::FullAccess || creator_key_id == Some(self.key_id.as_str())
+    }
+}
+
+/// A caller whose key has full access: the extractor answers 403 for a sending-only key, so a
+/// handler that takes it cannot forget the check.
+#[derive(Debug, Clone)]
+pub struct FullAccess(pub Principal);
+
+impl FromRequestParts<AppState> for FullAccess {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let principal = Principal::from_request_parts(parts, state).await?;
+        principal.require_full_access()?;
+        Ok(Self(principal))
     }
 }
 

@@ -13,7 +13,7 @@ use crate::domains::records::{RecordSettings, domain_json};
 use crate::store::{DkimKeyRecord, DomainRecord, StoreError};
 
 use super::AppState;
-use super::auth::Principal;
+use super::auth::FullAccess;
 use super::error::{ApiError, ApiResult, FieldError};
 use super::json::JsonBody;
 
@@ -124,10 +124,9 @@ fn parse_algorithm(s: Option<&str>, errors: &mut Vec<FieldError>) -> DkimAlgorit
 #[utoipa::path(post, path = "/v1/domains", tag = "domains", request_body = CreateDomainRequest, responses((status = 201, description = "Added, with the DNS records to publish", body = crate::api::openapi::schemas::Domain), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn create_domain(
     State(state): State<AppState>,
-    principal: Principal,
+    FullAccess(principal): FullAccess,
     JsonBody(req): JsonBody<CreateDomainRequest>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    principal.require_full_access()?;
     let mut errors = Vec::new();
     // Lower-case ASCII, an internationalized name in its ASCII form: as `From` addresses and
     // DNS carry it (see `domain::address`).
@@ -209,9 +208,8 @@ pub async fn create_domain(
 #[utoipa::path(get, path = "/v1/domains", tag = "domains", responses((status = 200, description = "The project's domains", body = crate::api::openapi::schemas::DomainList), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn list_domains(
     State(state): State<AppState>,
-    principal: Principal,
+    FullAccess(principal): FullAccess,
 ) -> ApiResult<Json<Value>> {
-    principal.require_full_access()?;
     let now = state.clock.now_ms();
     let mut data = Vec::new();
     for d in state.store.list_domains(&principal.project_id).await? {
@@ -227,10 +225,9 @@ pub async fn list_domains(
 #[utoipa::path(get, path = "/v1/domains/{id}", tag = "domains", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The domain and its records", body = crate::api::openapi::schemas::Domain), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn get_domain(
     State(state): State<AppState>,
-    principal: Principal,
+    FullAccess(principal): FullAccess,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    principal.require_full_access()?;
     let (d, keys) = state.store.get_domain(&principal.project_id, &id).await?;
     Ok(Json(domain_json(
         &d,
@@ -244,11 +241,10 @@ pub async fn get_domain(
 #[utoipa::path(patch, path = "/v1/domains/{id}", tag = "domains", params(("id" = String, Path, description = "The object's id")), request_body = UpdateDomainRequest, responses((status = 200, description = "Updated", body = crate::api::openapi::schemas::Domain), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn update_domain(
     State(state): State<AppState>,
-    principal: Principal,
+    FullAccess(principal): FullAccess,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<UpdateDomainRequest>,
 ) -> ApiResult<Json<Value>> {
-    principal.require_full_access()?;
     let (mut d, keys) = state.store.get_domain(&principal.project_id, &id).await?;
     let now = state.clock.now_ms();
     if let Some(mode) = req.dkim {
@@ -276,10 +272,9 @@ pub async fn update_domain(
 #[utoipa::path(delete, path = "/v1/domains/{id}", tag = "domains", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "Deleted", body = crate::api::openapi::schemas::Deleted), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn delete_domain(
     State(state): State<AppState>,
-    principal: Principal,
+    FullAccess(principal): FullAccess,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    principal.require_full_access()?;
     state
         .store
         .delete_domain(&principal.project_id, &id)
@@ -293,10 +288,9 @@ pub async fn delete_domain(
 #[utoipa::path(post, path = "/v1/domains/{id}/verify", tag = "domains", params(("id" = String, Path, description = "The object's id")), responses((status = 202, description = "The records will be checked now", body = crate::api::openapi::schemas::Domain), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn verify_domain(
     State(state): State<AppState>,
-    principal: Principal,
+    FullAccess(principal): FullAccess,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    principal.require_full_access()?;
     let (mut d, keys) = state.store.get_domain(&principal.project_id, &id).await?;
     let now = state.clock.now_ms();
     d.next_check_at = Some(now);
@@ -320,11 +314,10 @@ pub async fn verify_domain(
 #[utoipa::path(post, path = "/v1/domains/{id}/dkim/rotate", tag = "domains", params(("id" = String, Path, description = "The object's id")), request_body(content = Option<RotateRequest>, description = "Optional"), responses((status = 202, description = "A new selector to publish; the old key signs until it is seen", body = crate::api::openapi::schemas::Domain), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn rotate_dkim(
     State(state): State<AppState>,
-    principal: Principal,
+    FullAccess(principal): FullAccess,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    principal.require_full_access()?;
     let req: RotateRequest = super::json::parse_optional(&body)?;
     let (mut d, keys) = state.store.get_domain(&principal.project_id, &id).await?;
     if d.dkim_mode != "herald" {

@@ -24,7 +24,7 @@ use crate::store::{
 };
 
 use super::AppState;
-use super::auth::Principal;
+use super::auth::{FullAccess, Principal};
 use super::error::{ApiError, ApiResult, FieldError};
 use super::idempotency::{IdempotencyKey, fingerprint, key_reused};
 use super::json::{JsonBytes, from_value, parse, parse_object};
@@ -470,10 +470,9 @@ fn recipient_json(r: &RecipientRecord) -> Value {
 #[utoipa::path(get, path = "/v1/emails", tag = "emails", params(("status" = Option<String>, Query, description = "Emails with a recipient in this status"), ("recipient" = Option<String>, Query, description = "Emails to this address"), ("from" = Option<String>, Query, description = "Emails from this address"), ("tag" = Option<String>, Query, description = "Emails with this tag"), ("stream" = Option<String>, Query, description = "Emails of this stream"), ("created_after" = Option<String>, Query, description = "RFC 3339"), ("created_before" = Option<String>, Query, description = "RFC 3339"), ("after" = Option<String>, Query, description = "The next page: emails older than this id"), ("before" = Option<String>, Query, description = "The previous page: emails newer than this id"), ("limit" = Option<i64>, Query, description = "1 to 100 (default 20)")), responses((status = 200, description = "Newest first; `metadata[<key>]=<value>` filters too", body = crate::api::openapi::schemas::EmailList), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn list_emails(
     State(state): State<AppState>,
-    principal: Principal,
+    FullAccess(principal): FullAccess,
     query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    principal.require_full_access()?;
     let Query(pairs) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let bad = |m: String| ApiError::bad_request("invalid_query", m);
     let time = |v: &str| {
@@ -635,11 +634,10 @@ pub struct EventsQuery {
 #[utoipa::path(get, path = "/v1/emails/{id}/events", tag = "emails", params(("id" = String, Path, description = "The object's id"), EventsQuery), responses((status = 200, description = "The email's timeline, oldest first", body = crate::api::openapi::schemas::EventList), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn list_email_events(
     State(state): State<AppState>,
-    principal: Principal,
+    FullAccess(principal): FullAccess,
     Path(id): Path<String>,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    principal.require_full_access()?;
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let limit = super::pagination::page_size(q.limit, 100, 1000)?;
     // 404 for another project's email, not an empty list.

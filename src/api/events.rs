@@ -11,7 +11,7 @@ use crate::clock::format_ms;
 use crate::store::{EventFilter, EventRecord};
 
 use super::AppState;
-use super::auth::Principal;
+use super::auth::FullAccess;
 use super::error::{ApiError, ApiResult};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -54,10 +54,9 @@ pub fn event_json(e: &EventRecord) -> Value {
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventsQuery), responses((status = 200, description = "Events, oldest first", body = crate::api::openapi::schemas::EventList), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn list_events(
     State(state): State<AppState>,
-    principal: Principal,
+    FullAccess(principal): FullAccess,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    principal.require_full_access()?;
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let limit = super::pagination::page_size(q.limit, 20, 100)?;
     let created_after = match q.created_after.as_deref() {
@@ -101,10 +100,9 @@ pub async fn list_events(
 #[utoipa::path(post, path = "/v1/events/{id}/redeliver", tag = "events", params(("id" = String, Path, description = "The object's id")), responses((status = 202, description = "Queued again for every endpoint that takes it", body = crate::api::openapi::schemas::Redelivery), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn redeliver_event(
     State(state): State<AppState>,
-    principal: Principal,
+    FullAccess(principal): FullAccess,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    principal.require_full_access()?;
     let n = state
         .store
         .redeliver_event(&principal.project_id, &id, state.clock.now_ms())

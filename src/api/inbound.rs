@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::auth::Principal;
+use super::auth::FullAccess;
 use super::error::{ApiError, ApiResult, FieldError};
 use super::json::JsonBody;
 use super::projects::Admin;
@@ -19,11 +19,10 @@ use crate::bounces::inbound::InboundStatus;
 #[utoipa::path(post, path = "/v1/inbound", tag = "inbound", request_body(content((String = "message/rfc822"), (String = "text/plain")), description = "A bounce (DSN), complaint (ARF) or plain bounce message"), responses((status = 200, description = "Kept, read and applied", body = crate::api::openapi::schemas::InboundResult), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn receive_inbound(
     State(state): State<AppState>,
-    principal: Principal,
+    FullAccess(principal): FullAccess,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    principal.require_full_access()?;
     let mime = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 use crate::store::{METRICS, StatsDimension, StatsQuery, StatsRow};
 
 use super::AppState;
-use super::auth::Principal;
+use super::auth::FullAccess;
 use super::error::{ApiError, ApiResult};
 
 const HOUR_MS: i64 = 3_600_000;
@@ -222,10 +222,9 @@ fn add(into: &mut [i64; METRICS.len()], from: &[i64; METRICS.len()]) {
 #[utoipa::path(get, path = "/v1/stats", tag = "stats", params(("start" = Option<String>, Query, description = "RFC 3339 (default: 7 days before end)"), ("end" = Option<String>, Query, description = "RFC 3339 (default: now)"), ("granularity" = Option<String>, Query, description = "hour, day (default), week or month"), ("timezone" = Option<String>, Query, description = "IANA time zone for the periods (default UTC)"), ("group_by" = Option<String>, Query, description = "Up to two of tag, stream, domain, recipient_domain, comma-separated"), ("tag" = Option<String>, Query, description = "Only this tag"), ("stream" = Option<String>, Query, description = "Only this stream"), ("domain" = Option<String>, Query, description = "Only this sending domain"), ("recipient_domain" = Option<String>, Query, description = "Only this recipient domain"), ("metrics" = Option<String>, Query, description = "A comma-separated subset of the metrics")), responses((status = 200, description = "Per-recipient counts from the hourly rollups", body = crate::api::openapi::schemas::Stats), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn get_stats(
     State(state): State<AppState>,
-    principal: Principal,
+    FullAccess(principal): FullAccess,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    principal.require_full_access()?;
     let Query(pairs) = query.map_err(|e| bad(e.body_text()))?;
     let (mut start, mut end, mut granularity, mut tz) = (None, None, Granularity::Day, Tz::UTC);
     let mut q = StatsQuery::default();
@@ -370,10 +369,9 @@ pub async fn get_stats(
 #[utoipa::path(get, path = "/v1/stats/bounces", tag = "stats", params(("start" = Option<String>, Query, description = "RFC 3339"), ("end" = Option<String>, Query, description = "RFC 3339"), ("stream" = Option<String>, Query, description = "Only this stream"), ("domain" = Option<String>, Query, description = "Only this sending domain")), responses((status = 200, description = "Bounces by type and sub-type", body = crate::api::openapi::schemas::BounceStats), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn get_bounce_stats(
     State(state): State<AppState>,
-    principal: Principal,
+    FullAccess(principal): FullAccess,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    principal.require_full_access()?;
     let Query(pairs) = query.map_err(|e| bad(e.body_text()))?;
     let (mut start, mut end, mut stream, mut domain) = (None, None, None, None);
     for (k, v) in &pairs {

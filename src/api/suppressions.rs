@@ -12,7 +12,7 @@ use crate::domain::suppression::SuppressionReason;
 use crate::store::SuppressionRecord;
 
 use super::AppState;
-use super::auth::Principal;
+use super::auth::{FullAccess, Principal};
 use super::error::{ApiError, ApiResult, FieldError};
 use super::json::JsonBody;
 
@@ -127,10 +127,9 @@ fn parse_email(raw: &str, pointer: String, errors: &mut Vec<FieldError>) -> Opti
 #[utoipa::path(post, path = "/v1/suppressions", tag = "suppressions", request_body = AddRequest, responses((status = 201, description = "Added", body = crate::api::openapi::schemas::Suppression), (status = 200, description = "Already there", body = crate::api::openapi::schemas::Suppression), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn add_suppression(
     State(state): State<AppState>,
-    principal: Principal,
+    FullAccess(principal): FullAccess,
     JsonBody(req): JsonBody<AddRequest>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    principal.require_full_access()?;
     let mut errors = Vec::new();
     let email = parse_email(&req.email, "/email".into(), &mut errors);
     let (reason, stream) = manual_scope(
@@ -162,10 +161,9 @@ pub async fn add_suppression(
 #[utoipa::path(post, path = "/v1/suppressions/batch/add", tag = "suppressions", request_body = BatchAddRequest, responses((status = 200, description = "One result per address", body = crate::api::openapi::schemas::BatchResults), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn batch_add(
     State(state): State<AppState>,
-    principal: Principal,
+    FullAccess(principal): FullAccess,
     JsonBody(req): JsonBody<BatchAddRequest>,
 ) -> ApiResult<Json<Value>> {
-    principal.require_full_access()?;
     if req.emails.len() > MAX_BATCH || req.emails.is_empty() {
         return Err(ApiError::validation(vec![FieldError::new(
             "/emails",
@@ -203,10 +201,9 @@ pub async fn batch_add(
 #[utoipa::path(post, path = "/v1/suppressions/batch/remove", tag = "suppressions", request_body = BatchRemoveRequest, responses((status = 200, description = "One result per address or id", body = crate::api::openapi::schemas::BatchResults), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn batch_remove(
     State(state): State<AppState>,
-    principal: Principal,
+    FullAccess(principal): FullAccess,
     JsonBody(req): JsonBody<BatchRemoveRequest>,
 ) -> ApiResult<Json<Value>> {
-    principal.require_full_access()?;
     let n = req.emails.len() + req.ids.len();
     if n == 0 || n > MAX_BATCH {
         return Err(ApiError::validation(vec![FieldError::new(
@@ -257,10 +254,9 @@ fn audit_removal(principal: &Principal, s: &SuppressionRecord) {
 #[utoipa::path(get, path = "/v1/suppressions", tag = "suppressions", params(ListQuery), responses((status = 200, description = "Newest first", body = crate::api::openapi::schemas::SuppressionList), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn list_suppressions(
     State(state): State<AppState>,
-    principal: Principal,
+    FullAccess(principal): FullAccess,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    principal.require_full_access()?;
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let limit = super::pagination::page_size(q.limit, 20, 100)?;
     let mut rows = state
@@ -290,11 +286,10 @@ fn scope_of(
 #[utoipa::path(get, path = "/v1/suppressions/{target}", tag = "suppressions", params(("target" = String, Path, description = "An id or an address"), ScopeQuery), responses((status = 200, description = "The suppression", body = crate::api::openapi::schemas::Suppression), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn get_suppression(
     State(state): State<AppState>,
-    principal: Principal,
+    FullAccess(principal): FullAccess,
     Path(target): Path<String>,
     query: Result<Query<ScopeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    principal.require_full_access()?;
     let stream = scope_of(query)?;
     let key = EmailAddress::parse(&target).map_or(target.clone(), |e| e.to_string());
     let found = state
@@ -309,11 +304,10 @@ pub async fn get_suppression(
 #[utoipa::path(delete, path = "/v1/suppressions/{target}", tag = "suppressions", params(("target" = String, Path, description = "An id or an address"), ScopeQuery), responses((status = 200, description = "Removed", body = crate::api::openapi::schemas::SuppressionDeleted), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn delete_suppression(
     State(state): State<AppState>,
-    principal: Principal,
+    FullAccess(principal): FullAccess,
     Path(target): Path<String>,
     query: Result<Query<ScopeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    principal.require_full_access()?;
     let stream = scope_of(query)?;
     let removed = match stream {
         Some(stream) => {

@@ -14,7 +14,7 @@ use crate::webhooks::client::{TargetError, check_target};
 use crate::webhooks::signing::generate_secret;
 
 use super::AppState;
-use super::auth::Principal;
+use super::auth::FullAccess;
 use super::error::{ApiError, ApiResult, FieldError};
 use super::idempotency::{IdempotencyKey, fingerprint, key_reused};
 use super::json::{JsonBody, JsonBytes, parse_object};
@@ -145,12 +145,11 @@ fn check_description(d: Option<&str>, errors: &mut Vec<FieldError>) {
 #[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateWebhookRequest, responses((status = 201, description = "Created, with its signing secret", body = crate::api::openapi::schemas::Webhook), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn create_webhook(
     State(state): State<AppState>,
-    principal: Principal,
+    FullAccess(principal): FullAccess,
     headers: axum::http::HeaderMap,
     JsonBytes(body): JsonBytes,
 ) -> ApiResult<axum::response::Response> {
     use axum::response::IntoResponse;
-    principal.require_full_access()?;
     // With an `Idempotency-Key` a retried create answers with the endpoint the first one made.
     // What is kept to replay is the endpoint's id, never its secret: a replay renders the
     // endpoint as it is (its secret still sealed at rest).
@@ -268,9 +267,8 @@ const PATH: &str = "/v1/webhooks";
 #[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", responses((status = 200, description = "The project's endpoints", body = crate::api::openapi::schemas::WebhookList), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn list_webhooks(
     State(state): State<AppState>,
-    principal: Principal,
+    FullAccess(principal): FullAccess,
 ) -> ApiResult<Json<Value>> {
-    principal.require_full_access()?;
     let list = state
         .store
         .list_webhook_endpoints(&principal.project_id)
@@ -288,10 +286,9 @@ pub async fn list_webhooks(
 #[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The endpoint", body = crate::api::openapi::schemas::Webhook), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn get_webhook(
     State(state): State<AppState>,
-    principal: Principal,
+    FullAccess(principal): FullAccess,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    principal.require_full_access()?;
     let e = state
         .store
         .get_webhook_endpoint(&principal.project_id, &id)
@@ -303,11 +300,10 @@ pub async fn get_webhook(
 #[utoipa::path(patch, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "The object's id")), request_body = UpdateWebhookRequest, responses((status = 200, description = "Updated", body = crate::api::openapi::schemas::Webhook), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn update_webhook(
     State(state): State<AppState>,
-    principal: Principal,
+    FullAccess(principal): FullAccess,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<UpdateWebhookRequest>,
 ) -> ApiResult<Json<Value>> {
-    principal.require_full_access()?;
     let mut e = state
         .store
         .get_webhook_endpoint(&principal.project_id, &id)
@@ -357,10 +353,9 @@ pub async fn update_webhook(
 #[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "Deleted; pending deliveries canceled", body = crate::api::openapi::schemas::Deleted), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn delete_webhook(
     State(state): State<AppState>,
-    principal: Principal,
+    FullAccess(principal): FullAccess,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    principal.require_full_access()?;
     state
         .store
         .delete_webhook_endpoint(&principal.project_id, &id, state.clock.now_ms())
@@ -375,11 +370,10 @@ pub async fn delete_webhook(
 #[utoipa::path(post, path = "/v1/webhooks/{id}/secret/rotate", tag = "webhooks", params(("id" = String, Path, description = "The object's id")), request_body(content = Option<RotateRequest>, description = "Optional"), responses((status = 200, description = "The new secret; the old one signs too until the grace period ends", body = crate::api::openapi::schemas::Webhook), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn rotate_secret(
     State(state): State<AppState>,
-    principal: Principal,
+    FullAccess(principal): FullAccess,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
-    principal.require_full_access()?;
     // The body is optional: none at all means the default grace period.
     let req: RotateRequest = super::json::parse_optional(&body)?;
     let grace = req.grace_period_seconds.unwrap_or(86_400);
@@ -411,10 +405,9 @@ pub async fn rotate_secret(
 #[utoipa::path(post, path = "/v1/webhooks/{id}/test", tag = "webhooks", params(("id" = String, Path, description = "The object's id")), responses((status = 202, description = "A webhook.test event is on its way", body = crate::api::openapi::schemas::WebhookDelivery), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn test_webhook(
     State(state): State<AppState>,
-    principal: Principal,
+    FullAccess(principal): FullAccess,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    principal.require_full_access()?;
     state
         .store
         .get_webhook_endpoint(&principal.project_id, &id)
@@ -436,11 +429,10 @@ pub async fn test_webhook(
 #[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", params(("id" = String, Path, description = "The object's id"), AttemptsQuery), responses((status = 200, description = "The attempt log, newest first", body = crate::api::openapi::schemas::WebhookAttemptList), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn list_deliveries(
     State(state): State<AppState>,
-    principal: Principal,
+    FullAccess(principal): FullAccess,
     Path(id): Path<String>,
     query: Result<Query<AttemptsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    principal.require_full_access()?;
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     state
         .store
@@ -496,10 +488,9 @@ pub async fn list_deliveries(
 #[utoipa::path(post, path = "/v1/webhooks/{id}/deliveries/{delivery_id}/retry", tag = "webhooks", params(("id" = String, Path, description = "The object's id"), ("delivery_id" = String, Path, description = "The delivery")), responses((status = 202, description = "Due again now", body = crate::api::openapi::schemas::WebhookDelivery), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn retry_delivery(
     State(state): State<AppState>,
-    principal: Principal,
+    FullAccess(principal): FullAccess,
     Path((id, delivery_id)): Path<(String, String)>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    principal.require_full_access()?;
     let e = state
         .store
         .get_webhook_endpoint(&principal.project_id, &id)

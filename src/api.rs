@@ -46,8 +46,8 @@ use error::ApiError;
 const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What every handler can reach. One `Arc`: axum clones the state several times per request
-/// (router, middleware, extractors), and cloning every pool and `Arc` inside it each time was
-/// 1.5 % of Herald's CPU at the peak.
+/// (router, middleware, extractors), and cloning every pool and `Arc` inside it each time
+/// costs more than one reference count.
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
 

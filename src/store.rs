@@ -375,8 +375,8 @@ enum Home {
     Runtime,
     /// On a thread of its own with a single-threaded runtime. For SQLite: a batch hands ~10
     /// statements to the connection's thread one after the other, and on the shared runtime
-    /// each hand-back waited for a worker busy with HTTP requests (the writer thread was 37 %
-    /// busy while requests queued on it, the machine a quarter idle). Not for Postgres: its
+    /// each hand-back would wait for a worker busy with HTTP requests, leaving the writer idle
+    /// while requests queue on it. Not for Postgres: its
     /// sockets belong to the runtime that opened them, and this thread's ends first.
     OwnThread,
 }
@@ -422,8 +422,8 @@ fn placeholders(first: usize, n: usize) -> String {
 /// An `IN (…)` list's values padded to a power of two by repeating the last one (a repeat
 /// matches nothing new), bound to the [`padded_placeholders`] of as many values (every caller
 /// has at least one value: an empty list would leave its one placeholder unbound). The query
-/// takes one of a few shapes, each kept prepared: a list of every length was a statement
-/// parsed afresh per query (callgrind: 25k instructions for a claim's list of emails).
+/// takes one of a few shapes, each kept prepared; a list of every length would be a statement
+/// parsed afresh per query.
 fn padded<T: Copy>(items: &[T]) -> impl Iterator<Item = T> + '_ {
     let pad = padded_len(items.len()) - items.len();
     let last = items.last().copied();

@@ -8,8 +8,8 @@
 //! rows that the statement filters out (or, for an update, matches nothing), so that a
 //! table's statements take a few shapes, each kept prepared: on SQLite padded to 1, 4, 16 or
 //! 64 rows, every chunk of every table in one string (one hand-off, see [`push_padded`]); on
-//! Postgres to a power of two, one statement per chunk (a fresh size per batch was parsed,
-//! analysed and planned: 12 % of the server's CPU at the peak intake), or, for several tables
+//! Postgres to a power of two, one statement per chunk (a fresh size per batch would be parsed,
+//! analysed and planned each time), or, for several tables
 //! of one chunk each, one statement for all of them ([`upsert_together_pg`]).
 
 use std::collections::HashMap;
@@ -45,11 +45,9 @@ impl Val<'_> {
 
 // A note on Postgres over TCP: sqlx leaves Nagle's algorithm on for its sockets, and it writes
 // a large statement in several writes, so such a statement waits for the server's delayed
-// ACK (40 ms on Linux). Measured here: a group commit's INSERT of 31 emails took 43 ms over
-// 127.0.0.1 and 1 ms over the Unix socket (accepts: 908/s against 5,341/s). Splitting
-// statements makes it worse (each one waits: 200/s with 48 KB statements); one statement per
-// table waits once per batch. Hence the guide's advice (docs/guide.md): a local Postgres through its Unix
-// socket.
+// ACK (40 ms on Linux), where over the Unix socket it takes a millisecond. Splitting
+// statements makes it worse (each one waits); one statement per table waits once per batch.
+// Hence the guide's advice (docs/guide.md): a local Postgres through its Unix socket.
 
 /// The largest chunk on SQLite (padded to 1, 4, 16 or 64 rows: four statements per table to
 /// keep; 64 rows of the widest table, 18 columns, stay far below SQLite's 32,766 parameters).
@@ -74,8 +72,8 @@ pub(super) struct TableRows<'r, 'v> {
 
 /// Inserts rows into several tables, in order. On SQLite every statement goes in one string,
 /// bound in order (sqlx numbers anonymous parameters across the statements of a string): one
-/// hand-off to the connection's thread for all of them, where each statement cost one (the
-/// group-commit writer was busy 100 % of the time, most of it waiting on hand-offs). The
+/// hand-off to the connection's thread for all of them, where each statement would cost one
+/// (and the single writer would spend its time waiting on hand-offs). The
 /// string is kept prepared: see [`push_padded`]. On Postgres one statement for all of them
 /// when each fits in a chunk ([`upsert_together_pg`]), else one statement per chunk.
 pub(super) async fn insert_tables(
@@ -176,9 +174,8 @@ async fn statements_done(
 /// `CHECK` constraint still fails the statement, but the rows before it are not taken back
 /// by the statement itself. That spares SQLite its statement journal: for a multi-row
 /// statement that may abort, it first copies every page the statement touches, so that it can
-/// undo the statement alone (callgrind: 11k of 420k instructions per accepted email; the
-/// foreign keys of `emails` and `recipients` are checked at `COMMIT` for the same reason, as
-/// an immediate one may abort the statement too). Every caller
+/// undo the statement alone (the foreign keys of `emails` and `recipients` are checked at
+/// `COMMIT` for the same reason, as an immediate one may abort the statement too). Every caller
 /// runs inside a transaction that an error rolls back whole (the writer's batch, a
 /// savepoint, a `begin()` dropped on `?`), so the rows before a failure never commit.
 fn push_padded_insert(
@@ -205,7 +202,7 @@ static NULL: Val<'static> = Val::OptText(None);
 /// Appends the SQLite statements that insert `t`'s rows, and their values: chunks of 64 rows,
 /// the last one padded up to 1, 4, 16 or 64 rows with rows of NULLs that the statement
 /// filters out, so that a batch's string takes one of a few shapes and stays prepared
-/// (parsing a fresh one per batch was 12 % of the writer's SQLite thread).
+/// (rather than parsed afresh per batch on the writer's one thread).
 fn push_padded<'a>(
     sql: &mut String,
     values: &mut Vec<&'a Val<'a>>,
@@ -223,8 +220,8 @@ fn push_padded<'a>(
 }
 
 /// The text of a padded SQLite insert with its `;`, built once per shape (table, columns,
-/// conflict clause, rows): the writer asks for the same few every batch, and writing out 64
-/// rows of placeholders each time was 1.5 % of the instructions per accepted email.
+/// conflict clause, rows): the writer asks for the same few every batch, so it does not write
+/// out 64 rows of placeholders each time.
 fn sqlite_insert_text(t: &TableRows<'_, '_>, on_conflict: &str, padded: usize) -> Arc<str> {
     type Shapes = HashMap<(String, String, usize), Arc<str>>;
     static SHAPES: LazyLock<Mutex<Shapes>> = LazyLock::new(Mutex::default);
@@ -305,8 +302,7 @@ pub(super) async fn upsert_rows(
 
 /// The largest chunk on Postgres, and its chunks' sizes: powers of two (a batch of 21 rows is
 /// one statement of 32, 11 of them NULL rows), seven shapes per table, each kept prepared.
-/// A statement of a fresh size was parsed, analysed and planned per batch: 12 % of the
-/// server's CPU at the peak intake.
+/// A statement of a fresh size would be parsed, analysed and planned per batch.
 const MAX_PG_CHUNK: usize = 64;
 
 /// Postgres's side of [`upsert_rows`]: one statement per chunk of up to 64 rows, padded to

@@ -3,23 +3,16 @@
 //! A checkpoint copies the pages the log holds back into the database file (reading each
 //! frame, writing each page, then flushing the database file). SQLite runs one by itself in
 //! whichever connection's commit takes the log past `wal_autocheckpoint` pages; on the
-//! writer's connection that stalled the one thread every email's commit goes through, a copy
-//! and two flushes every thousand pages (with checkpoints turned off the accept rate rose
-//! 16 %, side by side).
+//! writer's connection that stalls the one thread every email's commit goes through, a copy
+//! and two flushes every thousand pages.
 //!
 //! So they are taken beside the syncer (see `store::group_commit`), on a thread of their own:
 //! after one of its flushes of the log, at most every [`INTERVAL`], a `PASSIVE` checkpoint on
 //! a connection of its own, which takes no lock the writer needs, so the writer goes on
-//! committing while it copies, and the syncer goes on flushing. They were first taken in the
-//! syncer's turn, between two of its flushes, because a checkpoint's flush of the database
-//! file beside a flush of the log slowed the latter (the accept p99 at half the peak rose from
-//! 17 to 26 ms); but then no request was answered while the checkpoint copied, and at the peak
-//! each copy stalled every request in flight. Side by side on 2026-12-03 (SQLite, accepting
-//! alone, N=200,000, concurrency 256): as a task on the syncer's runtime, 14,620 → 16,062/s,
-//! each of four runs ahead by 8–12 %; on their own thread (the task was polled only when the
-//! syncer waited for commits), on a machine by then 1.4 times slower, 11,034 → 11,304/s, each
-//! of three runs ahead by 2–9 %. The tail at one rate moved both ways (ARCHITECTURE.md,
-//! *Ingest*).
+//! committing while it copies, and the syncer goes on flushing. Not in the syncer's own turn:
+//! no request would be answered while a checkpoint copied. A checkpoint's flush of the
+//! database file beside a flush of the log slows the latter somewhat, which costs less than
+//! either stall (bench/RESULTS.md has the runs).
 //!
 //! The writer's own automatic checkpoint stays, at [`WRITER_AUTOCHECKPOINT`] pages rather than
 //! 1,000. SQLite starts the log over from its beginning only in a writer's transaction that

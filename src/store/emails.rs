@@ -63,7 +63,7 @@ pub struct NewEvent {
 
 /// A value as the JSON text stored in a column. `serde_json::to_string` writes into a buffer
 /// of bytes; a `Value`'s `to_string` (its `Display`) passes every piece through a
-/// `fmt::Formatter`, twice the instructions for an event's data.
+/// `fmt::Formatter`, about twice the work.
 pub fn json_text(value: &impl serde::Serialize) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }

@@ -75,7 +75,7 @@ pub struct Outcome {
 /// writer's transaction, which an error rolls back whole). `LIMIT $4 + 0`, not `LIMIT $4`:
 /// SQLite compiles a lone parameter in `LIMIT` as the value bound when it prepared the
 /// statement, and so prepares the statement again whenever a claim's limit differs from
-/// the last one's (callgrind: 170k instructions each time, 22k per delivered email).
+/// the last one's.
 ///
 /// It leaves `status` alone: SQLite rewrites an index's entry for every row an `UPDATE`
 /// assigns one of its columns, changed or not, and `status = CASE …` moved every claimed

@@ -46,6 +46,7 @@ mod queue;
 mod retention;
 mod stats;
 mod suppressions;
+mod wal_sync;
 mod webhooks;
 
 use std::str::FromStr;
@@ -199,7 +200,7 @@ impl Store {
                         let own = sqlite_pool(1, Role::Reader)
                             .connect_with(options.clone())
                             .await?;
-                        Some(group_commit::Wal {
+                        Some(wal_sync::Wal {
                             path: std::path::PathBuf::from(format!("{}-wal", database.display())),
                             database,
                             checkpointer: checkpoint::Checkpointer::new(own),

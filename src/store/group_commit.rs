@@ -16,8 +16,8 @@
 //! On SQLite the disk's flush is taken out of the commit. The writer's connection runs with
 //! `synchronous = NORMAL` while the writer keeps it (back to `FULL` before anyone else gets
 //! it): a commit writes its frames to the write-ahead log and returns without an fsync. A
-//! second thread, the syncer, then `fdatasync`s the log and answers the jobs of every commit
-//! made before that flush began. The writer meanwhile writes the next batch, so the single
+//! second thread, the syncer (`store::wal_sync`, with the checkpoints), then `fdatasync`s the
+//! log and answers the jobs of every commit made before that flush began. The writer meanwhile writes the next batch, so the single
 //! writer's cycle is its writes, not its writes plus the flush, and one flush covers all the
 //! commits that landed while the previous flush ran. Nothing is answered before the flush
 //! that holds it: on power loss, SQLite's recovery keeps the log up to its last whole commit,
@@ -30,17 +30,15 @@
 //! connection, which the writer holds throughout.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::{AnyConnection, AnyPool, Executor};
-use tokio::sync::{Notify, mpsc, oneshot};
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio::sync::{mpsc, oneshot};
 
 use super::bulk::{Partial, is_sqlite};
-use super::checkpoint::{Checkpointer, Figures as CheckpointFigures};
+use super::checkpoint::Figures as CheckpointFigures;
 use super::emails::{
     IdempotencyRecord, NewEmail, Respond, Suppressed, insert_emails, insert_emails_lite,
     insert_request,
@@ -52,6 +50,7 @@ use super::queue::{
 };
 use super::stats::EmailDims;
 use super::suppressions::{self, SuppressionRecord, find_for, find_for_lite};
+use super::wal_sync::{Flushed, Syncer, Wal};
 use super::webhooks::{EndpointCache, Outbox};
 use super::{Home, StoreError, StoreResult};
 use crate::metrics::WriterFigures;
@@ -96,15 +95,6 @@ pub(super) struct Writer {
     tx: mpsc::Sender<Job>,
     counters: Arc<Counters>,
     checkpoints: Option<Arc<CheckpointFigures>>,
-}
-
-/// A SQLite database's write-ahead log: the file the syncer flushes, the database's own (the
-/// writer's connection of its own opens it, see `store::lite`), and what checkpoints the log
-/// beside the flushes.
-pub(super) struct Wal {
-    pub(super) path: PathBuf,
-    pub(super) database: PathBuf,
-    pub(super) checkpointer: Checkpointer,
 }
 
 /// What the writer has done, for `/metrics`.
@@ -244,12 +234,12 @@ async fn run(
     endpoints: Arc<EndpointCache>,
     counters: Arc<Counters>,
     kept_dims: usize,
-    own: Option<(Lite, Syncer)>,
+    own: Option<(Lite, Syncer<Committed>)>,
 ) {
     let mut dims = HashMap::new();
     let (mut lite, syncer) = own.unzip();
     let (mut kept, settle, synced_all) = match syncer {
-        Some(Syncer { commits, done }) => {
+        Some(Syncer { commits, done, .. }) => {
             let kept = Kept::with_setting(
                 pool,
                 "PRAGMA synchronous = NORMAL",
@@ -345,79 +335,6 @@ struct Writing<'a> {
     settle: &'a Settle,
 }
 
-/// Commits whose jobs wait for the syncer, at most (the writer waits when more are).
-const SYNC_QUEUE: usize = 64;
-
-/// A SQLite writer's syncer, on a thread of its own: the writer hands it each commit, and
-/// learns from `done` that it has answered the last one. Its own thread, not a task on the
-/// writer's: each flush then wakes no one but the syncer, which answers the requests itself,
-/// and the writer's thread runs the writer's statements alone.
-struct Syncer {
-    commits: mpsc::Sender<Committed>,
-    done: oneshot::Receiver<()>,
-}
-
-impl Syncer {
-    fn start(wal: Wal) -> StoreResult<Self> {
-        let (commits, rx) = mpsc::channel(SYNC_QUEUE);
-        let (finished, done) = oneshot::channel();
-        let checkpoints = Checkpoints::start(wal.checkpointer)?;
-        Home::OwnThread.spawn("herald-syncer", async move {
-            sync_then_answer(wal.path, rx, sync_wal, Some(checkpoints)).await;
-            let _ = finished.send(());
-        })?;
-        Ok(Self { commits, done })
-    }
-}
-
-/// The checkpoints, on a thread of their own beside the syncer's: one after a flush of the
-/// log, at most every 100 ms ([`Checkpointer::after_flush`]), while the syncer goes on
-/// flushing (see `store::checkpoint`). On the syncer's own runtime the task would be polled
-/// only when the syncer waits for commits, which under load it seldom does.
-struct Checkpoints {
-    flushed: Arc<Notify>,
-    /// Stops the thread when dropped, whether by [`Checkpoints::stop`] or with the syncer
-    /// that never started.
-    stop: DropGuard,
-    done: oneshot::Receiver<()>,
-}
-
-impl Checkpoints {
-    fn start(mut checkpointer: Checkpointer) -> StoreResult<Self> {
-        let flushed = Arc::new(Notify::new());
-        let stop = CancellationToken::new();
-        let (finished, done) = oneshot::channel();
-        let (on_flush, stopped) = (Arc::clone(&flushed), stop.clone());
-        Home::OwnThread.spawn("herald-checkpoint", async move {
-            loop {
-                tokio::select! {
-                    () = stopped.cancelled() => break,
-                    () = on_flush.notified() => checkpointer.after_flush().await,
-                }
-            }
-            checkpointer.close().await;
-            let _ = finished.send(());
-        })?;
-        Ok(Self {
-            flushed,
-            stop: stop.drop_guard(),
-            done,
-        })
-    }
-
-    /// A flush of the log has ended.
-    fn flushed(&self) {
-        self.flushed.notify_one();
-    }
-
-    /// Ends them once a checkpoint begun is finished.
-    async fn stop(self) {
-        let Self { stop, done, .. } = self;
-        drop(stop);
-        let _ = done.await;
-    }
-}
-
 /// How a committed batch's jobs are answered.
 enum Settle {
     /// At once: the commit itself waited for the disk (Postgres; SQLite without a file).
@@ -436,7 +353,7 @@ struct Committed {
 impl Settle {
     async fn answer(&self, committed: Committed) {
         match self {
-            Settle::Now => committed.answer(),
+            Settle::Now => Flushed::answer(committed),
             Settle::AfterSync(syncer) => {
                 if let Err(mpsc::error::SendError(committed)) = syncer.send(committed).await {
                     // The syncer is gone (the runtime is stopping): nothing can vouch for
@@ -450,50 +367,14 @@ impl Settle {
     }
 }
 
-impl Committed {
+impl Flushed for Committed {
     fn answer(self) {
         self.batch.answer(self.written, self.announced);
     }
-}
 
-/// The syncer: takes every commit made so far, flushes the write-ahead log once (a flush
-/// begun after a commit holds it), then answers their jobs, and tells the checkpoints. The
-/// flush blocks the thread it runs on: the syncer's own (commits made meanwhile wait in the
-/// channel).
-async fn sync_then_answer<F>(
-    wal: PathBuf,
-    mut rx: mpsc::Receiver<Committed>,
-    sync: F,
-    checkpoints: Option<Checkpoints>,
-) where
-    F: Fn(&Path) -> std::io::Result<()>,
-{
-    let mut done = Vec::new();
-    while rx.recv_many(&mut done, SYNC_QUEUE).await > 0 {
-        match sync(&wal) {
-            Ok(()) => done.drain(..).for_each(Committed::answer),
-            Err(e) => {
-                // Committed but perhaps not on the disk: no job is told it is.
-                tracing::error!(error = %e, wal = %wal.display(), "could not flush the write-ahead log");
-                let msg = format!("could not flush the write-ahead log: {e}");
-                for c in done.drain(..) {
-                    c.batch.fail(|| StoreError::Unavailable(msg.clone()));
-                }
-            }
-        }
-        if let Some(checkpoints) = &checkpoints {
-            checkpoints.flushed();
-        }
+    fn fail(self, why: &str) {
+        self.batch.fail(|| StoreError::Unavailable(why.to_owned()));
     }
-    if let Some(checkpoints) = checkpoints {
-        checkpoints.stop().await;
-    }
-}
-
-/// `fdatasync` of the write-ahead log (opened afresh, so a log SQLite replaced is still the
-/// one flushed; Linux flushes a file's pages whatever descriptor asks).
-fn sync_wal(path: &Path) -> std::io::Result<()> {
-    std::fs::File::open(path)?.sync_data()
 }
 
 /// One transaction's jobs, by kind.
@@ -872,10 +753,12 @@ async fn write(
 
 #[cfg(test)]
 mod tests {
+    use std::path::{Path, PathBuf};
     use std::sync::Mutex;
     use std::sync::atomic::AtomicUsize;
 
     use super::*;
+    use crate::store::wal_sync::sync_then_answer;
 
     /// A committed batch of one request, and where its answer arrives.
     fn one_request() -> (Committed, oneshot::Receiver<StoreResult<Suppressed>>) {

@@ -23,6 +23,9 @@ on_both_backends!(sigkill_mid_delivery_loses_nothing);
 /// email answered 202 is delivered, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_database_connections_lose_nothing() {
+    if !crate::helpers::postgres_or_skip().await {
+        return;
+    }
     const CLIENTS: usize = 8;
     const PER_CLIENT: usize = 40;
     let smtp = TestSmtp::start(Tls::None).await;
@@ -246,6 +249,9 @@ async fn a_restart_takes_its_leases_back_at_once() {
 /// the notice arrives (`LISTEN/NOTIFY`), not when that process's key cache runs out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_reaches_the_other_process_at_once() {
+    if !crate::helpers::postgres_or_skip().await {
+        return;
+    }
     let first = TestApp::spawn(Backend::Postgres, None).await;
     let outbox = tempfile::tempdir().expect("tempdir");
     let config = crate::helpers::test_config(&first.db.url, None, outbox.path());

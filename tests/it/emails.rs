@@ -858,6 +858,9 @@ async fn refuses_what_a_backend_cannot_store_alone(backend: Backend) {
 /// clean one is accepted; none of the clean tenant's requests fails with the other's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poisoned_tenant_fails_alone() {
+    if !crate::helpers::postgres_or_skip().await {
+        return;
+    }
     let app = TestApp::spawn(Backend::Postgres, None).await;
     let other = crate::helpers::create_key(
         &app.store,

@@ -180,6 +180,9 @@ async fn a_full_disk_refuses_new_mail_and_loses_none() {
 /// at the relay when it died can go twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_of_two_processes_killed_loses_nothing() {
+    if !crate::helpers::postgres_or_skip().await {
+        return;
+    }
     const EMAILS: usize = 2_000;
     let db = TestDb::new(Backend::Postgres).await;
     let dir = tempfile::tempdir().expect("tempdir");

@@ -24,6 +24,47 @@ pub fn postgres_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
+/// Whether the Postgres server answers. Where it does not, the test is skipped, with one line
+/// (once per run) saying how to run it; unless `TEST_HERALD_REQUIRE_POSTGRES` is set (CI sets
+/// it), where a missing server is a failure.
+pub async fn postgres_or_skip() -> bool {
+    static ANSWERS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let answers = match ANSWERS.get() {
+        Some(a) => *a,
+        None => {
+            let url = postgres_admin_url();
+            let connected =
+                tokio::time::timeout(Duration::from_secs(5), sqlx::PgPool::connect(&url)).await;
+            let a = match connected {
+                Ok(Ok(pool)) => {
+                    pool.close().await;
+                    true
+                }
+                _ => false,
+            };
+            *ANSWERS.get_or_init(|| a)
+        }
+    };
+    if !answers {
+        assert!(
+            std::env::var_os("TEST_HERALD_REQUIRE_POSTGRES").is_none(),
+            "TEST_HERALD_REQUIRE_POSTGRES is set and Postgres does not answer at {}",
+            crate::helpers::postgres_admin_url()
+        );
+        if !SAID.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            // Straight to the descriptor: the test harness captures `eprintln!` of a passing test.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "skipped: the Postgres tests (no server at {}; start one with trust auth and a database `test`, or set TEST_HERALD_POSTGRES_URL)",
+                postgres_admin_url()
+            );
+        }
+    }
+    answers
+}
+
 /// A database that exists for one test.
 pub struct TestDb {
     pub url: String,

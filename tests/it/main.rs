@@ -40,7 +40,9 @@ macro_rules! on_both_backends {
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                super::$name(herald::store::Backend::Postgres).await
+                if $crate::helpers::postgres_or_skip().await {
+                    super::$name(herald::store::Backend::Postgres).await
+                }
             }
         }
     )*};

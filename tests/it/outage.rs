@@ -107,6 +107,9 @@ impl Drop for Cluster {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_mid_delivery_sends_nothing_twice() {
+    if !crate::helpers::postgres_or_skip().await {
+        return;
+    }
     let Some(cluster) = Cluster::start_or_skip() else {
         return;
     };
@@ -205,6 +208,9 @@ async fn a_database_outage_mid_delivery_sends_nothing_twice() {
 /// again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_mid_webhook_posts_nothing_twice() {
+    if !crate::helpers::postgres_or_skip().await {
+        return;
+    }
     let Some(cluster) = Cluster::start_or_skip() else {
         return;
     };

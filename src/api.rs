@@ -16,6 +16,7 @@ pub mod pagination;
 pub mod projects;
 pub mod rate_limit;
 pub mod request_id;
+pub mod responses;
 pub mod server;
 pub mod stats;
 pub mod suppressions;

@@ -5,9 +5,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
-use serde_json::{Value, json};
 
-use crate::clock::format_ms;
 use crate::domain::address::domain_name;
 use crate::domain::api_key::{ApiKeyToken, Permission};
 use crate::store::ApiKeyRecord;
@@ -16,6 +14,7 @@ use super::AppState;
 use super::auth::FullAccess;
 use super::error::{ApiError, ApiResult, FieldError};
 use super::json::JsonBody;
+use super::responses::{ApiKeyResponse, Deleted, ListResponse};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -31,27 +30,13 @@ pub struct CreateApiKeyRequest {
     allowed_domains: Option<Vec<String>>,
 }
 
-fn key_json(k: &ApiKeyRecord) -> Value {
-    json!({
-        "object": "api_key",
-        "id": k.id,
-        "name": k.name,
-        "permission": k.permission,
-        "prefix": k.prefix,
-        "created_at": format_ms(k.created_at),
-        "last_used_at": k.last_used_at.map(format_ms),
-        "expires_at": k.expires_at.map(format_ms),
-        "allowed_domains": k.allowed_domains,
-    })
-}
-
 /// Creates a key in the caller's project and shows its token, once.
-#[utoipa::path(post, path = "/v1/api-keys", tag = "api-keys", request_body = CreateApiKeyRequest, responses((status = 201, description = "Created; the token is shown this once", body = crate::api::openapi::schemas::ApiKey), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v1/api-keys", tag = "api-keys", request_body = CreateApiKeyRequest, responses((status = 201, description = "Created; the token is shown this once", body = ApiKeyResponse), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn create_api_key(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,
     JsonBody(req): JsonBody<CreateApiKeyRequest>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<ApiKeyResponse>)> {
     let now = state.clock.now_ms();
     let mut errors = Vec::new();
     let name = req.name.trim();
@@ -125,37 +110,34 @@ pub async fn create_api_key(
         allowed_domains,
     };
     state.store.insert_api_key(&record).await?;
-    let mut body = key_json(&record);
-    body["token"] = Value::String(token.reveal());
-    Ok((StatusCode::CREATED, Json(body)))
-}
-
-/// Lists the project's live keys, newest first.
-#[utoipa::path(get, path = "/v1/api-keys", tag = "api-keys", responses((status = 200, description = "The project's keys (never their tokens)", body = crate::api::openapi::schemas::ApiKeyList), crate::api::openapi::Problems), security(("api_key" = [])))]
-pub async fn list_api_keys(
-    State(state): State<AppState>,
-    FullAccess(principal): FullAccess,
-) -> ApiResult<Json<Value>> {
-    let keys = state.store.list_api_keys(&principal.project_id).await?;
-    let data: Vec<Value> = keys.iter().map(key_json).collect();
-    Ok(Json(
-        json!({"object": "list", "has_more": false, "data": data}),
+    Ok((
+        StatusCode::CREATED,
+        Json(ApiKeyResponse::created(&record, token.reveal())),
     ))
 }
 
+/// Lists the project's live keys, newest first.
+#[utoipa::path(get, path = "/v1/api-keys", tag = "api-keys", responses((status = 200, description = "The project's keys (never their tokens)", body = ListResponse<ApiKeyResponse>), crate::api::openapi::Problems), security(("api_key" = [])))]
+pub async fn list_api_keys(
+    State(state): State<AppState>,
+    FullAccess(principal): FullAccess,
+) -> ApiResult<Json<ListResponse<ApiKeyResponse>>> {
+    let keys = state.store.list_api_keys(&principal.project_id).await?;
+    let data = keys.iter().map(ApiKeyResponse::from).collect();
+    Ok(Json(ListResponse::new(data, false)))
+}
+
 /// Revokes one of the project's keys.
-#[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "api-keys", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "Revoked", body = crate::api::openapi::schemas::Deleted), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "api-keys", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "Revoked", body = Deleted), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn delete_api_key(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Deleted>> {
     state
         .store
         .revoke_api_key(&principal.project_id, &id, state.clock.now_ms())
         .await?;
     state.api_keys.clear();
-    Ok(Json(
-        json!({"object": "api_key", "id": id, "deleted": true}),
-    ))
+    Ok(Json(Deleted::new("api_key", id)))
 }

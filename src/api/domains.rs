@@ -16,6 +16,7 @@ use super::AppState;
 use super::auth::FullAccess;
 use super::error::{ApiError, ApiResult, FieldError};
 use super::json::JsonBody;
+use super::responses::Deleted;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -269,19 +270,19 @@ pub async fn update_domain(
 }
 
 /// `DELETE /v1/domains/{id}`.
-#[utoipa::path(delete, path = "/v1/domains/{id}", tag = "domains", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "Deleted", body = crate::api::openapi::schemas::Deleted), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(delete, path = "/v1/domains/{id}", tag = "domains", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "Deleted", body = Deleted), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn delete_domain(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Deleted>> {
     state
         .store
         .delete_domain(&principal.project_id, &id)
         .await?;
     // Sends pick up the change now, not a second later.
     state.senders.clear();
-    Ok(Json(json!({"object": "domain", "id": id, "deleted": true})))
+    Ok(Json(Deleted::new("domain", id)))
 }
 
 /// `POST /v1/domains/{id}/verify`: check the records now (asynchronously).

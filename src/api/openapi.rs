@@ -2,8 +2,8 @@
 //! request and response types. Served at `/openapi.json` (Swagger UI, vendored, at `/docs`),
 //! committed as `openapi/openapi.json`; a test fails when the two drift.
 //!
-//! Handlers build their bodies with `serde_json::json!`; the response types below are the
-//! documented shapes of those bodies. The schemathesis run in `.ci/run` checks every response
+//! Typed bodies (`api::responses`) document themselves. The rest are still built with
+//! `serde_json::json!`, and the shapes in [`schemas`] below document them, until they move. The schemathesis run in `.ci/run` checks every response
 //! against them, so a handler that drifts from its schema fails CI.
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -353,14 +353,6 @@ pub mod schemas {
         pub recipients: Vec<Recipient>,
     }
 
-    /// A deletion's answer.
-    #[derive(ToSchema)]
-    pub struct Deleted {
-        pub object: String,
-        pub id: String,
-        pub deleted: bool,
-    }
-
     /// Counters and rates of one period (or the totals). Which keys appear follows
     /// `metrics=`; rates are null when their denominator is 0.
     #[derive(ToSchema)]
@@ -552,30 +544,6 @@ pub mod schemas {
         pub object: String,
         pub has_more: bool,
         pub data: Vec<Domain>,
-    }
-
-    #[derive(ToSchema)]
-    pub struct ApiKey {
-        pub object: String,
-        pub id: String,
-        pub name: String,
-        /// `full_access` or `sending_access`.
-        pub permission: String,
-        pub prefix: String,
-        pub created_at: String,
-        pub last_used_at: Option<String>,
-        pub expires_at: Option<String>,
-        pub allowed_domains: Option<Vec<String>>,
-        pub project_id: Option<String>,
-        /// The whole key: shown once, when it is created.
-        pub token: Option<String>,
-    }
-
-    #[derive(ToSchema)]
-    pub struct ApiKeyList {
-        pub object: String,
-        pub has_more: bool,
-        pub data: Vec<ApiKey>,
     }
 
     #[derive(ToSchema)]

@@ -15,6 +15,7 @@ use crate::store::{ApiKeyRecord, Project, StoreError};
 use super::AppState;
 use super::error::{ApiError, ApiResult, FieldError};
 use super::json::JsonBody;
+use super::responses::{ApiKeyResponse, Deleted, ListResponse};
 
 /// A request carrying a valid admin token.
 pub struct Admin {
@@ -156,12 +157,12 @@ pub async fn update_project(
     Ok(Json(project_json(&state.store.get_project(&id).await?)))
 }
 
-#[utoipa::path(delete, path = "/v1/projects/{id}", tag = "projects", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "Deleted", body = crate::api::openapi::schemas::Deleted), crate::api::openapi::Problems), security(("admin_token" = [])))]
+#[utoipa::path(delete, path = "/v1/projects/{id}", tag = "projects", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "Deleted", body = Deleted), crate::api::openapi::Problems), security(("admin_token" = [])))]
 pub async fn delete_project(
     State(state): State<AppState>,
     admin: Admin,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Deleted>> {
     state.store.delete_project(&id).await.map_err(|e| match e {
         StoreError::Conflict => ApiError::new(
             StatusCode::CONFLICT,
@@ -172,18 +173,16 @@ pub async fn delete_project(
     })?;
     state.api_keys.clear();
     tracing::info!(admin = %admin.subject, project_id = %id, "project deleted");
-    Ok(Json(
-        json!({"object": "project", "id": id, "deleted": true}),
-    ))
+    Ok(Json(Deleted::new("project", id)))
 }
 
-#[utoipa::path(post, path = "/v1/projects/{id}/api-keys", tag = "projects", params(("id" = String, Path, description = "The object's id")), request_body = KeyRequest, responses((status = 201, description = "Created; the token is shown this once", body = crate::api::openapi::schemas::ApiKey), crate::api::openapi::Problems), security(("admin_token" = [])))]
+#[utoipa::path(post, path = "/v1/projects/{id}/api-keys", tag = "projects", params(("id" = String, Path, description = "The object's id")), request_body = KeyRequest, responses((status = 201, description = "Created; the token is shown this once", body = ApiKeyResponse), crate::api::openapi::Problems), security(("admin_token" = [])))]
 pub async fn create_project_key(
     State(state): State<AppState>,
     admin: Admin,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<KeyRequest>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<ApiKeyResponse>)> {
     let project = state.store.get_project(&id).await?;
     let name = valid_name(&req.name)?;
     let permission = match req.permission.as_deref().map(Permission::parse) {
@@ -216,47 +215,33 @@ pub async fn create_project_key(
     tracing::info!(admin = %admin.subject, project_id = %project.id, key_id = %record.id, "API key created");
     Ok((
         StatusCode::CREATED,
-        Json(
-            json!({"object": "api_key", "id": record.id, "project_id": project.id, "name": record.name,
-                    "permission": record.permission, "prefix": record.prefix, "token": token.reveal(),
-                    "created_at": format_ms(now)}),
-        ),
+        Json(ApiKeyResponse::created(&record, token.reveal())),
     ))
 }
 
-#[utoipa::path(get, path = "/v1/projects/{id}/api-keys", tag = "projects", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The project's keys", body = crate::api::openapi::schemas::ApiKeyList), crate::api::openapi::Problems), security(("admin_token" = [])))]
+#[utoipa::path(get, path = "/v1/projects/{id}/api-keys", tag = "projects", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The project's keys", body = ListResponse<ApiKeyResponse>), crate::api::openapi::Problems), security(("admin_token" = [])))]
 pub async fn list_project_keys(
     State(state): State<AppState>,
     _admin: Admin,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ListResponse<ApiKeyResponse>>> {
     state.store.get_project(&id).await?;
-    let data: Vec<Value> = state
-        .store
-        .list_api_keys(&id)
-        .await?
-        .iter()
-        .map(|k| json!({"object": "api_key", "id": k.id, "name": k.name, "permission": k.permission, "prefix": k.prefix,
-                         "created_at": format_ms(k.created_at), "last_used_at": k.last_used_at.map(format_ms)}))
-        .collect();
-    Ok(Json(
-        json!({"object": "list", "has_more": false, "data": data}),
-    ))
+    let keys = state.store.list_api_keys(&id).await?;
+    let data = keys.iter().map(ApiKeyResponse::from).collect();
+    Ok(Json(ListResponse::new(data, false)))
 }
 
-#[utoipa::path(delete, path = "/v1/projects/{id}/api-keys/{key_id}", tag = "projects", params(("id" = String, Path, description = "The object's id"), ("key_id" = String, Path, description = "The key")), responses((status = 200, description = "Revoked", body = crate::api::openapi::schemas::Deleted), crate::api::openapi::Problems), security(("admin_token" = [])))]
+#[utoipa::path(delete, path = "/v1/projects/{id}/api-keys/{key_id}", tag = "projects", params(("id" = String, Path, description = "The object's id"), ("key_id" = String, Path, description = "The key")), responses((status = 200, description = "Revoked", body = Deleted), crate::api::openapi::Problems), security(("admin_token" = [])))]
 pub async fn delete_project_key(
     State(state): State<AppState>,
     admin: Admin,
     Path((id, key_id)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Deleted>> {
     state
         .store
         .revoke_api_key(&id, &key_id, state.clock.now_ms())
         .await?;
     state.api_keys.clear();
     tracing::info!(admin = %admin.subject, project_id = %id, key_id = %key_id, "API key revoked");
-    Ok(Json(
-        json!({"object": "api_key", "id": key_id, "deleted": true}),
-    ))
+    Ok(Json(Deleted::new("api_key", key_id)))
 }

@@ -18,6 +18,7 @@ use super::auth::FullAccess;
 use super::error::{ApiError, ApiResult, FieldError};
 use super::idempotency::{IdempotencyKey, fingerprint, key_reused};
 use super::json::{JsonBody, JsonBytes, parse_object};
+use super::responses::Deleted;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -350,19 +351,17 @@ pub async fn update_webhook(
 }
 
 /// `DELETE /v1/webhooks/{id}`.
-#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "Deleted; pending deliveries canceled", body = crate::api::openapi::schemas::Deleted), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "Deleted; pending deliveries canceled", body = Deleted), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn delete_webhook(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Deleted>> {
     state
         .store
         .delete_webhook_endpoint(&principal.project_id, &id, state.clock.now_ms())
         .await?;
-    Ok(Json(
-        json!({"object": "webhook", "id": id, "deleted": true}),
-    ))
+    Ok(Json(Deleted::new("webhook", id)))
 }
 
 /// `POST /v1/webhooks/{id}/secret/rotate`: a new secret; the old one keeps signing (a second

@@ -1,0 +1,106 @@
+//! Response bodies as types: each derives `Serialize` (what the handler sends) and `ToSchema`
+//! (what the OpenAPI document says), so the two cannot drift, and each is built from the
+//! store's record in one place.
+//!
+//! Bodies not moved here yet are built with `json!` and described by the shapes in
+//! `api::openapi::schemas`.
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::clock::format_ms;
+use crate::store::ApiKeyRecord;
+
+/// A page of a listing, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ListResponse<T: ToSchema> {
+    /// Always `list`.
+    #[schema(value_type = String, example = "list")]
+    pub object: &'static str,
+    /// Whether more items follow this page.
+    pub has_more: bool,
+    pub data: Vec<T>,
+}
+
+impl<T: ToSchema> ListResponse<T> {
+    pub fn new(data: Vec<T>, has_more: bool) -> Self {
+        Self {
+            object: "list",
+            has_more,
+            data,
+        }
+    }
+}
+
+/// What a `DELETE` answers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Deleted {
+    /// The kind of object deleted, such as `api_key`.
+    #[schema(value_type = String)]
+    pub object: &'static str,
+    pub id: String,
+    /// Always true.
+    pub deleted: bool,
+}
+
+impl Deleted {
+    pub fn new(object: &'static str, id: impl Into<String>) -> Self {
+        Self {
+            object,
+            id: id.into(),
+            deleted: true,
+        }
+    }
+}
+
+/// An API key: never its secret; the whole token only in the answer that creates it.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = ApiKey)]
+pub struct ApiKeyResponse {
+    /// Always `api_key`.
+    #[schema(value_type = String, example = "api_key")]
+    pub object: &'static str,
+    pub id: String,
+    pub project_id: String,
+    pub name: String,
+    /// `full_access` or `sending_access`.
+    pub permission: String,
+    /// The token's public part, shown in listings to tell keys apart.
+    pub prefix: String,
+    pub created_at: String,
+    pub last_used_at: Option<String>,
+    pub expires_at: Option<String>,
+    /// Sending domains the key may use (`From` domain); null: any.
+    pub allowed_domains: Option<Vec<String>>,
+    /// The whole key: shown once, when it is created.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl From<&ApiKeyRecord> for ApiKeyResponse {
+    fn from(k: &ApiKeyRecord) -> Self {
+        Self {
+            object: "api_key",
+            id: k.id.clone(),
+            project_id: k.project_id.clone(),
+            name: k.name.clone(),
+            permission: k.permission.clone(),
+            prefix: k.prefix.clone(),
+            created_at: format_ms(k.created_at),
+            last_used_at: k.last_used_at.map(format_ms),
+            expires_at: k.expires_at.map(format_ms),
+            allowed_domains: k.allowed_domains.clone(),
+            token: None,
+        }
+    }
+}
+
+impl ApiKeyResponse {
+    /// The answer to a key's creation: the record, and its token this once.
+    pub fn created(k: &ApiKeyRecord, token: String) -> Self {
+        Self {
+            token: Some(token),
+            ..Self::from(k)
+        }
+    }
+}

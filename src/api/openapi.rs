@@ -581,21 +581,6 @@ pub mod schemas {
     }
 
     #[derive(ToSchema)]
-    pub struct Project {
-        pub object: String,
-        pub id: String,
-        pub name: String,
-        pub created_at: String,
-    }
-
-    #[derive(ToSchema)]
-    pub struct ProjectList {
-        pub object: String,
-        pub has_more: bool,
-        pub data: Vec<Project>,
-    }
-
-    #[derive(ToSchema)]
     pub struct Health {
         pub status: String,
     }

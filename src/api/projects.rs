@@ -6,16 +6,14 @@ use axum::extract::{FromRequestParts, Path, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::Deserialize;
-use serde_json::{Value, json};
 
-use crate::clock::format_ms;
 use crate::domain::api_key::{ApiKeyToken, Permission};
-use crate::store::{ApiKeyRecord, Project, StoreError};
+use crate::store::{ApiKeyRecord, StoreError};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult, FieldError};
 use super::json::JsonBody;
-use super::responses::{ApiKeyResponse, Deleted, ListResponse};
+use super::responses::{ApiKeyResponse, Deleted, ListResponse, ProjectResponse};
 
 /// A request carrying a valid admin token.
 pub struct Admin {
@@ -70,10 +68,6 @@ pub struct KeyRequest {
     permission: Option<String>,
 }
 
-fn project_json(p: &Project) -> Value {
-    json!({"object": "project", "id": p.id, "name": p.name, "created_at": format_ms(p.created_at)})
-}
-
 fn valid_name(name: &str) -> Result<String, ApiError> {
     let n = name.trim();
     if n.is_empty() || n.chars().count() > 100 || n.chars().any(char::is_control) {
@@ -86,12 +80,12 @@ fn valid_name(name: &str) -> Result<String, ApiError> {
     Ok(n.to_owned())
 }
 
-#[utoipa::path(post, path = "/v1/projects", tag = "projects", request_body = ProjectRequest, responses((status = 201, description = "Created", body = crate::api::openapi::schemas::Project), crate::api::openapi::Problems), security(("admin_token" = [])))]
+#[utoipa::path(post, path = "/v1/projects", tag = "projects", request_body = ProjectRequest, responses((status = 201, description = "Created", body = ProjectResponse), crate::api::openapi::Problems), security(("admin_token" = [])))]
 pub async fn create_project(
     State(state): State<AppState>,
     admin: Admin,
     JsonBody(req): JsonBody<ProjectRequest>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<ProjectResponse>)> {
     let name = valid_name(&req.name)?;
     match state
         .store
@@ -100,7 +94,7 @@ pub async fn create_project(
     {
         Ok(p) => {
             tracing::info!(admin = %admin.subject, project_id = %p.id, "project created");
-            Ok((StatusCode::CREATED, Json(project_json(&p))))
+            Ok((StatusCode::CREATED, Json(ProjectResponse::from(&p))))
         }
         Err(StoreError::Conflict) => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -111,36 +105,34 @@ pub async fn create_project(
     }
 }
 
-#[utoipa::path(get, path = "/v1/projects", tag = "projects", responses((status = 200, description = "Every project", body = crate::api::openapi::schemas::ProjectList), crate::api::openapi::Problems), security(("admin_token" = [])))]
-pub async fn list_projects(State(state): State<AppState>, _admin: Admin) -> ApiResult<Json<Value>> {
-    let data: Vec<Value> = state
-        .store
-        .list_projects()
-        .await?
-        .iter()
-        .map(project_json)
-        .collect();
-    Ok(Json(
-        json!({"object": "list", "has_more": false, "data": data}),
-    ))
+#[utoipa::path(get, path = "/v1/projects", tag = "projects", responses((status = 200, description = "Every project", body = ListResponse<ProjectResponse>), crate::api::openapi::Problems), security(("admin_token" = [])))]
+pub async fn list_projects(
+    State(state): State<AppState>,
+    _admin: Admin,
+) -> ApiResult<Json<ListResponse<ProjectResponse>>> {
+    let projects = state.store.list_projects().await?;
+    let data = projects.iter().map(ProjectResponse::from).collect();
+    Ok(Json(ListResponse::new(data, false)))
 }
 
-#[utoipa::path(get, path = "/v1/projects/{id}", tag = "projects", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The project", body = crate::api::openapi::schemas::Project), crate::api::openapi::Problems), security(("admin_token" = [])))]
+#[utoipa::path(get, path = "/v1/projects/{id}", tag = "projects", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The project", body = ProjectResponse), crate::api::openapi::Problems), security(("admin_token" = [])))]
 pub async fn get_project(
     State(state): State<AppState>,
     _admin: Admin,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    Ok(Json(project_json(&state.store.get_project(&id).await?)))
+) -> ApiResult<Json<ProjectResponse>> {
+    Ok(Json(ProjectResponse::from(
+        &state.store.get_project(&id).await?,
+    )))
 }
 
-#[utoipa::path(patch, path = "/v1/projects/{id}", tag = "projects", params(("id" = String, Path, description = "The object's id")), request_body = ProjectRequest, responses((status = 200, description = "Renamed", body = crate::api::openapi::schemas::Project), crate::api::openapi::Problems), security(("admin_token" = [])))]
+#[utoipa::path(patch, path = "/v1/projects/{id}", tag = "projects", params(("id" = String, Path, description = "The object's id")), request_body = ProjectRequest, responses((status = 200, description = "Renamed", body = ProjectResponse), crate::api::openapi::Problems), security(("admin_token" = [])))]
 pub async fn update_project(
     State(state): State<AppState>,
     _admin: Admin,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<ProjectRequest>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ProjectResponse>> {
     let name = valid_name(&req.name)?;
     state
         .store
@@ -154,7 +146,9 @@ pub async fn update_project(
             ),
             e => e.into(),
         })?;
-    Ok(Json(project_json(&state.store.get_project(&id).await?)))
+    Ok(Json(ProjectResponse::from(
+        &state.store.get_project(&id).await?,
+    )))
 }
 
 #[utoipa::path(delete, path = "/v1/projects/{id}", tag = "projects", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "Deleted", body = Deleted), crate::api::openapi::Problems), security(("admin_token" = [])))]

@@ -104,3 +104,26 @@ impl ApiKeyResponse {
         }
     }
 }
+
+/// A project (administration with an admin token).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Project)]
+pub struct ProjectResponse {
+    /// Always `project`.
+    #[schema(value_type = String, example = "project")]
+    pub object: &'static str,
+    pub id: String,
+    pub name: String,
+    pub created_at: String,
+}
+
+impl From<&crate::store::Project> for ProjectResponse {
+    fn from(p: &crate::store::Project) -> Self {
+        Self {
+            object: "project",
+            id: p.id.clone(),
+            name: p.name.clone(),
+            created_at: format_ms(p.created_at),
+        }
+    }
+}

@@ -411,40 +411,11 @@ pub mod schemas {
         pub active_suppressions: i64,
     }
 
-    #[derive(ToSchema)]
-    pub struct Suppression {
-        pub object: String,
-        pub id: String,
-        pub email: String,
-        /// `hard_bounce`, `complaint`, `manual` or `unsubscribe`.
-        pub reason: String,
-        /// Null: every stream.
-        pub stream: Option<String>,
-        pub source_email_id: Option<String>,
-        pub details: Option<String>,
-        pub created_at: String,
-    }
-
-    #[derive(ToSchema)]
-    pub struct SuppressionList {
-        pub object: String,
-        pub has_more: bool,
-        pub data: Vec<Suppression>,
-    }
-
     /// Per-item results of a batch add or remove.
     #[derive(ToSchema)]
     pub struct BatchResults {
         pub object: String,
         pub data: Vec<Value>,
-    }
-
-    #[derive(ToSchema)]
-    pub struct SuppressionDeleted {
-        pub object: String,
-        pub id: String,
-        pub deleted: bool,
-        pub removed: i64,
     }
 
     #[derive(ToSchema)]

@@ -127,3 +127,50 @@ impl From<&crate::store::Project> for ProjectResponse {
         }
     }
 }
+
+/// An address Herald will not send to, for every stream or one.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Suppression)]
+pub struct SuppressionResponse {
+    /// Always `suppression`.
+    #[schema(value_type = String, example = "suppression")]
+    pub object: &'static str,
+    pub id: String,
+    pub email: String,
+    /// `hard_bounce`, `complaint`, `manual` or `unsubscribe`.
+    pub reason: String,
+    /// Null: every stream.
+    pub stream: Option<String>,
+    pub source_email_id: Option<String>,
+    pub details: Option<String>,
+    pub created_at: String,
+}
+
+impl From<&crate::store::SuppressionRecord> for SuppressionResponse {
+    fn from(s: &crate::store::SuppressionRecord) -> Self {
+        Self {
+            object: "suppression",
+            id: s.id.clone(),
+            email: s.email.clone(),
+            reason: s.reason.clone(),
+            stream: (!s.stream.is_empty()).then(|| s.stream.clone()),
+            source_email_id: s.source_email_id.clone(),
+            details: s.details.clone(),
+            created_at: format_ms(s.created_at),
+        }
+    }
+}
+
+/// What removing an address's suppressions answers.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = SuppressionDeleted)]
+pub struct SuppressionDeleted {
+    /// Always `suppression`.
+    #[schema(value_type = String, example = "suppression")]
+    pub object: &'static str,
+    /// The id or address asked for.
+    pub id: String,
+    pub deleted: bool,
+    /// How many suppressions (streams) were removed.
+    pub removed: u64,
+}

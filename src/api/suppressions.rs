@@ -6,7 +6,6 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::clock::format_ms;
 use crate::domain::address::EmailAddress;
 use crate::domain::suppression::SuppressionReason;
 use crate::store::SuppressionRecord;
@@ -15,6 +14,7 @@ use super::AppState;
 use super::auth::{FullAccess, Principal};
 use super::error::{ApiError, ApiResult, FieldError};
 use super::json::JsonBody;
+use super::responses::{ListResponse, SuppressionDeleted, SuppressionResponse};
 
 const MAX_BATCH: usize = 100;
 
@@ -70,19 +70,6 @@ pub struct ScopeQuery {
     stream: Option<String>,
 }
 
-pub fn suppression_json(s: &SuppressionRecord) -> Value {
-    json!({
-        "object": "suppression",
-        "id": s.id,
-        "email": s.email,
-        "reason": s.reason,
-        "stream": (!s.stream.is_empty()).then_some(&s.stream),
-        "source_email_id": s.source_email_id,
-        "details": s.details,
-        "created_at": format_ms(s.created_at),
-    })
-}
-
 /// Reason and scope of a manual addition.
 fn manual_scope(
     state: &AppState,
@@ -124,12 +111,12 @@ fn parse_email(raw: &str, pointer: String, errors: &mut Vec<FieldError>) -> Opti
 }
 
 /// `POST /v1/suppressions`.
-#[utoipa::path(post, path = "/v1/suppressions", tag = "suppressions", request_body = AddRequest, responses((status = 201, description = "Added", body = crate::api::openapi::schemas::Suppression), (status = 200, description = "Already there", body = crate::api::openapi::schemas::Suppression), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v1/suppressions", tag = "suppressions", request_body = AddRequest, responses((status = 201, description = "Added", body = SuppressionResponse), (status = 200, description = "Already there", body = SuppressionResponse), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn add_suppression(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,
     JsonBody(req): JsonBody<AddRequest>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<SuppressionResponse>)> {
     let mut errors = Vec::new();
     let email = parse_email(&req.email, "/email".into(), &mut errors);
     let (reason, stream) = manual_scope(
@@ -154,7 +141,7 @@ pub async fn add_suppression(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(suppression_json(&stored))))
+    Ok((status, Json(SuppressionResponse::from(&stored))))
 }
 
 /// `POST /v1/suppressions/batch/add`: per-item results, in order.
@@ -251,12 +238,12 @@ fn audit_removal(principal: &Principal, s: &SuppressionRecord) {
 }
 
 /// `GET /v1/suppressions`.
-#[utoipa::path(get, path = "/v1/suppressions", tag = "suppressions", params(ListQuery), responses((status = 200, description = "Newest first", body = crate::api::openapi::schemas::SuppressionList), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v1/suppressions", tag = "suppressions", params(ListQuery), responses((status = 200, description = "Newest first", body = ListResponse<SuppressionResponse>), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn list_suppressions(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ListResponse<SuppressionResponse>>> {
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let limit = super::pagination::page_size(q.limit, 20, 100)?;
     let mut rows = state
@@ -269,10 +256,8 @@ pub async fn list_suppressions(
         )
         .await?;
     let has_more = super::pagination::trim_page(&mut rows, limit);
-    let data: Vec<Value> = rows.iter().map(suppression_json).collect();
-    Ok(Json(
-        json!({"object": "list", "has_more": has_more, "data": data}),
-    ))
+    let data = rows.iter().map(SuppressionResponse::from).collect();
+    Ok(Json(ListResponse::new(data, has_more)))
 }
 
 fn scope_of(
@@ -283,13 +268,13 @@ fn scope_of(
 }
 
 /// `GET /v1/suppressions/{id_or_email}?stream=`.
-#[utoipa::path(get, path = "/v1/suppressions/{target}", tag = "suppressions", params(("target" = String, Path, description = "An id or an address"), ScopeQuery), responses((status = 200, description = "The suppression", body = crate::api::openapi::schemas::Suppression), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v1/suppressions/{target}", tag = "suppressions", params(("target" = String, Path, description = "An id or an address"), ScopeQuery), responses((status = 200, description = "The suppression", body = SuppressionResponse), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn get_suppression(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,
     Path(target): Path<String>,
     query: Result<Query<ScopeQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<SuppressionResponse>> {
     let stream = scope_of(query)?;
     let key = EmailAddress::parse(&target).map_or(target.clone(), |e| e.to_string());
     let found = state
@@ -297,17 +282,17 @@ pub async fn get_suppression(
         .find_suppression(&principal.project_id, &key, stream.as_deref())
         .await?
         .ok_or_else(ApiError::not_found)?;
-    Ok(Json(suppression_json(&found)))
+    Ok(Json(SuppressionResponse::from(&found)))
 }
 
 /// `DELETE /v1/suppressions/{id_or_email}?stream=`: one scope if `stream` is given, else all.
-#[utoipa::path(delete, path = "/v1/suppressions/{target}", tag = "suppressions", params(("target" = String, Path, description = "An id or an address"), ScopeQuery), responses((status = 200, description = "Removed", body = crate::api::openapi::schemas::SuppressionDeleted), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(delete, path = "/v1/suppressions/{target}", tag = "suppressions", params(("target" = String, Path, description = "An id or an address"), ScopeQuery), responses((status = 200, description = "Removed", body = SuppressionDeleted), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn delete_suppression(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,
     Path(target): Path<String>,
     query: Result<Query<ScopeQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<SuppressionDeleted>> {
     let stream = scope_of(query)?;
     let removed = match stream {
         Some(stream) => {
@@ -333,7 +318,10 @@ pub async fn delete_suppression(
     if removed == 0 {
         return Err(ApiError::not_found());
     }
-    Ok(Json(
-        json!({"object": "suppression", "id": target, "deleted": true, "removed": removed}),
-    ))
+    Ok(Json(SuppressionDeleted {
+        object: "suppression",
+        id: target,
+        deleted: true,
+        removed: u64::try_from(removed).unwrap_or(u64::MAX),
+    }))
 }

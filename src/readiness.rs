@@ -1,8 +1,8 @@
 //! Whether this process can serve, known within a second and read without waiting.
 //!
 //! A watcher checks every half second, on a connection of its own (see [`Probe`]): the
-//! database answers a read, takes a write, and the disk it lives on (SQLite, or the outbox
-//! directory) has `limits.min_free_disk` free. `/readyz` reports the last verdict, and the API
+//! database answers a read, Postgres takes a write, and the file system SQLite (or the outbox
+//! directory) lives on is writable with `limits.min_free_disk` free. `/readyz` reports the last verdict, and the API
 //! refuses at once with 503 and `Retry-After` what would fail anyway: everything while the
 //! database is unreachable, writes while it cannot take them. Without that gate a request
 //! would wait out the pool's acquire timeout (seconds) before its 503.
@@ -132,9 +132,12 @@ async fn check(w: &mut Watch) -> (State, String) {
     (State::Ready, String::new())
 }
 
-/// Free bytes for an unprivileged writer on the file system holding `dir` (None when it
-/// cannot be asked, such as a directory not made yet).
+/// Free bytes for an unprivileged writer on the file system holding `dir`, 0 when it is
+/// mounted read-only (None when it cannot be asked, such as a directory not made yet).
 fn free_bytes(dir: &std::path::Path) -> Option<u64> {
     let s = rustix::fs::statvfs(dir).ok()?;
+    if s.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) {
+        return Some(0);
+    }
     Some(s.f_bavail.saturating_mul(s.f_frsize))
 }

@@ -419,30 +419,6 @@ pub mod schemas {
     }
 
     #[derive(ToSchema)]
-    pub struct Webhook {
-        pub object: String,
-        pub id: String,
-        pub url: String,
-        pub events: Vec<String>,
-        pub streams: Option<Vec<String>>,
-        pub description: Option<String>,
-        /// `enabled`, `disabled` or `auto_disabled`.
-        pub status: String,
-        pub disabled_reason: Option<String>,
-        pub created_at: String,
-        pub updated_at: String,
-        /// Shown to full-access keys on create, get and rotate.
-        pub secret: Option<String>,
-    }
-
-    #[derive(ToSchema)]
-    pub struct WebhookList {
-        pub object: String,
-        pub has_more: bool,
-        pub data: Vec<Webhook>,
-    }
-
-    #[derive(ToSchema)]
     pub struct WebhookAttempt {
         pub object: String,
         pub id: String,

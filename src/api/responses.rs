@@ -174,3 +174,48 @@ pub struct SuppressionDeleted {
     /// How many suppressions (streams) were removed.
     pub removed: u64,
 }
+
+/// A webhook endpoint. Its signing secret is shown on create, get and rotate (full-access
+/// keys only reach these), never in listings.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Webhook)]
+pub struct WebhookResponse {
+    /// Always `webhook`.
+    #[schema(value_type = String, example = "webhook")]
+    pub object: &'static str,
+    pub id: String,
+    pub url: String,
+    pub events: Vec<String>,
+    pub streams: Vec<String>,
+    pub description: Option<String>,
+    /// `enabled`, `disabled` or `auto_disabled`.
+    pub status: String,
+    pub disabled_reason: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    /// `whsec_…`: shown on create, get and rotate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// When the previous secret stops signing (in the answer to a rotation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_secret_expires_at: Option<String>,
+}
+
+impl From<&crate::store::EndpointRecord> for WebhookResponse {
+    fn from(e: &crate::store::EndpointRecord) -> Self {
+        Self {
+            object: "webhook",
+            id: e.id.clone(),
+            url: e.url.clone(),
+            events: e.event_types.clone(),
+            streams: e.streams.clone(),
+            description: e.description.clone(),
+            status: e.status.clone(),
+            disabled_reason: e.disabled_reason.clone(),
+            created_at: format_ms(e.created_at),
+            updated_at: format_ms(e.updated_at),
+            secret: None,
+            previous_secret_expires_at: None,
+        }
+    }
+}

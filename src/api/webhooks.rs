@@ -18,7 +18,7 @@ use super::auth::FullAccess;
 use super::error::{ApiError, ApiResult, FieldError};
 use super::idempotency::{IdempotencyKey, fingerprint, key_reused};
 use super::json::{JsonBody, JsonBytes, parse_object};
-use super::responses::Deleted;
+use super::responses::{Deleted, ListResponse, WebhookResponse};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -68,27 +68,22 @@ pub struct AttemptsQuery {
 
 const MAX_GRACE_SECONDS: u64 = 7 * 86_400;
 
-fn webhook_json(state: &AppState, e: &EndpointRecord, with_secret: bool) -> ApiResult<Value> {
-    let mut v = json!({
-        "object": "webhook",
-        "id": e.id,
-        "url": e.url,
-        "events": e.event_types,
-        "streams": e.streams,
-        "description": e.description,
-        "status": e.status,
-        "disabled_reason": e.disabled_reason,
-        "created_at": format_ms(e.created_at),
-        "updated_at": format_ms(e.updated_at),
-    });
+/// The endpoint as the API shows it, with its secret opened when `with_secret`.
+fn webhook_response(
+    state: &AppState,
+    e: &EndpointRecord,
+    with_secret: bool,
+) -> ApiResult<WebhookResponse> {
+    let mut w = WebhookResponse::from(e);
     if with_secret {
-        let secret = state
-            .sealer
-            .open(&e.secret)
-            .map_err(|err| ApiError::internal(&err))?;
-        v["secret"] = Value::String(secret);
+        w.secret = Some(
+            state
+                .sealer
+                .open(&e.secret)
+                .map_err(|err| ApiError::internal(&err))?,
+        );
     }
-    Ok(v)
+    Ok(w)
 }
 
 async fn check_url(state: &AppState, url: &str, errors: &mut Vec<FieldError>) {
@@ -143,7 +138,7 @@ fn check_description(d: Option<&str>, errors: &mut Vec<FieldError>) {
 }
 
 /// `POST /v1/webhooks`.
-#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateWebhookRequest, responses((status = 201, description = "Created, with its signing secret", body = crate::api::openapi::schemas::Webhook), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateWebhookRequest, responses((status = 201, description = "Created, with its signing secret", body = WebhookResponse), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn create_webhook(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,
@@ -179,7 +174,7 @@ pub async fn create_webhook(
         let endpoint = state.store.get_webhook_endpoint(&project, &id).await?;
         let mut resp = (
             StatusCode::CREATED,
-            Json(webhook_json(&state, &endpoint, true)?),
+            Json(webhook_response(&state, &endpoint, true)?),
         )
             .into_response();
         resp.headers_mut().insert(
@@ -256,7 +251,7 @@ pub async fn create_webhook(
     }
     Ok((
         StatusCode::CREATED,
-        Json(webhook_json(&state, &record, true)?),
+        Json(webhook_response(&state, &record, true)?),
     )
         .into_response())
 }
@@ -265,46 +260,44 @@ pub async fn create_webhook(
 const PATH: &str = "/v1/webhooks";
 
 /// `GET /v1/webhooks`.
-#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", responses((status = 200, description = "The project's endpoints", body = crate::api::openapi::schemas::WebhookList), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", responses((status = 200, description = "The project's endpoints", body = ListResponse<WebhookResponse>), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn list_webhooks(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ListResponse<WebhookResponse>>> {
     let list = state
         .store
         .list_webhook_endpoints(&principal.project_id)
         .await?;
     let data = list
         .iter()
-        .map(|e| webhook_json(&state, e, false))
+        .map(|e| webhook_response(&state, e, false))
         .collect::<ApiResult<Vec<_>>>()?;
-    Ok(Json(
-        json!({"object": "list", "has_more": false, "data": data}),
-    ))
+    Ok(Json(ListResponse::new(data, false)))
 }
 
 /// `GET /v1/webhooks/{id}`.
-#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The endpoint", body = crate::api::openapi::schemas::Webhook), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The endpoint", body = WebhookResponse), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn get_webhook(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<WebhookResponse>> {
     let e = state
         .store
         .get_webhook_endpoint(&principal.project_id, &id)
         .await?;
-    Ok(Json(webhook_json(&state, &e, true)?))
+    Ok(Json(webhook_response(&state, &e, true)?))
 }
 
 /// `PATCH /v1/webhooks/{id}`: change the URL, filters, description, or enable/disable.
-#[utoipa::path(patch, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "The object's id")), request_body = UpdateWebhookRequest, responses((status = 200, description = "Updated", body = crate::api::openapi::schemas::Webhook), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(patch, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "The object's id")), request_body = UpdateWebhookRequest, responses((status = 200, description = "Updated", body = WebhookResponse), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn update_webhook(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<UpdateWebhookRequest>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<WebhookResponse>> {
     let mut e = state
         .store
         .get_webhook_endpoint(&principal.project_id, &id)
@@ -347,7 +340,7 @@ pub async fn update_webhook(
     }
     e.updated_at = state.clock.now_ms();
     state.store.update_webhook_endpoint(&e).await?;
-    Ok(Json(webhook_json(&state, &e, false)?))
+    Ok(Json(webhook_response(&state, &e, false)?))
 }
 
 /// `DELETE /v1/webhooks/{id}`.
@@ -366,13 +359,13 @@ pub async fn delete_webhook(
 
 /// `POST /v1/webhooks/{id}/secret/rotate`: a new secret; the old one keeps signing (a second
 /// `v1,` signature) for the grace period.
-#[utoipa::path(post, path = "/v1/webhooks/{id}/secret/rotate", tag = "webhooks", params(("id" = String, Path, description = "The object's id")), request_body(content = Option<RotateRequest>, description = "Optional"), responses((status = 200, description = "The new secret; the old one signs too until the grace period ends", body = crate::api::openapi::schemas::Webhook), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v1/webhooks/{id}/secret/rotate", tag = "webhooks", params(("id" = String, Path, description = "The object's id")), request_body(content = Option<RotateRequest>, description = "Optional"), responses((status = 200, description = "The new secret; the old one signs too until the grace period ends", body = WebhookResponse), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn rotate_secret(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,
     Path(id): Path<String>,
     body: axum::body::Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<WebhookResponse>> {
     // The body is optional: none at all means the default grace period.
     let req: RotateRequest = super::json::parse_optional(&body)?;
     let grace = req.grace_period_seconds.unwrap_or(86_400);
@@ -395,9 +388,9 @@ pub async fn rotate_secret(
     e.previous_secret_expires_at = Some(now + i64::try_from(grace * 1000).unwrap_or(i64::MAX));
     e.updated_at = now;
     state.store.update_webhook_endpoint(&e).await?;
-    let mut v = webhook_json(&state, &e, true)?;
-    v["previous_secret_expires_at"] = json!(e.previous_secret_expires_at.map(format_ms));
-    Ok(Json(v))
+    let mut w = webhook_response(&state, &e, true)?;
+    w.previous_secret_expires_at = e.previous_secret_expires_at.map(format_ms);
+    Ok(Json(w))
 }
 
 /// `POST /v1/webhooks/{id}/test`: sends a `webhook.test` event to this endpoint.

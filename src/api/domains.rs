@@ -5,18 +5,17 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use crate::domain::address::domain_name;
 use crate::domain::dkim::{DkimAlgorithm, generate};
-use crate::domains::records::{RecordSettings, domain_json};
+use crate::domains::records::RecordSettings;
 use crate::store::{DkimKeyRecord, DomainRecord, StoreError};
 
 use super::AppState;
 use super::auth::FullAccess;
 use super::error::{ApiError, ApiResult, FieldError};
 use super::json::JsonBody;
-use super::responses::Deleted;
+use super::responses::{Deleted, DomainResponse, ListResponse};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -122,12 +121,12 @@ fn parse_algorithm(s: Option<&str>, errors: &mut Vec<FieldError>) -> DkimAlgorit
 }
 
 /// `POST /v1/domains`.
-#[utoipa::path(post, path = "/v1/domains", tag = "domains", request_body = CreateDomainRequest, responses((status = 201, description = "Added, with the DNS records to publish", body = crate::api::openapi::schemas::Domain), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v1/domains", tag = "domains", request_body = CreateDomainRequest, responses((status = 201, description = "Added, with the DNS records to publish", body = DomainResponse), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn create_domain(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,
     JsonBody(req): JsonBody<CreateDomainRequest>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<DomainResponse>)> {
     let mut errors = Vec::new();
     // Lower-case ASCII, an internationalized name in its ASCII form: as `From` addresses and
     // DNS carry it (see `domain::address`).
@@ -201,36 +200,34 @@ pub async fn create_domain(
     state.senders.clear();
     Ok((
         StatusCode::CREATED,
-        Json(domain_json(&d, &keys, &settings(&state), now)),
+        Json(DomainResponse::new(&d, &keys, &settings(&state), now)),
     ))
 }
 
 /// `GET /v1/domains`.
-#[utoipa::path(get, path = "/v1/domains", tag = "domains", responses((status = 200, description = "The project's domains", body = crate::api::openapi::schemas::DomainList), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v1/domains", tag = "domains", responses((status = 200, description = "The project's domains", body = ListResponse<DomainResponse>), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn list_domains(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ListResponse<DomainResponse>>> {
     let now = state.clock.now_ms();
     let mut data = Vec::new();
     for d in state.store.list_domains(&principal.project_id).await? {
         let (d, keys) = state.store.get_domain(&principal.project_id, &d.id).await?;
-        data.push(domain_json(&d, &keys, &settings(&state), now));
+        data.push(DomainResponse::new(&d, &keys, &settings(&state), now));
     }
-    Ok(Json(
-        json!({"object": "list", "has_more": false, "data": data}),
-    ))
+    Ok(Json(ListResponse::new(data, false)))
 }
 
 /// `GET /v1/domains/{id}`.
-#[utoipa::path(get, path = "/v1/domains/{id}", tag = "domains", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The domain and its records", body = crate::api::openapi::schemas::Domain), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v1/domains/{id}", tag = "domains", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The domain and its records", body = DomainResponse), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn get_domain(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<DomainResponse>> {
     let (d, keys) = state.store.get_domain(&principal.project_id, &id).await?;
-    Ok(Json(domain_json(
+    Ok(Json(DomainResponse::new(
         &d,
         &keys,
         &settings(&state),
@@ -239,13 +236,13 @@ pub async fn get_domain(
 }
 
 /// `PATCH /v1/domains/{id}`: switch signing between Herald and the relay (`dkim`).
-#[utoipa::path(patch, path = "/v1/domains/{id}", tag = "domains", params(("id" = String, Path, description = "The object's id")), request_body = UpdateDomainRequest, responses((status = 200, description = "Updated", body = crate::api::openapi::schemas::Domain), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(patch, path = "/v1/domains/{id}", tag = "domains", params(("id" = String, Path, description = "The object's id")), request_body = UpdateDomainRequest, responses((status = 200, description = "Updated", body = DomainResponse), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn update_domain(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<UpdateDomainRequest>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<DomainResponse>> {
     let (mut d, keys) = state.store.get_domain(&principal.project_id, &id).await?;
     let now = state.clock.now_ms();
     if let Some(mode) = req.dkim {
@@ -266,7 +263,7 @@ pub async fn update_domain(
     }
     // Sends pick up the change now, not a second later.
     state.senders.clear();
-    Ok(Json(domain_json(&d, &keys, &settings(&state), now)))
+    Ok(Json(DomainResponse::new(&d, &keys, &settings(&state), now)))
 }
 
 /// `DELETE /v1/domains/{id}`.
@@ -286,12 +283,12 @@ pub async fn delete_domain(
 }
 
 /// `POST /v1/domains/{id}/verify`: check the records now (asynchronously).
-#[utoipa::path(post, path = "/v1/domains/{id}/verify", tag = "domains", params(("id" = String, Path, description = "The object's id")), responses((status = 202, description = "The records will be checked now", body = crate::api::openapi::schemas::Domain), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v1/domains/{id}/verify", tag = "domains", params(("id" = String, Path, description = "The object's id")), responses((status = 202, description = "The records will be checked now", body = DomainResponse), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn verify_domain(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,
     Path(id): Path<String>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<DomainResponse>)> {
     let (mut d, keys) = state.store.get_domain(&principal.project_id, &id).await?;
     let now = state.clock.now_ms();
     d.next_check_at = Some(now);
@@ -307,18 +304,18 @@ pub async fn verify_domain(
     state.senders.clear();
     Ok((
         StatusCode::ACCEPTED,
-        Json(domain_json(&d, &keys, &settings(&state), now)),
+        Json(DomainResponse::new(&d, &keys, &settings(&state), now)),
     ))
 }
 
 /// `POST /v1/domains/{id}/dkim/rotate`: a new pending key; it signs once its record verifies.
-#[utoipa::path(post, path = "/v1/domains/{id}/dkim/rotate", tag = "domains", params(("id" = String, Path, description = "The object's id")), request_body(content = Option<RotateRequest>, description = "Optional"), responses((status = 202, description = "A new selector to publish; the old key signs until it is seen", body = crate::api::openapi::schemas::Domain), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v1/domains/{id}/dkim/rotate", tag = "domains", params(("id" = String, Path, description = "The object's id")), request_body(content = Option<RotateRequest>, description = "Optional"), responses((status = 202, description = "A new selector to publish; the old key signs until it is seen", body = DomainResponse), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn rotate_dkim(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,
     Path(id): Path<String>,
     body: axum::body::Bytes,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<DomainResponse>)> {
     let req: RotateRequest = super::json::parse_optional(&body)?;
     let (mut d, keys) = state.store.get_domain(&principal.project_id, &id).await?;
     if d.dkim_mode != "herald" {
@@ -359,6 +356,6 @@ pub async fn rotate_dkim(
     state.senders.clear();
     Ok((
         StatusCode::ACCEPTED,
-        Json(domain_json(&d, &keys, &settings(&state), now)),
+        Json(DomainResponse::new(&d, &keys, &settings(&state), now)),
     ))
 }

@@ -452,48 +452,6 @@ pub mod schemas {
     }
 
     #[derive(ToSchema)]
-    pub struct DnsRecord {
-        /// `DKIM`, `RETURN_PATH`, `SPF` or `DMARC`.
-        pub record: String,
-        #[schema(rename = "type")]
-        pub kind: String,
-        pub name: String,
-        pub value: String,
-        /// `pending`, `verified`, `failed` or `temporary_failure`.
-        pub status: String,
-        pub failure_reason: Option<String>,
-        pub required: bool,
-        pub priority: Option<i64>,
-        pub selector: Option<String>,
-        pub key_state: Option<String>,
-        pub algorithm: Option<String>,
-        pub safe_to_remove: Option<bool>,
-        pub safe_to_remove_at: Option<String>,
-    }
-
-    #[derive(ToSchema)]
-    pub struct Domain {
-        pub object: String,
-        pub id: String,
-        pub name: String,
-        pub status: String,
-        /// `herald` (Herald signs) or `upstream` (the relay does).
-        pub dkim: String,
-        pub records: Vec<DnsRecord>,
-        pub last_checked_at: Option<String>,
-        pub next_check_at: Option<String>,
-        pub verified_at: Option<String>,
-        pub created_at: String,
-    }
-
-    #[derive(ToSchema)]
-    pub struct DomainList {
-        pub object: String,
-        pub has_more: bool,
-        pub data: Vec<Domain>,
-    }
-
-    #[derive(ToSchema)]
     pub struct InboundResult {
         pub object: String,
         /// The stored report's id.

@@ -3,9 +3,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 
-use crate::clock::format_ms;
 use crate::domain::dkim::{DkimAlgorithm, txt_record};
 use crate::store::{DkimKeyRecord, DomainRecord};
 
@@ -94,58 +92,4 @@ pub fn records(d: &DomainRecord, keys: &[DkimKeyRecord], s: &RecordSettings<'_>)
         required: false,
     });
     out
-}
-
-/// The domain as the API shows it, records and their statuses included. Private keys are
-/// never part of it.
-pub fn domain_json(
-    d: &DomainRecord,
-    keys: &[DkimKeyRecord],
-    s: &RecordSettings<'_>,
-    now: i64,
-) -> Value {
-    let statuses: RecordStatuses = serde_json::from_str(&d.records_status).unwrap_or_default();
-    let records: Vec<Value> = records(d, keys, s)
-        .into_iter()
-        .map(|r| {
-            let check = statuses.get(&r.key);
-            let mut v = json!({
-                "record": r.record,
-                "type": r.rtype,
-                "name": r.name,
-                "value": r.value,
-                "status": check.map_or("pending", |c| c.status.as_str()),
-                "failure_reason": check.and_then(|c| c.failure_reason.clone()),
-                "required": r.required,
-            });
-            if let Some(p) = r.priority {
-                v["priority"] = json!(p);
-            }
-            if let Some(selector) = r.key.strip_prefix("DKIM:")
-                && let Some(k) = keys.iter().find(|k| k.selector == selector)
-            {
-                v["selector"] = json!(k.selector);
-                v["key_state"] = json!(k.state);
-                v["algorithm"] = json!(k.algorithm);
-                if let Some(retired) = k.retired_at {
-                    let safe_at = retired + RETIRED_KEY_GRACE_MS;
-                    v["safe_to_remove"] = json!(now >= safe_at);
-                    v["safe_to_remove_at"] = json!(format_ms(safe_at));
-                }
-            }
-            v
-        })
-        .collect();
-    json!({
-        "object": "domain",
-        "id": d.id,
-        "name": d.name,
-        "status": d.status,
-        "dkim": d.dkim_mode,
-        "records": records,
-        "last_checked_at": d.last_checked_at.map(format_ms),
-        "next_check_at": d.next_check_at.map(format_ms),
-        "verified_at": d.verified_at.map(format_ms),
-        "created_at": format_ms(d.created_at),
-    })
 }

@@ -3,16 +3,16 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::{Method, StatusCode};
-use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
+use super::responses::Health;
 use crate::readiness::State as Readiness;
 
 /// The process is up.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process is up", body = crate::api::openapi::schemas::Health), crate::api::openapi::Problems))]
-pub async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process is up", body = crate::api::responses::Health), crate::api::openapi::Problems))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
 }
 
 /// Prometheus metrics (no authentication: bind the API to a private address or filter
@@ -34,10 +34,10 @@ pub async fn metrics(State(state): State<AppState>) -> Result<axum::response::Re
 
 /// The process can serve: the database answers and takes writes, and its disk has room
 /// (the watcher's last verdict, at most half a second old; see `crate::readiness`).
-#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "The database answers and takes writes", body = crate::api::openapi::schemas::Health), crate::api::openapi::Problems))]
-pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "The database answers and takes writes", body = crate::api::responses::Health), crate::api::openapi::Problems))]
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     match unavailable(&state, true) {
-        None => Ok(Json(json!({"status": "ready"}))),
+        None => Ok(Json(Health { status: "ready" })),
         Some(e) => Err(e),
     }
 }

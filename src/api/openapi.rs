@@ -419,39 +419,6 @@ pub mod schemas {
     }
 
     #[derive(ToSchema)]
-    pub struct WebhookAttempt {
-        pub object: String,
-        pub id: String,
-        pub delivery_id: String,
-        pub event_id: String,
-        pub attempt: i64,
-        /// `succeeded` or `failed`.
-        pub status: String,
-        pub status_code: Option<i64>,
-        /// The first kilobyte of the receiver's answer.
-        pub response_body: Option<String>,
-        pub error: Option<String>,
-        pub duration_ms: i64,
-        pub attempted_at: String,
-        pub next_attempt_at: Option<String>,
-    }
-
-    #[derive(ToSchema)]
-    pub struct WebhookAttemptList {
-        pub object: String,
-        pub has_more: bool,
-        pub data: Vec<WebhookAttempt>,
-    }
-
-    #[derive(ToSchema)]
-    pub struct WebhookDelivery {
-        pub object: String,
-        pub id: String,
-        pub event_id: Option<String>,
-        pub status: String,
-    }
-
-    #[derive(ToSchema)]
     pub struct InboundResult {
         pub object: String,
         /// The stored report's id.
@@ -483,11 +450,6 @@ pub mod schemas {
         /// Effects (events, status changes, suppressions) made by this run; a message read
         /// again makes none it made before.
         pub applied: i64,
-    }
-
-    #[derive(ToSchema)]
-    pub struct Health {
-        pub status: String,
     }
 }
 

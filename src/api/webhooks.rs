@@ -18,7 +18,9 @@ use super::auth::FullAccess;
 use super::error::{ApiError, ApiResult, FieldError};
 use super::idempotency::{IdempotencyKey, fingerprint, key_reused};
 use super::json::{JsonBody, JsonBytes, parse_object};
-use super::responses::{Deleted, ListResponse, WebhookResponse};
+use super::responses::{
+    Deleted, ListResponse, WebhookAttemptResponse, WebhookDeliveryResponse, WebhookResponse,
+};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -394,12 +396,12 @@ pub async fn rotate_secret(
 }
 
 /// `POST /v1/webhooks/{id}/test`: sends a `webhook.test` event to this endpoint.
-#[utoipa::path(post, path = "/v1/webhooks/{id}/test", tag = "webhooks", params(("id" = String, Path, description = "The object's id")), responses((status = 202, description = "A webhook.test event is on its way", body = crate::api::openapi::schemas::WebhookDelivery), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v1/webhooks/{id}/test", tag = "webhooks", params(("id" = String, Path, description = "The object's id")), responses((status = 202, description = "A webhook.test event is on its way", body = WebhookDeliveryResponse), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn test_webhook(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,
     Path(id): Path<String>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<WebhookDeliveryResponse>)> {
     state
         .store
         .get_webhook_endpoint(&principal.project_id, &id)
@@ -411,20 +413,21 @@ pub async fn test_webhook(
     state.events_wake.notify_waiters();
     Ok((
         StatusCode::ACCEPTED,
-        Json(
-            json!({"object": "webhook_delivery", "id": delivery_id, "event_id": event_id, "status": "pending"}),
-        ),
+        Json(WebhookDeliveryResponse::pending(
+            delivery_id,
+            Some(event_id),
+        )),
     ))
 }
 
 /// `GET /v1/webhooks/{id}/deliveries`: the attempt log, newest first.
-#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", params(("id" = String, Path, description = "The object's id"), AttemptsQuery), responses((status = 200, description = "The attempt log, newest first", body = crate::api::openapi::schemas::WebhookAttemptList), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", params(("id" = String, Path, description = "The object's id"), AttemptsQuery), responses((status = 200, description = "The attempt log, newest first", body = ListResponse<WebhookAttemptResponse>), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn list_deliveries(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,
     Path(id): Path<String>,
     query: Result<Query<AttemptsQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ListResponse<WebhookAttemptResponse>>> {
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     state
         .store
@@ -452,37 +455,17 @@ pub async fn list_deliveries(
         )
         .await?;
     let has_more = super::pagination::trim_page(&mut rows, limit);
-    let data: Vec<Value> = rows
-        .iter()
-        .map(|a| {
-            json!({
-                "object": "webhook_attempt",
-                "id": a.id,
-                "delivery_id": a.delivery_id,
-                "event_id": a.event_id,
-                "attempt": a.attempt,
-                "status": if a.succeeded { "succeeded" } else { "failed" },
-                "status_code": a.status_code,
-                "response_body": a.response_body,
-                "error": a.error,
-                "duration_ms": a.duration_ms,
-                "attempted_at": format_ms(a.attempted_at),
-                "next_attempt_at": a.next_attempt_at.map(format_ms),
-            })
-        })
-        .collect();
-    Ok(Json(
-        json!({"object": "list", "has_more": has_more, "data": data}),
-    ))
+    let data = rows.iter().map(WebhookAttemptResponse::from).collect();
+    Ok(Json(ListResponse::new(data, has_more)))
 }
 
 /// `POST /v1/webhooks/{id}/deliveries/{delivery_id}/retry`.
-#[utoipa::path(post, path = "/v1/webhooks/{id}/deliveries/{delivery_id}/retry", tag = "webhooks", params(("id" = String, Path, description = "The object's id"), ("delivery_id" = String, Path, description = "The delivery")), responses((status = 202, description = "Due again now", body = crate::api::openapi::schemas::WebhookDelivery), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v1/webhooks/{id}/deliveries/{delivery_id}/retry", tag = "webhooks", params(("id" = String, Path, description = "The object's id"), ("delivery_id" = String, Path, description = "The delivery")), responses((status = 202, description = "Due again now", body = WebhookDeliveryResponse), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn retry_delivery(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,
     Path((id, delivery_id)): Path<(String, String)>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<WebhookDeliveryResponse>)> {
     let e = state
         .store
         .get_webhook_endpoint(&principal.project_id, &id)
@@ -501,6 +484,6 @@ pub async fn retry_delivery(
     state.events_wake.notify_waiters();
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"object": "webhook_delivery", "id": delivery_id, "status": "pending"})),
+        Json(WebhookDeliveryResponse::pending(delivery_id, None)),
     ))
 }

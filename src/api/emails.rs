@@ -28,6 +28,7 @@ use super::auth::{FullAccess, Principal};
 use super::error::{ApiError, ApiResult, FieldError};
 use super::idempotency::{IdempotencyKey, fingerprint, key_reused};
 use super::json::{JsonBytes, from_value, parse, parse_object};
+use super::responses::{EventResponse, ListResponse};
 
 pub use request::CreateEmailRequest;
 pub use sender::SenderDecision;
@@ -631,13 +632,13 @@ pub struct EventsQuery {
 }
 
 /// `GET /v1/emails/{id}/events`: the email's timeline, oldest first.
-#[utoipa::path(get, path = "/v1/emails/{id}/events", tag = "emails", params(("id" = String, Path, description = "The object's id"), EventsQuery), responses((status = 200, description = "The email's timeline, oldest first", body = crate::api::openapi::schemas::EventList), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v1/emails/{id}/events", tag = "emails", params(("id" = String, Path, description = "The object's id"), EventsQuery), responses((status = 200, description = "The email's timeline, oldest first", body = ListResponse<EventResponse>), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn list_email_events(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,
     Path(id): Path<String>,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ListResponse<EventResponse>>> {
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let limit = super::pagination::page_size(q.limit, 100, 1000)?;
     // 404 for another project's email, not an empty list.
@@ -652,10 +653,8 @@ pub async fn list_email_events(
         )
         .await?;
     let has_more = super::pagination::trim_page(&mut events, limit);
-    let data: Vec<Value> = events.iter().map(super::events::event_json).collect();
-    Ok(Json(
-        json!({"object": "list", "has_more": has_more, "data": data}),
-    ))
+    let data = events.iter().map(EventResponse::from).collect();
+    Ok(Json(ListResponse::new(data, has_more)))
 }
 
 /// `POST /v1/emails/{id}/cancel`: cancels recipients not yet handed to SMTP.

@@ -5,14 +5,13 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
-use serde_json::{Value, json};
 
-use crate::clock::format_ms;
-use crate::store::{EventFilter, EventRecord};
+use crate::store::EventFilter;
 
 use super::AppState;
 use super::auth::FullAccess;
 use super::error::{ApiError, ApiResult};
+use super::responses::{EventResponse, ListResponse, Redelivery};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -32,31 +31,13 @@ pub struct EventsQuery {
     limit: Option<i64>,
 }
 
-/// One event as the API shows it: its own fields plus its type-specific data.
-pub fn event_json(e: &EventRecord) -> Value {
-    let mut v = json!({
-        "object": "event",
-        "id": e.id,
-        "type": e.event_type,
-        "email_id": e.email_id,
-        "recipient": e.recipient,
-        "occurred_at": format_ms(e.created_at),
-    });
-    if let (Value::Object(obj), Ok(Value::Object(extra))) =
-        (&mut v, serde_json::from_str::<Value>(&e.data))
-    {
-        obj.extend(extra);
-    }
-    v
-}
-
 /// `GET /v1/events`.
-#[utoipa::path(get, path = "/v1/events", tag = "events", params(EventsQuery), responses((status = 200, description = "Events, oldest first", body = crate::api::openapi::schemas::EventList), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(EventsQuery), responses((status = 200, description = "Events, oldest first", body = ListResponse<EventResponse>), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn list_events(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ListResponse<EventResponse>>> {
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let limit = super::pagination::page_size(q.limit, 20, 100)?;
     let created_after = match q.created_after.as_deref() {
@@ -90,19 +71,17 @@ pub async fn list_events(
         .list_events(&principal.project_id, &filter, limit + 1)
         .await?;
     let has_more = super::pagination::trim_page(&mut events, limit);
-    let data: Vec<Value> = events.iter().map(event_json).collect();
-    Ok(Json(
-        json!({"object": "list", "has_more": has_more, "data": data}),
-    ))
+    let data = events.iter().map(EventResponse::from).collect();
+    Ok(Json(ListResponse::new(data, has_more)))
 }
 
 /// `POST /v1/events/{id}/redeliver`: queue the event again for every endpoint that takes it.
-#[utoipa::path(post, path = "/v1/events/{id}/redeliver", tag = "events", params(("id" = String, Path, description = "The object's id")), responses((status = 202, description = "Queued again for every endpoint that takes it", body = crate::api::openapi::schemas::Redelivery), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v1/events/{id}/redeliver", tag = "events", params(("id" = String, Path, description = "The object's id")), responses((status = 202, description = "Queued again for every endpoint that takes it", body = Redelivery), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn redeliver_event(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,
     Path(id): Path<String>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Redelivery>)> {
     let n = state
         .store
         .redeliver_event(&principal.project_id, &id, state.clock.now_ms())
@@ -110,6 +89,10 @@ pub async fn redeliver_event(
     state.events_wake.notify_waiters();
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"object": "event", "id": id, "deliveries": n})),
+        Json(Redelivery {
+            object: "event",
+            id,
+            deliveries: u64::try_from(n).unwrap_or(u64::MAX),
+        }),
     ))
 }

@@ -316,33 +316,6 @@ pub mod schemas {
         pub data: Vec<EmailSummary>,
     }
 
-    /// One event; the type's own data (`smtp`, `bounce`, `complaint`, …) sits beside these.
-    #[derive(ToSchema)]
-    pub struct Event {
-        pub object: String,
-        pub id: String,
-        #[schema(rename = "type")]
-        pub kind: String,
-        pub email_id: Option<String>,
-        pub recipient: Option<String>,
-        pub occurred_at: String,
-    }
-
-    #[derive(ToSchema)]
-    pub struct EventList {
-        pub object: String,
-        pub has_more: bool,
-        pub data: Vec<Event>,
-    }
-
-    #[derive(ToSchema)]
-    pub struct Redelivery {
-        pub object: String,
-        pub id: String,
-        /// How many deliveries were queued.
-        pub deliveries: i64,
-    }
-
     #[derive(ToSchema)]
     pub struct EmailCanceled {
         pub object: String,

@@ -28,7 +28,10 @@ use super::auth::{FullAccess, Principal};
 use super::error::{ApiError, ApiResult, FieldError};
 use super::idempotency::{IdempotencyKey, fingerprint, key_reused};
 use super::json::{JsonBytes, from_value, parse, parse_object};
-use super::responses::{EventResponse, ListResponse};
+use super::responses::{
+    EmailCanceled, EmailResponse, EmailSummaryResponse, EventResponse, ListResponse,
+    RecipientResponse,
+};
 
 pub use request::CreateEmailRequest;
 pub use sender::SenderDecision;
@@ -435,45 +438,15 @@ pub async fn create_batch(
     .await
 }
 
-fn recipient_json(r: &RecipientRecord) -> Value {
-    let smtp = r.smtp_code.map(|code| {
-        json!({
-            "code": code,
-            "enhanced_status": r.smtp_enhanced,
-            "response": r.smtp_response,
-            "phase": r.smtp_phase,
-        })
-    });
-    let bounce = r
-        .bounce_type
-        .as_ref()
-        .map(|t| json!({"type": t, "sub_type": r.bounce_sub_type}));
-    let next = RecipientStatus::parse(&r.status)
-        .filter(|s| s.is_pending())
-        .map(|_| format_ms(r.next_attempt_at));
-    json!({
-        "email": r.address,
-        "name": r.name,
-        "type": r.kind,
-        "status": r.status,
-        "attempts": r.attempts,
-        "last_event_at": format_ms(r.last_event_at),
-        "next_attempt_at": next,
-        "sent_at": r.sent_at.map(format_ms),
-        "smtp": smtp,
-        "bounce": bounce,
-    })
-}
-
 /// `GET /v1/emails`: search the project's emails, newest first, with a cursor
 /// (`after`/`before` an email id) and the filters `status` (any recipient in it), `recipient`,
 /// `from`, `tag`, `stream`, `metadata[<key>]=<value>`, `created_after`, `created_before`.
-#[utoipa::path(get, path = "/v1/emails", tag = "emails", params(("status" = Option<String>, Query, description = "Emails with a recipient in this status"), ("recipient" = Option<String>, Query, description = "Emails to this address"), ("from" = Option<String>, Query, description = "Emails from this address"), ("tag" = Option<String>, Query, description = "Emails with this tag"), ("stream" = Option<String>, Query, description = "Emails of this stream"), ("created_after" = Option<String>, Query, description = "RFC 3339"), ("created_before" = Option<String>, Query, description = "RFC 3339"), ("after" = Option<String>, Query, description = "The next page: emails older than this id"), ("before" = Option<String>, Query, description = "The previous page: emails newer than this id"), ("limit" = Option<i64>, Query, description = "1 to 100 (default 20)")), responses((status = 200, description = "Newest first; `metadata[<key>]=<value>` filters too", body = crate::api::openapi::schemas::EmailList), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v1/emails", tag = "emails", params(("status" = Option<String>, Query, description = "Emails with a recipient in this status"), ("recipient" = Option<String>, Query, description = "Emails to this address"), ("from" = Option<String>, Query, description = "Emails from this address"), ("tag" = Option<String>, Query, description = "Emails with this tag"), ("stream" = Option<String>, Query, description = "Emails of this stream"), ("created_after" = Option<String>, Query, description = "RFC 3339"), ("created_before" = Option<String>, Query, description = "RFC 3339"), ("after" = Option<String>, Query, description = "The next page: emails older than this id"), ("before" = Option<String>, Query, description = "The previous page: emails newer than this id"), ("limit" = Option<i64>, Query, description = "1 to 100 (default 20)")), responses((status = 200, description = "Newest first; `metadata[<key>]=<value>` filters too", body = ListResponse<EmailSummaryResponse>), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn list_emails(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,
     query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ListResponse<EmailSummaryResponse>>> {
     let Query(pairs) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let bad = |m: String| ApiError::bad_request("invalid_query", m);
     let time = |v: &str| {
@@ -539,30 +512,15 @@ pub async fn list_emails(
             rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
         }
     }
-    let parse_json = |s: &str| serde_json::from_str::<Value>(s).unwrap_or(Value::Null);
-    let data: Vec<Value> = rows
+    let data = rows
         .iter()
         .map(|(e, statuses)| {
             let status =
                 aggregate_status(statuses.iter().filter_map(|s| RecipientStatus::parse(s)));
-            json!({
-                "object": "email",
-                "id": e.id,
-                "message_id": e.message_id,
-                "stream": e.stream,
-                "from": {"email": e.from_email, "name": e.from_name},
-                "subject": e.subject,
-                "tags": parse_json(&e.tags),
-                "metadata": parse_json(&e.metadata),
-                "status": status.as_str(),
-                "recipients": statuses.len(),
-                "created_at": format_ms(e.created_at),
-            })
+            EmailSummaryResponse::new(e, status.as_str(), statuses.len())
         })
         .collect();
-    Ok(Json(
-        json!({"object": "list", "has_more": has_more, "data": data}),
-    ))
+    Ok(Json(ListResponse::new(data, has_more)))
 }
 
 /// One of the project's emails, if this key may see it (404 otherwise, so a sending key
@@ -580,45 +538,22 @@ async fn load_email(
 }
 
 /// `GET /v1/emails/{id}`.
-#[utoipa::path(get, path = "/v1/emails/{id}", tag = "emails", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The email and its recipients", body = crate::api::openapi::schemas::Email), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v1/emails/{id}", tag = "emails", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "The email and its recipients", body = EmailResponse), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn get_email(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<EmailResponse>> {
     let (email, recipients) = load_email(&state, &principal, &id).await?;
     let statuses = recipients
         .iter()
         .filter_map(|r| RecipientStatus::parse(&r.status));
     let status = aggregate_status(statuses);
-    let parse_json = |s: &str| serde_json::from_str::<Value>(s).unwrap_or(Value::Null);
-    let mut body = json!({
-        "object": "email",
-        "id": email.id,
-        "message_id": email.message_id,
-        "stream": email.stream,
-        "from": {"email": email.from_email, "name": email.from_name},
-        "reply_to": parse_json(&email.reply_to),
-        "subject": email.subject,
-        "text": email.text_body,
-        "html": email.html_body,
-        "content_purged": email.content_purged_at.is_some(),
-        "tags": parse_json(&email.tags),
-        "metadata": parse_json(&email.metadata),
-        "status": status.as_str(),
-        "created_at": format_ms(email.created_at),
-        "scheduled_at": email.scheduled_at.map(format_ms),
-        "expires_at": email.expires_at.map(format_ms),
-        "sent_at": recipients.iter().filter_map(|r| r.sent_at).min().map(format_ms),
-        "last_event_at": recipients.iter().map(|r| r.last_event_at).max().map(format_ms),
-        "recipients": recipients.iter().map(recipient_json).collect::<Vec<_>>(),
-    });
-    if let (Some(_), Some(o)) = (email.content_purged_at, body.as_object_mut()) {
-        // After the retention purge the bodies are gone: say so rather than show nulls.
-        o.remove("text");
-        o.remove("html");
-    }
-    Ok(Json(body))
+    Ok(Json(EmailResponse::new(
+        &email,
+        &recipients,
+        status.as_str(),
+    )))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -658,12 +593,12 @@ pub async fn list_email_events(
 }
 
 /// `POST /v1/emails/{id}/cancel`: cancels recipients not yet handed to SMTP.
-#[utoipa::path(post, path = "/v1/emails/{id}/cancel", tag = "emails", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "Recipients not yet handed to SMTP are canceled", body = crate::api::openapi::schemas::EmailCanceled), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v1/emails/{id}/cancel", tag = "emails", params(("id" = String, Path, description = "The object's id")), responses((status = 200, description = "Recipients not yet handed to SMTP are canceled", body = EmailCanceled), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn cancel_email(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<EmailCanceled>> {
     load_email(&state, &principal, &id).await?;
     let canceled = state
         .store
@@ -683,11 +618,11 @@ pub async fn cancel_email(
             .iter()
             .filter_map(|r| RecipientStatus::parse(&r.status)),
     );
-    Ok(Json(json!({
-        "object": "email",
-        "id": id,
-        "status": status.as_str(),
-        "canceled": canceled,
-        "recipients": recipients.iter().map(recipient_json).collect::<Vec<_>>(),
-    })))
+    Ok(Json(EmailCanceled {
+        object: "email",
+        id,
+        status: status.as_str().to_owned(),
+        canceled,
+        recipients: recipients.iter().map(RecipientResponse::from).collect(),
+    }))
 }

@@ -133,7 +133,6 @@ pub fn document_json() -> String {
 /// The documented response bodies (see the module docs).
 #[allow(dead_code)]
 pub mod schemas {
-    use std::collections::BTreeMap;
 
     use serde_json::Value;
     use utoipa::ToSchema;
@@ -162,12 +161,6 @@ pub mod schemas {
         pub pointer: String,
         pub code: String,
         pub detail: String,
-    }
-
-    #[derive(ToSchema)]
-    pub struct Mailbox {
-        pub email: String,
-        pub name: Option<String>,
     }
 
     /// The 202 answer to a send.
@@ -210,22 +203,6 @@ pub mod schemas {
         pub errors: Vec<BatchError>,
     }
 
-    #[derive(ToSchema)]
-    pub struct SmtpReply {
-        pub code: Option<i64>,
-        pub enhanced_status: Option<String>,
-        pub response: Option<String>,
-        pub phase: Option<String>,
-    }
-
-    #[derive(ToSchema)]
-    pub struct BounceClass {
-        /// `permanent`, `transient` or `undetermined`.
-        #[schema(rename = "type")]
-        pub kind: String,
-        pub sub_type: Option<BounceSubType>,
-    }
-
     /// Why a recipient bounced, by what an operator does next (see the table in docs/guide.md); only
     /// permanent `no_email` and `mailbox_disabled` add a suppression by themselves.
     #[derive(ToSchema)]
@@ -247,83 +224,6 @@ pub mod schemas {
         DnsFailure,
         Expired,
         Undetermined,
-    }
-
-    /// One recipient and where it stands.
-    #[derive(ToSchema)]
-    pub struct Recipient {
-        pub email: String,
-        pub name: Option<String>,
-        /// `to`, `cc` or `bcc`.
-        #[schema(rename = "type")]
-        pub kind: String,
-        pub status: String,
-        pub attempts: i64,
-        pub last_event_at: String,
-        pub next_attempt_at: Option<String>,
-        pub sent_at: Option<String>,
-        pub smtp: Option<SmtpReply>,
-        pub bounce: Option<BounceClass>,
-    }
-
-    /// One email with its recipients.
-    #[derive(ToSchema)]
-    pub struct Email {
-        pub object: String,
-        pub id: String,
-        pub message_id: String,
-        pub stream: String,
-        pub from: Mailbox,
-        pub reply_to: Vec<Mailbox>,
-        pub subject: String,
-        /// Absent once retention purged the content.
-        pub text: Option<String>,
-        pub html: Option<String>,
-        pub content_purged: bool,
-        pub tags: Vec<String>,
-        pub metadata: BTreeMap<String, String>,
-        /// The aggregate of the recipients' statuses.
-        pub status: String,
-        pub created_at: String,
-        pub scheduled_at: Option<String>,
-        pub expires_at: Option<String>,
-        pub sent_at: Option<String>,
-        pub last_event_at: Option<String>,
-        pub recipients: Vec<Recipient>,
-    }
-
-    /// An email in a search result.
-    #[derive(ToSchema)]
-    pub struct EmailSummary {
-        pub object: String,
-        pub id: String,
-        pub message_id: String,
-        pub stream: String,
-        pub from: Mailbox,
-        pub subject: String,
-        pub tags: Vec<String>,
-        pub metadata: BTreeMap<String, String>,
-        pub status: String,
-        /// How many recipients it has.
-        pub recipients: i64,
-        pub created_at: String,
-    }
-
-    #[derive(ToSchema)]
-    pub struct EmailList {
-        pub object: String,
-        pub has_more: bool,
-        pub data: Vec<EmailSummary>,
-    }
-
-    #[derive(ToSchema)]
-    pub struct EmailCanceled {
-        pub object: String,
-        pub id: String,
-        pub status: String,
-        /// How many recipients were canceled.
-        pub canceled: i64,
-        pub recipients: Vec<Recipient>,
     }
 
     /// Counters and rates of one period (or the totals). Which keys appear follows

@@ -7,22 +7,22 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::AppState;
 use super::auth::FullAccess;
 use super::error::{ApiError, ApiResult, FieldError};
 use super::json::JsonBody;
 use super::projects::Admin;
+use super::responses::{InboundResponse, ReprocessResponse};
 use crate::bounces::inbound::InboundStatus;
 
-#[utoipa::path(post, path = "/v1/inbound", tag = "inbound", request_body(content((String = "message/rfc822"), (String = "text/plain")), description = "A bounce (DSN), complaint (ARF) or plain bounce message"), responses((status = 200, description = "Kept, read and applied", body = crate::api::openapi::schemas::InboundResult), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v1/inbound", tag = "inbound", request_body(content((String = "message/rfc822"), (String = "text/plain")), description = "A bounce (DSN), complaint (ARF) or plain bounce message"), responses((status = 200, description = "Kept, read and applied", body = InboundResponse), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn receive_inbound(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<InboundResponse>)> {
     let mime = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -62,18 +62,19 @@ pub async fn receive_inbound(
         )
         .await?;
     let report = serde_json::to_value(&outcome.report).map_err(|e| ApiError::internal(&e))?;
+    let text = |field: &str| report[field].as_str().map(str::to_owned);
     Ok((
         StatusCode::OK,
-        Json(json!({
-            "object": "inbound",
-            "id": outcome.id,
-            "status": outcome.status,
-            "kind": report["kind"],
-            "recipients": report["recipients"],
-            "complaint": report["complaint"],
-            "original_message_id": report["original_message_id"],
-            "matched": outcome.matched.len(),
-        })),
+        Json(InboundResponse {
+            object: "inbound",
+            id: outcome.id,
+            status: outcome.status.as_str().to_owned(),
+            kind: text("kind"),
+            recipients: report["recipients"].as_array().cloned(),
+            complaint: Some(report["complaint"].clone()).filter(|c| !c.is_null()),
+            original_message_id: text("original_message_id"),
+            matched: outcome.matched.len(),
+        }),
     ))
 }
 
@@ -92,12 +93,12 @@ pub struct ReprocessRequest {
 
 /// Reads kept inbound messages again with today's parser. Effects a message already made are
 /// not made again (no duplicate events, webhooks or suppressions).
-#[utoipa::path(post, path = "/v1/inbound/reprocess", tag = "inbound", request_body = ReprocessRequest, responses((status = 200, description = "What became of the messages read", body = crate::api::openapi::schemas::ReprocessResult), crate::api::openapi::Problems), security(("admin_token" = [])))]
+#[utoipa::path(post, path = "/v1/inbound/reprocess", tag = "inbound", request_body = ReprocessRequest, responses((status = 200, description = "What became of the messages read", body = ReprocessResponse), crate::api::openapi::Problems), security(("admin_token" = [])))]
 pub async fn reprocess_inbound(
     State(state): State<AppState>,
     admin: Admin,
     JsonBody(req): JsonBody<ReprocessRequest>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ReprocessResponse>> {
     let word = req.status.as_deref().unwrap_or("all");
     let statuses = InboundStatus::selection(word).ok_or_else(|| {
         ApiError::validation(vec![FieldError::new(
@@ -123,9 +124,5 @@ pub async fn reprocess_inbound(
         .reprocess(&statuses, since, state.clock.now_ms())
         .await?;
     tracing::info!(admin = %admin.subject, examined = summary.examined, "inbound messages read again");
-    let mut v = serde_json::to_value(&summary).map_err(|e| ApiError::internal(&e))?;
-    if let Some(o) = v.as_object_mut() {
-        o.insert("object".into(), json!("inbound_reprocess"));
-    }
-    Ok(Json(v))
+    Ok(Json(ReprocessResponse::from(&summary)))
 }

@@ -290,40 +290,6 @@ pub mod schemas {
         pub object: String,
         pub data: Vec<Value>,
     }
-
-    #[derive(ToSchema)]
-    pub struct InboundResult {
-        pub object: String,
-        /// The stored report's id.
-        pub id: String,
-        /// `processed` (it changed a recipient), `unmatched` (a report, but no signed return
-        /// path of Herald's in it: nothing changed), `unknown` (not a report), `parse_error`
-        /// (reading it failed; it is kept) or `received` (kept; it will be read again).
-        pub status: String,
-        /// `dsn`, `arf`, `non_standard`, `unknown`, or null when reading failed.
-        pub kind: Option<String>,
-        pub recipients: Option<Vec<Value>>,
-        pub complaint: Option<Value>,
-        pub original_message_id: Option<String>,
-        /// How many recipients it changed.
-        pub matched: i64,
-    }
-
-    #[derive(ToSchema)]
-    pub struct ReprocessResult {
-        pub object: String,
-        /// Messages read.
-        pub examined: i64,
-        pub processed: i64,
-        pub unmatched: i64,
-        pub unknown: i64,
-        pub parse_error: i64,
-        /// Left `received`: the database failed while they were read.
-        pub received: i64,
-        /// Effects (events, status changes, suppressions) made by this run; a message read
-        /// again makes none it made before.
-        pub applied: i64,
-    }
 }
 
 #[cfg(test)]

@@ -29,8 +29,8 @@ use super::error::{ApiError, ApiResult, FieldError};
 use super::idempotency::{IdempotencyKey, fingerprint, key_reused};
 use super::json::{JsonBytes, from_value, parse, parse_object};
 use super::responses::{
-    EmailCanceled, EmailResponse, EmailSummaryResponse, EventResponse, ListResponse,
-    RecipientResponse,
+    BatchAccepted, BatchError, BatchItem, EmailAccepted, EmailCanceled, EmailResponse,
+    EmailSummaryResponse, EventResponse, ListResponse, RecipientResponse,
 };
 
 pub use request::CreateEmailRequest;
@@ -59,7 +59,7 @@ struct Summary {
 
 impl Summary {
     /// The 202's body, given the suppressions that applied to the email.
-    fn accepted(&self, suppressed: &[SuppressionRecord]) -> Value {
+    fn accepted(&self, suppressed: &[SuppressionRecord]) -> EmailAccepted {
         let is_suppressed = |a: &str| suppressed.iter().any(|s| s.email == a);
         let overall = aggregate_status(self.addresses.iter().map(|a| {
             if is_suppressed(a) {
@@ -68,16 +68,15 @@ impl Summary {
                 self.status
             }
         }));
-        let suppressed: Vec<&str> = suppressed.iter().map(|s| s.email.as_str()).collect();
-        json!({
-            "object": "email",
-            "id": self.id,
-            "status": overall.as_str(),
-            "scheduled_at": self.scheduled_at.map(format_ms),
-            "created_at": format_ms(self.created_at),
-            "message_id": self.message_id,
-            "suppressed": suppressed,
-        })
+        EmailAccepted {
+            object: "email",
+            id: self.id.clone(),
+            status: overall.as_str().to_owned(),
+            scheduled_at: self.scheduled_at.map(format_ms),
+            created_at: format_ms(self.created_at),
+            message_id: self.message_id.clone(),
+            suppressed: suppressed.iter().map(|s| s.email.clone()).collect(),
+        }
     }
 }
 
@@ -189,6 +188,7 @@ async fn idempotent<F, Fut>(
     headers: &HeaderMap,
     path: &str,
     body: &[u8],
+    locate: Locate,
     work: F,
 ) -> ApiResult<Response>
 where
@@ -197,7 +197,7 @@ where
 {
     let Some(key) = IdempotencyKey::from_headers(headers)? else {
         let (status, body) = work(None).await?;
-        return Ok(respond(status, &body, false));
+        return Ok(respond(status, &body, false, locate));
     };
     let _guard = state.idempotency.enter(&principal.project_id, path, &key)?;
     let now = state.clock.now_ms();
@@ -208,7 +208,7 @@ where
         }
         let body: Value = serde_json::from_str(&stored.body).map_err(|e| ApiError::internal(&e))?;
         let status = StatusCode::from_u16(stored.status).map_err(|e| ApiError::internal(&e))?;
-        Ok(respond(status, &body, true))
+        Ok(respond(status, &body, true, locate))
     };
     let find = || {
         state
@@ -230,7 +230,7 @@ where
         expires_at: now + super::idempotency::TTL_MS,
     };
     match work(Some(record)).await {
-        Ok((status, body)) => Ok(respond(status, &body, false)),
+        Ok((status, body)) => Ok(respond(status, &body, false, locate)),
         // Another process committed the same key first: answer as it did.
         Err(e) if e.code == "conflict" => match find().await? {
             Some(stored) => replay(stored),
@@ -240,12 +240,24 @@ where
     }
 }
 
-fn respond(status: StatusCode, body: &Value, replayed: bool) -> Response {
+/// Where an answer's `Location` points, read from its body (also a replayed one).
+type Locate = fn(&Value) -> Option<String>;
+
+/// A created email is at `/v1/emails/{id}`.
+fn email_location(body: &Value) -> Option<String> {
+    body.get("id")
+        .and_then(Value::as_str)
+        .map(|id| format!("/v1/emails/{id}"))
+}
+
+/// A batch has no one place.
+fn nowhere(_: &Value) -> Option<String> {
+    None
+}
+
+fn respond(status: StatusCode, body: &Value, replayed: bool, locate: Locate) -> Response {
     let mut resp = (status, Json(body)).into_response();
-    if let Some(id) = body.get("id").and_then(Value::as_str)
-        && body.get("object").and_then(Value::as_str) == Some("email")
-        && let Ok(v) = HeaderValue::from_str(&format!("/v1/emails/{id}"))
-    {
+    if let Some(v) = locate(body).and_then(|l| HeaderValue::from_str(&l).ok()) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
     if replayed {
@@ -266,6 +278,7 @@ async fn commit<B>(
 ) -> ApiResult<(StatusCode, Value)>
 where
     B: Fn(&[Vec<SuppressionRecord>]) -> Value + Clone + Send + Sync + 'static,
+    // (The body is JSON here: an idempotent request keeps it as text, to replay.)
 {
     let accepted = u64::try_from(rows.len()).unwrap_or(0);
     let suppressed = match idem {
@@ -300,7 +313,7 @@ fn validation_context(
 }
 
 /// `POST /v1/emails`: validate, build the MIME message, commit, answer 202.
-#[utoipa::path(post, path = "/v1/emails", tag = "emails", params(("Idempotency-Key" = Option<String>, Header, description = "Replays answer with the first response for 24 h")), request_body = CreateEmailRequest, responses((status = 202, description = "Committed and queued", body = crate::api::openapi::schemas::EmailAccepted), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v1/emails", tag = "emails", params(("Idempotency-Key" = Option<String>, Header, description = "Replays answer with the first response for 24 h")), request_body = CreateEmailRequest, responses((status = 202, description = "Committed and queued", body = EmailAccepted), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn create_email(
     State(state): State<AppState>,
     principal: Principal,
@@ -318,15 +331,21 @@ pub async fn create_email(
     let email = request::validate(req, &ctx, "").map_err(ApiError::validation)?;
     let signing = sender::resolve(&state, &principal, email.from.email.domain(), "/from").await?;
     let Prepared { row, summary } = prepare(&state, &principal, email, signing.as_deref(), now)?;
-    let body_of = move |s: &[Vec<SuppressionRecord>]| summary.accepted(of_email(s, 0));
-    idempotent(&state, &principal, &headers, "/v1/emails", &body, |idem| {
-        commit(&state, vec![row], idem, StatusCode::ACCEPTED, body_of)
-    })
+    let body_of = move |s: &[Vec<SuppressionRecord>]| to_json(&summary.accepted(of_email(s, 0)));
+    idempotent(
+        &state,
+        &principal,
+        &headers,
+        "/v1/emails",
+        &body,
+        email_location,
+        |idem| commit(&state, vec![row], idem, StatusCode::ACCEPTED, body_of),
+    )
     .await
 }
 
 /// `POST /v1/emails/batch`: up to 100 emails, strict (all or nothing) or permissive.
-#[utoipa::path(post, path = "/v1/emails/batch", tag = "emails", params(("Idempotency-Key" = Option<String>, Header, description = "Replays answer with the first response for 24 h"), ("Batch-Validation" = Option<String>, Header, description = "strict (default) or permissive")), request_body = Vec<CreateEmailRequest>, responses((status = 202, description = "Committed and queued", body = crate::api::openapi::schemas::BatchAccepted), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v1/emails/batch", tag = "emails", params(("Idempotency-Key" = Option<String>, Header, description = "Replays answer with the first response for 24 h"), ("Batch-Validation" = Option<String>, Header, description = "strict (default) or permissive")), request_body = Vec<CreateEmailRequest>, responses((status = 202, description = "Committed and queued", body = BatchAccepted), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn create_batch(
     State(state): State<AppState>,
     principal: Principal,
@@ -408,24 +427,38 @@ pub async fn create_batch(
             errors.into_iter().map(|(_, f)| f).collect(),
         ));
     }
-    let error_items: Vec<Value> = errors
-        .iter()
-        .map(|(i, f)| json!({"index": i, "code": f.code, "detail": f.detail, "pointer": f.pointer}))
+    let error_items: Vec<BatchError> = errors
+        .into_iter()
+        .map(|(index, f)| BatchError {
+            index,
+            code: f.code,
+            detail: f.detail,
+            pointer: f.pointer,
+        })
         .collect();
     let (rows, summaries): (Vec<NewEmail>, Vec<(usize, Summary)>) = prepared
         .into_iter()
         .map(|(i, p)| (p.row, (i, p.summary)))
         .unzip();
     let body_of = move |s: &[Vec<SuppressionRecord>]| {
-        let data: Vec<Value> = summaries
+        let data = summaries
             .iter()
             .enumerate()
-            .map(|(k, (i, summary))| {
+            .map(|(k, (index, summary))| {
                 let a = summary.accepted(of_email(s, k));
-                json!({"index": i, "id": a["id"], "status": a["status"], "message_id": a["message_id"]})
+                BatchItem {
+                    index: *index,
+                    id: a.id,
+                    status: a.status,
+                    message_id: a.message_id,
+                }
             })
             .collect();
-        json!({"object": "list", "data": data, "errors": error_items})
+        to_json(&BatchAccepted {
+            object: "list",
+            data,
+            errors: error_items.clone(),
+        })
     };
     idempotent(
         &state,
@@ -433,6 +466,7 @@ pub async fn create_batch(
         &headers,
         "/v1/emails/batch",
         &body,
+        nowhere,
         |idem| commit(&state, rows, idem, StatusCode::ACCEPTED, body_of),
     )
     .await
@@ -625,4 +659,9 @@ pub async fn cancel_email(
         canceled,
         recipients: recipients.iter().map(RecipientResponse::from).collect(),
     }))
+}
+
+/// A typed body as JSON (what an idempotent request keeps to replay).
+fn to_json(body: &impl serde::Serialize) -> Value {
+    serde_json::to_value(body).unwrap_or(Value::Null)
 }

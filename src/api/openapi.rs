@@ -163,46 +163,6 @@ pub mod schemas {
         pub detail: String,
     }
 
-    /// The 202 answer to a send.
-    #[derive(ToSchema)]
-    pub struct EmailAccepted {
-        /// `email`.
-        pub object: String,
-        pub id: String,
-        /// `queued`, `scheduled`, or `suppressed` when every recipient is.
-        pub status: String,
-        pub scheduled_at: Option<String>,
-        pub created_at: String,
-        /// The RFC 5322 Message-ID the mail carries.
-        pub message_id: String,
-        /// Recipients that will not be attempted (on the suppression list).
-        pub suppressed: Vec<String>,
-    }
-
-    #[derive(ToSchema)]
-    pub struct BatchItem {
-        pub index: usize,
-        pub id: String,
-        pub status: String,
-        pub message_id: String,
-    }
-
-    #[derive(ToSchema)]
-    pub struct BatchError {
-        pub index: usize,
-        pub code: String,
-        pub detail: String,
-        pub pointer: String,
-    }
-
-    /// The answer to a batch: one entry per accepted item, one error per refused item.
-    #[derive(ToSchema)]
-    pub struct BatchAccepted {
-        pub object: String,
-        pub data: Vec<BatchItem>,
-        pub errors: Vec<BatchError>,
-    }
-
     /// Why a recipient bounced, by what an operator does next (see the table in docs/guide.md); only
     /// permanent `no_email` and `mailbox_disabled` add a suppression by themselves.
     #[derive(ToSchema)]

@@ -719,3 +719,49 @@ impl From<&crate::bounces::inbound::ReprocessSummary> for ReprocessResponse {
         }
     }
 }
+
+/// The 202 answer to a send.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EmailAccepted {
+    /// Always `email`.
+    #[schema(value_type = String, example = "email")]
+    pub object: &'static str,
+    pub id: String,
+    /// `queued`, `scheduled`, or `suppressed` when every recipient is.
+    pub status: String,
+    pub scheduled_at: Option<String>,
+    pub created_at: String,
+    /// The RFC 5322 Message-ID the mail carries.
+    pub message_id: String,
+    /// Recipients that will not be attempted (on the suppression list).
+    pub suppressed: Vec<String>,
+}
+
+/// One accepted email of a batch.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchItem {
+    /// Its place in the request.
+    pub index: usize,
+    pub id: String,
+    pub status: String,
+    pub message_id: String,
+}
+
+/// One refused email of a permissive batch.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BatchError {
+    pub index: usize,
+    pub code: &'static str,
+    pub detail: String,
+    pub pointer: String,
+}
+
+/// The answer to a batch: one entry per accepted item, one error per refused item.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchAccepted {
+    /// Always `list`.
+    #[schema(value_type = String, example = "list")]
+    pub object: &'static str,
+    pub data: Vec<BatchItem>,
+    pub errors: Vec<BatchError>,
+}

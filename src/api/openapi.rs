@@ -243,13 +243,6 @@ pub mod schemas {
         pub bounces: Vec<BounceCount>,
         pub active_suppressions: i64,
     }
-
-    /// Per-item results of a batch add or remove.
-    #[derive(ToSchema)]
-    pub struct BatchResults {
-        pub object: String,
-        pub data: Vec<Value>,
-    }
 }
 
 #[cfg(test)]

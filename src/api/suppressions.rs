@@ -4,7 +4,6 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use crate::domain::address::EmailAddress;
 use crate::domain::suppression::SuppressionReason;
@@ -14,7 +13,10 @@ use super::AppState;
 use super::auth::{FullAccess, Principal};
 use super::error::{ApiError, ApiResult, FieldError};
 use super::json::JsonBody;
-use super::responses::{ListResponse, SuppressionDeleted, SuppressionResponse};
+use super::responses::{
+    BatchResults, ListResponse, SuppressionAdded, SuppressionDeleted, SuppressionRemoved,
+    SuppressionResponse,
+};
 
 const MAX_BATCH: usize = 100;
 
@@ -145,12 +147,12 @@ pub async fn add_suppression(
 }
 
 /// `POST /v1/suppressions/batch/add`: per-item results, in order.
-#[utoipa::path(post, path = "/v1/suppressions/batch/add", tag = "suppressions", request_body = BatchAddRequest, responses((status = 200, description = "One result per address", body = crate::api::openapi::schemas::BatchResults), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v1/suppressions/batch/add", tag = "suppressions", request_body = BatchAddRequest, responses((status = 200, description = "One result per address", body = BatchResults<SuppressionAdded>), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn batch_add(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,
     JsonBody(req): JsonBody<BatchAddRequest>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<BatchResults<SuppressionAdded>>> {
     if req.emails.len() > MAX_BATCH || req.emails.is_empty() {
         return Err(ApiError::validation(vec![FieldError::new(
             "/emails",
@@ -174,23 +176,44 @@ pub async fn batch_add(
         let mut item_errors = Vec::new();
         match parse_email(raw, format!("/emails/{i}"), &mut item_errors) {
             Some(email) => {
-                let record = SuppressionRecord::new(&principal.project_id, email.as_str(), &stream, reason.as_str(), now);
+                let record = SuppressionRecord::new(
+                    &principal.project_id,
+                    email.as_str(),
+                    &stream,
+                    reason.as_str(),
+                    now,
+                );
                 let (stored, added) = state.store.add_suppression(&record).await?;
-                data.push(json!({"index": i, "email": stored.email, "id": stored.id, "status": if added { "added" } else { "exists" }}));
+                data.push(SuppressionAdded {
+                    index: i,
+                    email: stored.email,
+                    id: Some(stored.id),
+                    status: if added { "added" } else { "exists" },
+                    error: None,
+                });
             }
-            None => data.push(json!({"index": i, "email": raw, "status": "invalid", "error": item_errors.first().map(|e| e.detail.clone())})),
+            None => data.push(SuppressionAdded {
+                index: i,
+                email: raw.clone(),
+                id: None,
+                status: "invalid",
+                error: item_errors.first().map(|e| e.detail.clone()),
+            }),
         }
     }
-    Ok(Json(json!({"object": "list", "data": data})))
+    Ok(Json(BatchResults {
+        object: "list",
+        data,
+    }))
 }
 
 /// `POST /v1/suppressions/batch/remove`: by addresses (every scope) or ids.
-#[utoipa::path(post, path = "/v1/suppressions/batch/remove", tag = "suppressions", request_body = BatchRemoveRequest, responses((status = 200, description = "One result per address or id", body = crate::api::openapi::schemas::BatchResults), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/v1/suppressions/batch/remove", tag = "suppressions", request_body = BatchRemoveRequest, responses((status = 200, description = "One result per address or id", body = BatchResults<SuppressionRemoved>), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn batch_remove(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,
     JsonBody(req): JsonBody<BatchRemoveRequest>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<BatchResults<SuppressionRemoved>>> {
     let n = req.emails.len() + req.ids.len();
     if n == 0 || n > MAX_BATCH {
         return Err(ApiError::validation(vec![FieldError::new(
@@ -202,9 +225,16 @@ pub async fn batch_remove(
     let mut data = Vec::new();
     for target in req.emails.iter().chain(req.ids.iter()) {
         let removed = remove_all(&state, &principal, target).await?;
-        data.push(json!({"target": target, "status": if removed > 0 { "removed" } else { "not_found" }, "removed": removed}));
+        data.push(SuppressionRemoved {
+            target: target.clone(),
+            status: if removed > 0 { "removed" } else { "not_found" },
+            removed,
+        });
     }
-    Ok(Json(json!({"object": "list", "data": data})))
+    Ok(Json(BatchResults {
+        object: "list",
+        data,
+    }))
 }
 
 /// Removes every suppression of an address (or the one with that id); returns how many.

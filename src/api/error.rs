@@ -13,7 +13,8 @@ use crate::store::StoreError;
 use super::request_id;
 
 /// One problem with one field of the request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = FieldProblem)]
 pub struct FieldError {
     /// A JSON pointer into the request body, such as `/to/1` or `/3/attachments/0/content`.
     pub pointer: String,
@@ -138,17 +139,24 @@ impl From<StoreError> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An RFC 9457 problem: every error Herald answers.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Problem<'a> {
+    /// `https://herald.dev/errors/<code>`.
     #[serde(rename = "type")]
     kind: String,
     title: &'a str,
     status: u16,
     detail: &'a str,
+    /// The request path.
     instance: String,
+    /// Stable, snake_case: what clients branch on.
     code: &'a str,
+    /// Also in the `X-Request-Id` header.
     request_id: String,
+    /// One entry per field at fault, with a JSON pointer into the request body.
     #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
+    #[schema(value_type = Option<Vec<FieldError>>)]
     errors: &'a [FieldError],
 }
 

@@ -43,7 +43,7 @@ use super::{suppressions, webhooks};
         projects::list_project_keys, projects::delete_project_key,
         health::healthz, health::readyz, health::metrics,
     ),
-    components(schemas(schemas::Problem, schemas::FieldProblem)),
+    components(schemas(super::error::Problem, super::error::FieldError)),
     modifiers(&Security),
     tags(
         (name = "emails", description = "Sending and tracking email"),
@@ -136,32 +136,6 @@ pub mod schemas {
 
     use serde_json::Value;
     use utoipa::ToSchema;
-
-    /// An RFC 9457 problem.
-    #[derive(ToSchema)]
-    pub struct Problem {
-        /// `https://herald.dev/errors/<code>`.
-        #[schema(rename = "type")]
-        pub kind: String,
-        pub title: String,
-        pub status: u16,
-        pub detail: String,
-        /// The request path.
-        pub instance: String,
-        /// Stable, snake_case: what clients branch on.
-        pub code: String,
-        /// Also in the `X-Request-Id` header.
-        pub request_id: String,
-        /// One entry per field at fault, with a JSON pointer into the request body.
-        pub errors: Option<Vec<FieldProblem>>,
-    }
-
-    #[derive(ToSchema)]
-    pub struct FieldProblem {
-        pub pointer: String,
-        pub code: String,
-        pub detail: String,
-    }
 
     /// Why a recipient bounced, by what an operator does next (see the table in docs/guide.md); only
     /// permanent `no_email` and `mailbox_disabled` add a suppression by themselves.

@@ -29,8 +29,9 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::middleware;
-use axum::routing::{delete, get, post};
 use tokio::sync::Notify;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use crate::bounces::inbound::InboundProcessor;
 use crate::clock::Clock;
@@ -167,111 +168,9 @@ impl AppState {
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
-    let limits = &state.config.limits;
-    let email_limit = DefaultBodyLimit::max(limits.max_email_body_bytes());
-    let batch_limit = DefaultBodyLimit::max(limits.max_batch_body_bytes);
-    let inbound_limit = DefaultBodyLimit::max(limits.max_message_bytes + 1024 * 1024);
-    Router::new()
-        .route(
-            "/v1/emails",
-            post(emails::create_email)
-                .layer(email_limit)
-                .get(emails::list_emails),
-        )
-        .route(
-            "/v1/emails/batch",
-            post(emails::create_batch).layer(batch_limit),
-        )
-        .route("/v1/emails/{id}", get(emails::get_email))
-        .route("/v1/emails/{id}/events", get(emails::list_email_events))
-        .route("/v1/emails/{id}/cancel", post(emails::cancel_email))
-        .route(
-            "/v1/api-keys",
-            post(api_keys::create_api_key).get(api_keys::list_api_keys),
-        )
-        .route("/v1/api-keys/{id}", delete(api_keys::delete_api_key))
-        .route(
-            "/v1/domains",
-            post(domains::create_domain).get(domains::list_domains),
-        )
-        .route(
-            "/v1/domains/{id}",
-            get(domains::get_domain)
-                .patch(domains::update_domain)
-                .delete(domains::delete_domain),
-        )
-        .route("/v1/domains/{id}/verify", post(domains::verify_domain))
-        .route("/v1/domains/{id}/dkim/rotate", post(domains::rotate_dkim))
-        .route(
-            "/v1/suppressions",
-            get(suppressions::list_suppressions).post(suppressions::add_suppression),
-        )
-        .route("/v1/suppressions/batch/add", post(suppressions::batch_add))
-        .route(
-            "/v1/suppressions/batch/remove",
-            post(suppressions::batch_remove),
-        )
-        .route(
-            "/v1/suppressions/{target}",
-            get(suppressions::get_suppression).delete(suppressions::delete_suppression),
-        )
-        .route(
-            "/v1/inbound",
-            post(inbound::receive_inbound).layer(inbound_limit),
-        )
-        .route("/v1/inbound/reprocess", post(inbound::reprocess_inbound))
-        .route("/v1/events", get(events::list_events))
-        .route("/v1/stats", get(stats::get_stats))
-        .route("/v1/stats/bounces", get(stats::get_bounce_stats))
-        .route("/v1/events/{id}/redeliver", post(events::redeliver_event))
-        .route(
-            "/v1/webhooks",
-            post(webhooks::create_webhook).get(webhooks::list_webhooks),
-        )
-        .route(
-            "/v1/webhooks/{id}",
-            get(webhooks::get_webhook)
-                .patch(webhooks::update_webhook)
-                .delete(webhooks::delete_webhook),
-        )
-        .route(
-            "/v1/webhooks/{id}/secret/rotate",
-            post(webhooks::rotate_secret),
-        )
-        .route("/v1/webhooks/{id}/test", post(webhooks::test_webhook))
-        .route(
-            "/v1/webhooks/{id}/deliveries",
-            get(webhooks::list_deliveries),
-        )
-        .route(
-            "/v1/webhooks/{id}/deliveries/{delivery_id}/retry",
-            post(webhooks::retry_delivery),
-        )
-        .route(
-            "/v1/projects",
-            post(projects::create_project).get(projects::list_projects),
-        )
-        .route(
-            "/v1/projects/{id}",
-            get(projects::get_project)
-                .patch(projects::update_project)
-                .delete(projects::delete_project),
-        )
-        .route(
-            "/v1/projects/{id}/api-keys",
-            post(projects::create_project_key).get(projects::list_project_keys),
-        )
-        .route(
-            "/v1/projects/{id}/api-keys/{key_id}",
-            delete(projects::delete_project_key),
-        )
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url(
-            "/openapi.json",
-            <openapi::ApiDoc as utoipa::OpenApi>::openapi(),
-        ))
+    let (routes, doc) = routes(&state.config.limits).split_for_parts();
+    routes
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", doc))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), health::gate))
@@ -279,6 +178,72 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(request_id::middleware))
         .layer(middleware::from_fn(security_headers))
         .with_state(state)
+}
+
+/// Every documented route, from its handler's `#[utoipa::path]` (its method and path are
+/// read from there): the router and the OpenAPI document come from this one list. The body
+/// limits are the configured ones (they do not change the document).
+pub fn routes(limits: &crate::config::LimitsConfig) -> OpenApiRouter<AppState> {
+    let email_limit = DefaultBodyLimit::max(limits.max_email_body_bytes());
+    let batch_limit = DefaultBodyLimit::max(limits.max_batch_body_bytes);
+    let inbound_limit = DefaultBodyLimit::max(limits.max_message_bytes + 1024 * 1024);
+    OpenApiRouter::with_openapi(<openapi::ApiDoc as utoipa::OpenApi>::openapi())
+        .routes(routes!(emails::create_email).layer(email_limit))
+        .routes(routes!(emails::list_emails))
+        .routes(routes!(emails::create_batch).layer(batch_limit))
+        .routes(routes!(emails::get_email))
+        .routes(routes!(emails::list_email_events))
+        .routes(routes!(emails::cancel_email))
+        .routes(routes!(events::list_events))
+        .routes(routes!(events::redeliver_event))
+        .routes(routes!(stats::get_stats))
+        .routes(routes!(stats::get_bounce_stats))
+        .routes(routes!(
+            suppressions::list_suppressions,
+            suppressions::add_suppression
+        ))
+        .routes(routes!(suppressions::batch_add))
+        .routes(routes!(suppressions::batch_remove))
+        .routes(routes!(
+            suppressions::get_suppression,
+            suppressions::delete_suppression
+        ))
+        .routes(routes!(webhooks::create_webhook, webhooks::list_webhooks))
+        .routes(routes!(
+            webhooks::get_webhook,
+            webhooks::update_webhook,
+            webhooks::delete_webhook
+        ))
+        .routes(routes!(webhooks::rotate_secret))
+        .routes(routes!(webhooks::test_webhook))
+        .routes(routes!(webhooks::list_deliveries))
+        .routes(routes!(webhooks::retry_delivery))
+        .routes(routes!(domains::create_domain, domains::list_domains))
+        .routes(routes!(
+            domains::get_domain,
+            domains::update_domain,
+            domains::delete_domain
+        ))
+        .routes(routes!(domains::verify_domain))
+        .routes(routes!(domains::rotate_dkim))
+        .routes(routes!(api_keys::create_api_key, api_keys::list_api_keys))
+        .routes(routes!(api_keys::delete_api_key))
+        .routes(routes!(inbound::receive_inbound).layer(inbound_limit))
+        .routes(routes!(inbound::reprocess_inbound))
+        .routes(routes!(projects::create_project, projects::list_projects))
+        .routes(routes!(
+            projects::get_project,
+            projects::update_project,
+            projects::delete_project
+        ))
+        .routes(routes!(
+            projects::create_project_key,
+            projects::list_project_keys
+        ))
+        .routes(routes!(projects::delete_project_key))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
 }
 
 /// Every error is problem+json: what axum's own extractors answer in plain text (a path that

@@ -1,10 +1,12 @@
-//! The OpenAPI document, generated from the handlers' `#[utoipa::path]` annotations and the
-//! request and response types. Served at `/openapi.json` (Swagger UI, vendored, at `/docs`),
-//! committed as `openapi/openapi.json`; a test fails when the two drift.
+//! The OpenAPI document: [`ApiDoc`]'s information, tags, security schemes and shared
+//! components, with every operation added by `api::routes` from the handlers' own
+//! `#[utoipa::path]`. Served at `/openapi.json` (Swagger UI, vendored, at `/docs`), committed
+//! as `openapi/openapi.json`; a test fails when the two drift.
 //!
-//! Typed bodies (`api::responses`) document themselves. The rest are still built with
-//! `serde_json::json!`, and the shapes in [`schemas`] below document them, until they move. The schemathesis run in `.ci/run` checks every response
-//! against them, so a handler that drifts from its schema fails CI.
+//! Response bodies are typed (`api::responses`) and document themselves; the statistics'
+//! bodies are still built with `serde_json::json!`, and the shapes in [`schemas`] below
+//! document them. The schemathesis run in `.ci/run` checks every response against the
+//! document, so a handler that drifts from its schema fails CI.
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};

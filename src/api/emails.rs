@@ -472,6 +472,83 @@ pub async fn create_batch(
     .await
 }
 
+/// `GET /v1/emails`'s query: the named filters, and `metadata[<key>]=<value>` ones (every
+/// value arrives as text: a flattened map leaves serde no types to go by).
+#[derive(Debug, Deserialize)]
+pub struct EmailSearch {
+    status: Option<String>,
+    recipient: Option<String>,
+    from: Option<String>,
+    tag: Option<String>,
+    stream: Option<String>,
+    created_after: Option<String>,
+    created_before: Option<String>,
+    after: Option<String>,
+    before: Option<String>,
+    limit: Option<String>,
+    #[serde(flatten)]
+    other: std::collections::BTreeMap<String, String>,
+}
+
+impl EmailSearch {
+    /// The store's filter and the page size, or what is wrong with the query.
+    fn filter(self) -> ApiResult<(crate::store::EmailFilter, i64)> {
+        let bad = |m: String| ApiError::bad_request("invalid_query", m);
+        let time = |v: Option<String>| {
+            v.map(|v| {
+                chrono::DateTime::parse_from_rfc3339(&v)
+                    .map(|t| t.timestamp_millis())
+                    .map_err(|_| bad(format!("'{v}' is not an RFC 3339 time")))
+            })
+            .transpose()
+        };
+        // An address as Herald stores it (lower-case domain, ASCII form), else as given.
+        let address = |v: Option<String>| {
+            v.map(|v| {
+                crate::domain::address::EmailAddress::parse(&v)
+                    .map(|a| a.to_string())
+                    .unwrap_or(v)
+            })
+        };
+        if let Some(v) = &self.status {
+            RecipientStatus::parse(v).ok_or_else(|| bad(format!("'{v}' is not a status")))?;
+        }
+        let mut metadata = Vec::new();
+        for (k, v) in self.other {
+            match k
+                .strip_prefix("metadata[")
+                .and_then(|r| r.strip_suffix(']'))
+            {
+                Some(key) if !key.is_empty() => metadata.push((key.to_owned(), v)),
+                _ => return Err(bad(format!("unknown query parameter '{k}'"))),
+            }
+        }
+        let limit = match self.limit {
+            None => None,
+            Some(v) => Some(
+                v.parse()
+                    .map_err(|_| bad("limit must be a number".into()))?,
+            ),
+        };
+        let f = crate::store::EmailFilter {
+            status: self.status,
+            recipient: address(self.recipient),
+            from: address(self.from),
+            tag: self.tag,
+            stream: self.stream,
+            created_after: time(self.created_after)?,
+            created_before: time(self.created_before)?,
+            after: super::pagination::cursor("after", self.after)?,
+            before: super::pagination::cursor("before", self.before)?,
+            metadata,
+        };
+        if f.after.is_some() && f.before.is_some() {
+            return Err(bad("after and before cannot be used together".into()));
+        }
+        Ok((f, super::pagination::page_size(limit, 20, 100)?))
+    }
+}
+
 /// `GET /v1/emails`: search the project's emails, newest first, with a cursor
 /// (`after`/`before` an email id) and the filters `status` (any recipient in it), `recipient`,
 /// `from`, `tag`, `stream`, `metadata[<key>]=<value>`, `created_after`, `created_before`.
@@ -479,61 +556,10 @@ pub async fn create_batch(
 pub async fn list_emails(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,
-    query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<EmailSearch>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<ListResponse<EmailSummaryResponse>>> {
-    let Query(pairs) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let bad = |m: String| ApiError::bad_request("invalid_query", m);
-    let time = |v: &str| {
-        chrono::DateTime::parse_from_rfc3339(v)
-            .map(|t| t.timestamp_millis())
-            .map_err(|_| bad(format!("'{v}' is not an RFC 3339 time")))
-    };
-    let mut f = crate::store::EmailFilter::default();
-    let mut limit: i64 = 20;
-    for (k, v) in pairs {
-        match k.as_str() {
-            "status" => {
-                RecipientStatus::parse(&v).ok_or_else(|| bad(format!("'{v}' is not a status")))?;
-                f.status = Some(v);
-            }
-            "recipient" => {
-                f.recipient = Some(
-                    crate::domain::address::EmailAddress::parse(&v)
-                        .map(|a| a.to_string())
-                        .unwrap_or(v),
-                )
-            }
-            "from" => {
-                f.from = Some(
-                    crate::domain::address::EmailAddress::parse(&v)
-                        .map(|a| a.to_string())
-                        .unwrap_or(v),
-                )
-            }
-            "tag" => f.tag = Some(v),
-            "stream" => f.stream = Some(v),
-            "created_after" => f.created_after = Some(time(&v)?),
-            "created_before" => f.created_before = Some(time(&v)?),
-            "after" => f.after = super::pagination::cursor("after", Some(v))?,
-            "before" => f.before = super::pagination::cursor("before", Some(v))?,
-            "limit" => {
-                limit = v
-                    .parse()
-                    .map_err(|_| bad("limit must be a number".into()))?
-            }
-            other => match other
-                .strip_prefix("metadata[")
-                .and_then(|r| r.strip_suffix(']'))
-            {
-                Some(key) if !key.is_empty() => f.metadata.push((key.to_owned(), v)),
-                _ => return Err(bad(format!("unknown query parameter '{other}'"))),
-            },
-        }
-    }
-    let limit = super::pagination::page_size(Some(limit), 20, 100)?;
-    if f.after.is_some() && f.before.is_some() {
-        return Err(bad("after and before cannot be used together".into()));
-    }
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let (f, limit) = q.filter()?;
     let mut rows = state
         .store
         .search_emails(&principal.project_id, &f, limit + 1)

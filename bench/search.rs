@@ -86,7 +86,7 @@ fn email(project: &str, i: u64, rng: &mut Rng, now: i64) -> NewEmail {
             address: rcpt.clone(),
             name: None,
             kind: "to".into(),
-            status: status.into(),
+            status: herald::domain::status::RecipientStatus::parse(status).expect("a status"),
             next_attempt_at: created_at,
             deadline_at: created_at + 3 * 86_400_000,
         }],

@@ -136,7 +136,7 @@ fn prepare(
             address: m.email.to_string(),
             name: m.name.clone(),
             kind: kind.as_str().to_owned(),
-            status: status.as_str().to_owned(),
+            status,
             next_attempt_at: start,
             deadline_at: deadline,
         });
@@ -575,8 +575,7 @@ pub async fn list_emails(
     let data = rows
         .iter()
         .map(|(e, statuses)| {
-            let status =
-                aggregate_status(statuses.iter().filter_map(|s| RecipientStatus::parse(s)));
+            let status = aggregate_status(statuses.iter().copied());
             EmailSummaryResponse::new(e, status.as_str(), statuses.len())
         })
         .collect();
@@ -605,9 +604,7 @@ pub async fn get_email(
     Path(id): Path<String>,
 ) -> ApiResult<Json<EmailResponse>> {
     let (email, recipients) = load_email(&state, &principal, &id).await?;
-    let statuses = recipients
-        .iter()
-        .filter_map(|r| RecipientStatus::parse(&r.status));
+    let statuses = recipients.iter().map(|r| r.status);
     let status = aggregate_status(statuses);
     Ok(Json(EmailResponse::new(
         &email,
@@ -673,11 +670,7 @@ pub async fn cancel_email(
         ));
     }
     let (_, recipients) = state.store.get_email(&principal.project_id, &id).await?;
-    let status = aggregate_status(
-        recipients
-            .iter()
-            .filter_map(|r| RecipientStatus::parse(&r.status)),
-    );
+    let status = aggregate_status(recipients.iter().map(|r| r.status));
     Ok(Json(EmailCanceled {
         object: "email",
         id,

@@ -9,6 +9,7 @@ use super::lite::Lite;
 use super::suppressions::SuppressionRecord;
 use super::webhooks::{EventRow, Outbox, enqueue_deliveries, enqueue_deliveries_lite};
 use super::{Store, StoreError, StoreResult};
+use crate::domain::status::RecipientStatus;
 
 /// An accepted email with its recipients and first events, as the API prepared it.
 #[derive(Debug, Clone)]
@@ -44,7 +45,7 @@ pub struct NewRecipient {
     pub address: String,
     pub name: Option<String>,
     pub kind: String,
-    pub status: String,
+    pub status: RecipientStatus,
     pub next_attempt_at: i64,
     /// After this instant no further attempt is made.
     pub deadline_at: i64,
@@ -144,7 +145,7 @@ pub struct RecipientRecord {
     pub address: String,
     pub name: Option<String>,
     pub kind: String,
-    pub status: String,
+    pub status: RecipientStatus,
     pub attempts: i64,
     pub next_attempt_at: i64,
     pub smtp_code: Option<i64>,
@@ -239,13 +240,19 @@ fn email_from_row(r: &AnyRow) -> StoreResult<EmailRecord> {
     })
 }
 
+/// A recipient's status as stored: one Herald wrote, or the row is not what Herald wrote.
+pub(super) fn recipient_status(s: &str) -> StoreResult<RecipientStatus> {
+    RecipientStatus::parse(s)
+        .ok_or_else(|| StoreError::Corrupt(format!("'{s}' is not a recipient status")))
+}
+
 pub(super) fn recipient_from_row(r: &AnyRow) -> StoreResult<RecipientRecord> {
     Ok(RecipientRecord {
         id: r.try_get(0)?,
         address: r.try_get(1)?,
         name: r.try_get(2)?,
         kind: r.try_get(3)?,
-        status: r.try_get(4)?,
+        status: recipient_status(&r.try_get::<String, _>(4)?)?,
         attempts: r.try_get(5)?,
         next_attempt_at: r.try_get(6)?,
         smtp_code: r.try_get(7)?,
@@ -570,7 +577,7 @@ impl<'v> IngestRows<'v> {
                         Val::Text(&r.address),
                         Val::OptText(r.name.as_deref()),
                         Val::Text(&r.kind),
-                        Val::Text(&r.status),
+                        Val::Text(r.status.as_str()),
                         Val::Int(0),
                         Val::Int(r.next_attempt_at),
                         Val::Int(r.deadline_at),
@@ -803,7 +810,7 @@ impl Store {
         project_id: &str,
         f: &EmailFilter,
         limit: i64,
-    ) -> StoreResult<Vec<(EmailRecord, Vec<String>)>> {
+    ) -> StoreResult<Vec<(EmailRecord, Vec<RecipientStatus>)>> {
         // The page walks one index in email-id order: the most selective filter that has
         // one (a metadata pair, a recipient, a tag, a sender), or the project's emails.
         // Every other filter is a probe of a primary key or index per candidate row.
@@ -960,7 +967,8 @@ impl Store {
             emails.reverse();
         }
         // Every listed email's recipient statuses, in one query.
-        let mut statuses: std::collections::HashMap<String, Vec<String>> = Default::default();
+        let mut statuses: std::collections::HashMap<String, Vec<RecipientStatus>> =
+            Default::default();
         if !emails.is_empty() {
             let sql = format!(
                 "SELECT email_id, status FROM recipients WHERE email_id IN ({})",
@@ -974,7 +982,7 @@ impl Store {
                 statuses
                     .entry(r.try_get(0)?)
                     .or_default()
-                    .push(r.try_get(1)?);
+                    .push(recipient_status(&r.try_get::<String, _>(1)?)?);
             }
         }
         Ok(emails

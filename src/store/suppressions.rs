@@ -286,7 +286,7 @@ pub(super) fn apply(email: &mut NewEmail, found: &[SuppressionRecord]) -> Vec<Su
         }) else {
             continue;
         };
-        r.status = RecipientStatus::Suppressed.as_str().to_owned();
+        r.status = RecipientStatus::Suppressed;
         let scope = (!s.stream.is_empty()).then_some(s.stream.as_str());
         let data = serde_json::json!({"suppression": {
             "reason": s.reason,

@@ -312,7 +312,7 @@ pub(crate) fn email(project_id: &str, recipients: &[(&str, i64)]) -> NewEmail {
                 address: (*addr).to_owned(),
                 name: None,
                 kind: "to".into(),
-                status: "queued".into(),
+                status: herald::domain::status::RecipientStatus::Queued,
                 next_attempt_at: *due,
                 deadline_at: NOW + 86_400_000,
             })
@@ -400,8 +400,8 @@ async fn a_claimed_scheduled_recipient_is_queued(backend: Backend) {
             ("queued@x.com", NOW - 5),
         ],
     );
-    e.recipients[0].status = "scheduled".into();
-    e.recipients[1].status = "scheduled".into();
+    e.recipients[0].status = herald::domain::status::RecipientStatus::Scheduled;
+    e.recipients[1].status = herald::domain::status::RecipientStatus::Scheduled;
     let id = e.id.clone();
     store.insert_emails(vec![e], None).await.expect("insert");
     let claimed = store

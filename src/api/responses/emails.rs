@@ -44,7 +44,8 @@ pub struct RecipientResponse {
     /// `to`, `cc` or `bcc`.
     #[serde(rename = "type")]
     pub kind: String,
-    pub status: String,
+    #[schema(value_type = String)]
+    pub status: crate::domain::status::RecipientStatus,
     pub attempts: i64,
     pub last_event_at: String,
     /// When it is tried next, while it waits.
@@ -56,17 +57,14 @@ pub struct RecipientResponse {
 
 impl From<&crate::store::RecipientRecord> for RecipientResponse {
     fn from(r: &crate::store::RecipientRecord) -> Self {
-        use crate::domain::status::RecipientStatus;
         Self {
             email: r.address.clone(),
             name: r.name.clone(),
             kind: r.kind.clone(),
-            status: r.status.clone(),
+            status: r.status,
             attempts: r.attempts,
             last_event_at: format_ms(r.last_event_at),
-            next_attempt_at: RecipientStatus::parse(&r.status)
-                .filter(|s| s.is_pending())
-                .map(|_| format_ms(r.next_attempt_at)),
+            next_attempt_at: r.status.is_pending().then(|| format_ms(r.next_attempt_at)),
             sent_at: r.sent_at.map(format_ms),
             smtp: r.smtp_code.map(|code| SmtpReplyView {
                 code,

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::helpers::{TestApp, TestDb, email_to, postgres_admin_url};
 use crate::on_both_backends;
-use crate::process::{create_key, message_ids, serve, terminate};
+use crate::process::{create_key, message_ids, post_emails, serve, terminate};
 use crate::smtp_server::{Action, Step, TestSmtp, Tls, ok};
 
 on_both_backends!(sigkill_mid_delivery_loses_nothing);
@@ -146,26 +146,7 @@ async fn sigkill_mid_delivery_loses_nothing(backend: Backend) {
     let key = create_key(&db.url, &relay, dir.path(), "crash").await;
 
     let (mut first, base) = serve(&db.url, &relay, dir.path()).await;
-    let http = reqwest::Client::new();
-    let mut accepted = Vec::new();
-    for chunk in (0..EMAILS).collect::<Vec<_>>().chunks(50) {
-        let posts = chunk.iter().map(|i| {
-            let body = email_to(&[&format!("user{i}@example.com")]);
-            let req = http
-                .post(format!("{base}/v1/emails"))
-                .bearer_auth(&key)
-                .json(&body);
-            async move {
-                let r = req.send().await.expect("post");
-                assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
-                r.json::<Value>().await.expect("json")["message_id"]
-                    .as_str()
-                    .expect("mid")
-                    .to_owned()
-            }
-        });
-        accepted.extend(futures::future::join_all(posts).await);
-    }
+    let accepted = post_emails(&[&base], &key, EMAILS).await;
     assert_eq!(accepted.len(), EMAILS);
 
     // Kill it hard in the middle of delivery.

@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::helpers::{TestApp, email_to, statuses};
-use crate::smtp_server::{Action, Step, TestSmtp, Tls, ok, reply};
+use crate::smtp_server::{Action, Arrivals, Step, TestSmtp, Tls, ok, reply};
 use crate::{on_both_backends, on_sqlite};
 
 on_both_backends!(
@@ -703,12 +703,7 @@ async fn shutdown_finishes_what_started_and_starts_nothing(backend: Backend) {
     app.drain().await;
     for i in 0..4 {
         let to = format!("u{i}@example.com");
-        let times = smtp
-            .received()
-            .iter()
-            .filter(|m| m.rcpt_to.contains(&to))
-            .count();
-        assert_eq!(times, 1, "{to}");
+        assert_eq!(smtp.times_received(&to), 1, "{to}");
     }
     app.finish().await;
 }
@@ -720,13 +715,11 @@ async fn shutdown_finishes_what_started_and_starts_nothing(backend: Backend) {
 async fn a_recipient_in_flight_is_not_sent_again_when_its_lease_runs_out(backend: Backend) {
     const N: usize = 3;
     let smtp = TestSmtp::start(Tls::Starttls).await;
-    let arrived = Arc::new(AtomicUsize::new(0));
-    let wake = Arc::new(tokio::sync::Notify::new());
-    let (a, w) = (Arc::clone(&arrived), Arc::clone(&wake));
+    let arrivals = Arc::new(Arrivals::default());
+    let a = Arc::clone(&arrivals);
     smtp.script(move |step| match step {
         Step::Message { .. } => {
-            a.fetch_add(1, Ordering::SeqCst);
-            w.notify_waiters();
+            a.note();
             Action::ReplyAfter(Duration::from_secs(1), 250, "2.0.0 OK".into())
         }
         _ => ok(),
@@ -738,17 +731,7 @@ async fn a_recipient_in_flight_is_not_sent_again_when_its_lease_runs_out(backend
     }
     let first = app.worker.clone();
     let step = tokio::spawn(async move { first.run_once().await });
-    while arrived.load(Ordering::SeqCst) < N {
-        let notified = wake.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if arrived.load(Ordering::SeqCst) >= N {
-            break;
-        }
-        tokio::time::timeout(Duration::from_secs(30), notified)
-            .await
-            .expect("messages at the relay");
-    }
+    arrivals.wait_for(N).await;
     // Every lease is over by the clock; a second worker claims them all and sends none.
     app.advance(Duration::from_secs(3600));
     app.worker.run_once().await.expect("second step");
@@ -756,12 +739,7 @@ async fn a_recipient_in_flight_is_not_sent_again_when_its_lease_runs_out(backend
     assert_eq!(app.drain().await, 0, "nothing left to send");
     for i in 0..N {
         let to = format!("u{i}@example.com");
-        let times = smtp
-            .received()
-            .iter()
-            .filter(|m| m.rcpt_to.contains(&to))
-            .count();
-        assert_eq!(times, 1, "{to} reached the relay {times} times");
+        assert_eq!(smtp.times_received(&to), 1, "{to}");
     }
     for id in &ids {
         assert_eq!(app.email(id).await["status"], "sent");

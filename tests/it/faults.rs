@@ -12,7 +12,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{TestDb, email_to, readyz_until};
-use crate::process::{create_key, herald, message_ids, serve, serve_with, terminate};
+use crate::process::{
+    all_received, create_key, herald, message_ids, post_emails, serve, serve_with, terminate,
+};
 use crate::smtp_server::{Action, Step, TestSmtp, Tls, ok};
 
 /// A file system of a few megabytes (a tmpfs), grown or unmounted by the test.
@@ -137,15 +139,7 @@ async fn a_full_disk_refuses_new_mail_and_loses_none() {
     let v: Value = r.json().await.expect("json");
     accepted.push(v["message_id"].as_str().expect("mid").to_owned());
 
-    let received = tokio::time::timeout(
-        Duration::from_secs(120),
-        relay.wait_until(|r| {
-            let ids = message_ids(r);
-            accepted.iter().all(|id| ids.contains_key(id))
-        }),
-    )
-    .await
-    .expect("every accepted email delivered");
+    let received = all_received(&relay, &accepted).await;
     let status = terminate(&mut child).await;
     assert!(status.success(), "graceful shutdown exits 0, got {status}");
 
@@ -197,30 +191,7 @@ async fn one_of_two_processes_killed_loses_nothing() {
     let (mut doomed, doomed_base) = serve(&db.url, &relay, dir.path()).await;
     let (mut survivor, survivor_base) = serve(&db.url, &relay, dir.path()).await;
 
-    let http = reqwest::Client::new();
-    let mut accepted = Vec::new();
-    for chunk in (0..EMAILS).collect::<Vec<_>>().chunks(50) {
-        let posts = chunk.iter().map(|i| {
-            let base = if i % 2 == 0 {
-                &doomed_base
-            } else {
-                &survivor_base
-            };
-            let req = http
-                .post(format!("{base}/v1/emails"))
-                .bearer_auth(&key)
-                .json(&email_to(&[&format!("user{i}@example.com")]));
-            async move {
-                let r = req.send().await.expect("post");
-                assert_eq!(r.status(), StatusCode::ACCEPTED);
-                r.json::<Value>().await.expect("json")["message_id"]
-                    .as_str()
-                    .expect("mid")
-                    .to_owned()
-            }
-        });
-        accepted.extend(futures::future::join_all(posts).await);
-    }
+    let accepted = post_emails(&[&doomed_base, &survivor_base], &key, EMAILS).await;
 
     relay.wait_until(|r| r.len() >= EMAILS / 4).await;
     doomed.start_kill().expect("SIGKILL");
@@ -232,15 +203,7 @@ async fn one_of_two_processes_killed_loses_nothing() {
         "the kill must land mid-delivery ({at_kill} delivered)"
     );
 
-    let received = tokio::time::timeout(
-        Duration::from_secs(120),
-        relay.wait_until(|r| {
-            let ids = message_ids(r);
-            accepted.iter().all(|id| ids.contains_key(id))
-        }),
-    )
-    .await
-    .expect("every accepted email delivered by the survivor");
+    let received = all_received(&relay, &accepted).await;
     let recovered = killed_at.elapsed();
     let status = terminate(&mut survivor).await;
     assert!(status.success(), "graceful shutdown exits 0, got {status}");

@@ -4,15 +4,13 @@
 
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use herald::store::Backend;
 use reqwest::StatusCode;
-use tokio::sync::Notify;
 
 use crate::helpers::{TestApp, email_to};
-use crate::smtp_server::{Action, Step, TestSmtp, Tls, ok};
+use crate::smtp_server::{Action, Arrivals, Step, TestSmtp, Tls, ok};
 
 /// A Postgres cluster of this test's own, dropped with it.
 struct Cluster {
@@ -117,12 +115,11 @@ async fn a_database_outage_mid_delivery_sends_nothing_twice() {
     let smtp = TestSmtp::start(Tls::Starttls).await;
     // Every message is answered 250 three seconds after it arrives; the test hears of each
     // arrival at once.
-    let (arrived, wake) = (Arc::new(AtomicUsize::new(0)), Arc::new(Notify::new()));
-    let (a, w) = (Arc::clone(&arrived), Arc::clone(&wake));
+    let arrivals = Arc::new(Arrivals::default());
+    let a = Arc::clone(&arrivals);
     smtp.script(move |step| match step {
         Step::Message { .. } => {
-            a.fetch_add(1, Ordering::SeqCst);
-            w.notify_waiters();
+            a.note();
             Action::ReplyAfter(Duration::from_secs(3), 250, "2.0.0 OK".into())
         }
         _ => ok(),
@@ -141,17 +138,7 @@ async fn a_database_outage_mid_delivery_sends_nothing_twice() {
     let worker = app.worker.clone();
     let step = tokio::spawn(async move { worker.run_once().await });
     // Every message is at the relay, its 250 still to come: the database stops.
-    while arrived.load(Ordering::SeqCst) < N {
-        let notified = wake.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if arrived.load(Ordering::SeqCst) >= N {
-            break;
-        }
-        tokio::time::timeout(Duration::from_secs(30), notified)
-            .await
-            .expect("messages at the relay");
-    }
+    arrivals.wait_for(N).await;
     cluster.ctl("stop");
     // The relay answers; the outcomes cannot be written and are kept.
     let kept = tokio::time::timeout(Duration::from_secs(60), async {

@@ -110,3 +110,44 @@ pub async fn terminate(child: &mut Child) -> std::process::ExitStatus {
     assert!(term.success());
     child.wait().await.expect("wait")
 }
+
+/// Posts `n` emails (to `user<i>@example.com`), 50 at a time, spread over `bases` in turn;
+/// asserts each is accepted and returns their Message-IDs.
+pub async fn post_emails(bases: &[&str], key: &str, n: usize) -> Vec<String> {
+    let http = reqwest::Client::new();
+    let mut accepted = Vec::new();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(50) {
+        let posts = chunk.iter().map(|i| {
+            let base = bases[i % bases.len()];
+            let req = http
+                .post(format!("{base}/v1/emails"))
+                .bearer_auth(key)
+                .json(&crate::helpers::email_to(&[&format!(
+                    "user{i}@example.com"
+                )]));
+            async move {
+                let r = req.send().await.expect("post");
+                assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
+                r.json::<Value>().await.expect("json")["message_id"]
+                    .as_str()
+                    .expect("mid")
+                    .to_owned()
+            }
+        });
+        accepted.extend(futures::future::join_all(posts).await);
+    }
+    accepted
+}
+
+/// What the relay has once every one of `message_ids` reached it (at most two minutes).
+pub async fn all_received(relay: &TestSmtp, message_ids: &[String]) -> Vec<Received> {
+    tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        relay.wait_until(|r| {
+            let ids = self::message_ids(r);
+            message_ids.iter().all(|id| ids.contains_key(id))
+        }),
+    )
+    .await
+    .expect("every accepted email reached the relay")
+}

@@ -456,3 +456,45 @@ fn angle(cmd: &str) -> String {
     let end = cmd[start..].find('>').map_or(cmd.len(), |i| start + i);
     cmd[start..end].to_owned()
 }
+
+/// Messages that reached a scripted relay before it answered them: a script calls
+/// [`Arrivals::note`] on `Step::Message`, and a test waits for the count (`received` only has
+/// a message once it is answered).
+#[derive(Debug, Default)]
+pub struct Arrivals {
+    count: std::sync::atomic::AtomicUsize,
+    wake: tokio::sync::Notify,
+}
+
+impl Arrivals {
+    pub fn note(&self) {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_waiters();
+    }
+
+    /// Until `n` messages have arrived (at most 30 s).
+    pub async fn wait_for(&self, n: usize) {
+        let arrived = || self.count.load(std::sync::atomic::Ordering::SeqCst) >= n;
+        while !arrived() {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if arrived() {
+                break;
+            }
+            tokio::time::timeout(std::time::Duration::from_secs(30), notified)
+                .await
+                .expect("messages at the relay");
+        }
+    }
+}
+
+impl TestSmtp {
+    /// How many messages to `to` the relay has answered.
+    pub fn times_received(&self, to: &str) -> usize {
+        self.received()
+            .iter()
+            .filter(|m| m.rcpt_to.iter().any(|r| r == to))
+            .count()
+    }
+}

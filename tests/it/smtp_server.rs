@@ -490,6 +490,14 @@ impl Arrivals {
 }
 
 impl TestSmtp {
+    /// Answers every message 250 after `pause` (a relay that takes its time).
+    pub fn accept_after(&self, pause: std::time::Duration) {
+        self.script(move |step| match step {
+            Step::Message { .. } => Action::ReplyAfter(pause, 250, "2.0.0 OK queued".into()),
+            _ => ok(),
+        });
+    }
+
     /// How many messages to `to` the relay has answered.
     pub fn times_received(&self, to: &str) -> usize {
         self.received()

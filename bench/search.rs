@@ -85,7 +85,7 @@ fn email(project: &str, i: u64, rng: &mut Rng, now: i64) -> NewEmail {
             position: 0,
             address: rcpt.clone(),
             name: None,
-            kind: "to".into(),
+            kind: herald::domain::email::RecipientKind::To,
             status: herald::domain::status::RecipientStatus::parse(status).expect("a status"),
             next_attempt_at: created_at,
             deadline_at: created_at + 3 * 86_400_000,

@@ -135,7 +135,7 @@ fn prepare(
             position: i64::try_from(position).unwrap_or(i64::MAX),
             address: m.email.to_string(),
             name: m.name.clone(),
-            kind: kind.as_str().to_owned(),
+            kind,
             status,
             next_attempt_at: start,
             deadline_at: deadline,

@@ -45,7 +45,8 @@ impl Default for Limits {
 }
 
 /// How a recipient was addressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RecipientKind {
     To,
     Cc,
@@ -59,6 +60,12 @@ impl RecipientKind {
             Self::Cc => "cc",
             Self::Bcc => "bcc",
         }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::To, Self::Cc, Self::Bcc]
+            .into_iter()
+            .find(|k| k.as_str() == s)
     }
 }
 

@@ -9,6 +9,7 @@ use super::lite::Lite;
 use super::suppressions::SuppressionRecord;
 use super::webhooks::{EventRow, Outbox, enqueue_deliveries, enqueue_deliveries_lite};
 use super::{Store, StoreError, StoreResult};
+use crate::domain::email::RecipientKind;
 use crate::domain::status::RecipientStatus;
 
 /// An accepted email with its recipients and first events, as the API prepared it.
@@ -44,7 +45,7 @@ pub struct NewRecipient {
     pub position: i64,
     pub address: String,
     pub name: Option<String>,
-    pub kind: String,
+    pub kind: RecipientKind,
     pub status: RecipientStatus,
     pub next_attempt_at: i64,
     /// After this instant no further attempt is made.
@@ -144,7 +145,7 @@ pub struct RecipientRecord {
     pub id: String,
     pub address: String,
     pub name: Option<String>,
-    pub kind: String,
+    pub kind: RecipientKind,
     pub status: RecipientStatus,
     pub attempts: i64,
     pub next_attempt_at: i64,
@@ -246,12 +247,18 @@ pub(super) fn recipient_status(s: &str) -> StoreResult<RecipientStatus> {
         .ok_or_else(|| StoreError::Corrupt(format!("'{s}' is not a recipient status")))
 }
 
+/// How a stored recipient was addressed: as Herald wrote it, or the row is corrupt.
+fn recipient_kind(s: &str) -> StoreResult<RecipientKind> {
+    RecipientKind::parse(s)
+        .ok_or_else(|| StoreError::Corrupt(format!("'{s}' is not a recipient kind")))
+}
+
 pub(super) fn recipient_from_row(r: &AnyRow) -> StoreResult<RecipientRecord> {
     Ok(RecipientRecord {
         id: r.try_get(0)?,
         address: r.try_get(1)?,
         name: r.try_get(2)?,
-        kind: r.try_get(3)?,
+        kind: recipient_kind(&r.try_get::<String, _>(3)?)?,
         status: recipient_status(&r.try_get::<String, _>(4)?)?,
         attempts: r.try_get(5)?,
         next_attempt_at: r.try_get(6)?,
@@ -576,7 +583,7 @@ impl<'v> IngestRows<'v> {
                         Val::Int(r.position),
                         Val::Text(&r.address),
                         Val::OptText(r.name.as_deref()),
-                        Val::Text(&r.kind),
+                        Val::Text(r.kind.as_str()),
                         Val::Text(r.status.as_str()),
                         Val::Int(0),
                         Val::Int(r.next_attempt_at),

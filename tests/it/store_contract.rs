@@ -311,7 +311,7 @@ pub(crate) fn email(project_id: &str, recipients: &[(&str, i64)]) -> NewEmail {
                 position: i64::try_from(i).expect("small"),
                 address: (*addr).to_owned(),
                 name: None,
-                kind: "to".into(),
+                kind: herald::domain::email::RecipientKind::To,
                 status: herald::domain::status::RecipientStatus::Queued,
                 next_attempt_at: *due,
                 deadline_at: NOW + 86_400_000,

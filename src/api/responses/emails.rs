@@ -43,7 +43,8 @@ pub struct RecipientResponse {
     pub name: Option<String>,
     /// `to`, `cc` or `bcc`.
     #[serde(rename = "type")]
-    pub kind: String,
+    #[schema(value_type = String)]
+    pub kind: crate::domain::email::RecipientKind,
     #[schema(value_type = String)]
     pub status: crate::domain::status::RecipientStatus,
     pub attempts: i64,
@@ -60,7 +61,7 @@ impl From<&crate::store::RecipientRecord> for RecipientResponse {
         Self {
             email: r.address.clone(),
             name: r.name.clone(),
-            kind: r.kind.clone(),
+            kind: r.kind,
             status: r.status,
             attempts: r.attempts,
             last_event_at: format_ms(r.last_event_at),

@@ -224,6 +224,9 @@ impl Worker {
         let every = (self.lease / 3).max(Duration::from_millis(100));
         let every_ms = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
         let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        // A renewal that waited on a dead database is not made up for by a burst of them: each
+        // would hold the loop again while finished sends wait to be recorded.
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut leased_until = now + lease_ms;
         loop {
             tokio::select! {
@@ -238,10 +241,16 @@ impl Worker {
                 _ = renew.tick() => {
                     let now = self.clock.now_ms();
                     let ids: Vec<&str> = sending.by_task.values().map(String::as_str).collect();
-                    match self.store.renew_leases(&self.owner, &ids, now + lease_ms).await {
-                        Ok(_) => leased_until = now + lease_ms,
-                        Err(e) => {
+                    // Bounded, like every wait here: a database that does not answer fails the
+                    // renewal, it does not hold the sends' results.
+                    let renewal = self.store.renew_leases(&self.owner, &ids, now + lease_ms);
+                    match tokio::time::timeout(every, renewal).await {
+                        Ok(Ok(_)) => leased_until = now + lease_ms,
+                        Ok(Err(e)) => {
                             tracing::warn!(error = %e, "could not renew leases; the sends in flight go on");
+                        }
+                        Err(_) => {
+                            tracing::warn!("lease renewal timed out; the sends in flight go on");
                         }
                     }
                     // The leases run out before the next renewal: another process may take

@@ -80,6 +80,17 @@ impl ApiError {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", detail)
     }
 
+    /// 503 with `Retry-After: 1`: an outage, which a retry shortly may get past.
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        let mut err = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+            detail,
+        );
+        err.retry_after = Some(1);
+        err
+    }
+
     pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, detail)
     }
@@ -126,13 +137,7 @@ impl From<StoreError> for ApiError {
             ),
             StoreError::Unavailable(msg) => {
                 tracing::error!(request_id = %request_id::current(), error = %msg, "database unavailable");
-                let mut err = Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "service_unavailable",
-                    "the database is unavailable; retry shortly",
-                );
-                err.retry_after = Some(1);
-                err
+                Self::unavailable("the database is unavailable; retry shortly")
             }
             other => Self::internal(&other),
         }

@@ -53,13 +53,7 @@ fn unavailable(state: &AppState, writes: bool) -> Option<ApiError> {
         }
         Readiness::ReadOnly => return None,
     };
-    let mut err = ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "service_unavailable",
-        detail,
-    );
-    err.retry_after = Some(1);
-    Some(err)
+    Some(ApiError::unavailable(detail))
 }
 
 /// Refuses `/v1` requests that cannot work now (see [`unavailable`]), and has the database

@@ -9,6 +9,7 @@ use sqlx::any::AnyConnectOptions;
 use sqlx::{AnyConnection, ConnectOptions as _, Connection as _};
 
 use super::Backend;
+use crate::clock::Clock as _;
 
 /// What the probe found wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,7 +100,7 @@ impl Probe {
              ON CONFLICT (name) DO UPDATE SET value = excluded.value",
         )
         .bind(&self.row)
-        .bind(chrono_free_now().to_string())
+        .bind(crate::clock::SystemClock.now_ms().to_string())
         .execute(&mut *conn);
         match tokio::time::timeout(limit, write).await {
             Ok(Ok(_)) => Ok(()),
@@ -132,12 +133,6 @@ impl Probe {
             let _ = conn.close().await;
         }
     }
-}
-
-fn chrono_free_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Whether the error says the connection itself is gone, rather than the write refused.

@@ -130,9 +130,10 @@ impl InboundOutcome {
     }
 }
 
-/// What a reprocessing run did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// What a reprocessing run did (the CLI prints it, the API answers it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ReprocessSummary {
+    /// Messages read.
     pub examined: u64,
     pub processed: u64,
     pub unmatched: u64,
@@ -140,7 +141,8 @@ pub struct ReprocessSummary {
     pub parse_error: u64,
     /// Left `received`: the database failed while they were read.
     pub received: u64,
-    /// Effects made by this run (none that a reading before had made).
+    /// Effects (events, status changes, suppressions) made by this run; a message read again
+    /// makes none it made before.
     pub applied: u64,
 }
 

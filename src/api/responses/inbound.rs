@@ -33,30 +33,15 @@ pub struct ReprocessResponse {
     /// Always `inbound_reprocess`.
     #[schema(value_type = String, example = "inbound_reprocess")]
     pub object: &'static str,
-    /// Messages read.
-    pub examined: u64,
-    pub processed: u64,
-    pub unmatched: u64,
-    pub unknown: u64,
-    pub parse_error: u64,
-    /// Left `received`: the database failed while they were read.
-    pub received: u64,
-    /// Effects (events, status changes, suppressions) made by this run; a message read
-    /// again makes none it made before.
-    pub applied: u64,
+    #[serde(flatten)]
+    pub summary: crate::bounces::inbound::ReprocessSummary,
 }
 
 impl From<&crate::bounces::inbound::ReprocessSummary> for ReprocessResponse {
     fn from(s: &crate::bounces::inbound::ReprocessSummary) -> Self {
         Self {
             object: "inbound_reprocess",
-            examined: s.examined,
-            processed: s.processed,
-            unmatched: s.unmatched,
-            unknown: s.unknown,
-            parse_error: s.parse_error,
-            received: s.received,
-            applied: s.applied,
+            summary: s.clone(),
         }
     }
 }

@@ -6,12 +6,12 @@
 use std::time::Duration;
 
 use herald::clock::Clock as _;
-use herald::store::{Backend, Store};
+use herald::store::Backend;
 use serde_json::Value;
 
 use crate::helpers::{TestApp, TestDb, email_to, postgres_admin_url};
 use crate::on_both_backends;
-use crate::process::{create_key, message_ids, post_emails, serve, terminate};
+use crate::process::{create_key, message_ids, pending_and_sent, post_emails, serve, terminate};
 use crate::smtp_server::{TestSmtp, Tls};
 
 on_both_backends!(sigkill_mid_delivery_loses_nothing);
@@ -166,10 +166,7 @@ async fn sigkill_mid_delivery_loses_nothing(backend: Backend) {
     let lost = accepted.iter().filter(|id| !ids.contains_key(*id)).count();
     let duplicated: usize = ids.values().map(|n| n - 1).sum();
 
-    let store = Store::connect(&db.url, 2).await.expect("store");
-    let pending = store.count_pending().await.expect("count");
-    let sent = store.count_with_status("sent").await.expect("count");
-    store.close().await;
+    let (pending, sent) = pending_and_sent(&db.url).await;
     println!(
         "crash test ({backend:?}): accepted {EMAILS}, delivered before SIGKILL {before}..{at_kill}, \
          after restart {} messages in all; lost {lost}, duplicated {duplicated}; recipients sent {sent}, pending {pending}",

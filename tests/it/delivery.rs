@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::helpers::{TestApp, email_to, statuses};
-use crate::smtp_server::{Action, Arrivals, Step, TestSmtp, Tls, ok, reply};
+use crate::smtp_server::{Action, Step, TestSmtp, Tls, ok, reply};
 use crate::{on_both_backends, on_sqlite};
 
 on_both_backends!(
@@ -715,15 +715,7 @@ async fn shutdown_finishes_what_started_and_starts_nothing(backend: Backend) {
 async fn a_recipient_in_flight_is_not_sent_again_when_its_lease_runs_out(backend: Backend) {
     const N: usize = 3;
     let smtp = TestSmtp::start(Tls::Starttls).await;
-    let arrivals = Arc::new(Arrivals::default());
-    let a = Arc::clone(&arrivals);
-    smtp.script(move |step| match step {
-        Step::Message { .. } => {
-            a.note();
-            Action::ReplyAfter(Duration::from_secs(1), 250, "2.0.0 OK".into())
-        }
-        _ => ok(),
-    });
+    let arrivals = smtp.accept_after_noting(Duration::from_secs(1));
     let app = TestApp::spawn(backend, Some(&smtp)).await;
     let mut ids = Vec::new();
     for i in 0..N {

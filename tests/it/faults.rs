@@ -7,13 +7,14 @@ use std::path::PathBuf;
 use std::process::Command as StdCommand;
 use std::time::{Duration, Instant};
 
-use herald::store::{Backend, Store};
+use herald::store::Backend;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{TestDb, email_to, readyz_until};
 use crate::process::{
-    all_received, create_key, herald, message_ids, post_emails, serve, serve_with, terminate,
+    all_received, create_key, herald, message_ids, pending_and_sent, post_emails, serve,
+    serve_with, terminate,
 };
 use crate::smtp_server::{TestSmtp, Tls};
 
@@ -205,10 +206,7 @@ async fn one_of_two_processes_killed_loses_nothing() {
 
     let ids = message_ids(&received);
     let duplicated: usize = ids.values().map(|n| n - 1).sum();
-    let store = Store::connect(&db.url, 2).await.expect("store");
-    let pending = store.count_pending().await.expect("count");
-    let sent = store.count_with_status("sent").await.expect("count");
-    store.close().await;
+    let (pending, sent) = pending_and_sent(&db.url).await;
     println!(
         "two processes, one killed at {at_kill} delivered: all {EMAILS} delivered {recovered:?} \
          after the kill; duplicated {duplicated}; sent {sent}, pending {pending}"

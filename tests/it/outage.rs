@@ -3,14 +3,13 @@
 //! starts on a port of its own (never the shared one), stopped and started by `pg_ctlcluster`.
 
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 use herald::store::Backend;
 use reqwest::StatusCode;
 
 use crate::helpers::{TestApp, email_to};
-use crate::smtp_server::{Action, Arrivals, Step, TestSmtp, Tls, ok};
+use crate::smtp_server::{TestSmtp, Tls};
 
 /// A Postgres cluster of this test's own, dropped with it.
 struct Cluster {
@@ -78,7 +77,11 @@ impl Cluster {
 
     /// A cluster, or `None` (the test is skipped) where Postgres's cluster tools are missing;
     /// on CI they must be there.
-    fn start_or_skip() -> Option<Self> {
+    async fn start_or_skip() -> Option<Self> {
+        // The test also makes its `TestDb` on the shared server.
+        if !crate::helpers::postgres_or_skip().await {
+            return None;
+        }
         let c = Self::start();
         if c.is_none() {
             assert!(
@@ -105,25 +108,14 @@ impl Drop for Cluster {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_mid_delivery_sends_nothing_twice() {
-    if !crate::helpers::postgres_or_skip().await {
-        return;
-    }
-    let Some(cluster) = Cluster::start_or_skip() else {
+    let Some(cluster) = Cluster::start_or_skip().await else {
         return;
     };
     const N: usize = 6;
     let smtp = TestSmtp::start(Tls::Starttls).await;
     // Every message is answered 250 three seconds after it arrives; the test hears of each
     // arrival at once.
-    let arrivals = Arc::new(Arrivals::default());
-    let a = Arc::clone(&arrivals);
-    smtp.script(move |step| match step {
-        Step::Message { .. } => {
-            a.note();
-            Action::ReplyAfter(Duration::from_secs(3), 250, "2.0.0 OK".into())
-        }
-        _ => ok(),
-    });
+    let arrivals = smtp.accept_after_noting(Duration::from_secs(3));
     let url = cluster.url();
     let app = TestApp::spawn_with(Backend::Postgres, Some(&smtp), move |c| {
         c.database_url = url;
@@ -195,10 +187,7 @@ async fn a_database_outage_mid_delivery_sends_nothing_twice() {
 /// again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_mid_webhook_posts_nothing_twice() {
-    if !crate::helpers::postgres_or_skip().await {
-        return;
-    }
-    let Some(cluster) = Cluster::start_or_skip() else {
+    let Some(cluster) = Cluster::start_or_skip().await else {
         return;
     };
     let receiver = crate::receiver::Receiver::start().await;

@@ -151,3 +151,14 @@ pub async fn all_received(relay: &TestSmtp, message_ids: &[String]) -> Vec<Recei
     .await
     .expect("every accepted email reached the relay")
 }
+
+/// Recipients still waiting and recipients `sent`, read from the test's database afterwards.
+pub async fn pending_and_sent(db_url: &str) -> (i64, i64) {
+    let store = herald::store::Store::connect(db_url, 2)
+        .await
+        .expect("store");
+    let pending = store.count_pending().await.expect("count");
+    let sent = store.count_with_status("sent").await.expect("count");
+    store.close().await;
+    (pending, sent)
+}

@@ -498,6 +498,21 @@ impl TestSmtp {
         });
     }
 
+    /// [`TestSmtp::accept_after`], telling the test of each message as it arrives, before
+    /// its answer.
+    pub fn accept_after_noting(&self, pause: std::time::Duration) -> Arc<Arrivals> {
+        let arrivals = Arc::new(Arrivals::default());
+        let a = Arc::clone(&arrivals);
+        self.script(move |step| match step {
+            Step::Message { .. } => {
+                a.note();
+                Action::ReplyAfter(pause, 250, "2.0.0 OK queued".into())
+            }
+            _ => ok(),
+        });
+        arrivals
+    }
+
     /// How many messages to `to` the relay has answered.
     pub fn times_received(&self, to: &str) -> usize {
         self.received()

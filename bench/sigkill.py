@@ -12,8 +12,6 @@ relay has every accepted email. It prints how many were accepted (202), delivere
 from the milliseconds between a relay's 250 and its commit. Outside CI: it takes minutes.
 """
 import argparse
-import asyncio
-import collections
 import json
 import os
 import signal
@@ -28,29 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiosmtpd.controller import Controller
 
-
-class Counter:
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.by_rcpt = collections.Counter()
-
-    async def handle_DATA(self, server, session, envelope):
-        with self.lock:
-            for r in envelope.rcpt_tos:
-                self.by_rcpt[r.lower()] += 1
-        return "250 2.0.0 OK"
-
-    def total(self):
-        with self.lock:
-            return sum(self.by_rcpt.values())
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+from faults import Relay, free_port  # bench/faults.py, beside this script
 
 
 def main():
@@ -60,7 +36,7 @@ def main():
     p.add_argument("--herald", default="target/release/herald")
     a = p.parse_args()
     herald = os.path.abspath(a.herald)
-    counter = Counter()
+    counter = Relay()
     relay = Controller(counter, hostname="127.0.0.1", port=free_port())
     relay.start()
     work = tempfile.mkdtemp()

@@ -211,7 +211,7 @@ impl Worker {
                     }
                     (ctx, Some(verdict))
                 });
-                sending.by_task.insert(task.id(), recipient_id);
+                sending.insert(task.id(), recipient_id);
             }
         }
         let attempted = tasks.len() + outcomes.len();
@@ -240,7 +240,7 @@ impl Worker {
                 }
                 _ = renew.tick() => {
                     let now = self.clock.now_ms();
-                    let ids: Vec<&str> = sending.by_task.values().map(String::as_str).collect();
+                    let ids: Vec<&str> = sending.values().map(String::as_str).collect();
                     // Bounded, like every wait here: a database that does not answer fails the
                     // renewal, it does not hold the sends' results.
                     let renewal = self.store.renew_leases(&self.owner, &ids, now + lease_ms);
@@ -281,7 +281,7 @@ impl Worker {
     ) {
         match joined {
             Ok((task, (ctx, verdict))) => {
-                sending.by_task.remove(&task);
+                sending.remove(&task);
                 match verdict {
                     // Not started (shutting down, or the lease may have run out): no longer
                     // held; its lease, no longer renewed, runs out (or is given back at
@@ -298,7 +298,7 @@ impl Worker {
             // (no longer renewed) runs out.
             Err(e) => {
                 tracing::error!(error = %e, "a delivery task failed");
-                if let Some(id) = sending.by_task.remove(&e.id()) {
+                if let Some(id) = sending.remove(&e.id()) {
                     self.in_hand.release([id.as_str()]);
                 }
             }
@@ -479,10 +479,7 @@ impl Worker {
 }
 
 /// The sends of one step still under way: their recipients, by task.
-#[derive(Default)]
-struct Sending {
-    by_task: std::collections::HashMap<tokio::task::Id, String>,
-}
+type Sending = std::collections::HashMap<tokio::task::Id, String>;
 
 /// One recipient's attempt, carried from the claim to its outcome.
 struct Attempt {

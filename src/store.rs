@@ -1,10 +1,11 @@
 //! The store: every table Herald has, behind one type, on SQLite or Postgres.
 //!
-//! Queries are written once for sqlx's `Any` driver over a portable schema (text UUIDv7 ids,
-//! integer epoch-millisecond times, integer flags). The few statements that differ between
-//! the two dialects (the queue claim's `FOR UPDATE SKIP LOCKED`, the migration lock) are in
-//! [`Backend`]'s methods. SQLite gets one writer connection (it has one writer anyway, and a
-//! single connection avoids `SQLITE_BUSY` storms) and a pool of readers; Postgres one pool.
+//! One portable schema (text UUIDv7 ids, integer epoch-millisecond times, integer flags) and
+//! one set of queries: reads go through sqlx's `Any` pool; every write goes through the
+//! store's writer (`store::writer`), in group commits, written once against `write::Tx`.
+//! How each database writes, and the few statements that differ, are the backend's own:
+//! `store::sqlite` (one writer connection on a thread of its own, its log flushed beside it)
+//! and `store::postgres` (a few writers on the pool's connections).
 //!
 //! Every write that changes a recipient's state inserts the event that records it in the same
 //! transaction.
@@ -31,29 +32,30 @@ macro_rules! pending {
     };
 }
 
-mod bulk;
-mod checkpoint;
 mod domains;
 mod emails;
-mod group_commit;
 mod inbound;
 mod kept;
-mod lite;
 mod migrate;
+mod postgres;
 mod probe;
 mod projects;
 mod queue;
 mod retention;
+mod sqlite;
 mod stats;
 mod suppressions;
-mod wal_sync;
 mod webhooks;
+mod write;
+mod writer;
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
+
+use write::Val;
 
 pub use domains::{DkimKeyRecord, DomainRecord};
 pub use emails::{
@@ -103,19 +105,12 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database: {0}")]
     Database(sqlx::Error),
+    /// The database refused a statement of the writer's (not its state: Herald's mistake).
+    #[error("database: {0}")]
+    Failed(String),
     /// The database could not take the write (reported to every request of a failed batch).
     #[error("database unavailable: {0}")]
     Unavailable(String),
-}
-
-impl StoreError {
-    /// The same failure for each request of a batch (sqlx errors cannot be cloned).
-    fn from_shared(msg: &str, e: &sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::Database(db) if db.is_unique_violation() => Self::Conflict,
-            _ => Self::Unavailable(msg.to_owned()),
-        }
-    }
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -161,13 +156,13 @@ fn is_transient(e: &sqlx::Error) -> bool {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// The database, with separate reader and writer pools (the same pool on Postgres).
+/// The database: a pool to read from (on Postgres, to write through as well) and the writer.
 #[derive(Debug, Clone)]
 pub struct Store {
     backend: Backend,
-    read: AnyPool,
-    write: AnyPool,
-    writer: group_commit::Writer,
+    /// SQLite's readers; Postgres's connections (the writers keep a few of them).
+    pool: AnyPool,
+    writer: writer::Writer,
     /// Shared with the writer; cleared by the store's own endpoint writes.
     endpoints: std::sync::Arc<webhooks::EndpointCache>,
 }
@@ -177,51 +172,34 @@ impl Store {
     pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Self> {
         sqlx::any::install_default_drivers();
         let backend = Backend::from_url(url)?;
-        match backend {
+        let endpoints =
+            std::sync::Arc::new(webhooks::EndpointCache::new(Duration::from_secs(1), 10_000));
+        let (pool, connections) = match backend {
             Backend::Sqlite => {
-                let url = if url.contains('?') || url.contains(":memory:") {
+                if url.contains(":memory:") || url.contains("mode=memory") {
+                    return Err(StoreError::Config(
+                        "an in-memory SQLite database cannot keep what Herald accepts; \
+                         give database_url a file (sqlite://herald.db)"
+                            .into(),
+                    ));
+                }
+                let url = if url.contains('?') {
                     url.to_owned()
                 } else {
                     format!("{url}?mode=rwc")
                 };
                 let options = AnyConnectOptions::from_str(&url)?;
-                let write = sqlite_pool(1, Role::Writer)
+                let pool = sqlite_pool(max_connections.max(2))
                     .connect_with(options.clone())
                     .await?;
-                let read = sqlite_pool(max_connections.max(2), Role::Reader)
-                    .connect_with(options.clone())
-                    .await?;
-                let endpoints = std::sync::Arc::new(webhooks::EndpointCache::new(
-                    Duration::from_secs(1),
-                    10_000,
-                ));
-                let wal = match database_file(&write).await? {
-                    Some(database) => {
-                        let own = sqlite_pool(1, Role::Reader)
-                            .connect_with(options.clone())
-                            .await?;
-                        Some(wal_sync::Wal {
-                            path: std::path::PathBuf::from(format!("{}-wal", database.display())),
-                            database,
-                            checkpointer: checkpoint::Checkpointer::new(own),
-                        })
-                    }
-                    None => None,
+                let database = database_file(&pool).await?;
+                let own = sqlite_pool(1).connect_with(options).await?;
+                let wal = sqlite::wal_sync::Wal {
+                    path: std::path::PathBuf::from(format!("{}-wal", database.display())),
+                    checkpointer: sqlite::checkpoint::Checkpointer::new(own),
                 };
-                let writer = group_commit::Writer::start(
-                    write.clone(),
-                    std::sync::Arc::clone(&endpoints),
-                    Home::OwnThread,
-                    1,
-                    wal,
-                )?;
-                Ok(Self {
-                    backend,
-                    read,
-                    write,
-                    writer,
-                    endpoints,
-                })
+                let conn = sqlite::Connection::open(&database)?;
+                (pool, writer::Connections::Sqlite(conn, wal))
             }
             Backend::Postgres => {
                 let pool = AnyPoolOptions::new()
@@ -229,30 +207,20 @@ impl Store {
                     .acquire_timeout(Duration::from_secs(10))
                     .connect(url)
                     .await?;
-                let endpoints = std::sync::Arc::new(webhooks::EndpointCache::new(
-                    Duration::from_secs(1),
-                    10_000,
-                ));
                 // A few writers, each a connection of the pool at most.
                 let writers = usize::try_from(max_connections / 4)
                     .unwrap_or(1)
                     .clamp(1, 4);
-                let writer = group_commit::Writer::start(
-                    pool.clone(),
-                    std::sync::Arc::clone(&endpoints),
-                    Home::Runtime,
-                    writers,
-                    None,
-                )?;
-                Ok(Self {
-                    backend,
-                    read: pool.clone(),
-                    write: pool,
-                    writer,
-                    endpoints,
-                })
+                (pool.clone(), writer::Connections::Postgres(pool, writers))
             }
-        }
+        };
+        let writer = writer::Writer::start(connections, std::sync::Arc::clone(&endpoints))?;
+        Ok(Self {
+            backend,
+            pool,
+            writer,
+            endpoints,
+        })
     }
 
     /// Connects and brings the schema up to date.
@@ -266,6 +234,14 @@ impl Store {
         self.backend
     }
 
+    /// The statements that differ on this database.
+    fn dialect(&self) -> &'static write::Dialect {
+        match self.backend {
+            Backend::Sqlite => &sqlite::DIALECT,
+            Backend::Postgres => &postgres::DIALECT,
+        }
+    }
+
     /// Applies the embedded migrations that have not run yet.
     pub async fn migrate(&self) -> StoreResult<Vec<String>> {
         migrate::run(self).await
@@ -273,8 +249,21 @@ impl Store {
 
     /// Whether the database answers (readiness).
     pub async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.write).await?;
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// Runs one statement on the writer (in its next commit); how many rows it changed.
+    async fn execute(&self, sql: impl Into<String>, params: Vec<write::Owned>) -> StoreResult<u64> {
+        let sql = sql.into();
+        self.writer
+            .run(move |tx, _| {
+                Box::pin(async move {
+                    let params: Vec<Val<'_>> = params.iter().map(write::Owned::val).collect();
+                    tx.execute(&sql, &params).await
+                })
+            })
+            .await
     }
 
     /// A server-wide value, created with `make` the first time it is asked for.
@@ -283,59 +272,51 @@ impl Store {
         name: &str,
         make: impl FnOnce() -> String,
     ) -> StoreResult<String> {
-        let read = |pool| async move {
-            sqlx::query_scalar::<_, String>("SELECT value FROM settings WHERE name = $1")
-                .bind(name)
-                .fetch_optional(pool)
-                .await
-        };
-        if let Some(v) = read(&self.write).await? {
-            return Ok(v);
-        }
-        let inserted = sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2)")
-            .bind(name)
-            .bind(make())
-            .execute(&self.write)
-            .await;
-        match inserted.map_err(StoreError::from) {
-            Ok(_) | Err(StoreError::Conflict) => {
-                read(&self.write).await?.ok_or(StoreError::NotFound)
-            }
-            Err(e) => Err(e),
-        }
+        let (name, value) = (name.to_owned(), make());
+        self.writer
+            .run(move |tx, _| {
+                Box::pin(async move {
+                    tx.execute(
+                        "INSERT INTO settings (name, value) VALUES ($1, $2) \
+                         ON CONFLICT (name) DO NOTHING",
+                        &[Val::Text(&name), Val::Text(&value)],
+                    )
+                    .await?;
+                    let rows = tx
+                        .query(
+                            "SELECT value FROM settings WHERE name = $1",
+                            &[Val::Text(&name)],
+                        )
+                        .await?;
+                    rows.first().ok_or(StoreError::NotFound)?.get(0)
+                })
+            })
+            .await
     }
 
     pub async fn close(&self) {
-        self.write.close().await;
-        self.read.close().await;
+        self.pool.close().await;
     }
 }
 
-/// What a SQLite pool's connections are for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Writer,
-    Reader,
-}
-
-/// The file of a SQLite database whose write-ahead log the group-commit writer flushes itself
-/// (see `store::group_commit`): none for one in memory or not in WAL mode.
-async fn database_file(pool: &AnyPool) -> StoreResult<Option<std::path::PathBuf>> {
-    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-        .fetch_one(pool)
-        .await?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Ok(None);
-    }
+/// The file of a SQLite database (its writer opens it too; its log is what the syncer
+/// flushes).
+async fn database_file(pool: &AnyPool) -> StoreResult<std::path::PathBuf> {
     let file: String =
         sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
             .fetch_one(pool)
             .await?;
-    Ok((!file.is_empty()).then(|| std::path::PathBuf::from(file)))
+    if file.is_empty() {
+        return Err(StoreError::Config(
+            "a temporary SQLite database cannot keep what Herald accepts; give database_url a file"
+                .into(),
+        ));
+    }
+    Ok(std::path::PathBuf::from(file))
 }
 
-/// SQLite's connections (the writer's pool has one).
-fn sqlite_pool(max: u32, role: Role) -> AnyPoolOptions {
+/// SQLite's reading connections (and the checkpointer's).
+fn sqlite_pool(max: u32) -> AnyPoolOptions {
     AnyPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(Duration::from_secs(30))
@@ -344,26 +325,13 @@ fn sqlite_pool(max: u32, role: Role) -> AnyPoolOptions {
         .test_before_acquire(false)
         .after_connect(move |conn, _meta| {
             Box::pin(async move {
-                // WAL lets readers run beside the writer; synchronous=FULL makes every commit
-                // durable before Herald answers 2xx (NORMAL could lose the last commits on
-                // power loss). The group-commit writer relaxes it while it holds the
-                // connection and flushes the log itself before answering.
+                // WAL lets readers run beside the writer. The writer's settings are its own
+                // (see `store::sqlite`).
                 conn.execute(
                     "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
                      PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
                 )
                 .await?;
-                if role == Role::Writer {
-                    // The writer's statement journals in memory: a group commit's multi-row
-                    // insert outgrew the in-memory journal, and SQLite created, wrote and
-                    // deleted a temporary file for nearly every commit. Not the readers':
-                    // their sorts (a GROUP BY over a million queued recipients) would spill
-                    // into memory too (+60 MB peak RSS at 1M queued).
-                    conn.execute("PRAGMA temp_store = MEMORY;").await?;
-                    // The checkpointer copies the log back beside the writer; the writer's
-                    // own checkpoint is left for the short tail (see `store::checkpoint`).
-                    conn.execute(checkpoint::WRITER_AUTOCHECKPOINT).await?;
-                }
                 Ok(())
             })
         })
@@ -410,37 +378,6 @@ impl Home {
         }
         Ok(())
     }
-}
-
-/// `$first, $first+1, …` placeholders for an `IN (…)` list of `n` values.
-fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// An `IN (…)` list's values padded to a power of two by repeating the last one (a repeat
-/// matches nothing new), bound to the [`padded_placeholders`] of as many values (every caller
-/// has at least one value: an empty list would leave its one placeholder unbound). The query
-/// takes one of a few shapes, each kept prepared; a list of every length would be a statement
-/// parsed afresh per query.
-fn padded<T: Copy>(items: &[T]) -> impl Iterator<Item = T> + '_ {
-    let pad = padded_len(items.len()) - items.len();
-    let last = items.last().copied();
-    items
-        .iter()
-        .copied()
-        .chain(std::iter::repeat_n(last, pad).flatten())
-}
-
-/// [`placeholders`] from `$first` for a list of `n` values bound through [`padded`].
-fn padded_placeholders(first: usize, n: usize) -> String {
-    placeholders(first, padded_len(n))
-}
-
-fn padded_len(n: usize) -> usize {
-    n.next_power_of_two()
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::emails::{NewEvent, insert_event};
-use super::webhooks::Outbox;
+use super::webhooks::EventRow;
+use super::write::{Tx, Val};
 use super::{Store, StoreError, StoreResult};
 
 #[derive(Debug, Clone)]
@@ -83,24 +84,24 @@ fn key_from_row(r: &AnyRow) -> StoreResult<DkimKeyRecord> {
     })
 }
 
-async fn insert_key(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    k: &DkimKeyRecord,
-) -> StoreResult<()> {
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO dkim_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-    )))
-    .bind(&k.id)
-    .bind(&k.domain_id)
-    .bind(&k.selector)
-    .bind(&k.algorithm)
-    .bind(&k.private_key)
-    .bind(&k.public_key)
-    .bind(&k.state)
-    .bind(k.created_at)
-    .bind(k.activated_at)
-    .bind(k.retired_at)
-    .execute(&mut **tx)
+async fn insert_key(tx: &mut dyn Tx, k: &DkimKeyRecord) -> StoreResult<()> {
+    tx.execute(
+        &format!(
+            "INSERT INTO dkim_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        ),
+        &[
+            Val::Text(&k.id),
+            Val::Text(&k.domain_id),
+            Val::Text(&k.selector),
+            Val::Text(&k.algorithm),
+            Val::Text(&k.private_key),
+            Val::Text(&k.public_key),
+            Val::Text(&k.state),
+            Val::Int(k.created_at),
+            Val::OptInt(k.activated_at),
+            Val::OptInt(k.retired_at),
+        ],
+    )
     .await?;
     Ok(())
 }
@@ -108,31 +109,39 @@ async fn insert_key(
 impl Store {
     /// Adds a domain with its first key(s). A name the project already has is `Conflict`.
     pub async fn insert_domain(&self, d: &DomainRecord, keys: &[DkimKeyRecord]) -> StoreResult<()> {
-        let mut tx = self.write.begin().await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO domains ({DOMAIN_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-        )))
-        .bind(&d.id)
-        .bind(&d.project_id)
-        .bind(&d.name)
-        .bind(&d.status)
-        .bind(&d.dkim_mode)
-        .bind(d.return_path_name.as_deref())
-        .bind(&d.records_status)
-        .bind(d.check_attempts)
-        .bind(d.next_check_at)
-        .bind(d.last_checked_at)
-        .bind(d.verified_at)
-        .bind(d.created_at)
-        .bind(d.updated_at)
-        .execute(&mut *tx)
-        .await?;
-        for k in keys {
-            insert_key(&mut tx, k).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let (d, keys) = (d.clone(), keys.to_vec());
+        self.writer
+            .run(move |tx, _| {
+                Box::pin(async move {
+                    tx.execute(
+                        &format!(
+                            "INSERT INTO domains ({DOMAIN_COLUMNS}) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+                        ),
+                        &[
+                            Val::Text(&d.id),
+                            Val::Text(&d.project_id),
+                            Val::Text(&d.name),
+                            Val::Text(&d.status),
+                            Val::Text(&d.dkim_mode),
+                            Val::OptText(d.return_path_name.as_deref()),
+                            Val::Text(&d.records_status),
+                            Val::Int(d.check_attempts),
+                            Val::OptInt(d.next_check_at),
+                            Val::OptInt(d.last_checked_at),
+                            Val::OptInt(d.verified_at),
+                            Val::Int(d.created_at),
+                            Val::Int(d.updated_at),
+                        ],
+                    )
+                    .await?;
+                    for k in &keys {
+                        insert_key(tx, k).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .await
     }
 
     async fn keys_of(&self, domain_id: &str) -> StoreResult<Vec<DkimKeyRecord>> {
@@ -140,7 +149,7 @@ impl Store {
             "SELECT {KEY_COLUMNS} FROM dkim_keys WHERE domain_id = $1 ORDER BY id"
         )))
         .bind(domain_id)
-        .fetch_all(&self.read)
+        .fetch_all(&self.pool)
         .await?;
         rows.iter().map(key_from_row).collect()
     }
@@ -156,7 +165,7 @@ impl Store {
         )))
         .bind(project_id)
         .bind(id)
-        .fetch_optional(&self.read)
+        .fetch_optional(&self.pool)
         .await?
         .ok_or(StoreError::NotFound)?;
         let d = domain_from_row(&row)?;
@@ -175,7 +184,7 @@ impl Store {
         )))
         .bind(project_id)
         .bind(name)
-        .fetch_optional(&self.read)
+        .fetch_optional(&self.pool)
         .await?;
         match row {
             Some(r) => {
@@ -192,7 +201,7 @@ impl Store {
             "SELECT {DOMAIN_COLUMNS} FROM domains WHERE project_id = $1 ORDER BY id"
         )))
         .bind(project_id)
-        .fetch_all(&self.read)
+        .fetch_all(&self.pool)
         .await?;
         rows.iter().map(domain_from_row).collect()
     }
@@ -204,66 +213,78 @@ impl Store {
         d: &DomainRecord,
         event: Option<&NewEvent>,
     ) -> StoreResult<()> {
-        let mut tx = self.write.begin().await?;
-        let done = sqlx::query(
-            "UPDATE domains SET status = $1, dkim_mode = $2, records_status = $3, \
-             check_attempts = $4, next_check_at = $5, last_checked_at = $6, verified_at = $7, \
-             updated_at = $8 WHERE id = $9 AND project_id = $10",
-        )
-        .bind(&d.status)
-        .bind(&d.dkim_mode)
-        .bind(&d.records_status)
-        .bind(d.check_attempts)
-        .bind(d.next_check_at)
-        .bind(d.last_checked_at)
-        .bind(d.verified_at)
-        .bind(d.updated_at)
-        .bind(&d.id)
-        .bind(&d.project_id)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        if let Some(e) = event {
-            insert_event(
-                &mut tx,
-                &mut Outbox::default(),
-                &d.project_id,
-                None,
-                None,
-                e,
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let (d, event) = (d.clone(), event.cloned());
+        self.writer
+            .run(move |tx, outbox| {
+                Box::pin(async move {
+                    let done = tx
+                        .execute(
+                            "UPDATE domains SET status = $1, dkim_mode = $2, records_status = $3, \
+                             check_attempts = $4, next_check_at = $5, last_checked_at = $6, \
+                             verified_at = $7, updated_at = $8 WHERE id = $9 AND project_id = $10",
+                            &[
+                                Val::Text(&d.status),
+                                Val::Text(&d.dkim_mode),
+                                Val::Text(&d.records_status),
+                                Val::Int(d.check_attempts),
+                                Val::OptInt(d.next_check_at),
+                                Val::OptInt(d.last_checked_at),
+                                Val::OptInt(d.verified_at),
+                                Val::Int(d.updated_at),
+                                Val::Text(&d.id),
+                                Val::Text(&d.project_id),
+                            ],
+                        )
+                        .await?;
+                    if done == 0 {
+                        return Err(StoreError::NotFound);
+                    }
+                    if let Some(e) = &event {
+                        let row = EventRow {
+                            project_id: &d.project_id,
+                            email_id: None,
+                            stream: None,
+                            event: e,
+                        };
+                        insert_event(tx, outbox, row, false).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .await
     }
 
     pub async fn delete_domain(&self, project_id: &str, id: &str) -> StoreResult<()> {
-        let mut tx = self.write.begin().await?;
-        let done = sqlx::query("DELETE FROM domains WHERE project_id = $1 AND id = $2")
-            .bind(project_id)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        sqlx::query("DELETE FROM dkim_keys WHERE domain_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        let (project_id, id) = (project_id.to_owned(), id.to_owned());
+        self.writer
+            .run(move |tx, _| {
+                Box::pin(async move {
+                    let done = tx
+                        .execute(
+                            "DELETE FROM domains WHERE project_id = $1 AND id = $2",
+                            &[Val::Text(&project_id), Val::Text(&id)],
+                        )
+                        .await?;
+                    if done == 0 {
+                        return Err(StoreError::NotFound);
+                    }
+                    tx.execute(
+                        "DELETE FROM dkim_keys WHERE domain_id = $1",
+                        &[Val::Text(&id)],
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
+            .await
     }
 
     /// Adds a key (a rotation's pending key).
     pub async fn insert_dkim_key(&self, k: &DkimKeyRecord) -> StoreResult<()> {
-        let mut tx = self.write.begin().await?;
-        insert_key(&mut tx, k).await?;
-        tx.commit().await?;
-        Ok(())
+        let k = k.clone();
+        self.writer
+            .run(move |tx, _| Box::pin(async move { insert_key(tx, &k).await }))
+            .await
     }
 
     /// Makes a pending key the signing key and retires the one it replaces.
@@ -273,24 +294,26 @@ impl Store {
         key_id: &str,
         now: i64,
     ) -> StoreResult<()> {
-        let mut tx = self.write.begin().await?;
-        sqlx::query(
-            "UPDATE dkim_keys SET state = 'retired', retired_at = $1 \
-             WHERE domain_id = $2 AND state = 'active' AND id <> $3",
-        )
-        .bind(now)
-        .bind(domain_id)
-        .bind(key_id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE dkim_keys SET state = 'active', activated_at = $1 WHERE id = $2 AND domain_id = $3")
-            .bind(now)
-            .bind(key_id)
-            .bind(domain_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        let (domain_id, key_id) = (domain_id.to_owned(), key_id.to_owned());
+        self.writer
+            .run(move |tx, _| {
+                Box::pin(async move {
+                    tx.execute(
+                        "UPDATE dkim_keys SET state = 'retired', retired_at = $1 \
+                         WHERE domain_id = $2 AND state = 'active' AND id <> $3",
+                        &[Val::Int(now), Val::Text(&domain_id), Val::Text(&key_id)],
+                    )
+                    .await?;
+                    tx.execute(
+                        "UPDATE dkim_keys SET state = 'active', activated_at = $1 \
+                         WHERE id = $2 AND domain_id = $3",
+                        &[Val::Int(now), Val::Text(&key_id), Val::Text(&domain_id)],
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
+            .await
     }
 
     /// Domains whose DNS check is due: `(project_id, domain_id)`.
@@ -305,7 +328,7 @@ impl Store {
         )
         .bind(now)
         .bind(limit)
-        .fetch_all(&self.write)
+        .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))

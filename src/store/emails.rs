@@ -1,13 +1,12 @@
 //! Emails, their recipients and events, and idempotency records: the ingest side.
 
+use sqlx::Row;
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
-use super::bulk::{TableRows, Val, insert_rows, insert_tables};
-use super::lite::Lite;
 use super::suppressions::SuppressionRecord;
-use super::webhooks::{EventRow, Outbox, enqueue_deliveries, enqueue_deliveries_lite};
+use super::webhooks::{EventRow, Outbox, enqueue_deliveries};
+use super::write::{TableRows, Tx, Val};
 use super::{Store, StoreError, StoreResult};
 use crate::domain::email::RecipientKind;
 use crate::domain::status::RecipientStatus;
@@ -284,22 +283,22 @@ fn event_from_row(r: &AnyRow) -> StoreResult<EventRecord> {
     })
 }
 
-/// Inserts an event and, in the same transaction, the webhook deliveries that announce it.
+/// Inserts an event and, in the same transaction, the webhook deliveries that announce it
+/// and its count in the stats (unless `already_counted`: it repeats a state the stats
+/// counted).
 pub(super) async fn insert_event(
-    tx: &mut AnyConnection,
+    tx: &mut dyn Tx,
     outbox: &mut Outbox,
-    project_id: &str,
-    email_id: Option<&str>,
-    stream: Option<&str>,
-    e: &NewEvent,
+    row: EventRow<'_>,
+    already_counted: bool,
 ) -> StoreResult<()> {
-    let row = EventRow {
-        project_id,
-        email_id,
-        stream,
-        event: e,
-    };
-    insert_events(tx, outbox, std::slice::from_ref(&row)).await
+    let rows = event_values(std::slice::from_ref(&row));
+    tx.write_tables(&[TableRows::insert("events", &EVENT_COLUMNS, &rows)])
+        .await?;
+    if !already_counted {
+        count_events(outbox, std::slice::from_ref(&row));
+    }
+    enqueue_deliveries(tx, outbox, std::slice::from_ref(&row)).await
 }
 
 const EVENT_COLUMNS: [&str; 8] = [
@@ -315,7 +314,7 @@ const EVENT_COLUMNS: [&str; 8] = [
 
 /// Inserts events (one statement) with their webhook deliveries and stats increments.
 pub(super) async fn insert_events(
-    tx: &mut AnyConnection,
+    tx: &mut dyn Tx,
     outbox: &mut Outbox,
     events: &[EventRow<'_>],
 ) -> StoreResult<()> {
@@ -323,29 +322,10 @@ pub(super) async fn insert_events(
         return Ok(());
     }
     let rows = event_values(events);
-    insert_rows(tx, "events", &EVENT_COLUMNS, &rows).await?;
-    events_written(tx, outbox, events).await
-}
-
-/// [`insert_events`] on the group-commit writer's own connection (see `store::lite`), inside
-/// its transaction. The webhook endpoints of the events' projects must be in `outbox` already.
-pub(super) fn insert_events_lite(
-    lite: &mut Lite,
-    outbox: &mut Outbox,
-    events: &[EventRow<'_>],
-) -> StoreResult<()> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let rows = event_values(events);
-    let table = TableRows {
-        table: "events",
-        cols: &EVENT_COLUMNS,
-        rows: &rows,
-    };
-    lite.write_tables(&[(&table, "")])?;
+    tx.write_tables(&[TableRows::insert("events", &EVENT_COLUMNS, &rows)])
+        .await?;
     count_events(outbox, events);
-    enqueue_deliveries_lite(lite, outbox, events)
+    enqueue_deliveries(tx, outbox, events).await
 }
 
 /// The `events` rows of `events`, one value per column of [`EVENT_COLUMNS`].
@@ -368,23 +348,11 @@ fn event_values<'a>(events: &[EventRow<'a>]) -> Vec<Vec<Val<'a>>> {
         .collect()
 }
 
-/// What follows events' rows: their counts in the stats log, their webhook deliveries.
-async fn events_written(
-    tx: &mut AnyConnection,
-    outbox: &mut Outbox,
-    events: &[EventRow<'_>],
-) -> StoreResult<()> {
-    count_events(outbox, events);
-    enqueue_deliveries(tx, outbox, events).await
-}
-
-/// Counts events in the stats log (unless they repeat what it counted).
+/// Counts events in the stats log.
 fn count_events(outbox: &mut Outbox, events: &[EventRow<'_>]) {
     for r in events {
         let e = r.event;
-        if let (Some(email_id), Some(address), false) =
-            (r.email_id, e.recipient.as_deref(), outbox.uncounted)
-        {
+        if let (Some(email_id), Some(address)) = (r.email_id, e.recipient.as_deref()) {
             outbox.stats.event(
                 r.project_id,
                 email_id,
@@ -398,45 +366,47 @@ fn count_events(outbox: &mut Outbox, events: &[EventRow<'_>]) {
 }
 
 /// Reserves an idempotency key with the response to replay, inside the request's own
-/// transaction (a duplicate key fails the transaction: the caller replays what the first
-/// committed). An expired record no longer reserves the key.
+/// savepoint (a duplicate key fails it: the caller replays what the first committed). An
+/// expired record no longer reserves the key.
 pub(super) async fn insert_idempotency(
-    tx: &mut AnyConnection,
+    tx: &mut dyn Tx,
     idem: &IdempotencyRecord,
 ) -> StoreResult<()> {
-    sqlx::query(
+    tx.execute(
         "DELETE FROM idempotency_keys WHERE project_id = $1 AND method = $2 \
          AND path = $3 AND idem_key = $4 AND expires_at <= $5",
+        &[
+            Val::Text(&idem.project_id),
+            Val::Text(&idem.method),
+            Val::Text(&idem.path),
+            Val::Text(&idem.key),
+            Val::Int(idem.created_at),
+        ],
     )
-    .bind(&idem.project_id)
-    .bind(&idem.method)
-    .bind(&idem.path)
-    .bind(&idem.key)
-    .bind(idem.created_at)
-    .execute(&mut *tx)
     .await?;
-    sqlx::query(
+    tx.execute(
         "INSERT INTO idempotency_keys (project_id, method, path, idem_key, fingerprint, \
          response_status, response_body, created_at, expires_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        &[
+            Val::Text(&idem.project_id),
+            Val::Text(&idem.method),
+            Val::Text(&idem.path),
+            Val::Text(&idem.key),
+            Val::Blob(&idem.fingerprint),
+            Val::Int(idem.response_status),
+            Val::Text(&idem.response_body),
+            Val::Int(idem.created_at),
+            Val::Int(idem.expires_at),
+        ],
     )
-    .bind(&idem.project_id)
-    .bind(&idem.method)
-    .bind(&idem.path)
-    .bind(&idem.key)
-    .bind(&idem.fingerprint)
-    .bind(idem.response_status)
-    .bind(&idem.response_body)
-    .bind(idem.created_at)
-    .bind(idem.expires_at)
-    .execute(&mut *tx)
     .await?;
     Ok(())
 }
 
 /// Inserts one request's emails and idempotency record inside `tx`.
 pub(super) async fn insert_request(
-    tx: &mut AnyConnection,
+    tx: &mut dyn Tx,
     outbox: &mut Outbox,
     emails: &[NewEmail],
     idempotency: Option<&IdempotencyRecord>,
@@ -613,31 +583,15 @@ impl<'v> IngestRows<'v> {
     /// The tables in the order they are written (recipients after their emails).
     fn tables(&self) -> [TableRows<'_, 'v>; 5] {
         [
-            TableRows {
-                table: "emails",
-                cols: &EMAIL_INSERT_COLUMNS,
-                rows: &self.emails,
-            },
-            TableRows {
-                table: "recipients",
-                cols: &RECIPIENT_INSERT_COLUMNS,
-                rows: &self.recipients,
-            },
-            TableRows {
-                table: "email_tags",
-                cols: &["project_id", "tag", "email_id"],
-                rows: &self.tags,
-            },
-            TableRows {
-                table: "email_metadata",
-                cols: &["project_id", "key", "value", "email_id"],
-                rows: &self.metadata,
-            },
-            TableRows {
-                table: "events",
-                cols: &EVENT_COLUMNS,
-                rows: &self.events,
-            },
+            TableRows::insert("emails", &EMAIL_INSERT_COLUMNS, &self.emails),
+            TableRows::insert("recipients", &RECIPIENT_INSERT_COLUMNS, &self.recipients),
+            TableRows::insert("email_tags", &["project_id", "tag", "email_id"], &self.tags),
+            TableRows::insert(
+                "email_metadata",
+                &["project_id", "key", "value", "email_id"],
+                &self.metadata,
+            ),
+            TableRows::insert("events", &EVENT_COLUMNS, &self.events),
         ]
     }
 }
@@ -656,34 +610,16 @@ fn note_accepted<'a>(outbox: &mut Outbox, emails: impl Iterator<Item = &'a NewEm
 /// Inserts emails with their recipients, search keys, first events (and their webhook
 /// deliveries) and stats increments: one statement per table for all of them.
 pub(super) async fn insert_emails<'a>(
-    tx: &mut AnyConnection,
+    tx: &mut dyn Tx,
     outbox: &mut Outbox,
     emails: impl Iterator<Item = &'a NewEmail> + Clone,
 ) -> StoreResult<()> {
     let keys = IngestKeys::of(emails.clone(), outbox);
     let rows = IngestRows::of(emails.clone(), &keys);
-    // The emails' events go in with their rows: one hand-off on SQLite for all of it.
-    insert_tables(tx, &rows.tables()).await?;
-    note_accepted(outbox, emails);
-    events_written(tx, outbox, &keys.events).await
-}
-
-/// [`insert_emails`] on the group-commit writer's own connection (see `store::lite`), inside
-/// its transaction. The webhook endpoints of the emails' projects must be in `outbox`
-/// already ([`Outbox::load_endpoints`]).
-pub(super) fn insert_emails_lite<'a>(
-    lite: &mut Lite,
-    outbox: &mut Outbox,
-    emails: impl Iterator<Item = &'a NewEmail> + Clone,
-) -> StoreResult<()> {
-    let keys = IngestKeys::of(emails.clone(), outbox);
-    let rows = IngestRows::of(emails.clone(), &keys);
-    let tables = rows.tables();
-    let inserts: Vec<(&TableRows<'_, '_>, &str)> = tables.iter().map(|t| (t, "")).collect();
-    lite.write_tables(&inserts)?;
+    tx.write_tables(&rows.tables()).await?;
     note_accepted(outbox, emails);
     count_events(outbox, &keys.events);
-    enqueue_deliveries_lite(lite, outbox, &keys.events)
+    enqueue_deliveries(tx, outbox, &keys.events).await
 }
 
 impl Store {
@@ -693,7 +629,7 @@ impl Store {
     /// suppressed, with an `email.suppressed` event; returns the suppressions that applied.
     ///
     /// Requests arriving together share one transaction and one fsync (group commit, see
-    /// `store::group_commit`); each caller is answered only after that commit.
+    /// `store::writer`); each caller is answered only after that commit.
     pub async fn insert_emails(
         &self,
         emails: Vec<NewEmail>,
@@ -720,7 +656,7 @@ impl Store {
         Ok(
             sqlx::query_scalar("SELECT COUNT(*) FROM emails WHERE project_id = $1")
                 .bind(project_id)
-                .fetch_one(&self.read)
+                .fetch_one(&self.pool)
                 .await?,
         )
     }
@@ -744,7 +680,7 @@ impl Store {
         .bind(path)
         .bind(key)
         .bind(now_ms)
-        .fetch_optional(&self.write)
+        .fetch_optional(&self.pool)
         .await?;
         row.map(|r| {
             let status: i64 = r.try_get(1)?;
@@ -771,7 +707,7 @@ impl Store {
         let row = sqlx::query(sql)
             .bind(project_id)
             .bind(id)
-            .fetch_optional(&self.read)
+            .fetch_optional(&self.pool)
             .await?
             .ok_or(StoreError::NotFound)?;
         let mut email = email_from_row(&row)?;
@@ -780,7 +716,7 @@ impl Store {
         let sql = sqlx::AssertSqlSafe(format!(
             "SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE email_id = $1 ORDER BY position"
         ));
-        let rows = sqlx::query(sql).bind(id).fetch_all(&self.read).await?;
+        let rows = sqlx::query(sql).bind(id).fetch_all(&self.pool).await?;
         let recipients = rows
             .iter()
             .map(recipient_from_row)
@@ -804,7 +740,7 @@ impl Store {
         .bind(email_id)
         .bind(after.unwrap_or(""))
         .bind(limit)
-        .fetch_all(&self.read)
+        .fetch_all(&self.pool)
         .await?;
         rows.iter().map(event_from_row).collect()
     }
@@ -946,12 +882,7 @@ impl Store {
         let order = if f.before.is_some() { "ASC" } else { "DESC" };
         let mut order_col = id_col;
         if driver == Driver::Status {
-            // SQLite streams a GROUP BY on the index column; Postgres wants the grouped
-            // table's primary key to select its other columns.
-            order_col = match self.backend {
-                super::Backend::Sqlite => "d.email_id",
-                super::Backend::Postgres => "e.id",
-            };
+            order_col = self.dialect().grouped_email_id;
             sql.push_str(&format!(" GROUP BY {order_col}"));
         }
         sql.push_str(&format!(
@@ -965,7 +896,7 @@ impl Store {
         for t in &time_args {
             q = q.bind(*t);
         }
-        let rows = q.bind(limit).fetch_all(&self.read).await?;
+        let rows = q.bind(limit).fetch_all(&self.pool).await?;
         let mut emails = rows
             .iter()
             .map(email_from_row)
@@ -979,13 +910,13 @@ impl Store {
         if !emails.is_empty() {
             let sql = format!(
                 "SELECT email_id, status FROM recipients WHERE email_id IN ({})",
-                super::placeholders(1, emails.len())
+                super::write::placeholders(1, emails.len())
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
             for e in &emails {
                 q = q.bind(e.id.as_str());
             }
-            for r in q.fetch_all(&self.read).await? {
+            for r in q.fetch_all(&self.pool).await? {
                 statuses
                     .entry(r.try_get(0)?)
                     .or_default()
@@ -1021,7 +952,7 @@ impl Store {
         .bind(filter.email_id.as_deref().unwrap_or(""))
         .bind(filter.created_after.unwrap_or(i64::MIN))
         .bind(limit)
-        .fetch_all(&self.read)
+        .fetch_all(&self.pool)
         .await?;
         rows.iter().map(event_from_row).collect()
     }
@@ -1034,48 +965,51 @@ impl Store {
         id: &str,
         now_ms: i64,
     ) -> StoreResult<usize> {
-        let mut tx = self.write.begin().await?;
-        let stream: String =
-            sqlx::query_scalar("SELECT stream FROM emails WHERE project_id = $1 AND id = $2")
-                .bind(project_id)
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or(StoreError::NotFound)?;
-        let mut outbox = Outbox::default();
-        outbox.stats.use_shard_of(id);
-        let rows = sqlx::query(concat!(
-            "UPDATE recipients SET status = 'canceled', lease_owner = NULL, \
-                 lease_expires_at = NULL, last_event_at = $1 WHERE email_id = $2 AND ",
-            pending!(),
-            " AND (lease_owner IS NULL OR lease_expires_at < $1) RETURNING id, address"
-        ))
-        .bind(now_ms)
-        .bind(id)
-        .fetch_all(&mut *tx)
-        .await?;
-        for r in &rows {
-            let rid: String = r.try_get(0)?;
-            let address: String = r.try_get(1)?;
-            let ev = NewEvent::new(
-                Some(&rid),
-                Some(&address),
-                "email.canceled",
-                serde_json::json!({}),
-                now_ms,
-            );
-            insert_event(
-                &mut tx,
-                &mut outbox,
-                project_id,
-                Some(id),
-                Some(&stream),
-                &ev,
-            )
-            .await?;
-        }
-        outbox.commit(tx).await?;
-        Ok(rows.len())
+        let (project_id, id) = (project_id.to_owned(), id.to_owned());
+        self.writer
+            .run(move |tx, outbox| {
+                Box::pin(async move {
+                    let found = tx
+                        .query(
+                            "SELECT stream FROM emails WHERE project_id = $1 AND id = $2",
+                            &[Val::Text(&project_id), Val::Text(&id)],
+                        )
+                        .await?;
+                    let stream: String = found.first().ok_or(StoreError::NotFound)?.get(0)?;
+                    let rows = tx
+                        .query(
+                            concat!(
+                                "UPDATE recipients SET status = 'canceled', lease_owner = NULL, \
+                                 lease_expires_at = NULL, last_event_at = $1 \
+                                 WHERE email_id = $2 AND ",
+                                pending!(),
+                                " AND (lease_owner IS NULL OR lease_expires_at < $1) \
+                                 RETURNING id, address"
+                            ),
+                            &[Val::Int(now_ms), Val::Text(&id)],
+                        )
+                        .await?;
+                    for r in &rows {
+                        let (rid, address): (String, String) = (r.get(0)?, r.get(1)?);
+                        let ev = NewEvent::new(
+                            Some(&rid),
+                            Some(&address),
+                            "email.canceled",
+                            serde_json::json!({}),
+                            now_ms,
+                        );
+                        let row = EventRow {
+                            project_id: &project_id,
+                            email_id: Some(&id),
+                            stream: Some(&stream),
+                            event: &ev,
+                        };
+                        insert_event(tx, outbox, row, false).await?;
+                    }
+                    Ok(rows.len())
+                })
+            })
+            .await
     }
 }
 

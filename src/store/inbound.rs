@@ -5,7 +5,8 @@ use uuid::Uuid;
 
 use super::emails::{NewEvent, insert_event};
 use super::suppressions::{SuppressionRecord, insert_suppression};
-use super::webhooks::Outbox;
+use super::webhooks::EventRow;
+use super::write::{Owned, Val};
 use super::{Store, StoreResult};
 
 /// A kept inbound message, to be read again.
@@ -66,18 +67,19 @@ impl Store {
         now: i64,
     ) -> StoreResult<String> {
         let id = Uuid::now_v7().to_string();
-        sqlx::query(
-            "INSERT INTO inbound_messages (id, project_id, received_at, source, size, raw, status, matched, envelope) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'received', 0, $7)",
+        self.execute(
+            "INSERT INTO inbound_messages (id, project_id, received_at, source, size, raw, \
+             status, matched, envelope) VALUES ($1, $2, $3, $4, $5, $6, 'received', 0, $7)",
+            vec![
+                id.as_str().into(),
+                Owned::OptText(project_id.map(str::to_owned)),
+                now.into(),
+                source.into(),
+                i64::try_from(raw.len()).unwrap_or(i64::MAX).into(),
+                Owned::Blob(raw.to_vec()),
+                envelope.join("\n").into(),
+            ],
         )
-        .bind(&id)
-        .bind(project_id)
-        .bind(now)
-        .bind(source)
-        .bind(i64::try_from(raw.len()).unwrap_or(i64::MAX))
-        .bind(raw)
-        .bind(envelope.join("\n"))
-        .execute(&self.write)
         .await?;
         Ok(id)
     }
@@ -110,7 +112,7 @@ impl Store {
         .bind(until)
         .bind(after)
         .bind(limit)
-        .fetch_all(&self.read)
+        .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|r| {
@@ -138,14 +140,18 @@ impl Store {
         matched: i64,
         details: &str,
     ) -> StoreResult<()> {
-        sqlx::query("UPDATE inbound_messages SET kind = $1, status = $2, matched = $3, details = $4 WHERE id = $5")
-            .bind(kind)
-            .bind(status)
-            .bind(matched)
-            .bind(details)
-            .bind(id)
-            .execute(&self.write)
-            .await?;
+        self.execute(
+            "UPDATE inbound_messages SET kind = $1, status = $2, matched = $3, details = $4 \
+             WHERE id = $5",
+            vec![
+                kind.into(),
+                status.into(),
+                matched.into(),
+                details.into(),
+                id.into(),
+            ],
+        )
+        .await?;
         Ok(())
     }
 
@@ -153,7 +159,7 @@ impl Store {
     pub async fn count_inbound(&self, status: &str) -> StoreResult<i64> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inbound_messages WHERE status = $1")
             .bind(status)
-            .fetch_one(&self.read)
+            .fetch_one(&self.pool)
             .await?;
         Ok(n)
     }
@@ -161,7 +167,7 @@ impl Store {
     pub async fn find_recipient(&self, id: &str) -> StoreResult<Option<RecipientRef>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!("{REF_SELECT} WHERE r.id = $1")))
             .bind(id)
-            .fetch_optional(&self.read)
+            .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(ref_from_row).transpose()
     }
@@ -175,62 +181,70 @@ impl Store {
         inbound_id: &str,
         effect: &ReportEffect,
     ) -> StoreResult<Option<bool>> {
-        let mut tx = self.write.begin().await?;
-        let first = sqlx::query(
-            "INSERT INTO inbound_effects (inbound_id, recipient_id, event_type, created_at) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-        )
-        .bind(inbound_id)
-        .bind(&effect.recipient.id)
-        .bind(&effect.event.event_type)
-        .bind(effect.event.created_at)
-        .execute(&mut *tx)
-        .await?;
-        if first.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(None);
-        }
-        let mut changed = false;
-        if let Some(status) = effect.new_status {
-            let allowed = effect
-                .from_statuses
-                .iter()
-                .map(|s| format!("'{s}'"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let done = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE recipients SET status = $1, last_event_at = $2, \
-                 bounce_type = COALESCE($3, bounce_type), bounce_sub_type = COALESCE($4, bounce_sub_type) \
-                 WHERE id = $5 AND status IN ({allowed})"
-            )))
-            .bind(status)
-            .bind(effect.event.created_at)
-            .bind(effect.bounce.as_ref().map(|b| b.0.as_str()))
-            .bind(effect.bounce.as_ref().map(|b| b.1.as_str()))
-            .bind(&effect.recipient.id)
-            .execute(&mut *tx)
-            .await?;
-            changed = done.rows_affected() == 1;
-        }
-        let r = &effect.recipient;
-        // A report that repeats a verdict (a second complaint) is kept in the timeline but
-        // not counted twice.
-        let mut outbox = Outbox::default();
-        outbox.stats.use_shard_of(&effect.event.id);
-        outbox.uncounted = effect.new_status.is_some() && !changed;
-        insert_event(
-            &mut tx,
-            &mut outbox,
-            &r.project_id,
-            Some(&r.email_id),
-            Some(&r.stream),
-            &effect.event,
-        )
-        .await?;
-        if let Some(s) = &effect.suppression {
-            insert_suppression(&mut tx, s).await?;
-        }
-        outbox.commit(tx).await?;
-        Ok(Some(changed))
+        let (inbound_id, effect) = (inbound_id.to_owned(), effect.clone());
+        self.writer
+            .run(move |tx, outbox| {
+                Box::pin(async move {
+                    let first = tx
+                        .execute(
+                            "INSERT INTO inbound_effects (inbound_id, recipient_id, event_type, \
+                             created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                            &[
+                                Val::Text(&inbound_id),
+                                Val::Text(&effect.recipient.id),
+                                Val::Text(&effect.event.event_type),
+                                Val::Int(effect.event.created_at),
+                            ],
+                        )
+                        .await?;
+                    if first == 0 {
+                        return Ok(None);
+                    }
+                    let mut changed = false;
+                    if let Some(status) = effect.new_status {
+                        let allowed = effect
+                            .from_statuses
+                            .iter()
+                            .map(|s| format!("'{s}'"))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        let bounce = effect.bounce.as_ref();
+                        let done = tx
+                            .execute(
+                                &format!(
+                                    "UPDATE recipients SET status = $1, last_event_at = $2, \
+                                     bounce_type = COALESCE($3, bounce_type), \
+                                     bounce_sub_type = COALESCE($4, bounce_sub_type) \
+                                     WHERE id = $5 AND status IN ({allowed})"
+                                ),
+                                &[
+                                    Val::Text(status),
+                                    Val::Int(effect.event.created_at),
+                                    Val::OptText(bounce.map(|b| b.0.as_str())),
+                                    Val::OptText(bounce.map(|b| b.1.as_str())),
+                                    Val::Text(&effect.recipient.id),
+                                ],
+                            )
+                            .await?;
+                        changed = done == 1;
+                    }
+                    let r = &effect.recipient;
+                    // A report that repeats a verdict (a second complaint) is kept in the
+                    // timeline but not counted twice.
+                    let already_counted = effect.new_status.is_some() && !changed;
+                    let row = EventRow {
+                        project_id: &r.project_id,
+                        email_id: Some(&r.email_id),
+                        stream: Some(&r.stream),
+                        event: &effect.event,
+                    };
+                    insert_event(tx, outbox, row, already_counted).await?;
+                    if let Some(s) = &effect.suppression {
+                        insert_suppression(tx, s).await?;
+                    }
+                    Ok(Some(changed))
+                })
+            })
+            .await
     }
 }

@@ -98,7 +98,7 @@ const MIGRATIONS: &[Migration] = &[
 const PG_MIGRATION_LOCK: i64 = 0x4845_5241_4c44;
 
 pub(super) async fn run(store: &Store) -> StoreResult<Vec<String>> {
-    let mut tx = store.write.begin().await?;
+    let mut tx = store.pool.begin().await?;
     if store.backend == Backend::Postgres {
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(PG_MIGRATION_LOCK)

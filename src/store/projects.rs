@@ -7,6 +7,7 @@ use uuid::Uuid;
 /// The Postgres channel on which key changes (revocations, deleted projects) are announced.
 const KEYS_CHANNEL: &str = "herald_keys";
 
+use super::write::{Owned, Val};
 use super::{Store, StoreError, StoreResult};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,30 +58,37 @@ fn key_from_row(r: &AnyRow) -> StoreResult<ApiKeyRecord> {
 impl Store {
     /// The project of that name, created if it does not exist yet.
     pub async fn ensure_project(&self, name: &str, now_ms: i64) -> StoreResult<Project> {
-        let inserted = sqlx::query(
-            "INSERT INTO projects (id, name, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(Uuid::now_v7().to_string())
-        .bind(name)
-        .bind(now_ms)
-        .execute(&self.write)
-        .await;
-        inserted?;
-        let row = sqlx::query("SELECT id, name, created_at FROM projects WHERE name = $1")
-            .bind(name)
-            .fetch_one(&self.write)
-            .await?;
-        Ok(Project {
-            id: row.try_get(0)?,
-            name: row.try_get(1)?,
-            created_at: row.try_get(2)?,
-        })
+        let name = name.to_owned();
+        self.writer
+            .run(move |tx, _| {
+                Box::pin(async move {
+                    let id = Uuid::now_v7().to_string();
+                    tx.execute(
+                        "INSERT INTO projects (id, name, created_at) VALUES ($1, $2, $3) \
+                         ON CONFLICT (name) DO NOTHING",
+                        &[Val::Text(&id), Val::Text(&name), Val::Int(now_ms)],
+                    )
+                    .await?;
+                    let rows = tx
+                        .query(
+                            "SELECT id, name, created_at FROM projects WHERE name = $1",
+                            &[Val::Text(&name)],
+                        )
+                        .await?;
+                    let row = rows.first().ok_or(StoreError::NotFound)?;
+                    Ok(Project {
+                        id: row.get(0)?,
+                        name: row.get(1)?,
+                        created_at: row.get(2)?,
+                    })
+                })
+            })
+            .await
     }
 
     pub async fn list_projects(&self) -> StoreResult<Vec<Project>> {
         let rows = sqlx::query("SELECT id, name, created_at FROM projects ORDER BY id")
-            .fetch_all(&self.read)
+            .fetch_all(&self.pool)
             .await?;
         rows.iter()
             .map(|r| {
@@ -96,7 +104,7 @@ impl Store {
     pub async fn get_project(&self, id: &str) -> StoreResult<Project> {
         let r = sqlx::query("SELECT id, name, created_at FROM projects WHERE id = $1")
             .bind(id)
-            .fetch_optional(&self.read)
+            .fetch_optional(&self.pool)
             .await?
             .ok_or(StoreError::NotFound)?;
         Ok(Project {
@@ -113,22 +121,22 @@ impl Store {
             name: name.to_owned(),
             created_at: now_ms,
         };
-        sqlx::query("INSERT INTO projects (id, name, created_at) VALUES ($1, $2, $3)")
-            .bind(&p.id)
-            .bind(&p.name)
-            .bind(p.created_at)
-            .execute(&self.write)
-            .await?;
+        self.execute(
+            "INSERT INTO projects (id, name, created_at) VALUES ($1, $2, $3)",
+            vec![p.id.as_str().into(), name.into(), now_ms.into()],
+        )
+        .await?;
         Ok(p)
     }
 
     pub async fn rename_project(&self, id: &str, name: &str) -> StoreResult<()> {
-        let done = sqlx::query("UPDATE projects SET name = $1 WHERE id = $2")
-            .bind(name)
-            .bind(id)
-            .execute(&self.write)
+        let done = self
+            .execute(
+                "UPDATE projects SET name = $1 WHERE id = $2",
+                vec![name.into(), id.into()],
+            )
             .await?;
-        if done.rows_affected() == 0 {
+        if done == 0 {
             return Err(StoreError::NotFound);
         }
         Ok(())
@@ -137,50 +145,56 @@ impl Store {
     /// Deletes a project that never sent mail (its keys go with it); one with mail is
     /// `Conflict`: its history belongs to the operator.
     pub async fn delete_project(&self, id: &str) -> StoreResult<()> {
-        let mut tx = self.write.begin().await?;
-        let has_mail = sqlx::query("SELECT 1 FROM emails WHERE project_id = $1 LIMIT 1")
-            .bind(id)
-            .fetch_optional(&mut *tx)
+        let id = id.to_owned();
+        self.writer
+            .run(move |tx, _| {
+                Box::pin(async move {
+                    let mail = tx
+                        .query(
+                            "SELECT 1 FROM emails WHERE project_id = $1 LIMIT 1",
+                            &[Val::Text(&id)],
+                        )
+                        .await?;
+                    if !mail.is_empty() {
+                        return Err(StoreError::Conflict);
+                    }
+                    tx.execute(
+                        "DELETE FROM api_keys WHERE project_id = $1",
+                        &[Val::Text(&id)],
+                    )
+                    .await?;
+                    let done = tx
+                        .execute("DELETE FROM projects WHERE id = $1", &[Val::Text(&id)])
+                        .await?;
+                    if done == 0 {
+                        return Err(StoreError::NotFound);
+                    }
+                    Ok(())
+                })
+            })
             .await?;
-        if has_mail.is_some() {
-            return Err(StoreError::Conflict);
-        }
-        sqlx::query("DELETE FROM api_keys WHERE project_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        let done = sqlx::query("DELETE FROM projects WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        tx.commit().await?;
         self.announce_key_change().await;
         Ok(())
     }
 
     pub async fn insert_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()> {
-        sqlx::query(
+        let domains = key.allowed_domains.as_ref().map(super::emails::json_text);
+        self.execute(
             "INSERT INTO api_keys (id, project_id, name, key_prefix, secret_hash, permission, \
              created_at, last_used_at, expires_at, revoked_at, allowed_domains) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, NULL, $9)",
+            vec![
+                key.id.as_str().into(),
+                key.project_id.as_str().into(),
+                key.name.as_str().into(),
+                key.prefix.as_str().into(),
+                Owned::Blob(key.secret_hash.clone()),
+                key.permission.as_str().into(),
+                key.created_at.into(),
+                Owned::OptInt(key.expires_at),
+                Owned::OptText(domains),
+            ],
         )
-        .bind(&key.id)
-        .bind(&key.project_id)
-        .bind(&key.name)
-        .bind(&key.prefix)
-        .bind(&key.secret_hash)
-        .bind(&key.permission)
-        .bind(key.created_at)
-        .bind(key.expires_at)
-        .bind(
-            key.allowed_domains
-                .as_ref()
-                .map(|d| serde_json::json!(d).to_string()),
-        )
-        .execute(&self.write)
         .await?;
         Ok(())
     }
@@ -192,7 +206,7 @@ impl Store {
         ));
         let row = sqlx::query(sql)
             .bind(prefix)
-            .fetch_optional(&self.read)
+            .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(key_from_row).transpose()
     }
@@ -205,23 +219,21 @@ impl Store {
         ));
         let rows = sqlx::query(sql)
             .bind(project_id)
-            .fetch_all(&self.read)
+            .fetch_all(&self.pool)
             .await?;
         rows.iter().map(key_from_row).collect()
     }
 
     /// Revokes one of the project's keys; `NotFound` if it has no such live key.
     pub async fn revoke_api_key(&self, project_id: &str, id: &str, now_ms: i64) -> StoreResult<()> {
-        let done = sqlx::query(
-            "UPDATE api_keys SET revoked_at = $1 \
-             WHERE project_id = $2 AND id = $3 AND revoked_at IS NULL",
-        )
-        .bind(now_ms)
-        .bind(project_id)
-        .bind(id)
-        .execute(&self.write)
-        .await?;
-        if done.rows_affected() == 0 {
+        let done = self
+            .execute(
+                "UPDATE api_keys SET revoked_at = $1 \
+                 WHERE project_id = $2 AND id = $3 AND revoked_at IS NULL",
+                vec![now_ms.into(), project_id.into(), id.into()],
+            )
+            .await?;
+        if done == 0 {
             return Err(StoreError::NotFound);
         }
         self.announce_key_change().await;
@@ -236,7 +248,7 @@ impl Store {
         }
         if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
             .bind(KEYS_CHANNEL)
-            .execute(&self.write)
+            .execute(&self.pool)
             .await
         {
             tracing::warn!(error = %e, "could not announce a key change; other processes see it within a second");
@@ -265,14 +277,11 @@ impl Store {
 
     /// Records use of a key, at most once a minute per key so that sends do not each write.
     pub async fn touch_api_key(&self, id: &str, now_ms: i64) -> StoreResult<()> {
-        sqlx::query(
+        self.execute(
             "UPDATE api_keys SET last_used_at = $1 \
              WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $3)",
+            vec![now_ms.into(), id.into(), (now_ms - 60_000).into()],
         )
-        .bind(now_ms)
-        .bind(id)
-        .bind(now_ms - 60_000)
-        .execute(&self.write)
         .await?;
         Ok(())
     }

@@ -8,14 +8,13 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sqlx::{AnyConnection, Row};
+use sqlx::Row as _;
 
-use super::bulk::{Val, is_sqlite, update_from_values};
-use super::emails::{NewEvent, insert_events, insert_events_lite};
-use super::lite::{self, Lite};
-use super::suppressions::{SuppressionRecord, insert_suppression, insert_suppression_lite};
+use super::emails::{NewEvent, insert_events};
+use super::suppressions::{SuppressionRecord, insert_suppression};
 use super::webhooks::{EventRow, Outbox};
-use super::{Store, StoreResult, padded, padded_placeholders};
+use super::write::{Owned, Tx, Val, padded, padded_placeholders, texts};
+use super::{Store, StoreResult};
 
 /// A recipient a worker now holds.
 #[derive(Debug, Clone)]
@@ -71,47 +70,14 @@ pub struct Outcome {
     pub suppress: Option<SuppressionRecord>,
 }
 
-/// `OR FAIL`: no statement journal (see `bulk::push_padded_insert`; it runs inside the
-/// writer's transaction, which an error rolls back whole). `LIMIT $4 + 0`, not `LIMIT $4`:
-/// SQLite compiles a lone parameter in `LIMIT` as the value bound when it prepared the
-/// statement, and so prepares the statement again whenever a claim's limit differs from
-/// the last one's.
-///
-/// It leaves `status` alone: SQLite rewrites an index's entry for every row an `UPDATE`
-/// assigns one of its columns, changed or not, and `status = CASE …` moved every claimed
-/// recipient out of `recipients_project_status` and back in, though only a scheduled one
-/// changes (to queued). [`promote_sql`] does that for the few it returns as scheduled.
-const CLAIM_SQLITE: &str = concat!(
-    "UPDATE OR FAIL recipients SET lease_owner = $1, lease_expires_at = $2, \
-     next_attempt_at = $2 \
-     WHERE id IN (SELECT id FROM recipients \
-       WHERE ",
-    pending!(),
-    " AND next_attempt_at <= $3 \
-       ORDER BY next_attempt_at LIMIT $4 + 0) \
-     RETURNING id, email_id, address, attempts, deadline_at, status"
-);
-
-/// Scheduled recipients a claim leased become queued (SQLite; `ids` padded by
-/// `store::padded`, so that a few shapes stay prepared).
+/// Scheduled recipients a claim leased become queued (SQLite's claim leaves them scheduled,
+/// see `store::sqlite`; `ids` padded by `write::padded`, so that a few shapes stay prepared).
 fn promote_sql(ids: usize) -> String {
     format!(
-        "UPDATE OR FAIL recipients SET status = 'queued' WHERE status = 'scheduled' \
-         AND id IN ({})",
-        vec!["?"; ids].join(", ")
+        "UPDATE recipients SET status = 'queued' WHERE status = 'scheduled' AND id IN ({})",
+        super::write::placeholders(1, ids)
     )
 }
-
-const CLAIM_POSTGRES: &str = concat!(
-    "UPDATE recipients SET lease_owner = $1, lease_expires_at = $2, \
-     next_attempt_at = $2, status = CASE WHEN status = 'scheduled' THEN 'queued' ELSE status END \
-     WHERE id IN (SELECT id FROM recipients \
-       WHERE ",
-    pending!(),
-    " AND next_attempt_at <= $3 \
-       ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
-     RETURNING id, email_id, address, attempts, deadline_at, status"
-);
 
 /// A recipient a claim leased, as the statement returns it.
 pub(super) struct ClaimRow {
@@ -136,44 +102,38 @@ fn still_scheduled(rows: &[(ClaimRow, String)]) -> Vec<&str> {
 /// Leases up to `limit` due recipients to `owner` until `now + lease_ms` (inside the writer's
 /// transaction: the claim commits with whatever else the batch holds).
 pub(super) async fn claim_rows(
-    tx: &mut AnyConnection,
+    tx: &mut dyn Tx,
     owner: &str,
     now_ms: i64,
     lease_ms: i64,
     limit: usize,
 ) -> StoreResult<Vec<ClaimRow>> {
-    let sql = if is_sqlite(tx) {
-        CLAIM_SQLITE
-    } else {
-        CLAIM_POSTGRES
-    };
-    let rows = sqlx::query(sql)
-        .bind(owner)
-        .bind(now_ms + lease_ms)
-        .bind(now_ms)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&mut *tx)
+    let dialect = tx.dialect();
+    let params = [
+        Val::Text(owner),
+        Val::Int(now_ms + lease_ms),
+        Val::Int(now_ms),
+        Val::Int(i64::try_from(limit).unwrap_or(i64::MAX)),
+    ];
+    let rows = tx
+        .query(dialect.claim, &params)
         .await?
         .iter()
         .map(|r| {
             let row = ClaimRow {
-                id: r.try_get(0)?,
-                email_id: r.try_get(1)?,
-                address: r.try_get(2)?,
-                attempts: r.try_get(3)?,
-                deadline_at: r.try_get(4)?,
+                id: r.get(0)?,
+                email_id: r.get(1)?,
+                address: r.get(2)?,
+                attempts: r.get(3)?,
+                deadline_at: r.get(4)?,
             };
-            Ok((row, r.try_get(5)?))
+            Ok((row, r.get(5)?))
         })
         .collect::<StoreResult<Vec<(ClaimRow, String)>>>()?;
     let scheduled = still_scheduled(&rows);
-    if !scheduled.is_empty() {
-        let sql = promote_sql(scheduled.len());
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in scheduled {
-            q = q.bind(id);
-        }
-        q.execute(&mut *tx).await?;
+    if dialect.claim_leaves_scheduled && !scheduled.is_empty() {
+        let params = texts(&[], scheduled.iter().copied());
+        tx.execute(&promote_sql(scheduled.len()), &params).await?;
     }
     Ok(rows.into_iter().map(|(r, _)| r).collect())
 }
@@ -215,7 +175,7 @@ impl Store {
         for id in padded(&ids) {
             q = q.bind(id);
         }
-        let email_rows = q.fetch_all(&self.read).await?;
+        let email_rows = q.fetch_all(&self.pool).await?;
         let mut out = Vec::with_capacity(email_rows.len());
         for r in &email_rows {
             let id: String = r.try_get(0)?;
@@ -259,34 +219,26 @@ impl Store {
             ),
             padded_placeholders(3, ids.len())
         );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(until)
-            .bind(owner);
-        for id in padded(ids) {
-            q = q.bind(id);
-        }
-        Ok(q.execute(&self.write).await?.rows_affected())
+        let mut params = vec![until.into(), owner.into()];
+        params.extend(padded(ids).map(Owned::from));
+        self.execute(sql, params).await
     }
 
     /// Gives back every lease `owner` holds, due at once (graceful shutdown).
     pub async fn release_leases(&self, owner: &str, now_ms: i64) -> StoreResult<u64> {
-        let done = sqlx::query(concat!(
+        let sql = concat!(
             "UPDATE recipients SET lease_owner = NULL, lease_expires_at = NULL, \
-                 next_attempt_at = $1 WHERE lease_owner = $2 AND ",
+             next_attempt_at = $1 WHERE lease_owner = $2 AND ",
             pending!()
-        ))
-        .bind(now_ms)
-        .bind(owner)
-        .execute(&self.write)
-        .await?;
-        Ok(done.rows_affected())
+        );
+        self.execute(sql, vec![now_ms.into(), owner.into()]).await
     }
 
     /// How many recipients have `status`.
     pub async fn count_with_status(&self, status: &str) -> StoreResult<i64> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM recipients WHERE status = $1")
             .bind(status)
-            .fetch_one(&self.read)
+            .fetch_one(&self.pool)
             .await?;
         Ok(n)
     }
@@ -298,7 +250,7 @@ impl Store {
             pending!(),
             " GROUP BY status"
         ))
-        .fetch_all(&self.read)
+        .fetch_all(&self.pool)
         .await?
         .iter()
         .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?)))
@@ -309,7 +261,7 @@ impl Store {
             " AND next_attempt_at <= $1"
         ))
         .bind(now_ms)
-        .fetch_one(&self.read)
+        .fetch_one(&self.pool)
         .await?;
         Ok(crate::metrics::QueueSnapshot {
             queue_depth: depth,
@@ -325,49 +277,17 @@ impl Store {
             "SELECT COUNT(*) FROM recipients WHERE ",
             pending!()
         ))
-        .fetch_one(&self.read)
+        .fetch_one(&self.pool)
         .await?;
         Ok(n)
     }
-}
-
-/// [`claim_rows`] on the group-commit writer's own SQLite connection (see `store::lite`).
-pub(super) fn claim_rows_lite(
-    lite: &mut Lite,
-    owner: &str,
-    now_ms: i64,
-    lease_ms: i64,
-    limit: usize,
-) -> StoreResult<Vec<ClaimRow>> {
-    // Its numbered parameters take their places in the order they first appear: $1 to $4.
-    let params = [
-        Val::Text(owner),
-        Val::Int(now_ms + lease_ms),
-        Val::Int(now_ms),
-        Val::Int(i64::try_from(limit).unwrap_or(i64::MAX)),
-    ];
-    let rows = lite.select(CLAIM_SQLITE, params, |r| {
-        let row = ClaimRow {
-            id: r.get(0)?,
-            email_id: r.get(1)?,
-            address: r.get(2)?,
-            attempts: r.get(3)?,
-            deadline_at: r.get(4)?,
-        };
-        Ok((row, r.get(5)?))
-    })?;
-    let scheduled = still_scheduled(&rows);
-    if !scheduled.is_empty() {
-        lite.execute(&promote_sql(scheduled.len()), scheduled)?;
-    }
-    Ok(rows.into_iter().map(|(r, _)| r).collect())
 }
 
 /// Writes the outcomes of every `(owner, outcomes)` batch inside `tx`: one `UPDATE` for all of
 /// them, fenced by each recipient's lease owner and pending status, then the events (and hard
 /// bounces' suppressions) of those applied. Returns how many of each batch were applied.
 pub(super) async fn apply_outcomes(
-    tx: &mut AnyConnection,
+    tx: &mut dyn Tx,
     outbox: &mut Outbox,
     batches: &[(&str, &[Outcome])],
 ) -> StoreResult<Vec<usize>> {
@@ -377,7 +297,7 @@ pub(super) async fn apply_outcomes(
             .iter()
             .map(|(owner, o)| outcome_row(owner, o))
             .collect();
-        let changed = update_from_values(tx, 13, &rows, outcome_update).await?;
+        let changed = tx.update_from_values(13, &rows, &outcome_update).await?;
         applied.extend(changed_of(round, &changed));
     }
     let (counts, events, mut suppressions) = applied_outcomes(batches, &applied);
@@ -388,30 +308,6 @@ pub(super) async fn apply_outcomes(
     }
     // The events of every applied outcome, in one statement.
     insert_events(tx, outbox, &events).await?;
-    Ok(counts)
-}
-
-/// [`apply_outcomes`] on the group-commit writer's own SQLite connection (see `store::lite`).
-/// The webhook endpoints of the outcomes' projects must be in `outbox` already.
-pub(super) fn apply_outcomes_lite(
-    lite: &mut Lite,
-    outbox: &mut Outbox,
-    batches: &[(&str, &[Outcome])],
-) -> StoreResult<Vec<usize>> {
-    let mut applied: HashSet<(&str, &str)> = HashSet::new();
-    for round in &rounds(batches) {
-        let rows: Vec<Vec<Val<'_>>> = round
-            .iter()
-            .map(|(owner, o)| outcome_row(owner, o))
-            .collect();
-        let changed = lite::update_from_values(lite, 13, &rows, outcome_update)?;
-        applied.extend(changed_of(round, &changed));
-    }
-    let (counts, events, suppressions) = applied_outcomes(batches, &applied);
-    for sup in suppressions {
-        insert_suppression_lite(lite, sup)?;
-    }
-    insert_events_lite(lite, outbox, &events)?;
     Ok(counts)
 }
 
@@ -522,8 +418,7 @@ fn outcome_row<'a>(owner: &'a str, o: &'a Outcome) -> Vec<Val<'a>> {
 mod tests {
     use sqlx::Row;
 
-    use super::CLAIM_SQLITE;
-    use crate::store::Store;
+    use crate::store::{Store, sqlite};
 
     /// The claim reads the due index in order and reaches each row by its key: O(batch),
     /// however long the queue (the plan SQLite chose, not a copy of the statement).
@@ -533,13 +428,14 @@ mod tests {
         let url = format!("sqlite://{}", dir.path().join("herald.db").display());
         let store = Store::open(&url, 2).await.expect("store");
         let plan: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "EXPLAIN QUERY PLAN {CLAIM_SQLITE}"
+            "EXPLAIN QUERY PLAN {}",
+            sqlite::DIALECT.claim
         )))
         .bind("w")
         .bind(2_i64)
         .bind(1_i64)
         .bind(64_i64)
-        .fetch_all(&store.read)
+        .fetch_all(&store.pool)
         .await
         .expect("plan")
         .iter()
@@ -575,7 +471,7 @@ mod tests {
              VALUES ('r', 'e', 'p', 0, 'a@b', 'to', 'queued', 1, 2, 3)",
         ] {
             let opcodes: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}")))
-                .fetch_all(&store.read)
+                .fetch_all(&store.pool)
                 .await
                 .expect("program")
                 .iter()

@@ -2,9 +2,8 @@
 //! batches (each its own short transaction, so ingest and delivery commit in between).
 //! Mail still waiting for delivery is never touched; the stats rollups are never purged.
 
-use sqlx::Row;
-
-use super::{Store, StoreResult, placeholders};
+use super::write::{Val, placeholders, texts};
+use super::{Store, StoreResult};
 
 const PENDING: &str = pending!("r");
 
@@ -20,82 +19,62 @@ impl Store {
                  AND {PENDING}) \
                ORDER BY e.created_at LIMIT $3)"
         );
-        let done = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(now_ms)
-            .bind(before)
-            .bind(batch)
-            .execute(&self.write)
-            .await?;
-        Ok(done.rows_affected())
+        self.execute(sql, vec![now_ms.into(), before.into(), batch.into()])
+            .await
     }
 
     /// Deletes up to `batch` settled emails created before `before`, with their recipients,
     /// events and search keys. Returns how many emails were deleted.
     pub async fn purge_emails(&self, before: i64, batch: i64) -> StoreResult<u64> {
-        let mut tx = self.write.begin().await?;
-        let sql = format!(
-            "SELECT e.id, e.project_id, e.tags, e.metadata FROM emails e \
-             WHERE e.created_at < $1 AND NOT EXISTS (SELECT 1 FROM recipients r \
-               WHERE r.email_id = e.id AND {PENDING}) \
-             ORDER BY e.created_at LIMIT $2"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(before)
-            .bind(batch)
-            .fetch_all(&mut *tx)
-            .await?;
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        let mut ids = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let id: String = r.try_get(0)?;
-            let project: String = r.try_get(1)?;
-            let tags: Vec<String> =
-                serde_json::from_str(&r.try_get::<String, _>(2)?).unwrap_or_default();
-            let metadata: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(&r.try_get::<String, _>(3)?).unwrap_or_default();
-            for t in tags {
-                sqlx::query(
-                    "DELETE FROM email_tags WHERE project_id = $1 AND tag = $2 AND email_id = $3",
-                )
-                .bind(&project)
-                .bind(t)
-                .bind(&id)
-                .execute(&mut *tx)
-                .await?;
-            }
-            for k in metadata.keys() {
-                sqlx::query(
-                    "DELETE FROM email_metadata WHERE project_id = $1 AND key = $2 \
-                     AND email_id = $3",
-                )
-                .bind(&project)
-                .bind(k)
-                .bind(&id)
-                .execute(&mut *tx)
-                .await?;
-            }
-            ids.push(id);
-        }
-        let list = placeholders(1, ids.len());
-        for table in ["events", "recipients"] {
-            let sql = format!("DELETE FROM {table} WHERE email_id IN ({list})");
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
-            for id in &ids {
-                q = q.bind(id.as_str());
-            }
-            q.execute(&mut *tx).await?;
-        }
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DELETE FROM emails WHERE id IN ({list})"
-        )));
-        for id in &ids {
-            q = q.bind(id.as_str());
-        }
-        let done = q.execute(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(done.rows_affected())
+        self.writer
+            .run(move |tx, _| {
+                Box::pin(async move {
+                    let sql = format!(
+                        "SELECT e.id, e.project_id, e.tags, e.metadata FROM emails e \
+                         WHERE e.created_at < $1 AND NOT EXISTS (SELECT 1 FROM recipients r \
+                           WHERE r.email_id = e.id AND {PENDING}) \
+                         ORDER BY e.created_at LIMIT $2"
+                    );
+                    let rows = tx.query(&sql, &[Val::Int(before), Val::Int(batch)]).await?;
+                    if rows.is_empty() {
+                        return Ok(0);
+                    }
+                    let mut ids: Vec<String> = Vec::with_capacity(rows.len());
+                    for r in &rows {
+                        let (id, project): (String, String) = (r.get(0)?, r.get(1)?);
+                        let tags: Vec<String> =
+                            serde_json::from_str(&r.get::<String>(2)?).unwrap_or_default();
+                        let metadata: serde_json::Map<String, serde_json::Value> =
+                            serde_json::from_str(&r.get::<String>(3)?).unwrap_or_default();
+                        for t in &tags {
+                            tx.execute(
+                                "DELETE FROM email_tags WHERE project_id = $1 AND tag = $2 \
+                                 AND email_id = $3",
+                                &[Val::Text(&project), Val::Text(t), Val::Text(&id)],
+                            )
+                            .await?;
+                        }
+                        for k in metadata.keys() {
+                            tx.execute(
+                                "DELETE FROM email_metadata WHERE project_id = $1 AND key = $2 \
+                                 AND email_id = $3",
+                                &[Val::Text(&project), Val::Text(k), Val::Text(&id)],
+                            )
+                            .await?;
+                        }
+                        ids.push(id);
+                    }
+                    let list = placeholders(1, ids.len());
+                    let params = texts(&[], ids.iter().map(String::as_str));
+                    for table in ["events", "recipients"] {
+                        let sql = format!("DELETE FROM {table} WHERE email_id IN ({list})");
+                        tx.execute(&sql, &params).await?;
+                    }
+                    let sql = format!("DELETE FROM emails WHERE id IN ({list})");
+                    tx.execute(&sql, &params).await
+                })
+            })
+            .await
     }
 
     /// Deletes up to `batch` of each kind of record that outlived its use: expired idempotency
@@ -136,15 +115,18 @@ impl Store {
                 before,
             ),
         ];
-        let mut total = 0;
-        for (sql, cutoff) in statements {
-            let done = sqlx::query(sql)
-                .bind(cutoff)
-                .bind(batch)
-                .execute(&self.write)
-                .await?;
-            total += done.rows_affected();
-        }
-        Ok(total)
+        self.writer
+            .run(move |tx, _| {
+                Box::pin(async move {
+                    let mut total = 0;
+                    for (sql, cutoff) in statements {
+                        total += tx
+                            .execute(sql, &[Val::Int(cutoff), Val::Int(batch)])
+                            .await?;
+                    }
+                    Ok(total)
+                })
+            })
+            .await
     }
 }

@@ -10,11 +10,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::LazyLock;
 
-use sqlx::{AnyConnection, Row};
+use sqlx::Row as _;
 
-use super::bulk::{Partial, TableRows, Val, write_tables};
-use super::lite::Lite;
-use super::{Store, StoreError, StoreResult, padded, padded_placeholders};
+use super::write::{TableRows, Tx, Val, padded, padded_placeholders, texts};
+use super::{Store, StoreResult};
 
 /// The counters of one rollup row, in column order.
 pub const METRICS: [&str; 11] = [
@@ -210,24 +209,20 @@ impl Folded {
     fn tables<'r, 'v>(
         hourly: &'r [Vec<Val<'v>>],
         bounces: &'r [Vec<Val<'v>>],
-    ) -> [(TableRows<'r, 'v>, &'static str); 2] {
+    ) -> [TableRows<'r, 'v>; 2] {
         [
-            (
-                TableRows {
-                    table: "stats_hourly",
-                    cols: &HOURLY_COLUMNS,
-                    rows: hourly,
-                },
-                HOURLY_CONFLICT.as_str(),
-            ),
-            (
-                TableRows {
-                    table: "stats_bounces",
-                    cols: &BOUNCE_COLUMNS,
-                    rows: bounces,
-                },
-                BOUNCE_CONFLICT,
-            ),
+            TableRows {
+                table: "stats_hourly",
+                cols: &HOURLY_COLUMNS,
+                rows: hourly,
+                on_conflict: HOURLY_CONFLICT.as_str(),
+            },
+            TableRows {
+                table: "stats_bounces",
+                cols: &BOUNCE_COLUMNS,
+                rows: bounces,
+                on_conflict: BOUNCE_CONFLICT,
+            },
         ]
     }
 }
@@ -300,37 +295,16 @@ impl StatsLog {
         });
     }
 
-    /// Writes the owed increments inside `tx`, in key order, and empties the log; then runs
-    /// the parameterless statements `then` (the writer's `COMMIT`), on SQLite in the same
-    /// hand-off (see [`write_tables`]).
-    pub(super) async fn flush(
-        &mut self,
-        tx: &mut AnyConnection,
-        then: &[&str],
-    ) -> Result<(), Partial> {
-        let early = |error: StoreError| Partial {
-            error,
-            then_done: 0,
-        };
-        if !self.pending.is_empty() {
-            self.load_missing_dims(tx).await.map_err(early)?;
+    /// Writes the owed increments inside `tx`, in key order, and empties the log.
+    pub(super) async fn flush(&mut self, tx: &mut dyn Tx) -> StoreResult<()> {
+        if self.pending.is_empty() {
+            return Ok(());
         }
+        self.load_missing_dims(tx).await?;
         let folded = self.fold();
         let (hourly, bounces) = folded.rows();
-        let [(h, h_conflict), (b, b_conflict)] = Folded::tables(&hourly, &bounces);
-        write_tables(tx, &[(&h, h_conflict), (&b, b_conflict)], then).await
-    }
-
-    /// [`StatsLog::flush`] on the group-commit writer's own connection (see `store::lite`),
-    /// inside its transaction.
-    pub(super) fn flush_lite(&mut self, lite: &mut Lite) -> StoreResult<()> {
-        if !self.pending.is_empty() {
-            self.load_missing_dims_lite(lite)?;
-        }
-        let folded = self.fold();
-        let (hourly, bounces) = folded.rows();
-        let [(h, h_conflict), (b, b_conflict)] = Folded::tables(&hourly, &bounces);
-        lite.write_tables(&[(&h, h_conflict), (&b, b_conflict)])
+        let tables = Folded::tables(&hourly, &bounces);
+        tx.write_tables(&tables).await
     }
 
     /// Folds the owed increments per key and empties the log.
@@ -399,7 +373,7 @@ impl StatsLog {
     }
 
     /// Reads the dimensions of the emails this transaction did not insert, in one query.
-    async fn load_missing_dims(&mut self, tx: &mut AnyConnection) -> StoreResult<()> {
+    async fn load_missing_dims(&mut self, tx: &mut dyn Tx) -> StoreResult<()> {
         let missing = self.missing_dims();
         let missing: Vec<&str> = missing.iter().map(String::as_str).collect();
         for chunk in missing.chunks(512) {
@@ -407,40 +381,11 @@ impl StatsLog {
                 "SELECT id, stream, tags, from_email FROM emails WHERE id IN ({})",
                 padded_placeholders(1, chunk.len())
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for id in padded(chunk) {
-                q = q.bind(id);
-            }
-            for r in q.fetch_all(&mut *tx).await? {
-                let stream: String = r.try_get(1)?;
-                let tags: String = r.try_get(2)?;
-                let from: String = r.try_get(3)?;
-                self.keep_dims(r.try_get(0)?, &stream, &tags, &from);
-            }
-        }
-        Ok(())
-    }
-
-    /// [`StatsLog::load_missing_dims`] on the group-commit writer's own connection.
-    fn load_missing_dims_lite(&mut self, lite: &mut Lite) -> StoreResult<()> {
-        let missing = self.missing_dims();
-        let missing: Vec<&str> = missing.iter().map(String::as_str).collect();
-        for chunk in missing.chunks(512) {
-            let ids: Vec<&str> = padded(chunk).collect();
-            let sql = format!(
-                "SELECT id, stream, tags, from_email FROM emails WHERE id IN ({})",
-                vec!["?"; ids.len()].join(", ")
-            );
-            let rows = lite.select(&sql, ids, |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                ))
-            })?;
-            for (id, stream, tags, from) in rows {
-                self.keep_dims(id, &stream, &tags, &from);
+            let params = texts(&[], padded(chunk));
+            for r in tx.query(&sql, &params).await? {
+                let (stream, tags, from): (String, String, String) =
+                    (r.get(1)?, r.get(2)?, r.get(3)?);
+                self.keep_dims(r.get(0)?, &stream, &tags, &from);
             }
         }
         Ok(())
@@ -556,7 +501,7 @@ impl Store {
         let rows = query
             .bind(q.from_hour)
             .bind(q.to_hour)
-            .fetch_all(&self.read)
+            .fetch_all(&self.pool)
             .await?;
         rows.iter()
             .map(|r| {
@@ -606,7 +551,7 @@ impl Store {
         for a in args {
             q = q.bind(a);
         }
-        let rows = q.fetch_all(&self.read).await?;
+        let rows = q.fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 Ok(BounceCount {

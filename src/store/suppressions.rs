@@ -2,14 +2,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use sqlx::Row as _;
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
-use super::bulk::{TableRows, Val};
 use super::emails::{NewEmail, json_text};
-use super::lite::Lite;
-use super::{Store, StoreError, StoreResult, padded, placeholders};
+use super::write::{Row, Tx, Val, padded, placeholders, texts};
+use super::{Store, StoreError, StoreResult};
 use crate::clock::format_ms;
 use crate::domain::event::EventType;
 use crate::domain::status::RecipientStatus;
@@ -42,57 +41,44 @@ fn from_row(r: &AnyRow) -> StoreResult<SuppressionRecord> {
     })
 }
 
+fn from_tx_row(r: &Row) -> StoreResult<SuppressionRecord> {
+    Ok(SuppressionRecord {
+        id: r.get(0)?,
+        project_id: r.get(1)?,
+        email: r.get(2)?,
+        stream: r.get(3)?,
+        reason: r.get(4)?,
+        source_email_id: r.get(5)?,
+        details: r.get(6)?,
+        created_at: r.get(7)?,
+    })
+}
+
 /// Adds a suppression unless the same (address, scope) is already there; returns whether it
 /// was added.
 pub(super) async fn insert_suppression(
-    tx: &mut AnyConnection,
+    tx: &mut dyn Tx,
     s: &SuppressionRecord,
 ) -> StoreResult<bool> {
-    let done = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO suppressions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-         ON CONFLICT (project_id, email, stream) DO NOTHING"
-    )))
-    .bind(&s.id)
-    .bind(&s.project_id)
-    .bind(&s.email)
-    .bind(&s.stream)
-    .bind(&s.reason)
-    .bind(s.source_email_id.as_deref())
-    .bind(s.details.as_deref())
-    .bind(s.created_at)
-    .execute(&mut *tx)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-/// [`insert_suppression`] on the group-commit writer's own SQLite connection (see
-/// `store::lite`), inside its transaction.
-pub(super) fn insert_suppression_lite(lite: &mut Lite, s: &SuppressionRecord) -> StoreResult<()> {
-    let rows = [vec![
-        Val::Text(&s.id),
-        Val::Text(&s.project_id),
-        Val::Text(&s.email),
-        Val::Text(&s.stream),
-        Val::Text(&s.reason),
-        Val::OptText(s.source_email_id.as_deref()),
-        Val::OptText(s.details.as_deref()),
-        Val::Int(s.created_at),
-    ]];
-    let table = TableRows {
-        table: "suppressions",
-        cols: &[
-            "id",
-            "project_id",
-            "email",
-            "stream",
-            "reason",
-            "source_email_id",
-            "details",
-            "created_at",
-        ],
-        rows: &rows,
-    };
-    lite.write_tables(&[(&table, "ON CONFLICT (project_id, email, stream) DO NOTHING")])
+    let done = tx
+        .execute(
+            "INSERT INTO suppressions \
+             (id, project_id, email, stream, reason, source_email_id, details, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (project_id, email, stream) DO NOTHING",
+            &[
+                Val::Text(&s.id),
+                Val::Text(&s.project_id),
+                Val::Text(&s.email),
+                Val::Text(&s.stream),
+                Val::Text(&s.reason),
+                Val::OptText(s.source_email_id.as_deref()),
+                Val::OptText(s.details.as_deref()),
+                Val::Int(s.created_at),
+            ],
+        )
+        .await?;
+    Ok(done == 1)
 }
 
 impl SuppressionRecord {
@@ -116,9 +102,11 @@ impl Store {
         &self,
         s: &SuppressionRecord,
     ) -> StoreResult<(SuppressionRecord, bool)> {
-        let mut tx = self.write.begin().await?;
-        let added = insert_suppression(&mut tx, s).await?;
-        tx.commit().await?;
+        let record = s.clone();
+        let added = self
+            .writer
+            .run(move |tx, _| Box::pin(async move { insert_suppression(tx, &record).await }))
+            .await?;
         let stored = self
             .find_suppression(&s.project_id, &s.email, Some(&s.stream))
             .await?
@@ -141,7 +129,7 @@ impl Store {
         .bind(project_id)
         .bind(email)
         .bind(stream.unwrap_or("*"))
-        .fetch_optional(&self.write)
+        .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(from_row).transpose()
     }
@@ -162,18 +150,19 @@ impl Store {
         .bind(reason.unwrap_or(""))
         .bind(before.unwrap_or(""))
         .bind(limit)
-        .fetch_all(&self.read)
+        .fetch_all(&self.pool)
         .await?;
         rows.iter().map(from_row).collect()
     }
 
     pub async fn delete_suppression(&self, project_id: &str, id: &str) -> StoreResult<()> {
-        let done = sqlx::query("DELETE FROM suppressions WHERE project_id = $1 AND id = $2")
-            .bind(project_id)
-            .bind(id)
-            .execute(&self.write)
+        let done = self
+            .execute(
+                "DELETE FROM suppressions WHERE project_id = $1 AND id = $2",
+                vec![project_id.into(), id.into()],
+            )
             .await?;
-        if done.rows_affected() == 0 {
+        if done == 0 {
             return Err(StoreError::NotFound);
         }
         Ok(())
@@ -183,7 +172,7 @@ impl Store {
     pub async fn count_suppressions(&self, project_id: &str) -> StoreResult<i64> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM suppressions WHERE project_id = $1")
             .bind(project_id)
-            .fetch_one(&self.read)
+            .fetch_one(&self.pool)
             .await?;
         Ok(n)
     }
@@ -195,7 +184,7 @@ impl Store {
 /// each request would wait for that reader's turn as well as the writer's.)
 ///
 /// The lookups the recipients of `emails` need: a project and a list of its addresses each,
-/// at most [`MAX_ADDRESSES`], padded (see `store::padded`).
+/// at most [`MAX_ADDRESSES`], padded (see `write::padded`).
 fn lookups<'a>(emails: impl Iterator<Item = &'a NewEmail>) -> Vec<(&'a str, Vec<&'a str>)> {
     let mut wanted: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for e in emails {
@@ -214,56 +203,25 @@ fn lookups<'a>(emails: impl Iterator<Item = &'a NewEmail>) -> Vec<(&'a str, Vec<
     out
 }
 
-/// Addresses per query (a power of two: every query's list is padded to one, so that a
+/// Addresses per query (a whole number of chunks: every query's list is padded, so that a
 /// handful of shapes stay prepared).
 const MAX_ADDRESSES: usize = 512;
 
 /// Every suppression (of any stream) of the recipients of `emails`, inside `tx`.
 pub(super) async fn find_for<'a>(
-    tx: &mut AnyConnection,
-    emails: impl Iterator<Item = &'a NewEmail>,
-) -> StoreResult<Vec<SuppressionRecord>> {
-    let mut found = Vec::new();
-    for (project_id, addresses) in lookups(emails) {
-        let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM suppressions WHERE project_id = $1 AND email IN ({})",
-            placeholders(2, addresses.len())
-        ));
-        let mut q = sqlx::query(sql).bind(project_id);
-        for a in addresses {
-            q = q.bind(a);
-        }
-        for r in &q.fetch_all(&mut *tx).await? {
-            found.push(from_row(r)?);
-        }
-    }
-    Ok(found)
-}
-
-/// [`find_for`] on the group-commit writer's own SQLite connection, inside its transaction.
-pub(super) fn find_for_lite<'a>(
-    lite: &mut Lite,
+    tx: &mut dyn Tx,
     emails: impl Iterator<Item = &'a NewEmail>,
 ) -> StoreResult<Vec<SuppressionRecord>> {
     let mut found = Vec::new();
     for (project_id, addresses) in lookups(emails) {
         let sql = format!(
-            "SELECT {COLUMNS} FROM suppressions WHERE project_id = ? AND email IN ({})",
-            vec!["?"; addresses.len()].join(", ")
+            "SELECT {COLUMNS} FROM suppressions WHERE project_id = $1 AND email IN ({})",
+            placeholders(2, addresses.len())
         );
-        let params = std::iter::once(project_id).chain(addresses);
-        found.extend(lite.select(&sql, params, |r| {
-            Ok(SuppressionRecord {
-                id: r.get(0)?,
-                project_id: r.get(1)?,
-                email: r.get(2)?,
-                stream: r.get(3)?,
-                reason: r.get(4)?,
-                source_email_id: r.get(5)?,
-                details: r.get(6)?,
-                created_at: r.get(7)?,
-            })
-        })?);
+        let params = texts(&[Val::Text(project_id)], addresses.iter().copied());
+        for r in &tx.query(&sql, &params).await? {
+            found.push(from_tx_row(r)?);
+        }
     }
     Ok(found)
 }

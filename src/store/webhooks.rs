@@ -7,17 +7,16 @@
 
 use std::collections::HashMap;
 
+use sqlx::Row as _;
 use sqlx::any::AnyRow;
-use sqlx::{Any, AnyConnection, Row, Transaction};
 use uuid::Uuid;
 
 use crate::domain::event::filter_matches;
 
-use super::bulk::{TableRows, Val, insert_rows};
-use super::emails::NewEvent;
-use super::lite::Lite;
+use super::emails::{NewEvent, json_text};
 use super::stats::StatsLog;
-use super::{Backend, Store, StoreError, StoreResult, padded, padded_placeholders, placeholders};
+use super::write::{TableRows, Tx, Val, padded, padded_placeholders, placeholders, texts};
+use super::{Store, StoreError, StoreResult};
 
 #[derive(Debug, Clone)]
 pub struct EndpointRecord {
@@ -80,20 +79,20 @@ impl Subscription {
     }
 }
 
-async fn subscriptions(tx: &mut AnyConnection, project_id: &str) -> StoreResult<Vec<Subscription>> {
-    let rows = sqlx::query(
-        "SELECT id, event_types, streams FROM webhook_endpoints \
-         WHERE project_id = $1 AND status = 'enabled'",
-    )
-    .bind(project_id)
-    .fetch_all(&mut *tx)
-    .await?;
+async fn subscriptions(tx: &mut dyn Tx, project_id: &str) -> StoreResult<Vec<Subscription>> {
+    let rows = tx
+        .query(
+            "SELECT id, event_types, streams FROM webhook_endpoints \
+             WHERE project_id = $1 AND status = 'enabled'",
+            &[Val::Text(project_id)],
+        )
+        .await?;
     rows.iter()
         .map(|r| {
             Ok(Subscription {
-                endpoint_id: r.try_get(0)?,
-                event_types: json_list(&r.try_get::<String, _>(1)?),
-                streams: json_list(&r.try_get::<String, _>(2)?),
+                endpoint_id: r.get(0)?,
+                event_types: json_list(&r.get::<String>(1)?),
+                streams: json_list(&r.get::<String>(2)?),
             })
         })
         .collect()
@@ -101,15 +100,15 @@ async fn subscriptions(tx: &mut AnyConnection, project_id: &str) -> StoreResult<
 
 /// What a transaction that writes events owes besides the events: the enabled endpoints of
 /// projects (loaded once per transaction, for the webhook deliveries) and the stats
-/// increments (flushed by [`Outbox::commit`]).
+/// increments (flushed before the commit).
 #[derive(Default)]
 pub(super) struct Outbox {
     endpoints: HashMap<String, Vec<Subscription>>,
     pub(super) stats: StatsLog,
-    /// Set when the events being written repeat a state the stats already counted.
-    pub(super) uncounted: bool,
     /// Webhook deliveries written (the dispatcher has work when this is not 0).
     pub(super) announced: usize,
+    /// Set by a write that changed endpoints (see [`Outbox::endpoints_changed`]).
+    endpoints_changed: bool,
 }
 
 /// The enabled endpoints of projects, kept a second by the group-commit writer so that its
@@ -134,18 +133,23 @@ impl Outbox {
         }
     }
 
-    /// Gives `cache` the endpoints this transaction looked up.
-    pub(super) fn remember_endpoints(&self, cache: &EndpointCache) {
+    /// Gives `cache` the endpoints this transaction looked up (unless a write of this
+    /// transaction changed endpoints: the cache was cleared, and the next batch looks again).
+    pub(super) fn remember_endpoints(&mut self, cache: &EndpointCache) {
+        if std::mem::take(&mut self.endpoints_changed) {
+            cache.clear();
+            return;
+        }
         for (p, list) in &self.endpoints {
             cache.put(p.clone(), list.clone());
         }
     }
 
-    /// Writes the stats increments and commits.
-    pub(super) async fn commit(mut self, mut tx: Transaction<'_, Any>) -> StoreResult<()> {
-        self.stats.flush(&mut tx, &[]).await.map_err(|p| p.error)?;
-        tx.commit().await?;
-        Ok(())
+    /// A write of this transaction changed a project's endpoints: the endpoints looked up
+    /// are stale, here and in the cache.
+    pub(super) fn endpoints_changed(&mut self) {
+        self.endpoints.clear();
+        self.endpoints_changed = true;
     }
 }
 
@@ -160,7 +164,7 @@ pub(super) struct EventRow<'a> {
 /// Writes the deliveries that announce `events` (in the events' own transaction), in one
 /// statement.
 pub(super) async fn enqueue_deliveries(
-    tx: &mut AnyConnection,
+    tx: &mut dyn Tx,
     outbox: &mut Outbox,
     events: &[EventRow<'_>],
 ) -> StoreResult<()> {
@@ -169,39 +173,25 @@ pub(super) async fn enqueue_deliveries(
         .await?;
     let deliveries = outbox.deliveries(events)?;
     let rows = delivery_rows(&deliveries);
-    insert_rows(tx, "webhook_deliveries", &DELIVERY_COLUMNS, &rows).await
-}
-
-/// [`enqueue_deliveries`] on the group-commit writer's own connection: the endpoints of the
-/// events' projects must be loaded already.
-pub(super) fn enqueue_deliveries_lite(
-    lite: &mut Lite,
-    outbox: &mut Outbox,
-    events: &[EventRow<'_>],
-) -> StoreResult<()> {
-    let deliveries = outbox.deliveries(events)?;
-    let rows = delivery_rows(&deliveries);
-    let table = TableRows {
-        table: "webhook_deliveries",
-        cols: &DELIVERY_COLUMNS,
-        rows: &rows,
-    };
-    lite.write_tables(&[(&table, "")])
+    if rows.is_empty() {
+        return Ok(());
+    }
+    tx.write_tables(&[TableRows::insert(
+        "webhook_deliveries",
+        &DELIVERY_COLUMNS,
+        &rows,
+    )])
+    .await
 }
 
 /// A pending delivery: its id, endpoint, project, event and time.
 type Delivery<'a> = (String, String, &'a str, &'a str, i64);
 
 impl Outbox {
-    /// Whether this transaction knows the enabled endpoints of `project`.
-    pub(super) fn has_endpoints(&self, project: &str) -> bool {
-        self.endpoints.contains_key(project)
-    }
-
     /// Looks up the enabled endpoints of those of `projects` this transaction has not seen.
     pub(super) async fn load_endpoints<'a>(
         &mut self,
-        tx: &mut AnyConnection,
+        tx: &mut dyn Tx,
         projects: impl Iterator<Item = &'a str>,
     ) -> StoreResult<()> {
         for p in projects {
@@ -262,19 +252,19 @@ const DELIVERY_COLUMNS: [&str; 9] = [
 ];
 
 async fn insert_delivery(
-    tx: &mut AnyConnection,
+    tx: &mut dyn Tx,
     endpoint_id: &str,
     project_id: &str,
     event_id: &str,
     now: i64,
 ) -> StoreResult<String> {
     let id = Uuid::now_v7().to_string();
-    insert_rows(
-        tx,
+    let rows = [delivery_row(&id, endpoint_id, project_id, event_id, now)];
+    tx.write_tables(&[TableRows::insert(
         "webhook_deliveries",
         &DELIVERY_COLUMNS,
-        &[delivery_row(&id, endpoint_id, project_id, event_id, now)],
-    )
+        &rows,
+    )])
     .await?;
     Ok(id)
 }
@@ -368,16 +358,6 @@ pub struct AttemptLogRecord {
     pub next_attempt_at: Option<i64>,
 }
 
-const CLAIM_SQLITE: &str = "UPDATE webhook_deliveries SET lease_owner = $1, lease_expires_at = $2, \
-     next_attempt_at = $2 WHERE id IN (SELECT id FROM webhook_deliveries \
-       WHERE status = 'pending' AND next_attempt_at <= $3 ORDER BY next_attempt_at LIMIT $4) \
-     RETURNING id";
-const CLAIM_POSTGRES: &str = "UPDATE webhook_deliveries SET lease_owner = $1, lease_expires_at = $2, \
-     next_attempt_at = $2 WHERE id IN (SELECT id FROM webhook_deliveries \
-       WHERE status = 'pending' AND next_attempt_at <= $3 ORDER BY next_attempt_at LIMIT $4 \
-       FOR UPDATE SKIP LOCKED) \
-     RETURNING id";
-
 impl Store {
     pub async fn insert_webhook_endpoint(&self, e: &EndpointRecord) -> StoreResult<()> {
         self.insert_webhook_endpoint_once(e, None).await
@@ -389,30 +369,41 @@ impl Store {
         e: &EndpointRecord,
         idempotency: Option<&super::IdempotencyRecord>,
     ) -> StoreResult<()> {
-        let mut tx = self.write.begin().await?;
-        if let Some(idem) = idempotency {
-            super::emails::insert_idempotency(&mut tx, idem).await?;
-        }
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO webhook_endpoints ({ENDPOINT_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-        )))
-        .bind(&e.id)
-        .bind(&e.project_id)
-        .bind(&e.url)
-        .bind(e.description.as_deref())
-        .bind(serde_json::json!(e.event_types).to_string())
-        .bind(serde_json::json!(e.streams).to_string())
-        .bind(&e.status)
-        .bind(e.disabled_reason.as_deref())
-        .bind(&e.secret)
-        .bind(e.previous_secret.as_deref())
-        .bind(e.previous_secret_expires_at)
-        .bind(e.created_at)
-        .bind(e.updated_at)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        let (e, idempotency) = (e.clone(), idempotency.cloned());
+        self.writer
+            .run(move |tx, outbox| {
+                Box::pin(async move {
+                    if let Some(idem) = &idempotency {
+                        super::emails::insert_idempotency(tx, idem).await?;
+                    }
+                    let (types, streams) = (json_text(&e.event_types), json_text(&e.streams));
+                    tx.execute(
+                        &format!(
+                            "INSERT INTO webhook_endpoints ({ENDPOINT_COLUMNS}) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+                        ),
+                        &[
+                            Val::Text(&e.id),
+                            Val::Text(&e.project_id),
+                            Val::Text(&e.url),
+                            Val::OptText(e.description.as_deref()),
+                            Val::Text(&types),
+                            Val::Text(&streams),
+                            Val::Text(&e.status),
+                            Val::OptText(e.disabled_reason.as_deref()),
+                            Val::Text(&e.secret),
+                            Val::OptText(e.previous_secret.as_deref()),
+                            Val::OptInt(e.previous_secret_expires_at),
+                            Val::Int(e.created_at),
+                            Val::Int(e.updated_at),
+                        ],
+                    )
+                    .await?;
+                    outbox.endpoints_changed();
+                    Ok(())
+                })
+            })
+            .await?;
         self.endpoints.clear();
         Ok(())
     }
@@ -427,7 +418,7 @@ impl Store {
         )))
         .bind(project_id)
         .bind(id)
-        .fetch_optional(&self.write)
+        .fetch_optional(&self.pool)
         .await?
         .ok_or(StoreError::NotFound)?;
         endpoint_from_row(&row)
@@ -441,7 +432,7 @@ impl Store {
             "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE project_id = $1 ORDER BY id"
         )))
         .bind(project_id)
-        .fetch_all(&self.read)
+        .fetch_all(&self.pool)
         .await?;
         rows.iter().map(endpoint_from_row).collect()
     }
@@ -449,33 +440,44 @@ impl Store {
     /// Saves every mutable field. An endpoint that is no longer enabled drops its pending
     /// deliveries (consumers reconcile with `GET /v1/events` or ask for a redelivery).
     pub async fn update_webhook_endpoint(&self, e: &EndpointRecord) -> StoreResult<()> {
-        let mut tx = self.write.begin().await?;
-        let done = sqlx::query(
-            "UPDATE webhook_endpoints SET url = $1, description = $2, event_types = $3, \
-             streams = $4, status = $5, disabled_reason = $6, secret = $7, previous_secret = $8, \
-             previous_secret_expires_at = $9, updated_at = $10 WHERE project_id = $11 AND id = $12",
-        )
-        .bind(&e.url)
-        .bind(e.description.as_deref())
-        .bind(serde_json::json!(e.event_types).to_string())
-        .bind(serde_json::json!(e.streams).to_string())
-        .bind(&e.status)
-        .bind(e.disabled_reason.as_deref())
-        .bind(&e.secret)
-        .bind(e.previous_secret.as_deref())
-        .bind(e.previous_secret_expires_at)
-        .bind(e.updated_at)
-        .bind(&e.project_id)
-        .bind(&e.id)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        if e.status != "enabled" {
-            cancel_pending(&mut tx, &e.id, e.updated_at).await?;
-        }
-        tx.commit().await?;
+        let e = e.clone();
+        self.writer
+            .run(move |tx, outbox| {
+                Box::pin(async move {
+                    let (types, streams) = (json_text(&e.event_types), json_text(&e.streams));
+                    let done = tx
+                        .execute(
+                            "UPDATE webhook_endpoints SET url = $1, description = $2, \
+                             event_types = $3, streams = $4, status = $5, disabled_reason = $6, \
+                             secret = $7, previous_secret = $8, previous_secret_expires_at = $9, \
+                             updated_at = $10 WHERE project_id = $11 AND id = $12",
+                            &[
+                                Val::Text(&e.url),
+                                Val::OptText(e.description.as_deref()),
+                                Val::Text(&types),
+                                Val::Text(&streams),
+                                Val::Text(&e.status),
+                                Val::OptText(e.disabled_reason.as_deref()),
+                                Val::Text(&e.secret),
+                                Val::OptText(e.previous_secret.as_deref()),
+                                Val::OptInt(e.previous_secret_expires_at),
+                                Val::Int(e.updated_at),
+                                Val::Text(&e.project_id),
+                                Val::Text(&e.id),
+                            ],
+                        )
+                        .await?;
+                    if done == 0 {
+                        return Err(StoreError::NotFound);
+                    }
+                    if e.status != "enabled" {
+                        cancel_pending(tx, &e.id, e.updated_at).await?;
+                    }
+                    outbox.endpoints_changed();
+                    Ok(())
+                })
+            })
+            .await?;
         self.endpoints.clear();
         Ok(())
     }
@@ -486,17 +488,25 @@ impl Store {
         id: &str,
         now: i64,
     ) -> StoreResult<()> {
-        let mut tx = self.write.begin().await?;
-        let done = sqlx::query("DELETE FROM webhook_endpoints WHERE project_id = $1 AND id = $2")
-            .bind(project_id)
-            .bind(id)
-            .execute(&mut *tx)
+        let (project_id, id) = (project_id.to_owned(), id.to_owned());
+        self.writer
+            .run(move |tx, outbox| {
+                Box::pin(async move {
+                    let done = tx
+                        .execute(
+                            "DELETE FROM webhook_endpoints WHERE project_id = $1 AND id = $2",
+                            &[Val::Text(&project_id), Val::Text(&id)],
+                        )
+                        .await?;
+                    if done == 0 {
+                        return Err(StoreError::NotFound);
+                    }
+                    cancel_pending(tx, &id, now).await?;
+                    outbox.endpoints_changed();
+                    Ok(())
+                })
+            })
             .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        cancel_pending(&mut tx, id, now).await?;
-        tx.commit().await?;
         self.endpoints.clear();
         Ok(())
     }
@@ -509,20 +519,27 @@ impl Store {
         lease_ms: i64,
         limit: usize,
     ) -> StoreResult<Vec<DueDelivery>> {
-        let claim = match self.backend {
-            Backend::Sqlite => CLAIM_SQLITE,
-            Backend::Postgres => CLAIM_POSTGRES,
-        };
-        let ids: Vec<String> = sqlx::query(claim)
-            .bind(owner)
-            .bind(now + lease_ms)
-            .bind(now)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.write)
-            .await?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?;
+        let owner = owner.to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let ids: Vec<String> = self
+            .writer
+            .run(move |tx, _| {
+                Box::pin(async move {
+                    let params = [
+                        Val::Text(&owner),
+                        Val::Int(now + lease_ms),
+                        Val::Int(now),
+                        Val::Int(limit),
+                    ];
+                    let claim = tx.dialect().webhook_claim;
+                    tx.query(claim, &params)
+                        .await?
+                        .iter()
+                        .map(|r| r.get(0))
+                        .collect::<StoreResult<Vec<String>>>()
+                })
+            })
+            .await?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -543,7 +560,7 @@ impl Store {
         for id in padded(&ids) {
             q = q.bind(id);
         }
-        let rows = q.fetch_all(&self.read).await?;
+        let rows = q.fetch_all(&self.pool).await?;
         // A delivery written for an endpoint disabled since (by a writer that still had it
         // as enabled: another process, or one within the endpoint cache's second) is canceled
         // here, as disabling cancels those already waiting.
@@ -551,16 +568,23 @@ impl Store {
             .into_iter()
             .partition(|r| r.try_get::<String, _>(21).is_ok_and(|s| s == "enabled"));
         if !stale.is_empty() {
-            let sql = sqlx::AssertSqlSafe(format!(
-                "UPDATE webhook_deliveries SET status = 'canceled', lease_owner = NULL, \
-                 updated_at = $1 WHERE status = 'pending' AND id IN ({})",
-                placeholders(2, stale.len())
-            ));
-            let mut q = sqlx::query(sql).persistent(false).bind(now);
-            for r in &stale {
-                q = q.bind(r.try_get::<String, _>(0)?);
-            }
-            q.execute(&self.write).await?;
+            let stale = stale
+                .iter()
+                .map(|r| r.try_get::<String, _>(0))
+                .collect::<Result<Vec<String>, _>>()?;
+            self.writer
+                .run(move |tx, _| {
+                    Box::pin(async move {
+                        let sql = format!(
+                            "UPDATE webhook_deliveries SET status = 'canceled', lease_owner = NULL, \
+                             updated_at = $1 WHERE status = 'pending' AND id IN ({})",
+                            placeholders(2, stale.len())
+                        );
+                        let params = texts(&[Val::Int(now)], stale.iter().map(String::as_str));
+                        tx.execute(&sql, &params).await
+                    })
+                })
+                .await?;
         }
         rows.iter()
             .map(|r| {
@@ -604,65 +628,24 @@ impl Store {
         owner: &str,
         a: &AttemptRecord,
     ) -> StoreResult<bool> {
-        let mut tx = self.write.begin().await?;
-        let status = match (a.succeeded, a.next_attempt_at) {
-            (true, _) => "succeeded",
-            (false, Some(_)) => "pending",
-            (false, None) => "failed",
-        };
-        let done = sqlx::query(
-            "UPDATE webhook_deliveries SET status = $1, attempts = attempts + 1, \
-             next_attempt_at = $2, lease_owner = NULL, lease_expires_at = NULL, \
-             last_status_code = $3, updated_at = $4 \
-             WHERE id = $5 AND lease_owner = $6 AND status = 'pending'",
-        )
-        .bind(status)
-        .bind(a.next_attempt_at.unwrap_or(a.attempted_at))
-        .bind(a.status_code)
-        .bind(a.attempted_at)
-        .bind(&a.delivery_id)
-        .bind(owner)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        sqlx::query(
-            "INSERT INTO webhook_attempts (id, delivery_id, endpoint_id, event_id, attempt, \
-             succeeded, status_code, response_body, error, duration_ms, attempted_at, \
-             next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        )
-        .bind(Uuid::now_v7().to_string())
-        .bind(&a.delivery_id)
-        .bind(&a.endpoint_id)
-        .bind(&a.event_id)
-        .bind(a.attempt)
-        .bind(i64::from(a.succeeded))
-        .bind(a.status_code)
-        .bind(a.response_body.as_deref())
-        .bind(a.error.as_deref())
-        .bind(a.duration_ms)
-        .bind(a.attempted_at)
-        .bind(a.next_attempt_at)
-        .execute(&mut *tx)
-        .await?;
-        if let Some(reason) = &a.disable_endpoint {
-            sqlx::query(
-                "UPDATE webhook_endpoints SET status = 'auto_disabled', disabled_reason = $1, \
-                 updated_at = $2 WHERE id = $3 AND status = 'enabled'",
-            )
-            .bind(reason)
-            .bind(a.attempted_at)
-            .bind(&a.endpoint_id)
-            .execute(&mut *tx)
+        let (owner, a) = (owner.to_owned(), a.clone());
+        let disables = a.disable_endpoint.is_some();
+        let recorded = self
+            .writer
+            .run(move |tx, outbox| {
+                Box::pin(async move {
+                    let recorded = record_attempt(tx, &owner, &a).await?;
+                    if recorded && a.disable_endpoint.is_some() {
+                        outbox.endpoints_changed();
+                    }
+                    Ok(recorded)
+                })
+            })
             .await?;
-            cancel_pending(&mut tx, &a.endpoint_id, a.attempted_at).await?;
-        }
-        tx.commit().await?;
-        if a.disable_endpoint.is_some() {
+        if recorded && disables {
             self.endpoints.clear();
         }
-        Ok(true)
+        Ok(recorded)
     }
 
     /// The endpoint's attempt log, newest first; `succeeded` filters by outcome.
@@ -683,7 +666,7 @@ impl Store {
         .bind(succeeded.map_or(-1, i64::from))
         .bind(before.unwrap_or(""))
         .bind(limit)
-        .fetch_all(&self.read)
+        .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|r| {
@@ -711,17 +694,15 @@ impl Store {
         delivery_id: &str,
         now: i64,
     ) -> StoreResult<()> {
-        let done = sqlx::query(
-            "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = $1, \
-             lease_owner = NULL, lease_expires_at = NULL, updated_at = $1 \
-             WHERE endpoint_id = $2 AND id = $3",
-        )
-        .bind(now)
-        .bind(endpoint_id)
-        .bind(delivery_id)
-        .execute(&self.write)
-        .await?;
-        if done.rows_affected() == 0 {
+        let done = self
+            .execute(
+                "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = $1, \
+                 lease_owner = NULL, lease_expires_at = NULL, updated_at = $1 \
+                 WHERE endpoint_id = $2 AND id = $3",
+                vec![now.into(), endpoint_id.into(), delivery_id.into()],
+            )
+            .await?;
+        if done == 0 {
             return Err(StoreError::NotFound);
         }
         Ok(())
@@ -734,27 +715,34 @@ impl Store {
         event_id: &str,
         now: i64,
     ) -> StoreResult<usize> {
-        let mut tx = self.write.begin().await?;
-        let row = sqlx::query(
-            "SELECT e.type, m.stream FROM events e LEFT JOIN emails m ON m.id = e.email_id \
-             WHERE e.project_id = $1 AND e.id = $2",
-        )
-        .bind(project_id)
-        .bind(event_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::NotFound)?;
-        let event_type: String = row.try_get(0)?;
-        let stream: Option<String> = row.try_get(1)?;
-        let mut n = 0;
-        for sub in subscriptions(&mut tx, project_id).await? {
-            if sub.takes(&event_type, stream.as_deref()) {
-                insert_delivery(&mut tx, &sub.endpoint_id, project_id, event_id, now).await?;
-                n += 1;
-            }
-        }
-        tx.commit().await?;
-        Ok(n)
+        let (project_id, event_id) = (project_id.to_owned(), event_id.to_owned());
+        self.writer
+            .run(move |tx, outbox| {
+                Box::pin(async move {
+                    let rows = tx
+                        .query(
+                            "SELECT e.type, m.stream FROM events e \
+                             LEFT JOIN emails m ON m.id = e.email_id \
+                             WHERE e.project_id = $1 AND e.id = $2",
+                            &[Val::Text(&project_id), Val::Text(&event_id)],
+                        )
+                        .await?;
+                    let row = rows.first().ok_or(StoreError::NotFound)?;
+                    let event_type: String = row.get(0)?;
+                    let stream: Option<String> = row.get(1)?;
+                    let mut n = 0;
+                    for sub in subscriptions(tx, &project_id).await? {
+                        if sub.takes(&event_type, stream.as_deref()) {
+                            insert_delivery(tx, &sub.endpoint_id, &project_id, &event_id, now)
+                                .await?;
+                            n += 1;
+                        }
+                    }
+                    outbox.announced += n;
+                    Ok(n)
+                })
+            })
+            .await
     }
 
     /// Records a `webhook.test` event and its delivery to this endpoint only.
@@ -764,48 +752,119 @@ impl Store {
         endpoint_id: &str,
         now: i64,
     ) -> StoreResult<(String, String)> {
-        let mut tx = self.write.begin().await?;
-        let event = NewEvent::new(
-            None,
-            None,
-            "webhook.test",
-            serde_json::json!({"webhook_id": endpoint_id}),
-            now,
-        );
-        sqlx::query(
-            "INSERT INTO events (id, project_id, email_id, recipient_id, recipient, type, data, \
-             created_at) VALUES ($1, $2, NULL, NULL, NULL, $3, $4, $5)",
-        )
-        .bind(&event.id)
-        .bind(project_id)
-        .bind(&event.event_type)
-        .bind(&event.data)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        let delivery = insert_delivery(&mut tx, endpoint_id, project_id, &event.id, now).await?;
-        tx.commit().await?;
-        Ok((event.id, delivery))
+        let (project_id, endpoint_id) = (project_id.to_owned(), endpoint_id.to_owned());
+        self.writer
+            .run(move |tx, outbox| {
+                Box::pin(async move {
+                    let event = NewEvent::new(
+                        None,
+                        None,
+                        "webhook.test",
+                        serde_json::json!({"webhook_id": endpoint_id}),
+                        now,
+                    );
+                    tx.execute(
+                        "INSERT INTO events (id, project_id, email_id, recipient_id, recipient, \
+                         type, data, created_at) VALUES ($1, $2, NULL, NULL, NULL, $3, $4, $5)",
+                        &[
+                            Val::Text(&event.id),
+                            Val::Text(&project_id),
+                            Val::Text(&event.event_type),
+                            Val::Text(&event.data),
+                            Val::Int(now),
+                        ],
+                    )
+                    .await?;
+                    let delivery =
+                        insert_delivery(tx, &endpoint_id, &project_id, &event.id, now).await?;
+                    outbox.announced += 1;
+                    Ok((event.id, delivery))
+                })
+            })
+            .await
     }
 
     /// Pending webhook deliveries (the backlog), for tests and metrics.
     pub async fn count_pending_webhooks(&self) -> StoreResult<i64> {
         let n: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM webhook_deliveries WHERE status = 'pending'")
-                .fetch_one(&self.read)
+                .fetch_one(&self.pool)
                 .await?;
         Ok(n)
     }
 }
 
-async fn cancel_pending(tx: &mut AnyConnection, endpoint_id: &str, now: i64) -> StoreResult<()> {
-    sqlx::query(
+/// Writes an attempt's row and its delivery's new state, fenced by the lease; on a disabling
+/// verdict, disables the endpoint and cancels what it still had waiting. Returns false (and
+/// writes nothing) if the lease was lost.
+async fn record_attempt(tx: &mut dyn Tx, owner: &str, a: &AttemptRecord) -> StoreResult<bool> {
+    let status = match (a.succeeded, a.next_attempt_at) {
+        (true, _) => "succeeded",
+        (false, Some(_)) => "pending",
+        (false, None) => "failed",
+    };
+    let done = tx
+        .execute(
+            "UPDATE webhook_deliveries SET status = $1, attempts = attempts + 1, \
+             next_attempt_at = $2, lease_owner = NULL, lease_expires_at = NULL, \
+             last_status_code = $3, updated_at = $4 \
+             WHERE id = $5 AND lease_owner = $6 AND status = 'pending'",
+            &[
+                Val::Text(status),
+                Val::Int(a.next_attempt_at.unwrap_or(a.attempted_at)),
+                Val::OptInt(a.status_code),
+                Val::Int(a.attempted_at),
+                Val::Text(&a.delivery_id),
+                Val::Text(owner),
+            ],
+        )
+        .await?;
+    if done == 0 {
+        return Ok(false);
+    }
+    let id = Uuid::now_v7().to_string();
+    tx.execute(
+        "INSERT INTO webhook_attempts (id, delivery_id, endpoint_id, event_id, attempt, \
+         succeeded, status_code, response_body, error, duration_ms, attempted_at, \
+         next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        &[
+            Val::Text(&id),
+            Val::Text(&a.delivery_id),
+            Val::Text(&a.endpoint_id),
+            Val::Text(&a.event_id),
+            Val::Int(a.attempt),
+            Val::Int(i64::from(a.succeeded)),
+            Val::OptInt(a.status_code),
+            Val::OptText(a.response_body.as_deref()),
+            Val::OptText(a.error.as_deref()),
+            Val::Int(a.duration_ms),
+            Val::Int(a.attempted_at),
+            Val::OptInt(a.next_attempt_at),
+        ],
+    )
+    .await?;
+    if let Some(reason) = &a.disable_endpoint {
+        tx.execute(
+            "UPDATE webhook_endpoints SET status = 'auto_disabled', disabled_reason = $1, \
+             updated_at = $2 WHERE id = $3 AND status = 'enabled'",
+            &[
+                Val::Text(reason),
+                Val::Int(a.attempted_at),
+                Val::Text(&a.endpoint_id),
+            ],
+        )
+        .await?;
+        cancel_pending(tx, &a.endpoint_id, a.attempted_at).await?;
+    }
+    Ok(true)
+}
+
+async fn cancel_pending(tx: &mut dyn Tx, endpoint_id: &str, now: i64) -> StoreResult<()> {
+    tx.execute(
         "UPDATE webhook_deliveries SET status = 'canceled', lease_owner = NULL, updated_at = $1 \
          WHERE endpoint_id = $2 AND status = 'pending'",
+        &[Val::Int(now), Val::Text(endpoint_id)],
     )
-    .bind(now)
-    .bind(endpoint_id)
-    .execute(&mut *tx)
     .await?;
     Ok(())
 }

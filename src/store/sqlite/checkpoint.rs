@@ -6,7 +6,7 @@
 //! writer's connection that stalls the one thread every email's commit goes through, a copy
 //! and two flushes every thousand pages.
 //!
-//! So they are taken beside the syncer (see `store::group_commit`), on a thread of their own:
+//! So they are taken beside the syncer (see `store::writer`), on a thread of their own:
 //! after one of its flushes of the log, at most every [`INTERVAL`], a `PASSIVE` checkpoint on
 //! a connection of its own, which takes no lock the writer needs, so the writer goes on
 //! committing while it copies, and the syncer goes on flushing. Not in the syncer's own turn:
@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use sqlx::{AnyPool, Row};
 
 /// The writer connection's automatic checkpoint: at 8,000 pages of log (32 MB at 4 KB pages).
-pub(super) const WRITER_AUTOCHECKPOINT: &str = "PRAGMA wal_autocheckpoint = 8000";
+pub(in crate::store) const WRITER_AUTOCHECKPOINT: &str = "PRAGMA wal_autocheckpoint = 8000";
 
 /// The shortest time between two checkpoints. At 20,000 pages written a second, one every
 /// 100 ms copies 2,000 frames, and fewer distinct pages (the hot index pages every commit
@@ -38,31 +38,31 @@ const INTERVAL: Duration = Duration::from_millis(100);
 
 /// What the checkpoints have done, for `/metrics`.
 #[derive(Debug, Default)]
-pub(super) struct Figures {
+pub(in crate::store) struct Figures {
     checkpoints: AtomicU64,
     /// Frames in the log when the last checkpoint ended.
     log_frames: AtomicU64,
 }
 
 impl Figures {
-    pub(super) fn checkpoints(&self) -> u64 {
+    pub(in crate::store) fn checkpoints(&self) -> u64 {
         self.checkpoints.load(Ordering::Relaxed)
     }
 
-    pub(super) fn log_frames(&self) -> u64 {
+    pub(in crate::store) fn log_frames(&self) -> u64 {
         self.log_frames.load(Ordering::Relaxed)
     }
 }
 
 /// Runs the checkpoints, on `pool` (a connection of its own).
-pub(super) struct Checkpointer {
+pub(in crate::store) struct Checkpointer {
     pool: AnyPool,
     figures: Arc<Figures>,
     last: Option<Instant>,
 }
 
 impl Checkpointer {
-    pub(super) fn new(pool: AnyPool) -> Self {
+    pub(in crate::store) fn new(pool: AnyPool) -> Self {
         Self {
             pool,
             figures: Arc::default(),
@@ -70,7 +70,7 @@ impl Checkpointer {
         }
     }
 
-    pub(super) fn figures(&self) -> Arc<Figures> {
+    pub(in crate::store) fn figures(&self) -> Arc<Figures> {
         Arc::clone(&self.figures)
     }
 

@@ -1,7 +1,7 @@
-//! The durability half of SQLite's group commit, beside its writer (`store::group_commit`):
-//! the syncer, which flushes the write-ahead log and only then answers what was committed
-//! before that flush began, and the checkpoints, which copy the log back into the database
-//! file beside it (see `store::checkpoint`). Each on a thread of its own.
+//! The durability half of SQLite's group commit, beside its writer (`store::writer`): the
+//! syncer, which flushes the write-ahead log and only then answers what was committed before
+//! that flush began, and the checkpoints, which copy the log back into the database file
+//! beside it (see `checkpoint`). Each on a thread of its own.
 //!
 //! The writer's connection runs `synchronous = NORMAL`, so its `COMMIT` writes the log and
 //! returns; what it committed waits here, as a [`Flushed`], until the flush that holds it has
@@ -16,19 +16,17 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::checkpoint::Checkpointer;
-use super::{Home, StoreResult};
+use crate::store::{Home, StoreResult};
 
-/// A SQLite database's write-ahead log: the file the syncer flushes, the database's own (the
-/// writer's connection of its own opens it, see `store::lite`), and what checkpoints the log
-/// beside the flushes.
-pub(crate) struct Wal {
-    pub(crate) path: PathBuf,
-    pub(crate) database: PathBuf,
-    pub(crate) checkpointer: Checkpointer,
+/// A SQLite database's write-ahead log: the file the syncer flushes, and what checkpoints the
+/// log beside the flushes.
+pub(in crate::store) struct Wal {
+    pub(in crate::store) path: PathBuf,
+    pub(in crate::store) checkpointer: Checkpointer,
 }
 
 /// A commit the writer made, to be answered once the log is on the disk.
-pub(super) trait Flushed: Send + 'static {
+pub(in crate::store) trait Flushed: Send + 'static {
     /// The flush that holds it has ended: answer its jobs.
     fn answer(self);
     /// The flush failed: the commit may not be on the disk, so no job is told it is.
@@ -42,13 +40,13 @@ pub(super) const SYNC_QUEUE: usize = 64;
 /// learns from `done` that it has answered the last one. Its own thread, not a task on the
 /// writer's: each flush then wakes no one but the syncer, which answers the requests itself,
 /// and the writer's thread runs the writer's statements alone.
-pub(super) struct Syncer<C> {
-    pub(super) commits: mpsc::Sender<C>,
-    pub(super) done: oneshot::Receiver<()>,
+pub(in crate::store) struct Syncer<C> {
+    pub(in crate::store) commits: mpsc::Sender<C>,
+    pub(in crate::store) done: oneshot::Receiver<()>,
 }
 
 impl<C: Flushed> Syncer<C> {
-    pub(super) fn start(wal: Wal) -> StoreResult<Self> {
+    pub(in crate::store) fn start(wal: Wal) -> StoreResult<Self> {
         let (commits, rx) = mpsc::channel(SYNC_QUEUE);
         let (finished, done) = oneshot::channel();
         let checkpoints = Checkpoints::start(wal.checkpointer)?;
@@ -62,9 +60,9 @@ impl<C: Flushed> Syncer<C> {
 
 /// The checkpoints, on a thread of their own beside the syncer's: one after a flush of the
 /// log, at most every 100 ms ([`Checkpointer::after_flush`]), while the syncer goes on
-/// flushing (see `store::checkpoint`). On the syncer's own runtime the task would be polled
+/// flushing (see `checkpoint`). On the syncer's own runtime the task would be polled
 /// only when the syncer waits for commits, which under load it seldom does.
-pub(super) struct Checkpoints {
+pub(in crate::store) struct Checkpoints {
     flushed: Arc<Notify>,
     /// Stops the thread when dropped, whether by [`Checkpoints::stop`] or with the syncer
     /// that never started.
@@ -112,7 +110,7 @@ impl Checkpoints {
 /// begun after a commit holds it), then answers their jobs, and tells the checkpoints. The
 /// flush blocks the thread it runs on: the syncer's own (commits made meanwhile wait in the
 /// channel).
-pub(super) async fn sync_then_answer<C: Flushed, F>(
+pub(in crate::store) async fn sync_then_answer<C: Flushed, F>(
     wal: PathBuf,
     mut rx: mpsc::Receiver<C>,
     sync: F,

@@ -93,8 +93,8 @@ fn email(project: &str, i: u64, rng: &mut Rng, now: i64) -> NewEmail {
         events: vec![NewEvent::new(
             None,
             Some(&rcpt),
-            "email.queued",
-            serde_json::json!({}),
+            herald::domain::event::EventType::Queued,
+            herald::domain::event::EventData::Empty {},
             created_at,
         )],
     }

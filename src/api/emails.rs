@@ -118,7 +118,7 @@ fn prepare(
     let deadline = email.expires_at.map_or(start.saturating_add(max_age), |e| {
         e.min(start.saturating_add(max_age))
     });
-    let event_type = crate::domain::event::EventType::for_status(status).as_str();
+    let event_type = crate::domain::event::EventType::for_status(status);
     let mut recipients = Vec::new();
     let mut events = Vec::new();
     for (position, (kind, m)) in email.recipients().into_iter().enumerate() {
@@ -127,7 +127,7 @@ fn prepare(
             Some(&rid),
             Some(m.email.as_str()),
             event_type,
-            json!({}),
+            crate::domain::event::EventData::Empty {},
             now,
         ));
         recipients.push(NewRecipient {

@@ -51,17 +51,15 @@ pub async fn list_events(
         ),
     };
     // A filter that can match nothing is a mistake to say, not an empty page to return.
-    if let Some(t) = q.event_type.as_deref()
-        && !crate::domain::event::is_event_type(t)
-    {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("type '{t}' is not an event type"),
-        ));
-    }
+    let event_type = match q.event_type.as_deref() {
+        None => None,
+        Some(t) => Some(crate::domain::event::EventType::parse(t).ok_or_else(|| {
+            ApiError::bad_request("invalid_query", format!("type '{t}' is not an event type"))
+        })?),
+    };
     let filter = EventFilter {
         after: super::pagination::cursor("after", q.after)?,
-        event_type: q.event_type,
+        event_type,
         recipient: q.recipient,
         email_id: super::pagination::id("email_id", q.email_id)?,
         created_after,

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::clock::format_ms;
-use crate::domain::event::SUBSCRIBABLE;
+use crate::domain::event::EventType;
 use crate::store::EndpointRecord;
 use crate::webhooks::client::{TargetError, check_target};
 use crate::webhooks::signing::generate_secret;
@@ -107,7 +107,8 @@ fn check_events(events: &[String], errors: &mut Vec<FieldError>) {
         ));
     }
     for (i, e) in events.iter().enumerate() {
-        if !(e == "*" || e == "email.*" || SUBSCRIBABLE.contains(&e.as_str())) {
+        let named = EventType::parse(e).is_some_and(EventType::subscribable);
+        if !(e == "*" || e == "email.*" || named) {
             errors.push(FieldError::new(
                 format!("/events/{i}"),
                 "invalid_event_type",

@@ -19,6 +19,8 @@
 //! database failed), and the sender still gets its answer. Every effect is recorded against the
 //! message that caused it, so reading a message again changes nothing twice.
 
+use crate::domain::bounce::SmtpPhase;
+use crate::domain::event::{BounceData, ComplaintData, EventData, EventType, SmtpData};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -436,7 +438,7 @@ impl InboundProcessor {
         r: &RecipientRef,
         now: i64,
     ) -> Option<ReportEffect> {
-        let event = |event_type: &str, data: serde_json::Value| {
+        let event = |event_type: EventType, data: EventData| {
             NewEvent::new(Some(&r.id), Some(&r.address), event_type, data, now)
         };
         if report.kind == ReportKind::Arf {
@@ -450,27 +452,32 @@ impl InboundProcessor {
             );
             s.source_email_id = Some(r.email_id.clone());
             s.details = Some(format!("feedback-type: {}", c.feedback_type));
+            let complaint = ComplaintData {
+                feedback_type: c.feedback_type.clone(),
+                user_agent: c.user_agent.clone(),
+                arrival_date: c.arrival_date.map(|t| crate::clock::format_ms(t * 1000)),
+            };
             return Some(ReportEffect {
                 recipient: r.clone(),
                 new_status: Some("complained"),
                 from_statuses: &["sent", "delivered"],
                 bounce: None,
-                event: event(
-                    "email.complained",
-                    json!({"complaint": {
-                        "feedback_type": c.feedback_type, "user_agent": c.user_agent,
-                        "arrival_date": c.arrival_date.map(|t| crate::clock::format_ms(t * 1000)),
-                    }}),
-                ),
+                event: event(EventType::Complained, EventData::Complained { complaint }),
                 suppression: Some(s),
             });
         }
-        let smtp = json!({
-            "code": rr.diagnostic.as_deref().and_then(|d| first_reply_code(d, 200)),
-            "enhanced_status": rr.status,
-            "response": rr.diagnostic,
-            "remote_mta": rr.remote_mta,
-        });
+        let code = rr
+            .diagnostic
+            .as_deref()
+            .and_then(|d| first_reply_code(d, 200));
+        let smtp = SmtpData {
+            code,
+            enhanced_status: rr.status.clone(),
+            response: rr.diagnostic.clone(),
+            remote_mta: rr.remote_mta.clone(),
+            tls: None,
+            attempt: None,
+        };
         match rr.action {
             Action::Delivered => Some(ReportEffect {
                 recipient: r.clone(),
@@ -478,8 +485,11 @@ impl InboundProcessor {
                 from_statuses: &["sent"],
                 bounce: None,
                 event: event(
-                    "email.delivered",
-                    json!({"smtp": smtp, "reporting_mta": report.reporting_mta}),
+                    EventType::Delivered,
+                    EventData::Reply {
+                        smtp,
+                        reporting_mta: report.reporting_mta.clone(),
+                    },
                 ),
                 suppression: None,
             }),
@@ -489,8 +499,15 @@ impl InboundProcessor {
                 from_statuses: &[],
                 bounce: None,
                 event: event(
-                    "email.delivery_delayed",
-                    json!({"smtp": smtp, "phase": "async_dsn", "reporting_mta": report.reporting_mta}),
+                    EventType::DeliveryDelayed,
+                    EventData::Delayed {
+                        smtp: Some(smtp),
+                        phase: SmtpPhase::AsyncDsn,
+                        reason: None,
+                        attempt: None,
+                        next_attempt_at: None,
+                        reporting_mta: report.reporting_mta.clone(),
+                    },
                 ),
                 suppression: None,
             }),
@@ -516,20 +533,28 @@ impl InboundProcessor {
                 } else {
                     rr.kind
                 };
+                let bounce = BounceData {
+                    kind,
+                    sub_type: rr.sub_type,
+                    phase: SmtpPhase::AsyncDsn,
+                    smtp_code: code,
+                    enhanced_status: rr.status.clone(),
+                    diagnostic: rr.diagnostic.clone(),
+                    remote_mta: rr.remote_mta.clone(),
+                    reporting_mta: report.reporting_mta.clone(),
+                    suppressed: suppress.is_some(),
+                };
                 Some(ReportEffect {
                     recipient: r.clone(),
                     new_status: Some("bounced"),
                     from_statuses: &["sent", "delivered"],
                     bounce: Some((kind.as_str().to_owned(), rr.sub_type.as_str().to_owned())),
                     event: event(
-                        "email.bounced",
-                        json!({"bounce": {
-                            "type": kind, "sub_type": rr.sub_type, "phase": "async_dsn",
-                            "smtp_code": rr.diagnostic.as_deref().and_then(|d| first_reply_code(d, 200)),
-                            "enhanced_status": rr.status, "diagnostic": rr.diagnostic,
-                            "remote_mta": rr.remote_mta, "reporting_mta": report.reporting_mta,
-                            "suppressed": suppress.is_some(),
-                        }}),
+                        EventType::Bounced,
+                        EventData::Bounced {
+                            bounce,
+                            attempt: None,
+                        },
                     ),
                     suppression: suppress,
                 })

@@ -25,7 +25,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -35,7 +34,7 @@ use crate::clock::{Clock, format_ms};
 use crate::domain::bounce::{
     BounceClass, BounceSubType, BounceType, SmtpPhase, SmtpReply, classify,
 };
-use crate::domain::event::EventType;
+use crate::domain::event::{BounceData, EventData, EventType, FailureData, SmtpData};
 use crate::domain::retry::RetryPolicy;
 use crate::domain::status::RecipientStatus;
 use crate::domain::suppression::{SuppressionReason, bounce_suppresses};
@@ -349,15 +348,13 @@ impl Worker {
     fn outcome(&self, ctx: &Attempt, verdict: Verdict) -> Outcome {
         let now = self.clock.now_ms();
         let remote_mta = self.mailer.remote_mta();
-        let smtp = |reply: &SmtpReply, tls: Option<bool>| {
-            json!({
-                "code": reply.code,
-                "enhanced_status": reply.enhanced_status,
-                "response": reply.response,
-                "remote_mta": remote_mta,
-                "tls": tls,
-                "attempt": ctx.attempt,
-            })
+        let smtp = |reply: &SmtpReply, tls: Option<bool>| SmtpData {
+            code: Some(reply.code),
+            enhanced_status: reply.enhanced_status.clone(),
+            response: Some(reply.response.clone()),
+            remote_mta: Some(remote_mta.clone()),
+            tls,
+            attempt: Some(ctx.attempt),
         };
         let bounced = |reply: SmtpReply, phase: SmtpPhase, class: BounceClass| {
             let suppress = bounce_suppresses(&class).then(|| {
@@ -372,15 +369,20 @@ impl Worker {
                 s.details = Some(reply.response.clone());
                 s
             });
-            let data = json!({
-                "bounce": {
-                    "type": class.kind, "sub_type": class.sub_type, "phase": phase,
-                    "smtp_code": reply.code, "enhanced_status": reply.enhanced_status,
-                    "diagnostic": reply.response, "remote_mta": remote_mta,
-                    "suppressed": suppress.is_some(),
+            let data = EventData::Bounced {
+                bounce: BounceData {
+                    kind: class.kind,
+                    sub_type: class.sub_type,
+                    phase,
+                    smtp_code: Some(reply.code),
+                    enhanced_status: reply.enhanced_status.clone(),
+                    diagnostic: Some(reply.response.clone()),
+                    remote_mta: Some(remote_mta.clone()),
+                    reporting_mta: None,
+                    suppressed: suppress.is_some(),
                 },
-                "attempt": ctx.attempt,
-            });
+                attempt: Some(ctx.attempt),
+            };
             let mut o = ctx
                 .outcome(RecipientStatus::Bounced, now)
                 .reply(&reply, phase)
@@ -391,7 +393,10 @@ impl Worker {
         };
         match verdict {
             Verdict::Accepted { reply, tls } => {
-                let data = json!({ "smtp": smtp(&reply, Some(tls)) });
+                let data = EventData::Reply {
+                    smtp: smtp(&reply, Some(tls)),
+                    reporting_mta: None,
+                };
                 let mut o = ctx
                     .outcome(RecipientStatus::Sent, now)
                     .reply(&reply, SmtpPhase::Data);
@@ -414,11 +419,14 @@ impl Worker {
                     reply,
                 ) {
                     (Some(next), reply) => {
-                        let data = json!({
-                            "smtp": reply.as_ref().map(|r| smtp(r, None)),
-                            "phase": phase, "reason": detail, "attempt": ctx.attempt,
-                            "next_attempt_at": format_ms(next),
-                        });
+                        let data = EventData::Delayed {
+                            smtp: reply.as_ref().map(|r| smtp(r, None)),
+                            phase,
+                            reason: Some(detail),
+                            attempt: Some(ctx.attempt),
+                            next_attempt_at: Some(format_ms(next)),
+                            reporting_mta: None,
+                        };
                         let mut o = ctx.outcome(RecipientStatus::DeliveryDelayed, now);
                         o = match &reply {
                             Some(r) => o.reply(r, phase),
@@ -437,10 +445,13 @@ impl Worker {
                         bounced(reply, phase, class)
                     }
                     (None, None) => {
-                        let data = json!({
-                            "failure": {"reason": "expired", "detail": detail},
-                            "attempt": ctx.attempt,
-                        });
+                        let data = EventData::Failed {
+                            failure: FailureData {
+                                reason: "expired",
+                                detail,
+                            },
+                            attempt: ctx.attempt,
+                        };
                         ctx.outcome(RecipientStatus::Failed, now)
                             .phase(phase)
                             .event(data)
@@ -467,10 +478,13 @@ impl Worker {
             attempt: attempts,
             deadline: now,
         };
-        let data = json!({
-            "failure": {"reason": "expired", "detail": "the email expired before it could be delivered"},
-            "attempt": attempts,
-        });
+        let data = EventData::Failed {
+            failure: FailureData {
+                reason: "expired",
+                detail: "the email expired before it could be delivered".to_owned(),
+            },
+            attempt: attempts,
+        };
         let mut o = ctx.outcome(RecipientStatus::Failed, now);
         // Not an attempt: the attempt count stays as it was.
         o.attempts_delta = 0;
@@ -516,8 +530,8 @@ impl Attempt {
             event: NewEvent::new(
                 Some(&self.recipient_id),
                 Some(&self.address),
-                EventType::for_status(status).as_str(),
-                serde_json::Value::Null,
+                EventType::for_status(status),
+                EventData::Empty {},
                 now,
             ),
         }
@@ -529,7 +543,7 @@ trait OutcomeExt {
     fn reply(self, reply: &SmtpReply, phase: SmtpPhase) -> Self;
     fn phase(self, phase: SmtpPhase) -> Self;
     fn bounce(self, class: BounceClass) -> Self;
-    fn event(self, data: serde_json::Value) -> Self;
+    fn event(self, data: EventData) -> Self;
 }
 
 impl OutcomeExt for Outcome {
@@ -551,8 +565,9 @@ impl OutcomeExt for Outcome {
         self
     }
 
-    fn event(mut self, data: serde_json::Value) -> Self {
-        self.event.data = crate::store::json_text(&data);
+    fn event(mut self, data: EventData) -> Self {
+        let event_type = self.event.event_type;
+        self.event.become_(event_type, data);
         self
     }
 }

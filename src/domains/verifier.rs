@@ -10,11 +10,11 @@ use mail_auth::hickory_resolver::net::runtime::TokioRuntimeProvider;
 use mail_auth::hickory_resolver::net::{DnsError, NetError};
 use mail_auth::hickory_resolver::proto::op::ResponseCode;
 use mail_auth::hickory_resolver::proto::rr::{RData, RecordType};
-use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
+use crate::domain::event::{DomainData, EventData, EventType};
 use crate::job_loop::RunOutcome;
 use crate::store::{DkimKeyRecord, DomainRecord, NewEvent, Store, StoreError};
 
@@ -223,18 +223,17 @@ impl DomainVerifier {
             d.verified_at = Some(now);
         }
         let event = match (previous.as_str(), d.status.as_str()) {
-            (p, "verified") if p != "verified" => Some("domain.verified"),
-            (p, "failed") if p != "failed" => Some("domain.verification_failed"),
+            (p, "verified") if p != "verified" => Some(EventType::DomainVerified),
+            (p, "failed") if p != "failed" => Some(EventType::DomainVerificationFailed),
             _ => None,
         }
         .map(|t| {
-            NewEvent::new(
-                None,
-                None,
-                t,
-                json!({"domain": {"id": d.id, "name": d.name, "records": statuses}}),
-                now,
-            )
+            let domain = DomainData {
+                id: d.id.clone(),
+                name: d.name.clone(),
+                records: serde_json::to_value(&statuses).unwrap_or_default(),
+            };
+            NewEvent::new(None, None, t, EventData::Domain { domain }, now)
         });
         self.store.update_domain(&d, event.as_ref()).await?;
         (self.on_change)();

@@ -9,6 +9,7 @@ use super::webhooks::{EventRow, Outbox, enqueue_deliveries};
 use super::write::{TableRows, Tx, Val};
 use super::{Store, StoreError, StoreResult};
 use crate::domain::email::RecipientKind;
+use crate::domain::event::{EventData, EventType};
 use crate::domain::status::RecipientStatus;
 
 /// An accepted email with its recipients and first events, as the API prepared it.
@@ -56,9 +57,10 @@ pub struct NewEvent {
     pub id: String,
     pub recipient_id: Option<String>,
     pub recipient: Option<String>,
-    pub event_type: String,
-    /// JSON object with the event's specific data (smtp, bounce, failure…).
-    pub data: String,
+    pub event_type: EventType,
+    pub data: EventData,
+    /// `data` as stored.
+    json: String,
     pub created_at: i64,
 }
 
@@ -73,18 +75,31 @@ impl NewEvent {
     pub fn new(
         recipient_id: Option<&str>,
         recipient: Option<&str>,
-        event_type: &str,
-        data: serde_json::Value,
+        event_type: EventType,
+        data: EventData,
         created_at: i64,
     ) -> Self {
         Self {
             id: Uuid::now_v7().to_string(),
             recipient_id: recipient_id.map(str::to_owned),
             recipient: recipient.map(str::to_owned),
-            event_type: event_type.to_owned(),
-            data: json_text(&data),
+            event_type,
+            json: data.to_json(),
+            data,
             created_at,
         }
+    }
+
+    /// Makes it another event about the same recipient at the same time.
+    pub fn become_(&mut self, event_type: EventType, data: EventData) {
+        self.event_type = event_type;
+        self.json = data.to_json();
+        self.data = data;
+    }
+
+    /// The stored text of its data.
+    pub fn json(&self) -> &str {
+        &self.json
     }
 }
 
@@ -181,7 +196,7 @@ pub struct EmailFilter {
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
     pub after: Option<String>,
-    pub event_type: Option<String>,
+    pub event_type: Option<EventType>,
     pub recipient: Option<String>,
     pub email_id: Option<String>,
     pub created_after: Option<i64>,
@@ -192,7 +207,7 @@ pub struct EventRecord {
     pub id: String,
     pub email_id: Option<String>,
     pub recipient: Option<String>,
-    pub event_type: String,
+    pub event_type: EventType,
     pub data: String,
     pub created_at: i64,
 }
@@ -246,6 +261,11 @@ pub(super) fn recipient_status(s: &str) -> StoreResult<RecipientStatus> {
         .ok_or_else(|| StoreError::Corrupt(format!("'{s}' is not a recipient status")))
 }
 
+/// An event's type as stored: one Herald wrote, or the row is corrupt.
+pub(super) fn event_type(s: &str) -> StoreResult<EventType> {
+    EventType::parse(s).ok_or_else(|| StoreError::Corrupt(format!("'{s}' is not an event type")))
+}
+
 /// How a stored recipient was addressed: as Herald wrote it, or the row is corrupt.
 fn recipient_kind(s: &str) -> StoreResult<RecipientKind> {
     RecipientKind::parse(s)
@@ -277,7 +297,7 @@ fn event_from_row(r: &AnyRow) -> StoreResult<EventRecord> {
         id: r.try_get(0)?,
         email_id: r.try_get(1)?,
         recipient: r.try_get(2)?,
-        event_type: r.try_get(3)?,
+        event_type: event_type(&r.try_get::<String, _>(3)?)?,
         data: r.try_get(4)?,
         created_at: r.try_get(5)?,
     })
@@ -340,8 +360,8 @@ fn event_values<'a>(events: &[EventRow<'a>]) -> Vec<Vec<Val<'a>>> {
                 Val::OptText(r.email_id),
                 Val::OptText(e.recipient_id.as_deref()),
                 Val::OptText(e.recipient.as_deref()),
-                Val::Text(&e.event_type),
-                Val::Text(&e.data),
+                Val::Text(e.event_type.as_str()),
+                Val::Text(e.json()),
                 Val::Int(e.created_at),
             ]
         })
@@ -357,7 +377,7 @@ fn count_events(outbox: &mut Outbox, events: &[EventRow<'_>]) {
                 r.project_id,
                 email_id,
                 address,
-                &e.event_type,
+                e.event_type,
                 &e.data,
                 e.created_at,
             );
@@ -947,7 +967,7 @@ impl Store {
         )
         .bind(project_id)
         .bind(filter.after.as_deref().unwrap_or(""))
-        .bind(filter.event_type.as_deref().unwrap_or(""))
+        .bind(filter.event_type.map_or("", EventType::as_str))
         .bind(filter.recipient.as_deref().unwrap_or(""))
         .bind(filter.email_id.as_deref().unwrap_or(""))
         .bind(filter.created_after.unwrap_or(i64::MIN))
@@ -994,8 +1014,8 @@ impl Store {
                         let ev = NewEvent::new(
                             Some(&rid),
                             Some(&address),
-                            "email.canceled",
-                            serde_json::json!({}),
+                            EventType::Canceled,
+                            EventData::Empty {},
                             now_ms,
                         );
                         let row = EventRow {

@@ -192,7 +192,7 @@ impl Store {
                             &[
                                 Val::Text(&inbound_id),
                                 Val::Text(&effect.recipient.id),
-                                Val::Text(&effect.event.event_type),
+                                Val::Text(effect.event.event_type.as_str()),
                                 Val::Int(effect.event.created_at),
                             ],
                         )

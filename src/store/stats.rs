@@ -12,6 +12,9 @@ use std::sync::LazyLock;
 
 use sqlx::Row as _;
 
+use crate::domain::bounce::BounceType;
+use crate::domain::event::{EventData, EventType};
+
 use super::write::{TableRows, Tx, Val, padded, padded_placeholders, texts};
 use super::{Store, StoreResult};
 
@@ -36,18 +39,18 @@ pub const ALL_TAGS: &str = "*";
 const HOUR_MS: i64 = 3_600_000;
 
 /// Which counter an event moves, if any.
-fn metric_of(event_type: &str, data: &str) -> Option<usize> {
+fn metric_of(event_type: EventType, data: &EventData) -> Option<usize> {
     let name = match event_type {
-        "email.sent" => "sent",
-        "email.delivered" => "delivered",
-        "email.delivery_delayed" => "delivery_delayed",
-        "email.complained" => "complained",
-        "email.failed" => "failed",
-        "email.suppressed" => "suppressed",
-        "email.canceled" => "canceled",
-        "email.bounced" => match bounce_of(data).0.as_str() {
-            "permanent" => "bounced_permanent",
-            "transient" => "bounced_transient",
+        EventType::Sent => "sent",
+        EventType::Delivered => "delivered",
+        EventType::DeliveryDelayed => "delivery_delayed",
+        EventType::Complained => "complained",
+        EventType::Failed => "failed",
+        EventType::Suppressed => "suppressed",
+        EventType::Canceled => "canceled",
+        EventType::Bounced => match data.bounce_class().map(|c| c.kind) {
+            Some(BounceType::Permanent) => "bounced_permanent",
+            Some(BounceType::Transient) => "bounced_transient",
             _ => "bounced_undetermined",
         },
         _ => return None,
@@ -56,14 +59,11 @@ fn metric_of(event_type: &str, data: &str) -> Option<usize> {
 }
 
 /// The `(type, sub_type)` a bounce event's data names.
-fn bounce_of(data: &str) -> (String, String) {
-    let v: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
-    let field = |k: &str| {
-        v["bounce"][k]
-            .as_str()
-            .map_or_else(|| "undetermined".to_owned(), str::to_owned)
-    };
-    (field("type"), field("sub_type"))
+fn bounce_of(data: &EventData) -> (String, String) {
+    data.bounce_class().map_or_else(
+        || ("undetermined".to_owned(), "undetermined".to_owned()),
+        |c| (c.kind.as_str().to_owned(), c.sub_type.as_str().to_owned()),
+    )
 }
 
 /// The stats dimensions an email carries.
@@ -266,12 +266,12 @@ impl StatsLog {
         project_id: &str,
         email_id: &str,
         address: &str,
-        event_type: &str,
-        data: &str,
+        event_type: EventType,
+        data: &EventData,
         at: i64,
     ) {
         if let Some(metric) = metric_of(event_type, data) {
-            let bounce = (event_type == "email.bounced").then(|| bounce_of(data));
+            let bounce = (event_type == EventType::Bounced).then(|| bounce_of(data));
             self.push(project_id, email_id, address, at, metric, bounce);
         }
     }

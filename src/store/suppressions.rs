@@ -6,11 +6,11 @@ use sqlx::Row as _;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
-use super::emails::{NewEmail, json_text};
+use super::emails::NewEmail;
 use super::write::{Row, Tx, Val, padded, placeholders, texts};
 use super::{Store, StoreError, StoreResult};
 use crate::clock::format_ms;
-use crate::domain::event::EventType;
+use crate::domain::event::{EventData, EventType, SuppressionData};
 use crate::domain::status::RecipientStatus;
 
 #[derive(Debug, Clone)]
@@ -245,21 +245,19 @@ pub(super) fn apply(email: &mut NewEmail, found: &[SuppressionRecord]) -> Vec<Su
             continue;
         };
         r.status = RecipientStatus::Suppressed;
-        let scope = (!s.stream.is_empty()).then_some(s.stream.as_str());
-        let data = serde_json::json!({"suppression": {
-            "reason": s.reason,
-            "stream": scope,
-            "created_at": format_ms(s.created_at),
-        }});
+        let data = EventData::Suppressed {
+            suppression: SuppressionData {
+                reason: s.reason.clone(),
+                stream: (!s.stream.is_empty()).then(|| s.stream.clone()),
+                created_at: format_ms(s.created_at),
+            },
+        };
         for ev in email
             .events
             .iter_mut()
             .filter(|ev| ev.recipient_id.as_deref() == Some(r.id.as_str()))
         {
-            ev.event_type = EventType::for_status(RecipientStatus::Suppressed)
-                .as_str()
-                .to_owned();
-            ev.data = json_text(&data);
+            ev.become_(EventType::Suppressed, data.clone());
         }
         applied.push(s.clone());
     }

@@ -11,7 +11,7 @@ use sqlx::Row as _;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
-use crate::domain::event::filter_matches;
+use crate::domain::event::{EventData, EventType, filter_matches};
 
 use super::emails::{NewEvent, json_text};
 use super::stats::StatsLog;
@@ -72,7 +72,7 @@ pub(super) struct Subscription {
 }
 
 impl Subscription {
-    fn takes(&self, event_type: &str, stream: Option<&str>) -> bool {
+    fn takes(&self, event_type: EventType, stream: Option<&str>) -> bool {
         let stream_ok =
             self.streams.is_empty() || stream.is_some_and(|s| self.streams.iter().any(|x| x == s));
         stream_ok && filter_matches(&self.event_types, event_type)
@@ -216,7 +216,7 @@ impl Outbox {
             };
             for sub in endpoints
                 .iter()
-                .filter(|s| s.takes(&row.event.event_type, row.stream))
+                .filter(|s| s.takes(row.event.event_type, row.stream))
             {
                 deliveries.push((
                     Uuid::now_v7().to_string(),
@@ -302,7 +302,7 @@ pub struct DueDelivery {
     pub previous_secret: Option<String>,
     pub previous_secret_expires_at: Option<i64>,
     pub event_id: String,
-    pub event_type: String,
+    pub event_type: EventType,
     pub event_data: String,
     pub event_created_at: i64,
     pub recipient: Option<String>,
@@ -611,7 +611,7 @@ impl Store {
                     previous_secret: r.try_get(5)?,
                     previous_secret_expires_at: r.try_get(6)?,
                     event_id: r.try_get(7)?,
-                    event_type: r.try_get(8)?,
+                    event_type: super::emails::event_type(&r.try_get::<String, _>(8)?)?,
                     event_data: r.try_get(9)?,
                     event_created_at: r.try_get(10)?,
                     recipient: r.try_get(11)?,
@@ -728,11 +728,11 @@ impl Store {
                         )
                         .await?;
                     let row = rows.first().ok_or(StoreError::NotFound)?;
-                    let event_type: String = row.get(0)?;
+                    let event_type = super::emails::event_type(&row.get::<String>(0)?)?;
                     let stream: Option<String> = row.get(1)?;
                     let mut n = 0;
                     for sub in subscriptions(tx, &project_id).await? {
-                        if sub.takes(&event_type, stream.as_deref()) {
+                        if sub.takes(event_type, stream.as_deref()) {
                             insert_delivery(tx, &sub.endpoint_id, &project_id, &event_id, now)
                                 .await?;
                             n += 1;
@@ -759,8 +759,10 @@ impl Store {
                     let event = NewEvent::new(
                         None,
                         None,
-                        "webhook.test",
-                        serde_json::json!({"webhook_id": endpoint_id}),
+                        EventType::WebhookTest,
+                        EventData::WebhookTest {
+                            webhook_id: endpoint_id.clone(),
+                        },
                         now,
                     );
                     tx.execute(
@@ -769,8 +771,8 @@ impl Store {
                         &[
                             Val::Text(&event.id),
                             Val::Text(&project_id),
-                            Val::Text(&event.event_type),
-                            Val::Text(&event.data),
+                            Val::Text(event.event_type.as_str()),
+                            Val::Text(event.json()),
                             Val::Int(now),
                         ],
                     )

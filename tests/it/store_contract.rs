@@ -52,8 +52,8 @@ async fn deliveries_to_an_endpoint_disabled_since_are_canceled_at_claim(backend:
     e.events.push(NewEvent::new(
         Some(&rid),
         Some("a@x.com"),
-        "email.queued",
-        serde_json::json!({}),
+        herald::domain::event::EventType::Queued,
+        herald::domain::event::EventData::Empty {},
         NOW,
     ));
     store.insert_emails(vec![e], None).await.expect("insert");
@@ -167,8 +167,8 @@ async fn outcomes_and_new_emails_committed_together_keep_every_event(backend: Ba
         e.events.push(NewEvent::new(
             Some(&rid),
             Some(address),
-            "email.queued",
-            serde_json::json!({}),
+            herald::domain::event::EventType::Queued,
+            herald::domain::event::EventData::Empty {},
             NOW,
         ));
         e
@@ -208,7 +208,10 @@ async fn outcomes_and_new_emails_committed_together_keep_every_event(backend: Ba
         );
     }
     let types = |events: Vec<herald::store::EventRecord>| -> Vec<String> {
-        events.into_iter().map(|e| e.event_type).collect()
+        events
+            .into_iter()
+            .map(|e| e.event_type.as_str().to_owned())
+            .collect()
     };
     for e in &claimed {
         let events = store
@@ -341,8 +344,8 @@ fn sent(email_id: &str, project_id: &str, recipient_id: &str, at: i64) -> Outcom
         event: NewEvent::new(
             Some(recipient_id),
             None,
-            "email.sent",
-            serde_json::json!({}),
+            herald::domain::event::EventType::Sent,
+            herald::domain::event::EventData::Empty {},
             at,
         ),
     }

@@ -35,7 +35,7 @@ impl From<&crate::store::EventRecord> for EventResponse {
         Self {
             object: "event",
             id: e.id.clone(),
-            event_type: e.event_type.clone(),
+            event_type: e.event_type.as_str().to_owned(),
             email_id: e.email_id.clone(),
             recipient: e.recipient.clone(),
             occurred_at: format_ms(e.created_at),

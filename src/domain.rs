@@ -14,6 +14,7 @@ pub mod event;
 pub mod mime;
 pub mod retry;
 pub mod sealing;
+pub mod states;
 pub mod status;
 pub mod suppression;
 pub mod verp;

@@ -156,6 +156,12 @@ fn is_transient(e: &sqlx::Error) -> bool {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// A state stored as text, read back with its `parse`: one Herald wrote, or the row is not
+/// what Herald wrote.
+fn stored<T>(parse: impl FnOnce(&str) -> Option<T>, s: &str) -> StoreResult<T> {
+    parse(s).ok_or_else(|| StoreError::Corrupt(format!("'{s}' is not a state Herald writes here")))
+}
+
 /// The database: a pool to read from (on Postgres, to write through as well) and the writer.
 #[derive(Debug, Clone)]
 pub struct Store {

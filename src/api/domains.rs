@@ -1,6 +1,7 @@
 //! `/v1/domains`: sending domains, the records to publish, verification and DKIM rotation.
 //! Private keys never leave the store unsealed except to sign.
 
+use crate::domain::states::{DomainStatus, KeyState};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -69,7 +70,7 @@ fn new_key(
     domain_id: &str,
     selector: String,
     algorithm: DkimAlgorithm,
-    key_state: &str,
+    key_state: KeyState,
     now: i64,
 ) -> ApiResult<DkimKeyRecord> {
     let key = generate(algorithm).map_err(|e| ApiError::internal(&e))?;
@@ -86,7 +87,7 @@ fn new_key(
         public_key: key.public_key,
         state: key_state.to_owned(),
         created_at: now,
-        activated_at: (key_state == "active").then_some(now),
+        activated_at: (key_state == KeyState::Active).then_some(now),
         retired_at: None,
     })
 }
@@ -173,7 +174,7 @@ pub async fn create_domain(
         id: uuid::Uuid::now_v7().to_string(),
         project_id: principal.project_id.clone(),
         name: name.clone(),
-        status: "pending".into(),
+        status: DomainStatus::Pending,
         dkim_mode: mode.clone(),
         return_path_name: (!sub.is_empty()).then(|| format!("{sub}.{name}")),
         records_status: "{}".into(),
@@ -184,7 +185,14 @@ pub async fn create_domain(
         created_at: now,
         updated_at: now,
     };
-    let keys = vec![new_key(&state, &d.id, selector, algorithm, "active", now)?];
+    let keys = vec![new_key(
+        &state,
+        &d.id,
+        selector,
+        algorithm,
+        KeyState::Active,
+        now,
+    )?];
     match state.store.insert_domain(&d, &keys).await {
         Err(StoreError::Conflict) => {
             return Err(ApiError::new(
@@ -292,9 +300,9 @@ pub async fn verify_domain(
     let (mut d, keys) = state.store.get_domain(&principal.project_id, &id).await?;
     let now = state.clock.now_ms();
     d.next_check_at = Some(now);
-    if d.status == "failed" {
+    if d.status == DomainStatus::Failed {
         // Asked again after giving up: a new verification window.
-        d.status = "pending".into();
+        d.status = DomainStatus::Pending;
         d.check_attempts = 0;
         d.updated_at = now;
     }
@@ -325,7 +333,7 @@ pub async fn rotate_dkim(
             "the relay signs for this domain (dkim: upstream)",
         ));
     }
-    if keys.iter().any(|k| k.state == "pending") {
+    if keys.iter().any(|k| k.state == KeyState::Pending) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "invalid_state",
@@ -346,7 +354,7 @@ pub async fn rotate_dkim(
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
     }
-    let key = new_key(&state, &d.id, selector, algorithm, "pending", now)?;
+    let key = new_key(&state, &d.id, selector, algorithm, KeyState::Pending, now)?;
     state.store.insert_dkim_key(&key).await?;
     d.next_check_at = Some(now);
     state.store.update_domain(&d, None).await?;

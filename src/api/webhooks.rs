@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use crate::clock::format_ms;
 use crate::domain::event::EventType;
+use crate::domain::states::EndpointStatus;
 use crate::store::EndpointRecord;
 use crate::webhooks::client::{TargetError, check_target};
 use crate::webhooks::signing::generate_secret;
@@ -215,7 +216,7 @@ pub async fn create_webhook(
         description: req.description,
         event_types: req.events,
         streams,
-        status: "enabled".into(),
+        status: EndpointStatus::Enabled,
         disabled_reason: None,
         secret: state.sealer.seal(&generate_secret()),
         previous_secret: None,
@@ -325,11 +326,11 @@ pub async fn update_webhook(
     match req.status.as_deref() {
         None => {}
         Some("enabled") => {
-            e.status = "enabled".into();
+            e.status = EndpointStatus::Enabled;
             e.disabled_reason = None;
         }
         Some("disabled") => {
-            e.status = "disabled".into();
+            e.status = EndpointStatus::Disabled;
             e.disabled_reason = Some("disabled by the operator".into());
         }
         Some(_) => errors.push(FieldError::new(
@@ -471,7 +472,7 @@ pub async fn retry_delivery(
         .store
         .get_webhook_endpoint(&principal.project_id, &id)
         .await?;
-    if e.status != "enabled" {
+    if e.status != EndpointStatus::Enabled {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "invalid_state",

@@ -19,8 +19,6 @@
 //! database failed), and the sender still gets its answer. Every effect is recorded against the
 //! message that caused it, so reading a message again changes nothing twice.
 
-use crate::domain::bounce::SmtpPhase;
-use crate::domain::event::{BounceData, ComplaintData, EventData, EventType, SmtpData};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -29,7 +27,9 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::clock::Clock;
-use crate::domain::bounce::{BounceClass, BounceType};
+use crate::domain::bounce::{BounceClass, BounceType, SmtpPhase};
+use crate::domain::event::{BounceData, ComplaintData, EventData, EventType, SmtpData};
+use crate::domain::status::RecipientStatus;
 use crate::domain::suppression::{SuppressionReason, bounce_suppresses};
 use crate::domain::verp::VerpSigner;
 use crate::metrics::Metrics;
@@ -459,8 +459,7 @@ impl InboundProcessor {
             };
             return Some(ReportEffect {
                 recipient: r.clone(),
-                new_status: Some("complained"),
-                from_statuses: &["sent", "delivered"],
+                new_status: Some(RecipientStatus::Complained),
                 bounce: None,
                 event: event(EventType::Complained, EventData::Complained { complaint }),
                 suppression: Some(s),
@@ -481,8 +480,7 @@ impl InboundProcessor {
         match rr.action {
             Action::Delivered => Some(ReportEffect {
                 recipient: r.clone(),
-                new_status: Some("delivered"),
-                from_statuses: &["sent"],
+                new_status: Some(RecipientStatus::Delivered),
                 bounce: None,
                 event: event(
                     EventType::Delivered,
@@ -496,7 +494,6 @@ impl InboundProcessor {
             Action::Delayed => Some(ReportEffect {
                 recipient: r.clone(),
                 new_status: None,
-                from_statuses: &[],
                 bounce: None,
                 event: event(
                     EventType::DeliveryDelayed,
@@ -546,8 +543,7 @@ impl InboundProcessor {
                 };
                 Some(ReportEffect {
                     recipient: r.clone(),
-                    new_status: Some("bounced"),
-                    from_statuses: &["sent", "delivered"],
+                    new_status: Some(RecipientStatus::Bounced),
                     bounce: Some((kind.as_str().to_owned(), rr.sub_type.as_str().to_owned())),
                     event: event(
                         EventType::Bounced,

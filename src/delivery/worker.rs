@@ -288,7 +288,7 @@ impl Worker {
                     None => self.in_hand.release([ctx.recipient_id.as_str()]),
                     Some(verdict) => {
                         let o = self.outcome(&ctx, verdict);
-                        self.metrics.record_outcome(&o.status);
+                        self.metrics.record_outcome(o.status.as_str());
                         outcomes.push(o);
                     }
                 }
@@ -516,7 +516,7 @@ impl Attempt {
             email_id: self.email_id.clone(),
             project_id: self.project_id.clone(),
             stream: self.stream.clone(),
-            status: status.as_str().to_owned(),
+            status,
             next_attempt_at: now,
             attempts_delta: 1,
             smtp_code: None,

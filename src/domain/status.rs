@@ -51,6 +51,18 @@ impl RecipientStatus {
         Self::ALL.into_iter().find(|st| st.as_str() == s)
     }
 
+    /// The statuses a report after the send (a delivery report, a late bounce, a complaint)
+    /// may move a recipient to `self` from: none for a status no report sets. A report that
+    /// finds the recipient elsewhere (already bounced, say) is kept in its timeline but
+    /// changes nothing.
+    pub fn reported_from(self) -> &'static [Self] {
+        match self {
+            Self::Delivered => &[Self::Sent],
+            Self::Bounced | Self::Complained => &[Self::Sent, Self::Delivered],
+            _ => &[],
+        }
+    }
+
     /// Still waiting for a delivery attempt (these are the rows the queue claims).
     pub fn is_pending(self) -> bool {
         matches!(self, Self::Scheduled | Self::Queued | Self::DeliveryDelayed)

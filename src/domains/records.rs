@@ -56,7 +56,7 @@ pub fn records(d: &DomainRecord, keys: &[DkimKeyRecord], s: &RecordSettings<'_>)
                 name: format!("{}._domainkey.{}", k.selector, d.name),
                 value: txt_record(algorithm, &k.public_key),
                 priority: None,
-                required: k.state == "active",
+                required: k.state == crate::domain::states::KeyState::Active,
             });
         }
     }

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::domain::event::{DomainData, EventData, EventType};
+use crate::domain::states::{DomainStatus, KeyState};
 use crate::job_loop::RunOutcome;
 use crate::store::{DkimKeyRecord, DomainRecord, NewEvent, Store, StoreError};
 
@@ -176,13 +177,13 @@ impl DomainVerifier {
         }
         // A rotation's key whose record is live becomes the signing key.
         let mut keys = keys;
-        for k in keys.iter_mut().filter(|k| k.state == "pending") {
+        for k in keys.iter_mut().filter(|k| k.state == KeyState::Pending) {
             if statuses
                 .get(&format!("DKIM:{}", k.selector))
                 .is_some_and(|c| c.status == "verified")
             {
                 self.store.activate_dkim_key(&d.id, &k.id, now).await?;
-                k.state = "active".into();
+                k.state = KeyState::Active;
             }
         }
         let required: Vec<&DnsRecord> = all
@@ -191,7 +192,7 @@ impl DomainVerifier {
                 r.required
                     || (r.record == "DKIM"
                         && keys.iter().any(|k| {
-                            format!("DKIM:{}", k.selector) == r.key && k.state == "active"
+                            format!("DKIM:{}", k.selector) == r.key && k.state == KeyState::Active
                         }))
             })
             .collect();
@@ -199,32 +200,34 @@ impl DomainVerifier {
             .iter()
             .filter(|r| statuses.get(&r.key).is_some_and(|c| c.status == "verified"))
             .count();
-        let pending_keys = keys.iter().any(|k| k.state == "pending");
-        let previous = d.status.clone();
+        let pending_keys = keys.iter().any(|k| k.state == KeyState::Pending);
+        let previous = d.status;
         let expired = now - d.created_at.max(d.updated_at) > VERIFICATION_WINDOW_MS;
         d.status = if verified == required.len() {
-            "verified".into()
+            DomainStatus::Verified
         } else if verified > 0 {
-            "partially_verified".into()
+            DomainStatus::PartiallyVerified
         } else if expired {
-            "failed".into()
+            DomainStatus::Failed
         } else {
-            "pending".into()
+            DomainStatus::Pending
         };
         d.records_status = serde_json::to_string(&statuses).unwrap_or_default();
         d.last_checked_at = Some(now);
         d.check_attempts += 1;
-        let keep_checking = (d.status != "verified" && d.status != "failed") || pending_keys;
+        let keep_checking =
+            !matches!(d.status, DomainStatus::Verified | DomainStatus::Failed) || pending_keys;
         d.next_check_at = keep_checking.then(|| {
             let exp = u32::try_from(d.check_attempts.min(9)).unwrap_or(9);
             now + (60_000_i64 * 2_i64.pow(exp)).min(6 * 3_600_000)
         });
-        if d.status == "verified" && previous != "verified" {
+        if d.status == DomainStatus::Verified && previous != DomainStatus::Verified {
             d.verified_at = Some(now);
         }
-        let event = match (previous.as_str(), d.status.as_str()) {
-            (p, "verified") if p != "verified" => Some(EventType::DomainVerified),
-            (p, "failed") if p != "failed" => Some(EventType::DomainVerificationFailed),
+        let event = match d.status {
+            s if s == previous => None,
+            DomainStatus::Verified => Some(EventType::DomainVerified),
+            DomainStatus::Failed => Some(EventType::DomainVerificationFailed),
             _ => None,
         }
         .map(|t| {

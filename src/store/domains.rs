@@ -6,15 +6,15 @@ use sqlx::any::AnyRow;
 use super::emails::{NewEvent, insert_event};
 use super::webhooks::EventRow;
 use super::write::{Tx, Val};
-use super::{Store, StoreError, StoreResult};
+use super::{Store, StoreError, StoreResult, stored};
+use crate::domain::states::{DomainStatus, KeyState};
 
 #[derive(Debug, Clone)]
 pub struct DomainRecord {
     pub id: String,
     pub project_id: String,
     pub name: String,
-    /// `pending | verified | partially_verified | failed`.
-    pub status: String,
+    pub status: DomainStatus,
     /// `herald` (Herald signs) or `upstream` (the relay signs).
     pub dkim_mode: String,
     /// The return-path host under the domain (`bounces.acme.com`), if any.
@@ -38,8 +38,7 @@ pub struct DkimKeyRecord {
     pub algorithm: String,
     pub private_key: String,
     pub public_key: String,
-    /// `active` (signs), `pending` (a rotation waiting for its record), `retired`.
-    pub state: String,
+    pub state: KeyState,
     pub created_at: i64,
     pub activated_at: Option<i64>,
     pub retired_at: Option<i64>,
@@ -56,7 +55,7 @@ fn domain_from_row(r: &AnyRow) -> StoreResult<DomainRecord> {
         id: r.try_get(0)?,
         project_id: r.try_get(1)?,
         name: r.try_get(2)?,
-        status: r.try_get(3)?,
+        status: stored(DomainStatus::parse, &r.try_get::<String, _>(3)?)?,
         dkim_mode: r.try_get(4)?,
         return_path_name: r.try_get(5)?,
         records_status: r.try_get(6)?,
@@ -77,7 +76,7 @@ fn key_from_row(r: &AnyRow) -> StoreResult<DkimKeyRecord> {
         algorithm: r.try_get(3)?,
         private_key: r.try_get(4)?,
         public_key: r.try_get(5)?,
-        state: r.try_get(6)?,
+        state: stored(KeyState::parse, &r.try_get::<String, _>(6)?)?,
         created_at: r.try_get(7)?,
         activated_at: r.try_get(8)?,
         retired_at: r.try_get(9)?,
@@ -96,7 +95,7 @@ async fn insert_key(tx: &mut dyn Tx, k: &DkimKeyRecord) -> StoreResult<()> {
             Val::Text(&k.algorithm),
             Val::Text(&k.private_key),
             Val::Text(&k.public_key),
-            Val::Text(&k.state),
+            Val::Text(k.state.as_str()),
             Val::Int(k.created_at),
             Val::OptInt(k.activated_at),
             Val::OptInt(k.retired_at),
@@ -122,7 +121,7 @@ impl Store {
                             Val::Text(&d.id),
                             Val::Text(&d.project_id),
                             Val::Text(&d.name),
-                            Val::Text(&d.status),
+                            Val::Text(d.status.as_str()),
                             Val::Text(&d.dkim_mode),
                             Val::OptText(d.return_path_name.as_deref()),
                             Val::Text(&d.records_status),
@@ -223,7 +222,7 @@ impl Store {
                              check_attempts = $4, next_check_at = $5, last_checked_at = $6, \
                              verified_at = $7, updated_at = $8 WHERE id = $9 AND project_id = $10",
                             &[
-                                Val::Text(&d.status),
+                                Val::Text(d.status.as_str()),
                                 Val::Text(&d.dkim_mode),
                                 Val::Text(&d.records_status),
                                 Val::Int(d.check_attempts),

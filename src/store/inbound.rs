@@ -8,6 +8,7 @@ use super::suppressions::{SuppressionRecord, insert_suppression};
 use super::webhooks::EventRow;
 use super::write::{Owned, Val};
 use super::{Store, StoreResult};
+use crate::domain::status::RecipientStatus;
 
 /// A kept inbound message, to be read again.
 #[derive(Debug, Clone)]
@@ -25,7 +26,7 @@ pub struct RecipientRef {
     pub email_id: String,
     pub project_id: String,
     pub address: String,
-    pub status: String,
+    pub status: RecipientStatus,
     pub stream: String,
 }
 
@@ -33,9 +34,9 @@ pub struct RecipientRef {
 #[derive(Debug, Clone)]
 pub struct ReportEffect {
     pub recipient: RecipientRef,
-    /// The new status, applied only if the recipient is in one of `from_statuses`.
-    pub new_status: Option<&'static str>,
-    pub from_statuses: &'static [&'static str],
+    /// The new status, applied only if the recipient is in one it may be reported from
+    /// ([`RecipientStatus::reported_from`]).
+    pub new_status: Option<RecipientStatus>,
     pub bounce: Option<(String, String)>,
     pub event: NewEvent,
     pub suppression: Option<SuppressionRecord>,
@@ -50,7 +51,7 @@ fn ref_from_row(r: &sqlx::any::AnyRow) -> StoreResult<RecipientRef> {
         email_id: r.try_get(1)?,
         project_id: r.try_get(2)?,
         address: r.try_get(3)?,
-        status: r.try_get(4)?,
+        status: super::emails::recipient_status(&r.try_get::<String, _>(4)?)?,
         stream: r.try_get(5)?,
     })
 }
@@ -202,10 +203,10 @@ impl Store {
                     }
                     let mut changed = false;
                     if let Some(status) = effect.new_status {
-                        let allowed = effect
-                            .from_statuses
+                        let allowed = status
+                            .reported_from()
                             .iter()
-                            .map(|s| format!("'{s}'"))
+                            .map(|s| format!("'{}'", s.as_str()))
                             .collect::<Vec<_>>()
                             .join(", ");
                         let bounce = effect.bounce.as_ref();
@@ -218,7 +219,7 @@ impl Store {
                                      WHERE id = $5 AND status IN ({allowed})"
                                 ),
                                 &[
-                                    Val::Text(status),
+                                    Val::Text(status.as_str()),
                                     Val::Int(effect.event.created_at),
                                     Val::OptText(bounce.map(|b| b.0.as_str())),
                                     Val::OptText(bounce.map(|b| b.1.as_str())),

@@ -15,6 +15,7 @@ use super::suppressions::{SuppressionRecord, insert_suppression};
 use super::webhooks::{EventRow, Outbox};
 use super::write::{Owned, Tx, Val, padded, padded_placeholders, texts};
 use super::{Store, StoreResult};
+use crate::domain::status::RecipientStatus;
 
 /// A recipient a worker now holds.
 #[derive(Debug, Clone)]
@@ -54,7 +55,7 @@ pub struct Outcome {
     pub email_id: String,
     pub project_id: String,
     pub stream: String,
-    pub status: String,
+    pub status: RecipientStatus,
     pub next_attempt_at: i64,
     /// 1 for an SMTP attempt, 0 for a verdict reached without one (expired before sending).
     pub attempts_delta: i64,
@@ -400,7 +401,7 @@ fn outcome_row<'a>(owner: &'a str, o: &'a Outcome) -> Vec<Val<'a>> {
     vec![
         Val::Text(&o.recipient_id),
         Val::Text(owner),
-        Val::Text(&o.status),
+        Val::Text(o.status.as_str()),
         Val::Int(o.next_attempt_at),
         Val::Int(o.attempts_delta),
         Val::OptInt(o.smtp_code),

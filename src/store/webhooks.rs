@@ -12,11 +12,12 @@ use sqlx::any::AnyRow;
 use uuid::Uuid;
 
 use crate::domain::event::{EventData, EventType, filter_matches};
+use crate::domain::states::EndpointStatus;
 
 use super::emails::{NewEvent, json_text};
 use super::stats::StatsLog;
 use super::write::{TableRows, Tx, Val, padded, padded_placeholders, placeholders, texts};
-use super::{Store, StoreError, StoreResult};
+use super::{Store, StoreError, StoreResult, stored};
 
 #[derive(Debug, Clone)]
 pub struct EndpointRecord {
@@ -27,7 +28,7 @@ pub struct EndpointRecord {
     pub event_types: Vec<String>,
     /// Empty: every stream.
     pub streams: Vec<String>,
-    pub status: String,
+    pub status: EndpointStatus,
     pub disabled_reason: Option<String>,
     /// Sealed (see `domain::sealing`).
     pub secret: String,
@@ -52,7 +53,7 @@ fn endpoint_from_row(r: &AnyRow) -> StoreResult<EndpointRecord> {
         description: r.try_get(3)?,
         event_types: json_list(&r.try_get::<String, _>(4)?),
         streams: json_list(&r.try_get::<String, _>(5)?),
-        status: r.try_get(6)?,
+        status: stored(EndpointStatus::parse, &r.try_get::<String, _>(6)?)?,
         disabled_reason: r.try_get(7)?,
         secret: r.try_get(8)?,
         previous_secret: r.try_get(9)?,
@@ -389,7 +390,7 @@ impl Store {
                             Val::OptText(e.description.as_deref()),
                             Val::Text(&types),
                             Val::Text(&streams),
-                            Val::Text(&e.status),
+                            Val::Text(e.status.as_str()),
                             Val::OptText(e.disabled_reason.as_deref()),
                             Val::Text(&e.secret),
                             Val::OptText(e.previous_secret.as_deref()),
@@ -456,7 +457,7 @@ impl Store {
                                 Val::OptText(e.description.as_deref()),
                                 Val::Text(&types),
                                 Val::Text(&streams),
-                                Val::Text(&e.status),
+                                Val::Text(e.status.as_str()),
                                 Val::OptText(e.disabled_reason.as_deref()),
                                 Val::Text(&e.secret),
                                 Val::OptText(e.previous_secret.as_deref()),
@@ -470,7 +471,7 @@ impl Store {
                     if done == 0 {
                         return Err(StoreError::NotFound);
                     }
-                    if e.status != "enabled" {
+                    if e.status != EndpointStatus::Enabled {
                         cancel_pending(tx, &e.id, e.updated_at).await?;
                     }
                     outbox.endpoints_changed();
@@ -564,9 +565,10 @@ impl Store {
         // A delivery written for an endpoint disabled since (by a writer that still had it
         // as enabled: another process, or one within the endpoint cache's second) is canceled
         // here, as disabling cancels those already waiting.
-        let (rows, stale): (Vec<_>, Vec<_>) = rows
-            .into_iter()
-            .partition(|r| r.try_get::<String, _>(21).is_ok_and(|s| s == "enabled"));
+        let (rows, stale): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| {
+            r.try_get::<String, _>(21)
+                .is_ok_and(|s| s == EndpointStatus::Enabled.as_str())
+        });
         if !stale.is_empty() {
             let stale = stale
                 .iter()

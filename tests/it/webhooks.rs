@@ -483,7 +483,7 @@ async fn refuses_private_targets(backend: Backend) {
             description: None,
             event_types: vec!["*".into()],
             streams: vec![],
-            status: "enabled".into(),
+            status: herald::domain::states::EndpointStatus::Enabled,
             disabled_reason: None,
             secret: app
                 .dispatcher

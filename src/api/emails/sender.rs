@@ -1,6 +1,7 @@
 //! Who may send from which domain, and with which DKIM key: decided once per domain per
 //! request.
 
+use crate::domain::states::{DomainStatus, KeyState};
 use std::sync::Arc;
 
 use axum::http::StatusCode;
@@ -75,10 +76,16 @@ async fn decide(
         .store
         .find_domain(&principal.project_id, domain)
         .await?;
-    let verified = found.as_ref().is_some_and(|(d, _)| d.status == "verified");
+    let verified = found
+        .as_ref()
+        .is_some_and(|(d, _)| d.status == DomainStatus::Verified);
     let active = found.as_ref().and_then(|(d, keys)| {
         (d.dkim_mode == "herald")
-            .then(|| keys.iter().find(|k| k.state == "active").map(|k| (d, k)))
+            .then(|| {
+                keys.iter()
+                    .find(|k| k.state == KeyState::Active)
+                    .map(|k| (d, k))
+            })
             .flatten()
     });
     let signing = match active {

@@ -40,7 +40,7 @@ impl From<&crate::store::EndpointRecord> for WebhookResponse {
             events: e.event_types.clone(),
             streams: e.streams.clone(),
             description: e.description.clone(),
-            status: e.status.clone(),
+            status: e.status.as_str().to_owned(),
             disabled_reason: e.disabled_reason.clone(),
             created_at: format_ms(e.created_at),
             updated_at: format_ms(e.updated_at),

@@ -35,7 +35,7 @@ RELAY_CONCURRENCY=${BENCH_RELAY_CONCURRENCY:-32}
 OUT=${BENCH_OUT:-bench/results.json}
 PG_ADMIN=${BENCH_PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/test}
 # Herald reaches Postgres through its Unix socket, as the README advises for a local server
-# (over TCP, sqlx's sockets keep Nagle's algorithm on: see src/store/bulk.rs).
+# (over TCP, sqlx's sockets keep Nagle's algorithm on: see src/store/postgres.rs).
 PG_SOCKET=${BENCH_PG_SOCKET:-/var/run/postgresql}
 DEADLINE=$((SECONDS + ${BENCH_TIMEOUT:-3000}))
 for tool in smtp-sink smtp-source postfix wrk curl python3; do

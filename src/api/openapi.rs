@@ -3,10 +3,9 @@
 //! `#[utoipa::path]`. Served at `/openapi.json` (Swagger UI, vendored, at `/docs`), committed
 //! as `openapi/openapi.json`; a test fails when the two drift.
 //!
-//! Response bodies are typed (`api::responses`) and document themselves; the statistics'
-//! bodies are still built with `serde_json::json!`, and the shapes in [`schemas`] below
-//! document them. The schemathesis run in `.ci/run` checks every response against the
-//! document, so a handler that drifts from its schema fails CI.
+//! Response bodies are typed (`api::responses`) and document themselves. The schemathesis run
+//! in `.ci/run` checks every response against the document, so a handler that drifts from
+//! its schema fails CI.
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -106,95 +105,6 @@ pub fn document_json() -> String {
     let (_, doc) = super::routes(&crate::config::LimitsConfig::default()).split_for_parts();
     doc.to_pretty_json()
         .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
-}
-
-/// The documented response bodies (see the module docs).
-#[allow(dead_code)]
-pub mod schemas {
-
-    use serde_json::Value;
-    use utoipa::ToSchema;
-
-    /// Why a recipient bounced, by what an operator does next (see the table in docs/guide.md); only
-    /// permanent `no_email` and `mailbox_disabled` add a suppression by themselves.
-    #[derive(ToSchema)]
-    #[schema(rename_all = "snake_case")]
-    pub enum BounceSubType {
-        General,
-        NoEmail,
-        MailboxDisabled,
-        Suppressed,
-        MailboxFull,
-        MessageTooLarge,
-        ContentRejected,
-        AttachmentRejected,
-        AuthFailed,
-        ReputationBlocked,
-        RateLimited,
-        RelayDenied,
-        PolicyBlocked,
-        DnsFailure,
-        Expired,
-        Undetermined,
-    }
-
-    /// Counters and rates of one period (or the totals). Which keys appear follows
-    /// `metrics=`; rates are null when their denominator is 0.
-    #[derive(ToSchema)]
-    pub struct StatsMetrics {
-        pub accepted: Option<i64>,
-        pub sent: Option<i64>,
-        pub delivered: Option<i64>,
-        pub delivery_delayed: Option<i64>,
-        pub bounced: Option<i64>,
-        pub bounced_permanent: Option<i64>,
-        pub bounced_transient: Option<i64>,
-        pub bounced_undetermined: Option<i64>,
-        pub complained: Option<i64>,
-        pub failed: Option<i64>,
-        pub suppressed: Option<i64>,
-        pub canceled: Option<i64>,
-        pub opened: Option<i64>,
-        pub unique_opened: Option<i64>,
-        pub clicked: Option<i64>,
-        pub unique_clicked: Option<i64>,
-        /// delivered / sent.
-        pub delivery_rate: Option<f64>,
-        /// bounced / sent.
-        pub bounce_rate: Option<f64>,
-        /// complained / delivered.
-        pub complaint_rate: Option<f64>,
-    }
-
-    #[derive(ToSchema)]
-    pub struct Stats {
-        pub object: String,
-        pub start: String,
-        pub end: String,
-        pub granularity: String,
-        pub timezone: String,
-        pub group_by: Vec<String>,
-        pub totals: StatsMetrics,
-        /// One entry per period (and group): `period`, the group's dimensions, the metrics.
-        pub data: Vec<Value>,
-    }
-
-    #[derive(ToSchema)]
-    pub struct BounceCount {
-        #[schema(rename = "type")]
-        pub kind: String,
-        pub sub_type: BounceSubType,
-        pub count: i64,
-    }
-
-    #[derive(ToSchema)]
-    pub struct BounceStats {
-        pub object: String,
-        pub start: String,
-        pub end: String,
-        pub bounces: Vec<BounceCount>,
-        pub active_suppressions: i64,
-    }
 }
 
 #[cfg(test)]

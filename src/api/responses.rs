@@ -2,8 +2,7 @@
 //! (what the OpenAPI document says), so the two cannot drift, and each is built from the
 //! store's record in one place.
 //!
-//! One module per resource; bodies not moved here yet are built with `json!` and described
-//! by the shapes in `api::openapi::schemas`.
+//! One module per resource.
 
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -13,6 +12,7 @@ mod emails;
 mod events;
 mod inbound;
 mod keys;
+mod stats;
 mod suppressions;
 mod webhooks;
 
@@ -24,6 +24,9 @@ pub use emails::{
 pub use events::{EventResponse, Redelivery};
 pub use inbound::{InboundResponse, ReprocessResponse};
 pub use keys::{ApiKeyResponse, ProjectResponse};
+pub use stats::{
+    BounceCountResponse, BounceStatsResponse, StatsMetrics, StatsPeriod, StatsResponse,
+};
 pub use suppressions::{
     BatchResults, SuppressionAdded, SuppressionDeleted, SuppressionRemoved, SuppressionResponse,
 };

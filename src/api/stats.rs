@@ -9,13 +9,15 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
-use serde_json::{Map, Value, json};
 
 use crate::store::{METRICS, StatsDimension, StatsQuery, StatsRow};
 
 use super::AppState;
 use super::auth::FullAccess;
 use super::error::{ApiError, ApiResult};
+use super::responses::{
+    BounceCountResponse, BounceStatsResponse, StatsMetrics, StatsPeriod, StatsResponse,
+};
 
 const HOUR_MS: i64 = 3_600_000;
 /// The most periods one answer may hold (a year of days, three months of hours).
@@ -182,7 +184,7 @@ fn all_metric_names() -> Vec<&'static str> {
 }
 
 /// The named counters and rates of a sum of rows, limited to `wanted`.
-fn metrics_object(counts: &[i64; METRICS.len()], wanted: &[&'static str]) -> Map<String, Value> {
+fn metrics_of(counts: &[i64; METRICS.len()], wanted: &[&'static str]) -> StatsMetrics {
     let get = |name: &str| {
         METRICS
             .iter()
@@ -191,25 +193,37 @@ fn metrics_object(counts: &[i64; METRICS.len()], wanted: &[&'static str]) -> Map
     };
     let bounced = get("bounced_permanent") + get("bounced_transient") + get("bounced_undetermined");
     let rate = |num: i64, den: i64| {
-        if den == 0 {
-            Value::Null
-        } else {
-            json!(((num as f64 / den as f64) * 10_000.0).round() / 10_000.0)
-        }
+        (den != 0).then(|| ((num as f64 / den as f64) * 10_000.0).round() / 10_000.0)
     };
-    let mut out = Map::new();
+    let mut m = StatsMetrics::default();
     for &name in wanted {
-        let v = match name {
-            "bounced" => json!(bounced),
-            "delivery_rate" => rate(get("delivered"), get("sent")),
-            "bounce_rate" => rate(bounced, get("sent")),
-            "complaint_rate" => rate(get("complained"), get("delivered")),
-            n if TRACKING_METRICS.contains(&n) => json!(0),
-            n => json!(get(n)),
-        };
-        out.insert(name.to_owned(), v);
+        let n = |v: i64| Some(v);
+        match name {
+            "accepted" => m.accepted = n(get(name)),
+            "sent" => m.sent = n(get(name)),
+            "delivered" => m.delivered = n(get(name)),
+            "delivery_delayed" => m.delivery_delayed = n(get(name)),
+            "bounced" => m.bounced = n(bounced),
+            "bounced_permanent" => m.bounced_permanent = n(get(name)),
+            "bounced_transient" => m.bounced_transient = n(get(name)),
+            "bounced_undetermined" => m.bounced_undetermined = n(get(name)),
+            "complained" => m.complained = n(get(name)),
+            "failed" => m.failed = n(get(name)),
+            "suppressed" => m.suppressed = n(get(name)),
+            "canceled" => m.canceled = n(get(name)),
+            "opened" => m.opened = n(0),
+            "unique_opened" => m.unique_opened = n(0),
+            "clicked" => m.clicked = n(0),
+            "unique_clicked" => m.unique_clicked = n(0),
+            "delivery_rate" => m.delivery_rate = Some(rate(get("delivered"), get("sent"))),
+            "bounce_rate" => m.bounce_rate = Some(rate(bounced, get("sent"))),
+            "complaint_rate" => {
+                m.complaint_rate = Some(rate(get("complained"), get("delivered")));
+            }
+            _ => {}
+        }
     }
-    out
+    m
 }
 
 fn add(into: &mut [i64; METRICS.len()], from: &[i64; METRICS.len()]) {
@@ -219,12 +233,12 @@ fn add(into: &mut [i64; METRICS.len()], from: &[i64; METRICS.len()]) {
 }
 
 /// `GET /v1/stats`.
-#[utoipa::path(get, path = "/v1/stats", tag = "stats", params(("start" = Option<String>, Query, description = "RFC 3339 (default: 7 days before end)"), ("end" = Option<String>, Query, description = "RFC 3339 (default: now)"), ("granularity" = Option<String>, Query, description = "hour, day (default), week or month"), ("timezone" = Option<String>, Query, description = "IANA time zone for the periods (default UTC)"), ("group_by" = Option<String>, Query, description = "Up to two of tag, stream, domain, recipient_domain, comma-separated"), ("tag" = Option<String>, Query, description = "Only this tag"), ("stream" = Option<String>, Query, description = "Only this stream"), ("domain" = Option<String>, Query, description = "Only this sending domain"), ("recipient_domain" = Option<String>, Query, description = "Only this recipient domain"), ("metrics" = Option<String>, Query, description = "A comma-separated subset of the metrics")), responses((status = 200, description = "Per-recipient counts from the hourly rollups", body = crate::api::openapi::schemas::Stats), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v1/stats", tag = "stats", params(("start" = Option<String>, Query, description = "RFC 3339 (default: 7 days before end)"), ("end" = Option<String>, Query, description = "RFC 3339 (default: now)"), ("granularity" = Option<String>, Query, description = "hour, day (default), week or month"), ("timezone" = Option<String>, Query, description = "IANA time zone for the periods (default UTC)"), ("group_by" = Option<String>, Query, description = "Up to two of tag, stream, domain, recipient_domain, comma-separated"), ("tag" = Option<String>, Query, description = "Only this tag"), ("stream" = Option<String>, Query, description = "Only this stream"), ("domain" = Option<String>, Query, description = "Only this sending domain"), ("recipient_domain" = Option<String>, Query, description = "Only this recipient domain"), ("metrics" = Option<String>, Query, description = "A comma-separated subset of the metrics")), responses((status = 200, description = "Per-recipient counts from the hourly rollups", body = StatsResponse), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn get_stats(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<StatsResponse>> {
     let Query(pairs) = query.map_err(|e| bad(e.body_text()))?;
     let (mut start, mut end, mut granularity, mut tz) = (None, None, Granularity::Day, Tz::UTC);
     let mut q = StatsQuery::default();
@@ -340,38 +354,48 @@ pub async fn get_stats(
             }
         }
     }
-    let data: Vec<Value> = series
+    let data = series
         .iter()
         .map(|((i, group), counts)| {
-            let mut o = Map::new();
-            o.insert("period".into(), json!(periods[*i]));
+            let mut period = StatsPeriod {
+                period: periods[*i].clone(),
+                tag: None,
+                stream: None,
+                domain: None,
+                recipient_domain: None,
+                metrics: metrics_of(counts, &wanted),
+            };
             for (dim, v) in q.group_by.iter().zip(group) {
-                o.insert(dim.as_str().into(), json!(v));
+                let slot = match dim {
+                    StatsDimension::Tag => &mut period.tag,
+                    StatsDimension::Stream => &mut period.stream,
+                    StatsDimension::Domain => &mut period.domain,
+                    StatsDimension::RecipientDomain => &mut period.recipient_domain,
+                };
+                *slot = Some(v.clone());
             }
-            o.extend(metrics_object(counts, &wanted));
-            Value::Object(o)
+            period
         })
         .collect();
-    let group_by: Vec<&str> = q.group_by.iter().map(|d| d.as_str()).collect();
-    Ok(Json(json!({
-        "object": "stats",
-        "start": first.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "end": last.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "granularity": granularity.as_str(),
-        "timezone": tz.name(),
-        "group_by": group_by,
-        "totals": Value::Object(metrics_object(&totals, &wanted)),
-        "data": data,
-    })))
+    Ok(Json(StatsResponse {
+        object: "stats",
+        start: first.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        end: last.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        granularity: granularity.as_str(),
+        timezone: tz.name().to_owned(),
+        group_by: q.group_by.iter().map(|d| d.as_str()).collect(),
+        totals: metrics_of(&totals, &wanted),
+        data,
+    }))
 }
 
 /// `GET /v1/stats/bounces`: bounces by type and sub-type, and the active suppressions.
-#[utoipa::path(get, path = "/v1/stats/bounces", tag = "stats", params(("start" = Option<String>, Query, description = "RFC 3339"), ("end" = Option<String>, Query, description = "RFC 3339"), ("stream" = Option<String>, Query, description = "Only this stream"), ("domain" = Option<String>, Query, description = "Only this sending domain")), responses((status = 200, description = "Bounces by type and sub-type", body = crate::api::openapi::schemas::BounceStats), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v1/stats/bounces", tag = "stats", params(("start" = Option<String>, Query, description = "RFC 3339"), ("end" = Option<String>, Query, description = "RFC 3339"), ("stream" = Option<String>, Query, description = "Only this stream"), ("domain" = Option<String>, Query, description = "Only this sending domain")), responses((status = 200, description = "Bounces by type and sub-type", body = BounceStatsResponse), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn get_bounce_stats(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<BounceStatsResponse>> {
     let Query(pairs) = query.map_err(|e| bad(e.body_text()))?;
     let (mut start, mut end, mut stream, mut domain) = (None, None, None, None);
     for (k, v) in &pairs {
@@ -400,17 +424,21 @@ pub async fn get_bounce_stats(
         .store
         .count_suppressions(&principal.project_id)
         .await?;
-    let bounces: Vec<Value> = counts
-        .iter()
-        .map(|b| json!({"type": b.bounce_type, "sub_type": b.sub_type, "count": b.count}))
+    let bounces = counts
+        .into_iter()
+        .map(|b| BounceCountResponse {
+            kind: b.bounce_type,
+            sub_type: b.sub_type,
+            count: b.count,
+        })
         .collect();
-    Ok(Json(json!({
-        "object": "stats",
-        "start": utc(from_hour).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "end": utc(to_hour).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "bounces": bounces,
-        "active_suppressions": active,
-    })))
+    Ok(Json(BounceStatsResponse {
+        object: "stats",
+        start: utc(from_hour).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        end: utc(to_hour).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        bounces,
+        active_suppressions: active,
+    }))
 }
 
 #[cfg(test)]
@@ -475,12 +503,17 @@ mod tests {
         set(&mut c, "bounced_permanent", 3);
         set(&mut c, "bounced_transient", 1);
         set(&mut c, "complained", 1);
-        let m = metrics_object(&c, &all_metric_names());
-        assert_eq!(m["bounced"], json!(4));
-        assert_eq!(m["delivery_rate"], json!(0.5));
-        assert_eq!(m["bounce_rate"], json!(0.02));
-        assert_eq!(m["complaint_rate"], json!(0.01));
-        let empty = metrics_object(&[0; METRICS.len()], &["bounce_rate"]);
-        assert_eq!(empty["bounce_rate"], Value::Null);
+        let m = metrics_of(&c, &all_metric_names());
+        assert_eq!(m.bounced, Some(4));
+        assert_eq!(m.delivery_rate, Some(Some(0.5)));
+        assert_eq!(m.bounce_rate, Some(Some(0.02)));
+        assert_eq!(m.complaint_rate, Some(Some(0.01)));
+        let empty = metrics_of(&[0; METRICS.len()], &["bounce_rate"]);
+        let json = serde_json::to_value(&empty).expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!({"bounce_rate": null}),
+            "asked for, and unknown"
+        );
     }
 }

@@ -31,7 +31,7 @@ pub struct BounceView {
     /// `permanent`, `transient` or `undetermined`.
     #[serde(rename = "type")]
     pub kind: String,
-    #[schema(value_type = Option<crate::api::openapi::schemas::BounceSubType>)]
+    #[schema(value_type = Option<crate::domain::bounce::BounceSubType>)]
     pub sub_type: Option<String>,
 }
 

@@ -4,8 +4,8 @@
 #   bash bench/throughput.sh [N=100000] [concurrency=64] [runs=3]
 #   BENCH_BACKENDS="sqlite postgres" (default both), BENCH_POSTFIX=0 to skip Postfix,
 #   BENCH_RELAY_CONCURRENCY (32), BENCH_OUT (bench/results.json),
-#   BENCH_WORKLOADS ("plain mix ingest half"; "half" needs "plain" before it, unless
-#   BENCH_HALF_RATE sets the rate "half" sends at, the same for every system).
+#   BENCH_WORKLOADS ("plain mix ingest half"; "half" and "webhooks-half" need "plain" before
+#   them, unless BENCH_HALF_RATE sets the rate they send at, the same for every system).
 #   BENCH_BINS="a=/path/herald b=/other/herald": compare builds side by side instead of building
 #   this tree (each run goes through every binary in turn; systems are named herald-<backend>-<label>).
 #
@@ -17,7 +17,13 @@
 # what accepting alone reaches; nothing is delivered), and "half" (the plain emails, N/2 of
 # them, sent open-loop by bench/pace.rs at half the rate the same system's plain workload
 # reached in the same run: the accept latency at half the peak, measured from when each
-# request was due, so a stall counts against every request it held up). The same N plain 2 KB messages go through a
+# request was due, so a stall counts against every request it held up), "webhooks" (the plain
+# workload with one webhook endpoint subscribed to email.sent, served by
+# bench/webhook_receiver.js on loopback, which verifies every signature and times each event
+# from its `timestamp` to its arrival: events/s, lag p50/p99/max, and Herald's webhook
+# backlog sampled every second), and "webhooks-half" (the same with every event type
+# subscribed, email.queued included, and the mail sent open-loop at half the plain rate, as
+# "half" does: the lag at a steady half of the peak). The same N plain 2 KB messages go through a
 # throwaway Postfix instance configured as a relay (smtp-source -> Postfix -> smtp-sink; its
 # queue files are fsynced, as Herald's commits are). Runs are interleaved system by system and
 # the table shows the median and the spread (min-max) of the runs; the JSON file has every run.
@@ -168,7 +174,8 @@ run_herald() { # backend workload label binary
     unset HERALD_DELIVERY__WORKERS
     case $mix in
         ingest) export HERALD_DELIVERY__WORKERS=0; body=plain ;;
-        half)
+        webhooks) body=plain ;;
+        half|webhooks-half)
             body=plain total=$((N / 2))
             # Half of what this system's plain workload reached in this run, or the rate
             # BENCH_HALF_RATE sets for every system (builds compared at one rate).
@@ -188,9 +195,31 @@ PY
             ;;
     esac
     key=$("$BIN" keys create --project bench 2>/dev/null)
+    export HERALD_WEBHOOKS__ALLOW_PRIVATE_TARGETS=true
     "$BIN" serve 2>"$WORK/serve.log" &
     pid=$!; PIDS+=("$pid")
     wait_port "$port"
+    # The webhook workloads: a receiver, an endpoint for it, the backlog sampled each second.
+    local rport="" rpid="" bpid="" per_recipient=0
+    if [[ $mix == webhooks* ]]; then
+        rport=$(free_port)
+        : >"$WORK/whsec"
+        node bench/webhook_receiver.js "$rport" "$WORK/whsec" >"$WORK/receiver.out" &
+        rpid=$!; PIDS+=("$rpid")
+        wait_port "$rport"
+        local events='["email.sent"]'
+        per_recipient=1
+        if [ "$mix" = webhooks-half ]; then events='["*", "email.queued"]'; per_recipient=2; fi
+        curl -s -H "Authorization: Bearer $key" -H 'content-type: application/json' \
+            -d "{\"url\": \"http://127.0.0.1:$rport/hook\", \"events\": $events}" \
+            "http://127.0.0.1:$port/v1/webhooks" |
+            python3 -c 'import json, sys; print(json.load(sys.stdin)["secret"])' >"$WORK/whsec.new"
+        mv "$WORK/whsec.new" "$WORK/whsec"
+        (while sleep 1; do
+            curl -s "http://127.0.0.1:$port/metrics" | awk '/^herald_webhook_backlog / {print $2}'
+        done) >"$WORK/backlog" &
+        bpid=$!; PIDS+=("$bpid")
+    fi
     local t0 t1 t2 wrk_out expected settled
     export BENCH_KEY=$key BENCH_MIX=$body BENCH_PER_THREAD=$((N / threads))
     local mcpu0 mcpu
@@ -227,15 +256,34 @@ PY
         t2=$(reach "$expected" settled_recipients "$port")
         settled=$(settled_recipients "$port")
     fi
+    local t3=$t2 hooks='{}'
+    if [ -n "$rport" ]; then
+        t3=$(reach $((expected * per_recipient)) curl -s "http://127.0.0.1:$rport/count")
+        kill -TERM "$rpid"; wait "$rpid" 2>/dev/null || true
+        kill "$bpid"; wait "$bpid" 2>/dev/null || true
+        hooks=$(python3 - "$WORK/receiver.out" "$WORK/backlog" "$t0" "$t3" <<'PY'
+import json, sys
+r = json.loads(open(sys.argv[1]).read() or "{}")
+backlog = [int(float(l)) for l in open(sys.argv[2]) if l.strip()]
+t0, t3 = float(sys.argv[3]), float(sys.argv[4])
+print(json.dumps({"webhook_events": r.get("events"), "webhook_bad_signatures": r.get("bad_signatures"),
+                  "webhook_events_per_s": r.get("events_per_s"),
+                  "webhook_done_s": round(t3 - t0, 2),
+                  "webhook_lag_p50_ms": r.get("lag_p50_ms"), "webhook_lag_p99_ms": r.get("lag_p99_ms"),
+                  "webhook_lag_max_ms": r.get("lag_max_ms"),
+                  "webhook_backlog_max": max(backlog, default=0), "webhook_backlog": backlog}))
+PY
+)
+    fi
     mcpu=$(python3 -c "print(f'{$(machine_cpu) - $mcpu0:.2f}')")
     stop_probe
     read -r cpu rss < <(proc_stats "$pid")
     read -r scpu _ < <(proc_stats "$sinkpid")
     kill "$pid"; wait "$pid" 2>/dev/null || true
     kill "$sinkpid"; wait "$sinkpid" 2>/dev/null || true
-    python3 - "$RESULTS" "$backend${label:+-$label}" "$mix" "$t0" "$t1" "$t2" "$expected" "$settled" "$cpu" "$rss" "$mcpu" "$wcpu" "$scpu" "$wrk_out" "$PROBE_OUT" <<'PY'
+    python3 - "$RESULTS" "$backend${label:+-$label}" "$mix" "$t0" "$t1" "$t2" "$expected" "$settled" "$cpu" "$rss" "$mcpu" "$wcpu" "$scpu" "$wrk_out" "$PROBE_OUT" "$hooks" <<'PY'
 import json, re, sys
-out, backend, mix, t0, t1, t2, expected, settled, cpu, rss, mcpu, wcpu, scpu, wrk, probe = sys.argv[1:]
+out, backend, mix, t0, t1, t2, expected, settled, cpu, rss, mcpu, wcpu, scpu, wrk, probe, hooks = sys.argv[1:]
 m = dict(re.findall(r"(\w+)=(\d+)", next(l for l in wrk.splitlines() if l.startswith("BENCH "))))
 t0, t1, t2 = float(t0), float(t1), float(t2)
 emails = int(m["requests"])
@@ -252,10 +300,17 @@ row = {"system": f"herald-{backend}", "workload": mix, "emails": emails,
        "cpu_s_per_1000": round(float(cpu) / emails * 1000, 3),
        "machine_cpu_s_per_1000": round(float(mcpu) / emails * 1000, 3),
        "wrk_cpu_s_per_1000": round(float(wcpu) / emails * 1000, 3),
-       "sink_cpu_s_per_1000": round(float(scpu) / emails * 1000, 3), **json.loads(probe)}
+       "sink_cpu_s_per_1000": round(float(scpu) / emails * 1000, 3), **json.loads(probe),
+       **json.loads(hooks)}
 open(out, "a").write(json.dumps(row) + "\n")
 print(f"  {row['system']:<24} {mix:<6} accepted {row['accepted_per_s']:>8}/s  delivered {str(row['delivered_per_s'] or '-'):>8}/s  "
       f"p99 {row['accept_p99_ms']} ms  rss {rss} MB  cpu {row['cpu_s_per_1000']} s/1000  disk flush max {row['disk_flush_max_ms']} ms")
+if "webhook_events" in row:
+    b = row["webhook_backlog"]
+    print(f"  {'':<24} {'':<6} webhooks {row['webhook_events']} events, {row['webhook_events_per_s']}/s, "
+          f"lag p50 {row['webhook_lag_p50_ms']} p99 {row['webhook_lag_p99_ms']} max {row['webhook_lag_max_ms']} ms, "
+          f"bad signatures {row['webhook_bad_signatures']}, backlog max {row['webhook_backlog_max']} "
+          f"(every 5 s: {b[::5]})")
 PY
 }
 
@@ -367,12 +422,20 @@ for (system, workload), rs in groups.items():
         return (med(v), min(v), max(v)) if v else (None, None, None)
     s = {"system": system, "workload": workload, "runs": len(rs)}
     for k in ["accepted_per_s", "delivered_per_s", "accept_p50_ms", "accept_p99_ms", "accept_max_ms",
-              "drain_s", "peak_rss_mb", "cpu_s_per_1000", "machine_cpu_s_per_1000", "wrk_cpu_s_per_1000", "sink_cpu_s_per_1000", "disk_flush_max_ms"]:
+              "drain_s", "peak_rss_mb", "cpu_s_per_1000", "machine_cpu_s_per_1000", "wrk_cpu_s_per_1000", "sink_cpu_s_per_1000", "disk_flush_max_ms",
+              "webhook_events_per_s", "webhook_lag_p50_ms", "webhook_lag_p99_ms", "webhook_lag_max_ms", "webhook_backlog_max"]:
         s[k] = dict(zip(["median", "min", "max"], col(k)))
     summary.append(s)
     f = lambda k: "-" if s[k]["median"] is None else f"{s[k]['median']:.0f} ({s[k]['min']:.0f}-{s[k]['max']:.0f})"
     g = lambda k: "-" if s[k]["median"] is None else f"{s[k]['median']:.3g}"
     print(f"{system:<24} {workload:<8} {f('accepted_per_s'):>18} {f('delivered_per_s'):>18} {g('accept_p50_ms'):>7} {g('accept_p99_ms'):>7} {g('accept_max_ms'):>7} {g('drain_s'):>8} {g('peak_rss_mb'):>7} {g('cpu_s_per_1000'):>8} {g('machine_cpu_s_per_1000'):>16} {g('wrk_cpu_s_per_1000'):>8} {g('sink_cpu_s_per_1000'):>9} {g('disk_flush_max_ms'):>11}")
+hooked = [s for s in summary if s["webhook_events_per_s"]["median"] is not None]
+if hooked:
+    print()
+    print(f"{'system':<24} {'workload':<14} {'webhook events/s':>18} {'lag p50 ms':>10} {'lag p99 ms':>10} {'lag max ms':>10} {'backlog max':>11}")
+    for s in hooked:
+        m = lambda k: "-" if s[k]["median"] is None else f"{s[k]['median']:.0f} ({s[k]['min']:.0f}-{s[k]['max']:.0f})"
+        print(f"{s['system']:<24} {s['workload']:<14} {m('webhook_events_per_s'):>18} {m('webhook_lag_p50_ms'):>10} {m('webhook_lag_p99_ms'):>10} {m('webhook_lag_max_ms'):>10} {m('webhook_backlog_max'):>11}")
 pf = next((s for s in summary if s["system"] == "postfix"), None)
 ratios = {}
 if pf:

@@ -166,6 +166,7 @@ impl App {
         };
         let mut dispatcher = dispatcher;
         dispatcher.metrics = Arc::clone(&state.metrics);
+        dispatcher.processes = config.limits.processes;
         let worker = Worker {
             store: store.clone(),
             mailer,

@@ -33,6 +33,9 @@ pub struct CreateWebhookRequest {
     streams: Option<Vec<String>>,
     #[serde(default)]
     description: Option<String>,
+    /// The most events a second the endpoint is sent (1 to 100,000); absent or null: no cap.
+    #[serde(default)]
+    rate_limit: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -48,6 +51,30 @@ pub struct UpdateWebhookRequest {
     description: Option<String>,
     #[serde(default)]
     status: Option<String>,
+    /// The most events a second (1 to 100,000); null removes the cap, absent keeps it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>)]
+    rate_limit: Option<Option<i64>>,
+}
+
+/// A field that may be absent (`None`), null (`Some(None)`) or a value.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// The most events a second an endpoint may ask to be capped at.
+const MAX_RATE: i64 = 100_000;
+
+fn check_rate(rate: Option<i64>, errors: &mut Vec<FieldError>) {
+    if rate.is_some_and(|r| !(1..=MAX_RATE).contains(&r)) {
+        errors.push(FieldError::new(
+            "/rate_limit",
+            "validation_error",
+            format!("rate_limit is events a second, from 1 to {MAX_RATE}, or null for no cap"),
+        ));
+    }
 }
 
 #[derive(Debug, Deserialize, Default, utoipa::ToSchema)]
@@ -205,6 +232,7 @@ pub async fn create_webhook(
     let streams = req.streams.unwrap_or_default();
     check_streams(&state, &streams, &mut errors);
     check_description(req.description.as_deref(), &mut errors);
+    check_rate(req.rate_limit, &mut errors);
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
     }
@@ -223,6 +251,7 @@ pub async fn create_webhook(
         previous_secret_expires_at: None,
         created_at: now,
         updated_at: now,
+        rate_limit: req.rate_limit,
     };
     let idempotency = key.as_ref().map(|k| crate::store::IdempotencyRecord {
         project_id: principal.project_id.clone(),
@@ -322,6 +351,10 @@ pub async fn update_webhook(
     if req.description.is_some() {
         check_description(req.description.as_deref(), &mut errors);
         e.description = req.description;
+    }
+    if let Some(rate) = req.rate_limit {
+        check_rate(rate, &mut errors);
+        e.rate_limit = rate;
     }
     match req.status.as_deref() {
         None => {}

@@ -92,6 +92,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0013_inbound_effects.sql"),
         postgres: include_str!("../../migrations/postgres/0013_inbound_effects.sql"),
     },
+    Migration {
+        version: 14,
+        name: "webhook_lanes",
+        sqlite: include_str!("../../migrations/sqlite/0014_webhook_lanes.sql"),
+        postgres: include_str!("../../migrations/postgres/0014_webhook_lanes.sql"),
+    },
 ];
 
 /// An arbitrary constant: the advisory lock id Herald's migrations hold on Postgres.

@@ -16,7 +16,7 @@ use crate::domain::states::EndpointStatus;
 
 use super::emails::{NewEvent, json_text};
 use super::stats::StatsLog;
-use super::write::{TableRows, Tx, Val, padded, padded_placeholders, placeholders, texts};
+use super::write::{Owned, TableRows, Tx, Val, padded, padded_placeholders, placeholders, texts};
 use super::{Store, StoreError, StoreResult, stored};
 
 #[derive(Debug, Clone)]
@@ -36,10 +36,13 @@ pub struct EndpointRecord {
     pub previous_secret_expires_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The most events a second it is sent; `None`: no cap.
+    pub rate_limit: Option<i64>,
 }
 
 const ENDPOINT_COLUMNS: &str = "id, project_id, url, description, event_types, streams, status, \
-     disabled_reason, secret, previous_secret, previous_secret_expires_at, created_at, updated_at";
+     disabled_reason, secret, previous_secret, previous_secret_expires_at, created_at, updated_at, \
+     rate_limit";
 
 fn json_list(s: &str) -> Vec<String> {
     serde_json::from_str(s).unwrap_or_default()
@@ -60,6 +63,7 @@ fn endpoint_from_row(r: &AnyRow) -> StoreResult<EndpointRecord> {
         previous_secret_expires_at: r.try_get(10)?,
         created_at: r.try_get(11)?,
         updated_at: r.try_get(12)?,
+        rate_limit: r.try_get(13)?,
     })
 }
 
@@ -381,7 +385,7 @@ impl Store {
                     tx.execute(
                         &format!(
                             "INSERT INTO webhook_endpoints ({ENDPOINT_COLUMNS}) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
                         ),
                         &[
                             Val::Text(&e.id),
@@ -397,6 +401,7 @@ impl Store {
                             Val::OptInt(e.previous_secret_expires_at),
                             Val::Int(e.created_at),
                             Val::Int(e.updated_at),
+                            Val::OptInt(e.rate_limit),
                         ],
                     )
                     .await?;
@@ -451,7 +456,7 @@ impl Store {
                             "UPDATE webhook_endpoints SET url = $1, description = $2, \
                              event_types = $3, streams = $4, status = $5, disabled_reason = $6, \
                              secret = $7, previous_secret = $8, previous_secret_expires_at = $9, \
-                             updated_at = $10 WHERE project_id = $11 AND id = $12",
+                             updated_at = $10, rate_limit = $13 WHERE project_id = $11 AND id = $12",
                             &[
                                 Val::Text(&e.url),
                                 Val::OptText(e.description.as_deref()),
@@ -465,6 +470,7 @@ impl Store {
                                 Val::Int(e.updated_at),
                                 Val::Text(&e.project_id),
                                 Val::Text(&e.id),
+                                Val::OptInt(e.rate_limit),
                             ],
                         )
                         .await?;
@@ -512,15 +518,49 @@ impl Store {
         Ok(())
     }
 
-    /// Leases up to `limit` due deliveries to `owner` and loads what their requests need.
+    /// The enabled endpoints, each a lane of the dispatcher: its id and rate cap.
+    pub async fn webhook_lanes(&self) -> StoreResult<Vec<(String, Option<i64>)>> {
+        let rows = sqlx::query(
+            "SELECT id, rate_limit FROM webhook_endpoints WHERE status = 'enabled' ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    /// Gives back deliveries `owner` leased and did not attempt, due again at `due`.
+    pub async fn release_webhook_deliveries(
+        &self,
+        owner: &str,
+        ids: &[String],
+        due: i64,
+    ) -> StoreResult<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let sql = format!(
+            "UPDATE webhook_deliveries SET lease_owner = NULL, lease_expires_at = NULL, \
+             next_attempt_at = $1 WHERE lease_owner = $2 AND status = 'pending' AND id IN ({})",
+            placeholders(3, ids.len())
+        );
+        let mut params = vec![due.into(), owner.into()];
+        params.extend(ids.iter().map(|id| Owned::from(id.as_str())));
+        self.execute(sql, params).await
+    }
+
+    /// Leases up to `limit` of one endpoint's due deliveries to `owner`, oldest due first,
+    /// and loads what their requests need.
     pub async fn claim_webhook_deliveries(
         &self,
         owner: &str,
+        endpoint_id: &str,
         now: i64,
         lease_ms: i64,
         limit: usize,
     ) -> StoreResult<Vec<DueDelivery>> {
-        let owner = owner.to_owned();
+        let (owner, endpoint) = (owner.to_owned(), endpoint_id.to_owned());
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let ids: Vec<String> = self
             .writer
@@ -531,6 +571,7 @@ impl Store {
                         Val::Int(now + lease_ms),
                         Val::Int(now),
                         Val::Int(limit),
+                        Val::Text(&endpoint),
                     ];
                     let claim = tx.dialect().webhook_claim;
                     tx.query(claim, &params)
@@ -623,31 +664,35 @@ impl Store {
             .collect()
     }
 
-    /// Records an attempt and its consequence, fenced by the lease. Returns false if the
-    /// lease was lost (another dispatcher took the delivery over).
-    pub async fn record_webhook_attempt(
+    /// Records attempts and their consequences in one commit, each fenced by its lease.
+    /// Returns how many were applied (the others' leases were lost: another dispatcher took
+    /// those deliveries over).
+    pub async fn record_webhook_attempts(
         &self,
         owner: &str,
-        a: &AttemptRecord,
-    ) -> StoreResult<bool> {
-        let (owner, a) = (owner.to_owned(), a.clone());
-        let disables = a.disable_endpoint.is_some();
-        let recorded = self
+        attempts: Vec<AttemptRecord>,
+    ) -> StoreResult<usize> {
+        if attempts.is_empty() {
+            return Ok(0);
+        }
+        let owner = owner.to_owned();
+        let disables = attempts.iter().any(|a| a.disable_endpoint.is_some());
+        let applied = self
             .writer
             .run(move |tx, outbox| {
                 Box::pin(async move {
-                    let recorded = record_attempt(tx, &owner, &a).await?;
-                    if recorded && a.disable_endpoint.is_some() {
+                    let applied = record_attempts(tx, &owner, &attempts).await?;
+                    if disables {
                         outbox.endpoints_changed();
                     }
-                    Ok(recorded)
+                    Ok(applied)
                 })
             })
             .await?;
-        if recorded && disables {
+        if disables {
             self.endpoints.clear();
         }
-        Ok(recorded)
+        Ok(applied)
     }
 
     /// The endpoint's attempt log, newest first; `succeeded` filters by outcome.
@@ -798,70 +843,111 @@ impl Store {
     }
 }
 
-/// Writes an attempt's row and its delivery's new state, fenced by the lease; on a disabling
-/// verdict, disables the endpoint and cancels what it still had waiting. Returns false (and
-/// writes nothing) if the lease was lost.
-async fn record_attempt(tx: &mut dyn Tx, owner: &str, a: &AttemptRecord) -> StoreResult<bool> {
-    let status = match (a.succeeded, a.next_attempt_at) {
+/// Writes attempts' rows and their deliveries' new states, each fenced by its lease (one
+/// `UPDATE` for all, then one insert for the attempt log of those applied); a disabling
+/// verdict disables its endpoint and cancels what it still had waiting. Returns how many
+/// were applied.
+async fn record_attempts(
+    tx: &mut dyn Tx,
+    owner: &str,
+    attempts: &[AttemptRecord],
+) -> StoreResult<usize> {
+    let status = |a: &AttemptRecord| match (a.succeeded, a.next_attempt_at) {
         (true, _) => "succeeded",
         (false, Some(_)) => "pending",
         (false, None) => "failed",
     };
-    let done = tx
-        .execute(
-            "UPDATE webhook_deliveries SET status = $1, attempts = attempts + 1, \
-             next_attempt_at = $2, lease_owner = NULL, lease_expires_at = NULL, \
-             last_status_code = $3, updated_at = $4 \
-             WHERE id = $5 AND lease_owner = $6 AND status = 'pending'",
-            &[
-                Val::Text(status),
+    let rows: Vec<Vec<Val<'_>>> = attempts
+        .iter()
+        .map(|a| {
+            vec![
+                Val::Text(&a.delivery_id),
+                Val::Text(owner),
+                Val::Text(status(a)),
                 Val::Int(a.next_attempt_at.unwrap_or(a.attempted_at)),
                 Val::OptInt(a.status_code),
                 Val::Int(a.attempted_at),
+            ]
+        })
+        .collect();
+    let update = |update: &str, values: &str| {
+        format!(
+            "{update} webhook_deliveries SET status = v.column3, \
+             attempts = webhook_deliveries.attempts + 1, next_attempt_at = v.column4, \
+             lease_owner = NULL, lease_expires_at = NULL, last_status_code = v.column5, \
+             updated_at = v.column6 FROM {values} \
+             WHERE webhook_deliveries.id = v.column1 AND webhook_deliveries.lease_owner = v.column2 \
+             AND webhook_deliveries.status = 'pending' RETURNING webhook_deliveries.id"
+        )
+    };
+    let changed: std::collections::HashSet<String> = tx
+        .update_from_values(6, &rows, &update)
+        .await?
+        .into_iter()
+        .collect();
+    let applied: Vec<&AttemptRecord> = attempts
+        .iter()
+        .filter(|a| changed.contains(&a.delivery_id))
+        .collect();
+    let ids: Vec<String> = applied.iter().map(|_| Uuid::now_v7().to_string()).collect();
+    let log: Vec<Vec<Val<'_>>> = applied
+        .iter()
+        .zip(&ids)
+        .map(|(a, id)| {
+            vec![
+                Val::Text(id),
                 Val::Text(&a.delivery_id),
-                Val::Text(owner),
-            ],
-        )
-        .await?;
-    if done == 0 {
-        return Ok(false);
-    }
-    let id = Uuid::now_v7().to_string();
-    tx.execute(
-        "INSERT INTO webhook_attempts (id, delivery_id, endpoint_id, event_id, attempt, \
-         succeeded, status_code, response_body, error, duration_ms, attempted_at, \
-         next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        &[
-            Val::Text(&id),
-            Val::Text(&a.delivery_id),
-            Val::Text(&a.endpoint_id),
-            Val::Text(&a.event_id),
-            Val::Int(a.attempt),
-            Val::Int(i64::from(a.succeeded)),
-            Val::OptInt(a.status_code),
-            Val::OptText(a.response_body.as_deref()),
-            Val::OptText(a.error.as_deref()),
-            Val::Int(a.duration_ms),
-            Val::Int(a.attempted_at),
-            Val::OptInt(a.next_attempt_at),
-        ],
-    )
-    .await?;
-    if let Some(reason) = &a.disable_endpoint {
-        tx.execute(
-            "UPDATE webhook_endpoints SET status = 'auto_disabled', disabled_reason = $1, \
-             updated_at = $2 WHERE id = $3 AND status = 'enabled'",
-            &[
-                Val::Text(reason),
-                Val::Int(a.attempted_at),
                 Val::Text(&a.endpoint_id),
-            ],
-        )
-        .await?;
-        cancel_pending(tx, &a.endpoint_id, a.attempted_at).await?;
+                Val::Text(&a.event_id),
+                Val::Int(a.attempt),
+                Val::Int(i64::from(a.succeeded)),
+                Val::OptInt(a.status_code),
+                Val::OptText(a.response_body.as_deref()),
+                Val::OptText(a.error.as_deref()),
+                Val::Int(a.duration_ms),
+                Val::Int(a.attempted_at),
+                Val::OptInt(a.next_attempt_at),
+            ]
+        })
+        .collect();
+    tx.write_tables(&[TableRows::insert(
+        "webhook_attempts",
+        &ATTEMPT_COLUMNS,
+        &log,
+    )])
+    .await?;
+    for a in &applied {
+        if let Some(reason) = &a.disable_endpoint {
+            tx.execute(
+                "UPDATE webhook_endpoints SET status = 'auto_disabled', disabled_reason = $1, \
+                 updated_at = $2 WHERE id = $3 AND status = 'enabled'",
+                &[
+                    Val::Text(reason),
+                    Val::Int(a.attempted_at),
+                    Val::Text(&a.endpoint_id),
+                ],
+            )
+            .await?;
+            cancel_pending(tx, &a.endpoint_id, a.attempted_at).await?;
+        }
     }
-    Ok(true)
+    Ok(applied.len())
 }
+
+const ATTEMPT_COLUMNS: [&str; 12] = [
+    "id",
+    "delivery_id",
+    "endpoint_id",
+    "event_id",
+    "attempt",
+    "succeeded",
+    "status_code",
+    "response_body",
+    "error",
+    "duration_ms",
+    "attempted_at",
+    "next_attempt_at",
+];
 
 async fn cancel_pending(tx: &mut dyn Tx, endpoint_id: &str, now: i64) -> StoreResult<()> {
     tx.execute(

@@ -116,7 +116,8 @@ pub(super) struct Dialect {
     /// Leases due recipients: `$1` owner, `$2` lease expiry, `$3` now, `$4` limit; returns
     /// `id, email_id, address, attempts, deadline_at, status`.
     pub claim: &'static str,
-    /// Leases due webhook deliveries, with the same parameters; returns their ids.
+    /// Leases one endpoint's due webhook deliveries (`$5`), with the same parameters; returns
+    /// their ids.
     pub webhook_claim: &'static str,
     /// Whether the claim leaves scheduled recipients scheduled, for a second statement to
     /// make queued (see `store::sqlite`).

@@ -1,4 +1,15 @@
-//! The webhook dispatcher: claim due deliveries, POST them signed, record every attempt.
+//! The webhook dispatcher: each enabled endpoint is a lane of its own, which claims that
+//! endpoint's due deliveries, POSTs them signed, and records every attempt.
+//!
+//! A lane keeps up to `concurrency_per_endpoint` requests in flight and a queue of claimed
+//! deliveries about twice that long, claiming more while it sends and writing the finished
+//! attempts in batches (one commit of the store's writer for all that finished meanwhile). So
+//! one endpoint's pace is its own: a slow endpoint holds its own lane's slots and no other's,
+//! and an endpoint that answers nothing pauses its lane on the retry schedule instead of being
+//! sent every new event (after a failure the lane sends one request at a time until one
+//! succeeds; a round of failures in a row pauses it). An endpoint's rate cap
+//! (`rate_limit`, events a second, shared among `limits.processes`) spaces the lane's
+//! requests; a 429 or 503 with `Retry-After` pauses it that long.
 //!
 //! Each request carries `webhook-id` (the event id: the same on every retry and on manual
 //! redelivery, so consumers can deduplicate), `webhook-timestamp` (the attempt's time) and
@@ -6,12 +17,12 @@
 //! endpoint; anything else, or no answer, is retried on the schedule (honouring `Retry-After`
 //! on 429/502/503/504) and, once the schedule is spent, the endpoint is disabled.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +38,9 @@ use super::signing::signature_header;
 /// How much of a response body the attempt log keeps.
 const RESPONSE_KEEP: usize = 1024;
 
+/// Opened signing secrets kept, at most (by their sealed text).
+const KEPT_SECRETS: usize = 10_000;
+
 #[derive(Clone)]
 pub struct Dispatcher {
     pub store: Store,
@@ -38,11 +52,37 @@ pub struct Dispatcher {
     pub jitter: f64,
     pub allow_private_targets: bool,
     pub owner: String,
-    pub batch_size: usize,
     pub lease: Duration,
     pub per_endpoint: usize,
+    /// Processes sharing the database: each sends its share of an endpoint's rate cap.
+    pub processes: u32,
     pub metrics: Arc<Metrics>,
-    endpoint_permits: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+    lanes: Arc<Mutex<HashMap<String, LaneState>>>,
+    secrets: Arc<Mutex<HashMap<String, Arc<str>>>>,
+}
+
+/// What a lane remembers between its batches (and across `run_once` calls).
+#[derive(Debug, Default)]
+struct LaneState {
+    /// The endpoint's cap, events a second (this process's share).
+    rate: Option<f64>,
+    /// Requests failed in a row.
+    failed_in_a_row: usize,
+    /// Pauses in a row (a success ends the run): which step of the schedule the next takes.
+    pauses: usize,
+    /// No request starts before this (clock ms): the endpoint is down, or asked to wait.
+    paused_until: i64,
+    /// The earliest start of the next request under the rate cap.
+    next_start: Option<tokio::time::Instant>,
+}
+
+/// How long a lane runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// Until nothing of its endpoint is due (or it is paused), everything recorded.
+    Idle,
+    /// Until cancelled, waiting for new events when idle.
+    Cancelled,
 }
 
 impl Dispatcher {
@@ -66,78 +106,319 @@ impl Dispatcher {
             jitter,
             allow_private_targets,
             owner: format!("herald-webhooks-{}", uuid::Uuid::now_v7()),
-            batch_size: 64,
             lease: Duration::from_secs(120),
             per_endpoint: per_endpoint.max(1),
+            processes: 1,
             metrics: Arc::default(),
-            endpoint_permits: Arc::default(),
+            lanes: Arc::default(),
+            secrets: Arc::default(),
         }
     }
 
-    fn permits_for(&self, endpoint_id: &str) -> Arc<Semaphore> {
-        let mut map = self
-            .endpoint_permits
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        Arc::clone(
-            map.entry(endpoint_id.to_owned())
-                .or_insert_with(|| Arc::new(Semaphore::new(self.per_endpoint))),
-        )
-    }
-
-    /// Claims one batch of due deliveries and attempts each (at most `per_endpoint` at once
-    /// per endpoint); every attempt is recorded as it finishes.
+    /// Runs every enabled endpoint's lane until nothing of it is due, all of them at once;
+    /// returns how many attempts were made (tests step the dispatcher with this).
     pub async fn run_once(&self) -> Result<RunOutcome, StoreError> {
-        let now = self.clock.now_ms();
-        let lease_ms = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
-        let due = self
-            .store
-            .claim_webhook_deliveries(&self.owner, now, lease_ms, self.batch_size)
-            .await?;
-        if due.is_empty() {
-            return Ok(RunOutcome::Idle);
-        }
-        let n = due.len();
-        let mut tasks = JoinSet::new();
-        for d in due {
+        let lanes = self.refresh_lanes().await?;
+        let mut runs = JoinSet::new();
+        for endpoint in lanes {
             let this = self.clone();
-            tasks.spawn(async move {
-                let permits = this.permits_for(&d.endpoint_id);
-                let _permit = permits.acquire_owned().await;
-                let record = this.attempt(&d).await;
-                this.metrics.record_webhook_attempt(record.succeeded);
-                // An endpoint's answer is never forgotten: kept and written again until the
-                // database takes it (an outage), or the delivery would be posted twice.
-                let mut pause = Duration::from_millis(100);
-                loop {
-                    match this.store.record_webhook_attempt(&this.owner, &record).await {
-                        Ok(applied) => break applied,
-                        Err(e) => {
-                            tracing::error!(error = %e, "could not record a webhook attempt; it is kept and written again");
-                            tokio::time::sleep(pause).await;
-                            pause = (pause * 2).min(Duration::from_secs(5));
-                        }
-                    }
-                }
+            runs.spawn(async move {
+                this.lane(&endpoint, Until::Idle, None, CancellationToken::new())
+                    .await
             });
         }
-        // Every post finishes and is recorded: none is cut short by another's failure.
-        while let Some(joined) = tasks.join_next().await {
+        let mut total = 0;
+        while let Some(joined) = runs.join_next().await {
             match joined {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::warn!("a webhook lease expired before its attempt was recorded")
-                }
-                Err(e) => tracing::error!(error = %e, "a webhook task failed"),
+                Ok(Ok(n)) => total += n,
+                Ok(Err(e)) => return Err(e),
+                Err(e) => tracing::error!(error = %e, "a webhook lane failed"),
             }
         }
-        Ok(RunOutcome::Worked(n))
+        Ok(if total == 0 {
+            RunOutcome::Idle
+        } else {
+            RunOutcome::Worked(total)
+        })
     }
 
-    /// Loops until `cancel`, woken by new events or the poll timer.
+    /// Runs a lane for every enabled endpoint until `cancel`: the lanes are looked up again
+    /// every `poll` and whenever new events are announced on `wake`, which also wakes every
+    /// idle lane.
     pub async fn run(self, wake: Arc<Notify>, cancel: CancellationToken, poll: Duration) {
-        crate::job_loop::run_until_cancelled("webhooks", wake, cancel, poll, || self.run_once())
-            .await;
+        let (woken, wakes) = watch::channel(());
+        let mut running: HashMap<String, (CancellationToken, tokio::task::JoinHandle<()>)> =
+            HashMap::new();
+        loop {
+            match self.refresh_lanes().await {
+                Ok(lanes) => {
+                    running.retain(|id, (stop, task)| {
+                        let keep = lanes.contains(id) && !task.is_finished();
+                        if !keep {
+                            stop.cancel();
+                        }
+                        keep
+                    });
+                    for endpoint in lanes {
+                        if running.contains_key(&endpoint) {
+                            continue;
+                        }
+                        let stop = cancel.child_token();
+                        let (this, lane_stop, lane_wakes) =
+                            (self.clone(), stop.clone(), wakes.clone());
+                        let id = endpoint.clone();
+                        let task = tokio::spawn(async move {
+                            if let Err(e) = this
+                                .lane(&id, Until::Cancelled, Some(lane_wakes), lane_stop)
+                                .await
+                            {
+                                tracing::error!(error = %e, endpoint = %id, "a webhook lane stopped");
+                            }
+                        });
+                        running.insert(endpoint, (stop, task));
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not look up the webhook endpoints"),
+            }
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = wake.notified() => { woken.send_replace(()); }
+                () = tokio::time::sleep(poll.max(Duration::from_millis(100))) => {}
+            }
+        }
+        // Each lane finishes what it started and records it before the process stops.
+        for (_, (_, task)) in running {
+            let _ = task.await;
+        }
+    }
+
+    /// The enabled endpoints, their rate caps noted in their lanes' state.
+    async fn refresh_lanes(&self) -> Result<Vec<String>, StoreError> {
+        let lanes = self.store.webhook_lanes().await?;
+        let mut state = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        state.retain(|id, _| lanes.iter().any(|(l, _)| l == id));
+        let processes = f64::from(self.processes.max(1));
+        for (id, rate) in &lanes {
+            state.entry(id.clone()).or_default().rate =
+                rate.map(|r| (r as f64 / processes).max(0.001));
+        }
+        Ok(lanes.into_iter().map(|(id, _)| id).collect())
+    }
+
+    fn with_lane<T>(&self, endpoint: &str, f: impl FnOnce(&mut LaneState) -> T) -> T {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        f(lanes.entry(endpoint.to_owned()).or_default())
+    }
+
+    /// One endpoint's lane (see the module's doc); returns how many attempts it made.
+    async fn lane(
+        &self,
+        endpoint: &str,
+        until: Until,
+        mut wakes: Option<watch::Receiver<()>>,
+        cancel: CancellationToken,
+    ) -> Result<usize, StoreError> {
+        let lease_ms = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
+        let mut queue: VecDeque<DueDelivery> = VecDeque::new();
+        let mut sending: JoinSet<(AttemptRecord, Option<Duration>)> = JoinSet::new();
+        let mut finished: Vec<AttemptRecord> = Vec::new();
+        let mut recording: Option<tokio::task::JoinHandle<()>> = None;
+        // Whether the last claim found nothing: no more are asked for until woken.
+        let mut drained = false;
+        let mut failed: Option<StoreError> = None;
+        let mut attempts = 0;
+        loop {
+            let now = self.clock.now_ms();
+            let (paused_until, rate, failing) = self.with_lane(endpoint, |l| {
+                (l.paused_until, l.rate, l.failed_in_a_row > 0)
+            });
+            let paused = paused_until > now;
+            if paused && !queue.is_empty() {
+                // Not sent while the endpoint is paused: given back, due when the pause ends.
+                // (If the database cannot take that, their leases run out instead: nothing of
+                // them was sent.)
+                let ids: Vec<String> = queue.drain(..).map(|d| d.id).collect();
+                if let Err(e) = self
+                    .store
+                    .release_webhook_deliveries(&self.owner, &ids, paused_until)
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not give back webhook deliveries");
+                }
+            }
+            // Claim more while the queue runs low (sized to the lane's concurrency, or to two
+            // seconds of its rate cap).
+            let room = 2 * self.per_endpoint;
+            if !paused && !drained && queue.len() < room && !cancel.is_cancelled() {
+                let limit = match rate {
+                    Some(r) => ((2.0 * r).ceil() as usize).clamp(1, 2 * room),
+                    None => 2 * room,
+                };
+                match self
+                    .store
+                    .claim_webhook_deliveries(&self.owner, endpoint, now, lease_ms, limit)
+                    .await
+                {
+                    Ok(due) => {
+                        drained = due.len() < limit;
+                        queue.extend(due);
+                    }
+                    // What the lane holds is still sent and recorded; the claim is tried
+                    // again after the idle wait (or, stepping, reported once all is written).
+                    Err(e) => {
+                        tracing::warn!(error = %e, endpoint, "could not claim webhook deliveries");
+                        drained = true;
+                        failed = Some(e);
+                    }
+                }
+            }
+            // Start what the concurrency and the rate cap allow: one at a time once a request
+            // has failed, until one succeeds (an endpoint that went down is not sent a round
+            // for every failure).
+            let mut pacing = None;
+            let slots = if failing { 1 } else { self.per_endpoint };
+            while sending.len() < slots && !paused {
+                if let Some(at) = self.with_lane(endpoint, |l| l.next_start)
+                    && at > tokio::time::Instant::now()
+                {
+                    pacing = Some(at);
+                    break;
+                }
+                let Some(d) = queue.pop_front() else {
+                    break;
+                };
+                if let Some(r) = rate {
+                    self.with_lane(endpoint, |l| {
+                        let start = l.next_start.unwrap_or_else(tokio::time::Instant::now);
+                        let start = start.max(tokio::time::Instant::now());
+                        l.next_start = Some(start + Duration::from_secs_f64(1.0 / r));
+                    });
+                }
+                let this = self.clone();
+                sending.spawn(async move { this.attempt(&d).await });
+            }
+            // Write what finished, one batch at a time.
+            if recording
+                .as_ref()
+                .is_none_or(tokio::task::JoinHandle::is_finished)
+                && !finished.is_empty()
+            {
+                if let Some(done) = recording.take() {
+                    let _ = done.await;
+                }
+                let batch = std::mem::take(&mut finished);
+                attempts += batch.len();
+                let this = self.clone();
+                let write = tokio::spawn(async move { this.record(batch).await });
+                if until == Until::Idle {
+                    let _ = write.await;
+                } else {
+                    recording = Some(write);
+                }
+            }
+            let idle = sending.is_empty() && finished.is_empty() && queue.is_empty();
+            if idle && (until == Until::Idle || cancel.is_cancelled()) && (drained || paused) {
+                break;
+            }
+            if idle && cancel.is_cancelled() {
+                break;
+            }
+            // Wait for the next thing that can move the lane on.
+            let pause_left = (paused_until - now).max(0);
+            let idle_wait = if paused {
+                Duration::from_millis(u64::try_from(pause_left).unwrap_or(u64::MAX))
+            } else {
+                Duration::from_secs(1)
+            };
+            tokio::select! {
+                Some(done) = sending.join_next(), if !sending.is_empty() => {
+                    match done {
+                        Ok((record, wait)) => {
+                            self.metrics.record_webhook_attempt(record.succeeded);
+                            self.note(endpoint, &record, wait);
+                            finished.push(record);
+                        }
+                        Err(e) => tracing::error!(error = %e, "a webhook request task failed"),
+                    }
+                }
+                () = sleep_until(pacing), if pacing.is_some() => {}
+                _ = wait(&mut recording), if recording.is_some() && sending.is_empty() => {}
+                _ = changed(&mut wakes), if idle && drained => { drained = false; }
+                () = tokio::time::sleep(idle_wait), if idle && (drained || paused) => {
+                    drained = false;
+                }
+                () = cancel.cancelled(), if idle => {}
+                else => {}
+            }
+        }
+        if let Some(done) = recording.take() {
+            let _ = done.await;
+        }
+        match failed {
+            Some(e) if until == Until::Idle => Err(e),
+            _ => Ok(attempts),
+        }
+    }
+
+    /// Writes finished attempts in one commit. An endpoint's answer is never forgotten: kept
+    /// and written again until the database takes it (an outage), or the delivery would be
+    /// posted twice.
+    async fn record(&self, batch: Vec<AttemptRecord>) {
+        let n = batch.len();
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self
+                .store
+                .record_webhook_attempts(&self.owner, batch.clone())
+                .await
+            {
+                Ok(applied) => {
+                    if applied < n {
+                        tracing::warn!(
+                            lost = n - applied,
+                            "webhook leases expired before their attempts were recorded"
+                        );
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "could not record webhook attempts; they are kept and written again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Updates the lane after one request: a success ends a run of failures; a whole round
+    /// of failed requests (as many as the lane sends at once) pauses it on the retry
+    /// schedule; `Retry-After` on 429/503 pauses it that long.
+    fn note(&self, endpoint: &str, r: &AttemptRecord, retry_after: Option<Duration>) {
+        let round = self.per_endpoint;
+        let schedule = &self.schedule;
+        self.with_lane(endpoint, |l| {
+            if r.succeeded {
+                l.failed_in_a_row = 0;
+                l.pauses = 0;
+                return;
+            }
+            if let (Some(429 | 503), Some(wait)) = (r.status_code, retry_after) {
+                let ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+                l.paused_until = l.paused_until.max(r.attempted_at.saturating_add(ms));
+                return;
+            }
+            l.failed_in_a_row += 1;
+            if l.failed_in_a_row >= round {
+                l.failed_in_a_row = 0;
+                let step = schedule
+                    .get(l.pauses.min(schedule.len().saturating_sub(1)))
+                    .copied()
+                    .unwrap_or(Duration::from_secs(5));
+                l.pauses += 1;
+                let ms = i64::try_from(step.as_millis()).unwrap_or(i64::MAX);
+                l.paused_until = l.paused_until.max(r.attempted_at.saturating_add(ms));
+            }
+        });
     }
 
     /// The request body: the event, with the email it is about echoed.
@@ -169,7 +450,8 @@ impl Dispatcher {
         })
     }
 
-    async fn attempt(&self, d: &DueDelivery) -> AttemptRecord {
+    /// Posts one delivery; the attempt, and the `Retry-After` a 429 or 503 asked for.
+    async fn attempt(&self, d: &DueDelivery) -> (AttemptRecord, Option<Duration>) {
         let now = self.clock.now_ms();
         let attempt = d.attempts + 1;
         let mut record = AttemptRecord {
@@ -190,16 +472,16 @@ impl Dispatcher {
             Ok(s) => s,
             Err(e) => {
                 record.error = Some(e);
-                return self.schedule_retry(record, None);
+                return (self.schedule_retry(record, None), None);
             }
         };
         if !self.allow_private_targets && literal_ip_is_forbidden(&d.url) {
             record.error = Some("refused: the URL points at a private or reserved address".into());
-            return self.schedule_retry(record, None);
+            return (self.schedule_retry(record, None), None);
         }
         let body = serde_json::to_vec(&Self::payload(d)).unwrap_or_default();
         let timestamp = now.div_euclid(1000);
-        let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        let refs: Vec<&str> = secrets.iter().map(|s| &**s).collect();
         let started = Instant::now();
         let sent = self
             .client
@@ -237,29 +519,42 @@ impl Dispatcher {
                 record.response_body = Some(String::from_utf8_lossy(&kept).into_owned());
                 if status.is_success() {
                     record.succeeded = true;
-                    record
+                    (record, None)
                 } else if status.as_u16() == 410 {
                     record.disable_endpoint = Some("the endpoint answered 410 Gone".into());
-                    record
+                    (record, None)
                 } else {
                     let throttled = matches!(status.as_u16(), 429 | 502 | 503 | 504);
-                    self.schedule_retry(record, retry_after.filter(|_| throttled))
+                    let wait = retry_after.filter(|_| throttled);
+                    (self.schedule_retry(record, wait), wait)
                 }
             }
             Err(e) => {
                 record.duration_ms =
                     i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
                 record.error = Some(describe(&e));
-                self.schedule_retry(record, None)
+                (self.schedule_retry(record, None), None)
             }
         }
     }
 
-    fn secrets(&self, d: &DueDelivery, now: i64) -> Result<Vec<String>, String> {
-        let open = |s: &str| {
-            self.sealer
-                .open(s)
-                .map_err(|e| format!("endpoint secret: {e}"))
+    /// The live signing secrets of a delivery's endpoint, opened once per sealed secret.
+    fn secrets(&self, d: &DueDelivery, now: i64) -> Result<Vec<Arc<str>>, String> {
+        let open = |sealed: &str| -> Result<Arc<str>, String> {
+            let mut kept = self.secrets.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(s) = kept.get(sealed) {
+                return Ok(Arc::clone(s));
+            }
+            let opened: Arc<str> = self
+                .sealer
+                .open(sealed)
+                .map_err(|e| format!("endpoint secret: {e}"))?
+                .into();
+            if kept.len() >= KEPT_SECRETS {
+                kept.clear();
+            }
+            kept.insert(sealed.to_owned(), Arc::clone(&opened));
+            Ok(opened)
         };
         let mut out = vec![open(&d.secret)?];
         if let (Some(prev), Some(until)) = (&d.previous_secret, d.previous_secret_expires_at)
@@ -314,4 +609,31 @@ fn describe(e: &reqwest::Error) -> String {
         source = s.source();
     }
     msg
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits for the lane's batch being written (if any) to be written.
+async fn wait(recording: &mut Option<tokio::task::JoinHandle<()>>) {
+    if let Some(task) = recording.as_mut() {
+        let _ = task.await;
+    }
+    *recording = None;
+}
+
+/// Waits for new events to be announced (never, for a lane without announcements).
+async fn changed(wakes: &mut Option<watch::Receiver<()>>) {
+    match wakes.as_mut() {
+        Some(w) => {
+            if w.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
 }

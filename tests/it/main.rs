@@ -27,6 +27,7 @@ mod retention;
 mod stats;
 mod store_contract;
 mod suppressions;
+mod webhook_lanes;
 mod webhooks;
 
 /// Runs an `async fn(Backend)` test once on SQLite and once on Postgres.

@@ -21,6 +21,8 @@ pub struct Hit {
     pub body: String,
     /// The status the receiver answered with.
     pub answered: u16,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 /// How the receiver answers.
@@ -135,6 +137,7 @@ async fn hook(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Respo
         signature: h("webhook-signature"),
         body: String::from_utf8_lossy(&body).into_owned(),
         answered,
+        at: std::time::Instant::now(),
     });
     s.arrived.notify_waiters();
     {

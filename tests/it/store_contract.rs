@@ -42,6 +42,7 @@ async fn deliveries_to_an_endpoint_disabled_since_are_canceled_at_claim(backend:
         previous_secret_expires_at: None,
         created_at: NOW,
         updated_at: NOW,
+        rate_limit: None,
     };
     store
         .insert_webhook_endpoint(&endpoint)
@@ -68,7 +69,7 @@ async fn deliveries_to_an_endpoint_disabled_since_are_canceled_at_claim(backend:
         .expect("disable");
     other.close().await;
     let due = store
-        .claim_webhook_deliveries("d1", NOW + 1, 60_000, 10)
+        .claim_webhook_deliveries("d1", &endpoint.id, NOW + 1, 60_000, 10)
         .await
         .expect("claim");
     assert!(due.is_empty(), "nothing is sent to a disabled endpoint");

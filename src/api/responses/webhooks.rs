@@ -21,6 +21,8 @@ pub struct WebhookResponse {
     /// `enabled`, `disabled` or `auto_disabled`.
     pub status: String,
     pub disabled_reason: Option<String>,
+    /// The most events a second it is sent; null: no cap.
+    pub rate_limit: Option<i64>,
     pub created_at: String,
     pub updated_at: String,
     /// `whsec_…`: shown on create, get and rotate.
@@ -42,6 +44,7 @@ impl From<&crate::store::EndpointRecord> for WebhookResponse {
             description: e.description.clone(),
             status: e.status.as_str().to_owned(),
             disabled_reason: e.disabled_reason.clone(),
+            rate_limit: e.rate_limit,
             created_at: format_ms(e.created_at),
             updated_at: format_ms(e.updated_at),
             secret: None,

@@ -23,7 +23,9 @@
 # from its `timestamp` to its arrival: events/s, lag p50/p99/max, and Herald's webhook
 # backlog sampled every second), and "webhooks-half" (the same with every event type
 # subscribed, email.queued included, and the mail sent open-loop at half the plain rate, as
-# "half" does: the lag at a steady half of the peak). The same N plain 2 KB messages go through a
+# "half" does: the lag at a steady half of the peak), and "webhooks-backlog" (the endpoint
+# capped at one event a second while the mail flows, the cap lifted once every recipient is
+# settled: how fast a lane sends a backlog, "drain/s"). The same N plain 2 KB messages go through a
 # throwaway Postfix instance configured as a relay (smtp-source -> Postfix -> smtp-sink; its
 # queue files are fsynced, as Herald's commits are). Runs are interleaved system by system and
 # the table shows the median and the spread (min-max) of the runs; the JSON file has every run.
@@ -174,7 +176,7 @@ run_herald() { # backend workload label binary
     unset HERALD_DELIVERY__WORKERS
     case $mix in
         ingest) export HERALD_DELIVERY__WORKERS=0; body=plain ;;
-        webhooks) body=plain ;;
+        webhooks|webhooks-backlog) body=plain ;;
         half|webhooks-half)
             body=plain total=$((N / 2))
             # Half of what this system's plain workload reached in this run, or the rate
@@ -207,13 +209,15 @@ PY
         node bench/webhook_receiver.js "$rport" "$WORK/whsec" >"$WORK/receiver.out" &
         rpid=$!; PIDS+=("$rpid")
         wait_port "$rport"
-        local events='["email.sent"]'
+        local events='["email.sent"]' cap=""
         per_recipient=1
         if [ "$mix" = webhooks-half ]; then events='["*", "email.queued"]'; per_recipient=2; fi
+        [ "$mix" = webhooks-backlog ] && cap=', "rate_limit": 1'
         curl -s -H "Authorization: Bearer $key" -H 'content-type: application/json' \
-            -d "{\"url\": \"http://127.0.0.1:$rport/hook\", \"events\": $events}" \
-            "http://127.0.0.1:$port/v1/webhooks" |
-            python3 -c 'import json, sys; print(json.load(sys.stdin)["secret"])' >"$WORK/whsec.new"
+            -d "{\"url\": \"http://127.0.0.1:$rport/hook\", \"events\": $events$cap}" \
+            "http://127.0.0.1:$port/v1/webhooks" >"$WORK/endpoint.json"
+        python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["secret"])' \
+            "$WORK/endpoint.json" >"$WORK/whsec.new"
         mv "$WORK/whsec.new" "$WORK/whsec"
         (while sleep 1; do
             curl -s "http://127.0.0.1:$port/metrics" | awk '/^herald_webhook_backlog / {print $2}'
@@ -256,18 +260,28 @@ PY
         t2=$(reach "$expected" settled_recipients "$port")
         settled=$(settled_recipients "$port")
     fi
-    local t3=$t2 hooks='{}'
+    local t3=$t2 hooks='{}' tp="" c0=""
     if [ -n "$rport" ]; then
+        if [ "$mix" = webhooks-backlog ]; then
+            # Lift the cap: the lane sends the backlog as fast as it can.
+            c0=$(curl -s "http://127.0.0.1:$rport/count")
+            tp=$(now)
+            curl -s -X PATCH -H "Authorization: Bearer $key" -H 'content-type: application/json' \
+                -d '{"rate_limit": null}' \
+                "http://127.0.0.1:$port/v1/webhooks/$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["id"])' "$WORK/endpoint.json")" >/dev/null
+        fi
         t3=$(reach $((expected * per_recipient)) curl -s "http://127.0.0.1:$rport/count")
         kill -TERM "$rpid"; wait "$rpid" 2>/dev/null || true
         kill "$bpid"; wait "$bpid" 2>/dev/null || true
-        hooks=$(python3 - "$WORK/receiver.out" "$WORK/backlog" "$t0" "$t3" <<'PY'
+        hooks=$(python3 - "$WORK/receiver.out" "$WORK/backlog" "$t0" "$t3" "$tp" "$c0" <<'PY'
 import json, sys
 r = json.loads(open(sys.argv[1]).read() or "{}")
 backlog = [int(float(l)) for l in open(sys.argv[2]) if l.strip()]
 t0, t3 = float(sys.argv[3]), float(sys.argv[4])
+tp, c0 = sys.argv[5], sys.argv[6]
+drain = round((r["events"] - int(c0)) / (t3 - float(tp))) if tp and r.get("events") else None
 print(json.dumps({"webhook_events": r.get("events"), "webhook_bad_signatures": r.get("bad_signatures"),
-                  "webhook_events_per_s": r.get("events_per_s"),
+                  "webhook_events_per_s": r.get("events_per_s"), "webhook_drain_per_s": drain,
                   "webhook_done_s": round(t3 - t0, 2),
                   "webhook_lag_p50_ms": r.get("lag_p50_ms"), "webhook_lag_p99_ms": r.get("lag_p99_ms"),
                   "webhook_lag_max_ms": r.get("lag_max_ms"),
@@ -308,6 +322,7 @@ print(f"  {row['system']:<24} {mix:<6} accepted {row['accepted_per_s']:>8}/s  de
 if "webhook_events" in row:
     b = row["webhook_backlog"]
     print(f"  {'':<24} {'':<6} webhooks {row['webhook_events']} events, {row['webhook_events_per_s']}/s, "
+          f"drain {row['webhook_drain_per_s'] or '-'}/s, "
           f"lag p50 {row['webhook_lag_p50_ms']} p99 {row['webhook_lag_p99_ms']} max {row['webhook_lag_max_ms']} ms, "
           f"bad signatures {row['webhook_bad_signatures']}, backlog max {row['webhook_backlog_max']} "
           f"(every 5 s: {b[::5]})")
@@ -423,7 +438,7 @@ for (system, workload), rs in groups.items():
     s = {"system": system, "workload": workload, "runs": len(rs)}
     for k in ["accepted_per_s", "delivered_per_s", "accept_p50_ms", "accept_p99_ms", "accept_max_ms",
               "drain_s", "peak_rss_mb", "cpu_s_per_1000", "machine_cpu_s_per_1000", "wrk_cpu_s_per_1000", "sink_cpu_s_per_1000", "disk_flush_max_ms",
-              "webhook_events_per_s", "webhook_lag_p50_ms", "webhook_lag_p99_ms", "webhook_lag_max_ms", "webhook_backlog_max"]:
+              "webhook_events_per_s", "webhook_drain_per_s", "webhook_lag_p50_ms", "webhook_lag_p99_ms", "webhook_lag_max_ms", "webhook_backlog_max"]:
         s[k] = dict(zip(["median", "min", "max"], col(k)))
     summary.append(s)
     f = lambda k: "-" if s[k]["median"] is None else f"{s[k]['median']:.0f} ({s[k]['min']:.0f}-{s[k]['max']:.0f})"
@@ -432,10 +447,10 @@ for (system, workload), rs in groups.items():
 hooked = [s for s in summary if s["webhook_events_per_s"]["median"] is not None]
 if hooked:
     print()
-    print(f"{'system':<24} {'workload':<14} {'webhook events/s':>18} {'lag p50 ms':>10} {'lag p99 ms':>10} {'lag max ms':>10} {'backlog max':>11}")
+    print(f"{'system':<24} {'workload':<16} {'webhook events/s':>18} {'drain/s':>18} {'lag p50 ms':>18} {'lag p99 ms':>18} {'lag max ms':>18} {'backlog max':>18}")
     for s in hooked:
         m = lambda k: "-" if s[k]["median"] is None else f"{s[k]['median']:.0f} ({s[k]['min']:.0f}-{s[k]['max']:.0f})"
-        print(f"{s['system']:<24} {s['workload']:<14} {m('webhook_events_per_s'):>18} {m('webhook_lag_p50_ms'):>10} {m('webhook_lag_p99_ms'):>10} {m('webhook_lag_max_ms'):>10} {m('webhook_backlog_max'):>11}")
+        print(f"{s['system']:<24} {s['workload']:<16} {m('webhook_events_per_s'):>18} {m('webhook_drain_per_s'):>18} {m('webhook_lag_p50_ms'):>18} {m('webhook_lag_p99_ms'):>18} {m('webhook_lag_max_ms'):>18} {m('webhook_backlog_max'):>18}")
 pf = next((s for s in summary if s["system"] == "postfix"), None)
 ratios = {}
 if pf:

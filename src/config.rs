@@ -254,7 +254,9 @@ pub struct WebhooksConfig {
     /// Time allowed for one request.
     #[serde(with = "duration_text")]
     pub timeout: Duration,
-    /// Requests in flight at once to one endpoint.
+    /// Requests in flight at once to one endpoint. An endpoint is sent at most this many
+    /// divided by its answer time a second: 16 keeps pace with a busy Herald when answers
+    /// take a couple of milliseconds; an endpoint that needs fewer sets its own `rate_limit`.
     pub concurrency_per_endpoint: usize,
 }
 
@@ -274,7 +276,7 @@ impl Default for WebhooksConfig {
             ],
             jitter: 0.1,
             timeout: s(15),
-            concurrency_per_endpoint: 4,
+            concurrency_per_endpoint: 16,
         }
     }
 }

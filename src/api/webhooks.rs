@@ -377,6 +377,8 @@ pub async fn update_webhook(
     }
     e.updated_at = state.clock.now_ms();
     state.store.update_webhook_endpoint(&e).await?;
+    // The dispatcher looks its lanes up again at once (a new cap, an endpoint enabled).
+    state.events_wake.notify_one();
     Ok(Json(webhook_response(&state, &e, false)?))
 }
 

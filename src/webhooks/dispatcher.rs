@@ -38,6 +38,9 @@ use super::signing::signature_header;
 /// How much of a response body the attempt log keeps.
 const RESPONSE_KEEP: usize = 1024;
 
+/// The largest claim a lane makes: at 8,000 events a second, an eighth of a second of them.
+const MAX_CLAIM: usize = 1024;
+
 /// Opened signing secrets kept, at most (by their sealed text).
 const KEPT_SECRETS: usize = 10_000;
 
@@ -223,6 +226,12 @@ impl Dispatcher {
         let mut sending: JoinSet<(AttemptRecord, Option<Duration>)> = JoinSet::new();
         let mut finished: Vec<AttemptRecord> = Vec::new();
         let mut recording: Option<tokio::task::JoinHandle<()>> = None;
+        let mut claiming: Option<Claiming> = None;
+        // Claims start at four rounds of the lane's concurrency, and double (up to
+        // `MAX_CLAIM`) whenever the lane ran out of deliveries to send before the next claim
+        // came back: a fast endpoint is then claimed for in bigger batches, a slow one keeps
+        // small ones (what it holds must be sent well within the lease).
+        let mut claim_size = 4 * self.per_endpoint;
         // Whether the last claim found nothing: no more are asked for until woken.
         let mut drained = false;
         let mut failed: Option<StoreError> = None;
@@ -248,29 +257,27 @@ impl Dispatcher {
             }
             // Claim more while the queue runs low (sized to the lane's concurrency, or to two
             // seconds of its rate cap).
-            let room = 2 * self.per_endpoint;
-            if !paused && !drained && queue.len() < room && !cancel.is_cancelled() {
+            // The claim runs beside the sends: the lane does not stop sending while it waits
+            // for the writer (a claim is answered after the commit that holds it is on the
+            // disk). It is asked for when half a claim is left to send.
+            if !paused
+                && !drained
+                && claiming.is_none()
+                && queue.len() < claim_size / 2
+                && !cancel.is_cancelled()
+            {
                 let limit = match rate {
-                    Some(r) => ((2.0 * r).ceil() as usize).clamp(1, 2 * room),
-                    None => 2 * room,
+                    Some(r) => ((2.0 * r).ceil() as usize).clamp(1, claim_size),
+                    None => claim_size,
                 };
-                match self
-                    .store
-                    .claim_webhook_deliveries(&self.owner, endpoint, now, lease_ms, limit)
-                    .await
-                {
-                    Ok(due) => {
-                        drained = due.len() < limit;
-                        queue.extend(due);
-                    }
-                    // What the lane holds is still sent and recorded; the claim is tried
-                    // again after the idle wait (or, stepping, reported once all is written).
-                    Err(e) => {
-                        tracing::warn!(error = %e, endpoint, "could not claim webhook deliveries");
-                        drained = true;
-                        failed = Some(e);
-                    }
-                }
+                let (this, id) = (self.clone(), endpoint.to_owned());
+                claiming = Some(tokio::spawn(async move {
+                    let due = this
+                        .store
+                        .claim_webhook_deliveries(&this.owner, &id, now, lease_ms, limit)
+                        .await;
+                    (due, limit)
+                }));
             }
             // Start what the concurrency and the rate cap allow: one at a time once a request
             // has failed, until one succeeds (an endpoint that went down is not sent a round
@@ -278,7 +285,8 @@ impl Dispatcher {
             let mut pacing = None;
             let slots = if failing { 1 } else { self.per_endpoint };
             while sending.len() < slots && !paused {
-                if let Some(at) = self.with_lane(endpoint, |l| l.next_start)
+                if rate.is_some()
+                    && let Some(at) = self.with_lane(endpoint, |l| l.next_start)
                     && at > tokio::time::Instant::now()
                 {
                     pacing = Some(at);
@@ -316,7 +324,8 @@ impl Dispatcher {
                     recording = Some(write);
                 }
             }
-            let idle = sending.is_empty() && finished.is_empty() && queue.is_empty();
+            let idle =
+                sending.is_empty() && finished.is_empty() && queue.is_empty() && claiming.is_none();
             if idle && (until == Until::Idle || cancel.is_cancelled()) && (drained || paused) {
                 break;
             }
@@ -331,6 +340,24 @@ impl Dispatcher {
                 Duration::from_secs(1)
             };
             tokio::select! {
+                claimed = join(&mut claiming), if claiming.is_some() => match claimed {
+                    Some((Ok(due), limit)) => {
+                        drained = due.len() < limit;
+                        let starved = queue.is_empty() && sending.len() < self.per_endpoint;
+                        if !drained && starved {
+                            claim_size = (claim_size * 2).min(MAX_CLAIM);
+                        }
+                        queue.extend(due);
+                    }
+                    // What the lane holds is still sent and recorded; the claim is tried
+                    // again after the idle wait (or, stepping, reported once all is written).
+                    Some((Err(e), _)) => {
+                        tracing::warn!(error = %e, endpoint, "could not claim webhook deliveries");
+                        drained = true;
+                        failed = Some(e);
+                    }
+                    None => drained = true,
+                },
                 Some(done) = sending.join_next(), if !sending.is_empty() => {
                     match done {
                         Ok((record, wait)) => {
@@ -609,6 +636,21 @@ fn describe(e: &reqwest::Error) -> String {
         source = s.source();
     }
     msg
+}
+
+/// A lane's claim under way: the deliveries (or why not), and how many it asked for.
+type Claiming = tokio::task::JoinHandle<(Result<Vec<DueDelivery>, StoreError>, usize)>;
+
+/// The lane's claim under way, once it ends (`None`: its task failed).
+async fn join(
+    claiming: &mut Option<Claiming>,
+) -> Option<(Result<Vec<DueDelivery>, StoreError>, usize)> {
+    let done = match claiming.as_mut() {
+        Some(task) => task.await.ok(),
+        None => std::future::pending().await,
+    };
+    *claiming = None;
+    done
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {

@@ -271,7 +271,11 @@ async fn every_event_arrives_through_an_outage(backend: Backend) {
     let failed = rows.iter().filter(|r| r["status"] == "failed").count();
     let succeeded = rows.iter().filter(|r| r["status"] == "succeeded").count();
     assert_eq!(succeeded, 5, "{log}");
-    assert_eq!(failed + succeeded, rows.len(), "every attempt is logged: {log}");
+    assert_eq!(
+        failed + succeeded,
+        rows.len(),
+        "every attempt is logged: {log}"
+    );
     assert!(
         rows.iter()
             .any(|r| r["status_code"] == 500 && r["response_body"] == "ok")

@@ -31,6 +31,7 @@ async fn until(within: Duration, mut done: impl FnMut() -> bool) -> Duration {
 async fn every_endpoint_keeps_its_own_pace() {
     let app = TestApp::spawn_with(herald::store::Backend::Sqlite, None, |c| {
         c.webhooks.timeout = Duration::from_secs(10);
+        c.webhooks.concurrency_per_endpoint = 4;
     })
     .await;
     let mut healthy = Vec::new();

@@ -59,7 +59,7 @@ if [ -z "$BINS" ]; then
     BINS="=${CARGO_TARGET_DIR:-$PWD/target}/release/herald"
 fi
 PACE=""
-if [[ " $WORKLOADS " == *" half "* ]]; then
+if [[ " $WORKLOADS " == *" half "* || " $WORKLOADS " == *" webhooks-half "* ]]; then
     cargo build --release --quiet --example pace
     PACE=${CARGO_TARGET_DIR:-$PWD/target}/release/examples/pace
 fi

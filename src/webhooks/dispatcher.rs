@@ -21,7 +21,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -449,32 +449,31 @@ impl Dispatcher {
     }
 
     /// The request body: the event, with the email it is about echoed.
-    pub fn payload(d: &DueDelivery) -> Value {
-        let mut data = serde_json::Map::new();
-        if let Some(m) = &d.email {
-            let from = match &m.from_name {
+    pub fn payload(d: &DueDelivery) -> Payload<'_> {
+        let parse = |s: &str| serde_json::from_str::<Value>(s).unwrap_or(Value::Null);
+        let email = d.email.as_ref().map(|m| EmailEcho {
+            email_id: &m.id,
+            message_id: &m.message_id,
+            recipient: d.recipient.as_deref(),
+            stream: &m.stream,
+            from: match &m.from_name {
                 Some(name) => format!("{name} <{}>", m.from_email),
                 None => m.from_email.clone(),
-            };
-            let parse = |s: &str| serde_json::from_str::<Value>(s).unwrap_or(Value::Null);
-            data.insert("email_id".into(), json!(m.id));
-            data.insert("message_id".into(), json!(m.message_id));
-            data.insert("recipient".into(), json!(d.recipient));
-            data.insert("stream".into(), json!(m.stream));
-            data.insert("from".into(), json!(from));
-            data.insert("subject".into(), json!(m.subject));
-            data.insert("tags".into(), parse(&m.tags));
-            data.insert("metadata".into(), parse(&m.metadata));
-            data.insert("created_at".into(), json!(format_ms(m.created_at)));
+            },
+            subject: &m.subject,
+            tags: parse(&m.tags),
+            metadata: parse(&m.metadata),
+            created_at: format_ms(m.created_at),
+        });
+        let event = match serde_json::from_str::<Value>(&d.event_data) {
+            Ok(Value::Object(fields)) => fields,
+            _ => serde_json::Map::new(),
+        };
+        Payload {
+            event_type: d.event_type,
+            timestamp: format_ms(d.event_created_at),
+            data: PayloadData { email, event },
         }
-        if let Ok(Value::Object(extra)) = serde_json::from_str::<Value>(&d.event_data) {
-            data.extend(extra);
-        }
-        json!({
-            "type": d.event_type,
-            "timestamp": format_ms(d.event_created_at),
-            "data": data,
-        })
     }
 
     /// Posts one delivery; the attempt, and the `Retry-After` a 429 or 503 asked for.
@@ -636,6 +635,39 @@ fn describe(e: &reqwest::Error) -> String {
         source = s.source();
     }
     msg
+}
+
+/// A webhook's body: Standard Webhooks' `type`, `timestamp` and `data`.
+#[derive(Debug, serde::Serialize)]
+pub struct Payload<'a> {
+    #[serde(rename = "type")]
+    pub event_type: crate::domain::event::EventType,
+    pub timestamp: String,
+    pub data: PayloadData<'a>,
+}
+
+/// The event's data, after the email it is about (for an event about an email).
+#[derive(Debug, serde::Serialize)]
+pub struct PayloadData<'a> {
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub email: Option<EmailEcho<'a>>,
+    /// The event's own data, as stored (`domain::event::EventData`).
+    #[serde(flatten)]
+    pub event: serde_json::Map<String, Value>,
+}
+
+/// The email an event is about, as webhooks echo it.
+#[derive(Debug, serde::Serialize)]
+pub struct EmailEcho<'a> {
+    pub email_id: &'a str,
+    pub message_id: &'a str,
+    pub recipient: Option<&'a str>,
+    pub stream: &'a str,
+    pub from: String,
+    pub subject: &'a str,
+    pub tags: Value,
+    pub metadata: Value,
+    pub created_at: String,
 }
 
 /// A lane's claim under way: the deliveries (or why not), and how many it asked for.

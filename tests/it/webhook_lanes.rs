@@ -78,6 +78,12 @@ async fn every_endpoint_keeps_its_own_pace() {
         "the healthy endpoints waited for the slow one: {took:?}"
     );
     let dead_round = down.hits().len();
+    println!(
+        "lanes: 98 healthy endpoints got all {emails} events each ({} requests) in {took:?}; \
+         meanwhile the slow one answered {} and the dead one was sent {dead_round}",
+        98 * emails,
+        slow.hits().len()
+    );
     assert!(
         (1..=4).contains(&dead_round),
         "the dead endpoint is sent one round, then waits: {dead_round}"

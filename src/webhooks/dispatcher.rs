@@ -242,6 +242,18 @@ impl Dispatcher {
                 (l.paused_until, l.rate, l.failed_in_a_row > 0)
             });
             let paused = paused_until > now;
+            // Stopping: what is in flight is finished and recorded; what was not sent yet is
+            // given back, due at once (for this process after a restart, or another).
+            if cancel.is_cancelled() && !queue.is_empty() {
+                let ids: Vec<String> = queue.drain(..).map(|d| d.id).collect();
+                if let Err(e) = self
+                    .store
+                    .release_webhook_deliveries(&self.owner, &ids, now)
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not give back webhook deliveries");
+                }
+            }
             if paused && !queue.is_empty() {
                 // Not sent while the endpoint is paused: given back, due when the pause ends.
                 // (If the database cannot take that, their leases run out instead: nothing of

@@ -267,11 +267,10 @@ impl Dispatcher {
                     tracing::warn!(error = %e, "could not give back webhook deliveries");
                 }
             }
-            // Claim more while the queue runs low (sized to the lane's concurrency, or to two
-            // seconds of its rate cap).
-            // The claim runs beside the sends: the lane does not stop sending while it waits
-            // for the writer (a claim is answered after the commit that holds it is on the
-            // disk). It is asked for when half a claim is left to send.
+            // Claim more when half a claim is left to send (at most two seconds of a rate
+            // cap). The claim runs beside the sends: the lane does not stop sending while it
+            // waits for the writer (a claim is answered once the commit holding it is on the
+            // disk).
             if !paused
                 && !drained
                 && claiming.is_none()
@@ -338,10 +337,7 @@ impl Dispatcher {
             }
             let idle =
                 sending.is_empty() && finished.is_empty() && queue.is_empty() && claiming.is_none();
-            if idle && (until == Until::Idle || cancel.is_cancelled()) && (drained || paused) {
-                break;
-            }
-            if idle && cancel.is_cancelled() {
+            if idle && (cancel.is_cancelled() || (until == Until::Idle && (drained || paused))) {
                 break;
             }
             // Wait for the next thing that can move the lane on.

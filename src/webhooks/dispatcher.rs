@@ -38,6 +38,9 @@ use super::signing::signature_header;
 /// How much of a response body the attempt log keeps.
 const RESPONSE_KEEP: usize = 1024;
 
+/// The shortest time between two lookups of the endpoints.
+const REFRESH: Duration = Duration::from_millis(250);
+
 /// The largest claim a lane makes: at 8,000 events a second, an eighth of a second of them.
 const MAX_CLAIM: usize = 1024;
 
@@ -152,7 +155,8 @@ impl Dispatcher {
         let (woken, wakes) = watch::channel(());
         let mut running: HashMap<String, (CancellationToken, tokio::task::JoinHandle<()>)> =
             HashMap::new();
-        loop {
+        'refresh: loop {
+            let refreshed = tokio::time::Instant::now();
             match self.refresh_lanes().await {
                 Ok(lanes) => {
                     running.retain(|id, (stop, task)| {
@@ -183,10 +187,19 @@ impl Dispatcher {
                 }
                 Err(e) => tracing::warn!(error = %e, "could not look up the webhook endpoints"),
             }
-            tokio::select! {
-                () = cancel.cancelled() => break,
-                () = wake.notified() => { woken.send_replace(()); }
-                () = tokio::time::sleep(poll.max(Duration::from_millis(100))) => {}
+            // Announcements wake the idle lanes at once; the endpoints are looked up again
+            // after one, but at most every `REFRESH` (under load every commit announces).
+            let mut announced = false;
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => break 'refresh,
+                    () = wake.notified() => {
+                        woken.send_replace(());
+                        announced = true;
+                    }
+                    () = tokio::time::sleep_until(refreshed + REFRESH), if announced => break,
+                    () = tokio::time::sleep_until(refreshed + poll.max(REFRESH)) => break,
+                }
             }
         }
         // Each lane finishes what it started and records it before the process stops.

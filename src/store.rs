@@ -156,10 +156,10 @@ fn is_transient(e: &sqlx::Error) -> bool {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// A state stored as text, read back with its `parse`: one Herald wrote, or the row is not
-/// what Herald wrote.
+/// A value stored as text (a status, an event type, a state), read back with its `parse`:
+/// one Herald wrote, or the row is not what Herald wrote (`Corrupt`, never dropped).
 fn stored<T>(parse: impl FnOnce(&str) -> Option<T>, s: &str) -> StoreResult<T> {
-    parse(s).ok_or_else(|| StoreError::Corrupt(format!("'{s}' is not a state Herald writes here")))
+    parse(s).ok_or_else(|| StoreError::Corrupt(format!("'{s}' is not a value Herald writes here")))
 }
 
 /// The database: a pool to read from (on Postgres, to write through as well) and the writer.

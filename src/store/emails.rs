@@ -255,21 +255,19 @@ fn email_from_row(r: &AnyRow) -> StoreResult<EmailRecord> {
     })
 }
 
-/// A recipient's status as stored: one Herald wrote, or the row is not what Herald wrote.
+/// A recipient's status as stored (see `store::stored`).
 pub(super) fn recipient_status(s: &str) -> StoreResult<RecipientStatus> {
-    RecipientStatus::parse(s)
-        .ok_or_else(|| StoreError::Corrupt(format!("'{s}' is not a recipient status")))
+    super::stored(RecipientStatus::parse, s)
 }
 
-/// An event's type as stored: one Herald wrote, or the row is corrupt.
+/// An event's type as stored (see `store::stored`).
 pub(super) fn event_type(s: &str) -> StoreResult<EventType> {
-    EventType::parse(s).ok_or_else(|| StoreError::Corrupt(format!("'{s}' is not an event type")))
+    super::stored(EventType::parse, s)
 }
 
-/// How a stored recipient was addressed: as Herald wrote it, or the row is corrupt.
+/// How a stored recipient was addressed (see `store::stored`).
 fn recipient_kind(s: &str) -> StoreResult<RecipientKind> {
-    RecipientKind::parse(s)
-        .ok_or_else(|| StoreError::Corrupt(format!("'{s}' is not a recipient kind")))
+    super::stored(RecipientKind::parse, s)
 }
 
 pub(super) fn recipient_from_row(r: &AnyRow) -> StoreResult<RecipientRecord> {

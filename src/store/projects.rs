@@ -261,6 +261,8 @@ impl Store {
     pub async fn keys_changed(&self, url: &str, changed: impl Fn()) -> StoreResult<()> {
         let mut listener = sqlx::postgres::PgListener::connect(url).await?;
         listener.listen(KEYS_CHANNEL).await?;
+        // What was cached before the listener was listening may already be stale.
+        changed();
         loop {
             match listener.try_recv().await {
                 Ok(Some(_)) => changed(),

@@ -252,6 +252,31 @@ async fn a_revocation_reaches_the_other_process_at_once() {
             .expect("get")
             .status()
     };
+    // Both processes listen for key changes before the key is revoked: the listener starts
+    // beside the server, and a notice sent before it listens is not delivered to it.
+    let db = first.db.pg_name().expect("postgres").to_owned();
+    let listening = || async {
+        let pool = sqlx::AnyPool::connect(&crate::helpers::postgres_admin_url())
+            .await
+            .expect("connect");
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN %'",
+        )
+        .bind(db.clone())
+        .fetch_one(&pool)
+        .await
+        .expect("count listeners");
+        pool.close().await;
+        n
+    };
+    let waited = std::time::Instant::now();
+    while listening().await < 2 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(30),
+            "the key-change listeners never started"
+        );
+        tokio::task::yield_now().await;
+    }
     // The second process has the key in its cache.
     assert_eq!(get(second_base.clone(), token.clone()).await, 200);
     let cached_at = std::time::Instant::now();

@@ -88,6 +88,8 @@ pub struct Shared {
     key_touches: Arc<Mutex<HashMap<String, i64>>>,
     /// API keys by prefix, for a second (see [`crate::cache`]).
     pub api_keys: Arc<crate::cache::TtlCache<crate::store::ApiKeyRecord>>,
+    /// Failed console sign-ins, by address and by account.
+    pub sign_in_throttle: Arc<crate::console::session::Throttle>,
     /// Sending-domain decisions by project and domain, for a second.
     pub senders: Arc<crate::cache::TtlCache<emails::SenderDecision>>,
 }
@@ -129,6 +131,7 @@ impl AppState {
             key_touches: Arc::default(),
             api_keys: Arc::new(crate::cache::TtlCache::new(CACHE_TTL, 10_000)),
             senders: Arc::new(crate::cache::TtlCache::new(CACHE_TTL, 10_000)),
+            sign_in_throttle: crate::console::session::throttle(),
         }))
     }
 
@@ -169,6 +172,11 @@ impl AppState {
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     let (routes, doc) = routes(&state.config.limits).split_for_parts();
+    let routes = if state.config.console.enabled {
+        routes.merge(crate::console::router())
+    } else {
+        routes
+    };
     routes
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", doc))
         .fallback(not_found)
@@ -255,11 +263,15 @@ async fn problems_only(
     use axum::response::IntoResponse;
     let response = next.run(req).await;
     let status = response.status();
-    let is_problem = response
+    // Problems, and the console's pages, which say what went wrong in HTML.
+    let said = response
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        .is_some_and(|v| {
+            v.as_bytes().starts_with(b"application/problem+json")
+                || v.as_bytes().starts_with(b"text/html")
+        });
+    if !(status.is_client_error() || status.is_server_error()) || said {
         return response;
     }
     let detail = axum::body::to_bytes(response.into_body(), 1024)
@@ -297,10 +309,11 @@ async fn security_headers(
     let mut response = next.run(req).await;
     let h = response.headers_mut();
     h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // The console's pages set their own policy (its previews may be framed by the console).
+    h.entry(X_FRAME_OPTIONS)
+        .or_insert(HeaderValue::from_static("DENY"));
     h.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    h.insert(
-        CONTENT_SECURITY_POLICY,
+    h.entry(CONTENT_SECURITY_POLICY).or_insert(
         HeaderValue::from_static(if docs {
             "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
         } else {

@@ -37,6 +37,7 @@ pub struct Config {
     pub domains: DomainsConfig,
     pub inbound: InboundConfig,
     pub retention: RetentionConfig,
+    pub console: ConsoleConfig,
     pub log: LogConfig,
 }
 
@@ -57,6 +58,7 @@ impl Default for Config {
             webhooks: WebhooksConfig::default(),
             domains: DomainsConfig::default(),
             retention: RetentionConfig::default(),
+            console: ConsoleConfig::default(),
             inbound: InboundConfig::default(),
             log: LogConfig::default(),
         }
@@ -327,6 +329,30 @@ impl Default for RetentionConfig {
             event_retention_days: 30,
             batch_size: 500,
             interval: Duration::from_secs(600),
+        }
+    }
+}
+
+/// The operator console, served at `/` beside the API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Whether `herald serve` serves the console at all.
+    pub enabled: bool,
+    /// How long a sign-in lasts.
+    #[serde(with = "duration_text")]
+    pub session_ttl: Duration,
+    /// Mark the session cookie `Secure` on every answer. Without it, the cookie is `Secure`
+    /// only on requests a TLS proxy forwarded with `X-Forwarded-Proto: https`.
+    pub secure_cookie: bool,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            session_ttl: Duration::from_secs(12 * 3600),
+            secure_cookie: false,
         }
     }
 }

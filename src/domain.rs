@@ -12,6 +12,7 @@ pub mod dkim;
 pub mod email;
 pub mod event;
 pub mod mime;
+pub mod operator;
 pub mod retry;
 pub mod sealing;
 pub mod states;

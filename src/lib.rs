@@ -15,6 +15,7 @@ pub mod bounces;
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod delivery;
 pub mod domain;
 pub mod domains;

@@ -9,6 +9,9 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+
+#[path = "cli/operators.rs"]
+mod operators;
 use tokio_util::sync::CancellationToken;
 
 use herald::app::{App, cancel_on_signals};
@@ -46,6 +49,11 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Manage the operators who sign in to the console.
+    Operators {
+        #[command(subcommand)]
+        command: operators::OperatorsCommand,
     },
     /// Mint an admin token (a JWT) for project administration over the API.
     AdminToken {
@@ -198,6 +206,14 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys { command } => keys(config, command).await,
+        Command::Operators { command } => {
+            let store = Store::open(&config.database_url, 2)
+                .await
+                .context("opening the database")?;
+            let done = operators::run(&store, command).await;
+            store.close().await;
+            done
+        }
         Command::AdminToken { ttl, subject } => {
             let ttl = herald::config::duration_text::parse(&ttl)
                 .map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;

@@ -37,6 +37,7 @@ mod emails;
 mod inbound;
 mod kept;
 mod migrate;
+mod operators;
 mod postgres;
 mod probe;
 mod projects;
@@ -62,10 +63,11 @@ pub use emails::{
     EmailFilter, EmailRecord, EventFilter, EventRecord, IdempotencyRecord, NewEmail, NewEvent,
     NewRecipient, RecipientRecord, Respond, StoredResponse, Suppressed, json_text,
 };
-pub use inbound::{KeptInbound, RecipientRef, ReportEffect};
+pub use inbound::{KeptInbound, RecipientRef, ReportEffect, ReportRef};
+pub use operators::{AuditEntry, OperatorRecord, SessionRecord};
 pub use probe::{Probe, ProbeFailure};
 pub use projects::{ApiKeyRecord, Project};
-pub use queue::{ClaimedEmail, ClaimedRecipient, Outcome, Recorded};
+pub use queue::{ClaimedEmail, ClaimedRecipient, Outcome, ProjectQueue, Recorded};
 pub use stats::{BounceCount, METRICS, StatsDimension, StatsQuery, StatsRow};
 pub use suppressions::SuppressionRecord;
 pub use webhooks::{AttemptLogRecord, AttemptRecord, DeliveryEmail, DueDelivery, EndpointRecord};

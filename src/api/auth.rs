@@ -73,7 +73,7 @@ impl FromRequestParts<AppState> for Principal {
             .map(|c| c.0.ip());
         let invalid = || {
             if let Some(ip) = peer {
-                state.auth_failures.fail(ip);
+                state.auth_failures.fail(&ip);
             }
             unauthorized("invalid_api_key", "the API key is not valid")
         };

@@ -492,7 +492,7 @@ pub struct EmailSearch {
 
 impl EmailSearch {
     /// The store's filter and the page size, or what is wrong with the query.
-    fn filter(self) -> ApiResult<(crate::store::EmailFilter, i64)> {
+    pub(crate) fn filter(self) -> ApiResult<(crate::store::EmailFilter, i64)> {
         let bad = |m: String| ApiError::bad_request("invalid_query", m);
         let time = |v: Option<String>| {
             v.map(|v| {

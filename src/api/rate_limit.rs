@@ -90,6 +90,83 @@ pub(super) fn add_headers(resp: &mut axum::response::Response, info: Option<Rate
     }
 }
 
+/// Failed attempts by key (a client address, an account): a token bucket each (`burst`
+/// failures, then `per_second`), checked before the attempt costs anything, so a guessing
+/// client cannot make every request a database read or a password hash.
+pub struct FailureLimiter<K = std::net::IpAddr> {
+    buckets: Mutex<HashMap<K, Bucket>>,
+    burst: f64,
+    per_second: f64,
+}
+
+impl Default for FailureLimiter<std::net::IpAddr> {
+    /// The API's: 20 failed keys, then 5 a second, per address.
+    fn default() -> Self {
+        Self::new(20.0, 5.0)
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> FailureLimiter<K> {
+    /// Keys tracked at once; past it the (stale, at these rates) table starts over.
+    const MAX_KEYS: usize = 100_000;
+
+    pub fn new(burst: f64, per_second: f64) -> Self {
+        Self {
+            buckets: Mutex::default(),
+            burst,
+            per_second,
+        }
+    }
+
+    fn refill(&self, b: &mut Bucket, now: Instant) {
+        b.tokens =
+            (b.tokens + now.duration_since(b.last).as_secs_f64() * self.per_second).min(self.burst);
+        b.last = now;
+    }
+
+    /// `Some(seconds to wait)` when this key has failed too often lately.
+    pub fn wait(&self, key: &K) -> Option<u64> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let b = buckets.get_mut(key)?;
+        self.refill(b, Instant::now());
+        if b.tokens >= 1.0 {
+            return None;
+        }
+        Some(((1.0 - b.tokens) / self.per_second).ceil().max(1.0) as u64)
+    }
+
+    /// Counts one failure of this key.
+    pub fn fail(&self, key: &K) {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() >= Self::MAX_KEYS && !buckets.contains_key(key) {
+            buckets.clear();
+        }
+        let now = Instant::now();
+        let b = buckets.entry(key.clone()).or_insert(Bucket {
+            tokens: self.burst,
+            last: now,
+        });
+        self.refill(b, now);
+        b.tokens = (b.tokens - 1.0).max(0.0);
+    }
+}
+
+impl FailureLimiter<std::net::IpAddr> {
+    /// 429 when this address has failed too often lately.
+    pub fn check(&self, ip: std::net::IpAddr) -> Result<(), ApiError> {
+        let Some(wait) = self.wait(&ip) else {
+            return Ok(());
+        };
+        let mut err = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_failed_authentications",
+            "too many requests with keys that are not valid from this address; wait and check the key",
+        );
+        err.retry_after = Some(wait);
+        Err(err)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,60 +182,5 @@ mod tests {
         assert_eq!(err.retry_after, Some(1));
         assert!(r.check("other", 1.0, 5).is_ok(), "buckets are per key");
         assert!(r.check("k", 0.0, 5).is_ok(), "0 turns limits off");
-    }
-}
-
-/// Failed authentications by client address: a token bucket each (`BURST` failures, then
-/// `PER_SECOND`), checked before a key is looked up, so an unauthenticated client cannot make
-/// every request a database read.
-#[derive(Default)]
-pub struct FailureLimiter {
-    buckets: Mutex<HashMap<std::net::IpAddr, Bucket>>,
-}
-
-impl FailureLimiter {
-    const BURST: f64 = 20.0;
-    const PER_SECOND: f64 = 5.0;
-    /// Addresses tracked at once; past it the (stale, at these rates) table starts over.
-    const MAX_ADDRESSES: usize = 100_000;
-
-    fn refill(b: &mut Bucket, now: Instant) {
-        b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * Self::PER_SECOND)
-            .min(Self::BURST);
-        b.last = now;
-    }
-
-    /// 429 when this address has failed too often lately.
-    pub fn check(&self, ip: std::net::IpAddr) -> Result<(), ApiError> {
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(b) = buckets.get_mut(&ip) else {
-            return Ok(());
-        };
-        Self::refill(b, Instant::now());
-        if b.tokens >= 1.0 {
-            return Ok(());
-        }
-        let mut err = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_failed_authentications",
-            "too many requests with keys that are not valid from this address; wait and check the key",
-        );
-        err.retry_after = Some(((1.0 - b.tokens) / Self::PER_SECOND).ceil().max(1.0) as u64);
-        Err(err)
-    }
-
-    /// Counts one failed authentication from this address.
-    pub fn fail(&self, ip: std::net::IpAddr) {
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() >= Self::MAX_ADDRESSES && !buckets.contains_key(&ip) {
-            buckets.clear();
-        }
-        let now = Instant::now();
-        let b = buckets.entry(ip).or_insert(Bucket {
-            tokens: Self::BURST,
-            last: now,
-        });
-        Self::refill(b, now);
-        b.tokens = (b.tokens - 1.0).max(0.0);
     }
 }

@@ -112,6 +112,30 @@ fn parse_email(raw: &str, pointer: String, errors: &mut Vec<FieldError>) -> Opti
     }
 }
 
+/// A suppression an operator adds by hand (over the API or from the console): a valid
+/// address, `manual` or `unsubscribe`, every stream or a configured one.
+pub(crate) fn manual_suppression(
+    state: &AppState,
+    project_id: &str,
+    email: &str,
+    reason: Option<&str>,
+    stream: Option<&str>,
+) -> Result<SuppressionRecord, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let email = parse_email(email, "/email".into(), &mut errors);
+    let (reason, stream) = manual_scope(state, reason, stream, &mut errors);
+    let Some(email) = email.filter(|_| errors.is_empty()) else {
+        return Err(errors);
+    };
+    Ok(SuppressionRecord::new(
+        project_id,
+        email.as_str(),
+        &stream,
+        reason.as_str(),
+        state.clock.now_ms(),
+    ))
+}
+
 /// `POST /v1/suppressions`.
 #[utoipa::path(post, path = "/v1/suppressions", tag = "suppressions", request_body = AddRequest, responses((status = 201, description = "Added", body = SuppressionResponse), (status = 200, description = "Already there", body = SuppressionResponse), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn add_suppression(
@@ -119,24 +143,14 @@ pub async fn add_suppression(
     FullAccess(principal): FullAccess,
     JsonBody(req): JsonBody<AddRequest>,
 ) -> ApiResult<(StatusCode, Json<SuppressionResponse>)> {
-    let mut errors = Vec::new();
-    let email = parse_email(&req.email, "/email".into(), &mut errors);
-    let (reason, stream) = manual_scope(
+    let record = manual_suppression(
         &state,
+        &principal.project_id,
+        &req.email,
         req.reason.as_deref(),
         req.stream.as_deref(),
-        &mut errors,
-    );
-    let Some(email) = email.filter(|_| errors.is_empty()) else {
-        return Err(ApiError::validation(errors));
-    };
-    let record = SuppressionRecord::new(
-        &principal.project_id,
-        email.as_str(),
-        &stream,
-        reason.as_str(),
-        state.clock.now_ms(),
-    );
+    )
+    .map_err(ApiError::validation)?;
     let (stored, added) = state.store.add_suppression(&record).await?;
     let status = if added {
         StatusCode::CREATED

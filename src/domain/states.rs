@@ -74,6 +74,26 @@ text_enum! {
     }
 }
 
+text_enum! {
+    /// What an operator of the console may do across Herald.
+    OperatorRole {
+        /// Every project, and the projects themselves.
+        Admin => "admin",
+        /// The projects granted to it, each as owner or viewer.
+        Member => "member",
+    }
+}
+
+text_enum! {
+    /// What a member operator may do in one project.
+    ProjectRole {
+        /// Reads and changes.
+        Owner => "owner",
+        /// Reads only.
+        Viewer => "viewer",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

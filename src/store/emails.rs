@@ -742,6 +742,19 @@ impl Store {
         Ok((email, recipients))
     }
 
+    /// The MIME Herald built for one of the project's emails (before DKIM signing), or
+    /// `None` once retention has purged it.
+    pub async fn email_mime(&self, project_id: &str, id: &str) -> StoreResult<Option<Vec<u8>>> {
+        sqlx::query_scalar::<_, Option<Vec<u8>>>(
+            "SELECT mime FROM emails WHERE project_id = $1 AND id = $2",
+        )
+        .bind(project_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)
+    }
+
     /// An email's events in order, after the event id `after` if given; at most `limit`.
     pub async fn list_email_events(
         &self,

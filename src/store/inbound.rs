@@ -7,7 +7,7 @@ use super::emails::{NewEvent, insert_event};
 use super::suppressions::{SuppressionRecord, insert_suppression};
 use super::webhooks::EventRow;
 use super::write::{Owned, Val};
-use super::{Store, StoreResult};
+use super::{Store, StoreError, StoreResult};
 use crate::domain::status::RecipientStatus;
 
 /// A kept inbound message, to be read again.
@@ -56,7 +56,67 @@ fn ref_from_row(r: &sqlx::any::AnyRow) -> StoreResult<RecipientRef> {
     })
 }
 
+/// A kept report that changed a recipient, as the console's email page lists it.
+#[derive(Debug, Clone)]
+pub struct ReportRef {
+    pub inbound_id: String,
+    pub recipient_id: String,
+    pub event_type: String,
+    pub received_at: i64,
+    /// `dsn`, `arf`, … as the reader found it.
+    pub kind: Option<String>,
+    /// What the reader found, as JSON.
+    pub details: Option<String>,
+}
+
 impl Store {
+    /// The kept reports that changed these recipients of the project, oldest first.
+    pub async fn reports_for(
+        &self,
+        project_id: &str,
+        recipient_ids: &[String],
+    ) -> StoreResult<Vec<ReportRef>> {
+        if recipient_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = (0..recipient_ids.len())
+            .map(|i| format!("${}", i + 2))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT f.inbound_id, f.recipient_id, f.event_type, m.received_at, m.kind, m.details \
+             FROM inbound_effects f JOIN inbound_messages m ON m.id = f.inbound_id \
+             WHERE m.project_id = $1 AND f.recipient_id IN ({list}) ORDER BY m.received_at"
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(project_id);
+        for id in recipient_ids {
+            q = q.bind(id.as_str());
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ReportRef {
+                    inbound_id: r.try_get(0)?,
+                    recipient_id: r.try_get(1)?,
+                    event_type: r.try_get(2)?,
+                    received_at: r.try_get(3)?,
+                    kind: r.try_get(4)?,
+                    details: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
+    /// A kept inbound message of the project, as it arrived.
+    pub async fn inbound_raw(&self, project_id: &str, id: &str) -> StoreResult<Vec<u8>> {
+        sqlx::query_scalar("SELECT raw FROM inbound_messages WHERE project_id = $1 AND id = $2")
+            .bind(project_id)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)
+    }
+
     /// Keeps a received message, and the envelope recipients it came to, before anything else
     /// is done with it.
     pub async fn insert_inbound(

@@ -98,6 +98,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0014_webhook_lanes.sql"),
         postgres: include_str!("../../migrations/postgres/0014_webhook_lanes.sql"),
     },
+    Migration {
+        version: 15,
+        name: "console",
+        sqlite: include_str!("../../migrations/sqlite/0015_console.sql"),
+        postgres: include_str!("../../migrations/postgres/0015_console.sql"),
+    },
 ];
 
 /// An arbitrary constant: the advisory lock id Herald's migrations hold on Postgres.

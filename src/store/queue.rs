@@ -272,6 +272,32 @@ impl Store {
         })
     }
 
+    /// One project's waiting recipients (queued, scheduled, delayed), the longest a due one
+    /// has waited (ms), and its webhook deliveries not yet made: the console's overview.
+    pub async fn project_queue(&self, project_id: &str, now_ms: i64) -> StoreResult<ProjectQueue> {
+        let r = sqlx::query(concat!(
+            "SELECT COUNT(*), MIN(CASE WHEN next_attempt_at <= $2 THEN next_attempt_at END) \
+             FROM recipients WHERE project_id = $1 AND ",
+            pending!()
+        ))
+        .bind(project_id)
+        .bind(now_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        let oldest: Option<i64> = r.try_get(1)?;
+        let webhook_backlog: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM webhook_deliveries WHERE project_id = $1 AND status = 'pending'",
+        )
+        .bind(project_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(ProjectQueue {
+            waiting: r.try_get(0)?,
+            oldest_due_ms: oldest.map(|t| (now_ms - t).max(0)),
+            webhook_backlog,
+        })
+    }
+
     /// Recipients still waiting for delivery (queued, scheduled, delayed), for tests and health.
     pub async fn count_pending(&self) -> StoreResult<i64> {
         let n: i64 = sqlx::query_scalar(concat!(
@@ -489,4 +515,13 @@ mod tests {
         }
         store.close().await;
     }
+}
+
+/// A project's queue as the console's overview shows it.
+#[derive(Debug, Clone, Copy)]
+pub struct ProjectQueue {
+    pub waiting: i64,
+    /// How long the longest-waiting due recipient has waited, if one is due.
+    pub oldest_due_ms: Option<i64>,
+    pub webhook_backlog: i64,
 }

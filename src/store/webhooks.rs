@@ -833,6 +833,40 @@ impl Store {
             .await
     }
 
+    /// The webhook deliveries of one email's events, oldest first: the endpoint's URL, the
+    /// event's type, the delivery's status and the last answer's status code.
+    pub async fn webhook_deliveries_of_email(
+        &self,
+        project_id: &str,
+        email_id: &str,
+    ) -> StoreResult<Vec<(String, String, String, String)>> {
+        let rows = sqlx::query(
+            "SELECT w.url, ev.type, d.status, d.last_status_code, d.attempts \
+             FROM events ev JOIN webhook_deliveries d ON d.event_id = ev.id \
+             JOIN webhook_endpoints w ON w.id = d.endpoint_id \
+             WHERE ev.project_id = $1 AND ev.email_id = $2 ORDER BY d.created_at, d.id LIMIT 500",
+        )
+        .bind(project_id)
+        .bind(email_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let code: Option<i64> = r.try_get(3)?;
+                let attempts: i64 = r.try_get(4)?;
+                Ok((
+                    r.try_get(0)?,
+                    r.try_get(1)?,
+                    r.try_get(2)?,
+                    match code {
+                        Some(c) => format!("{c} after {attempts} attempt(s)"),
+                        None => format!("{attempts} attempt(s)"),
+                    },
+                ))
+            })
+            .collect()
+    }
+
     /// Pending webhook deliveries (the backlog), for tests and metrics.
     pub async fn count_pending_webhooks(&self) -> StoreResult<i64> {
         let n: i64 =

@@ -79,6 +79,18 @@ impl From<String> for Owned {
     }
 }
 
+impl From<Vec<u8>> for Owned {
+    fn from(b: Vec<u8>) -> Self {
+        Owned::Blob(b)
+    }
+}
+
+impl From<Option<String>> for Owned {
+    fn from(s: Option<String>) -> Self {
+        Owned::OptText(s)
+    }
+}
+
 impl From<i64> for Owned {
     fn from(n: i64) -> Self {
         Owned::Int(n)

@@ -79,6 +79,8 @@ impl Store {
         if recipient_ids.is_empty() {
             return Ok(Vec::new());
         }
+        // The recipients are the project's (read with its email); the reports' own project
+        // is not known for one that came to the SMTP listener unmatched at first.
         let list = (0..recipient_ids.len())
             .map(|i| format!("${}", i + 2))
             .collect::<Vec<_>>()
@@ -86,7 +88,7 @@ impl Store {
         let sql = format!(
             "SELECT f.inbound_id, f.recipient_id, f.event_type, m.received_at, m.kind, m.details \
              FROM inbound_effects f JOIN inbound_messages m ON m.id = f.inbound_id \
-             WHERE m.project_id = $1 AND f.recipient_id IN ({list}) ORDER BY m.received_at"
+             WHERE $1 <> '' AND f.recipient_id IN ({list}) ORDER BY m.received_at"
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(project_id);
         for id in recipient_ids {
@@ -107,14 +109,19 @@ impl Store {
             .collect()
     }
 
-    /// A kept inbound message of the project, as it arrived.
+    /// A kept inbound message, as it arrived, if it was the project's or changed one of its
+    /// recipients.
     pub async fn inbound_raw(&self, project_id: &str, id: &str) -> StoreResult<Vec<u8>> {
-        sqlx::query_scalar("SELECT raw FROM inbound_messages WHERE project_id = $1 AND id = $2")
-            .bind(project_id)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(StoreError::NotFound)
+        sqlx::query_scalar(
+            "SELECT m.raw FROM inbound_messages m WHERE m.id = $2 AND (m.project_id = $1 \
+             OR EXISTS (SELECT 1 FROM inbound_effects f JOIN recipients r ON r.id = f.recipient_id \
+             WHERE f.inbound_id = m.id AND r.project_id = $1))",
+        )
+        .bind(project_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)
     }
 
     /// Keeps a received message, and the envelope recipients it came to, before anything else

@@ -11,6 +11,7 @@ mod bounce_corpus;
 mod bounce_mutations;
 mod checkpoints;
 mod cli;
+mod console;
 mod crash;
 mod delivery;
 mod domains;

@@ -191,6 +191,7 @@ struct ShowPage {
     created: String,
     stream: String,
     tags: String,
+    metadata: Vec<(String, String)>,
     message_id: String,
     status: String,
     recipients: Vec<RecipientView>,
@@ -274,6 +275,7 @@ pub async fn show(
         tags: serde_json::from_str::<Vec<String>>(&email.tags)
             .unwrap_or_default()
             .join(", "),
+        metadata: fields_of(&email.metadata),
         message_id: email.message_id.clone(),
         status: status.as_str().to_owned(),
         cancellable: recipients.iter().any(|r| {

@@ -32,6 +32,7 @@ pub fn router() -> Router<AppState> {
         .route("/switch", get(pages::switch))
         .route("/assets/console.css", get(style_sheet))
         .route("/assets/console.js", get(script))
+        .route("/assets/favicon.svg", get(favicon))
         .route("/projects/{project}", get(pages::overview::page))
         .route("/projects/{project}/emails", get(pages::emails::list))
         .route("/projects/{project}/emails/{id}", get(pages::emails::show))
@@ -103,6 +104,10 @@ async fn script() -> Response {
         "text/javascript; charset=utf-8",
         include_str!("console/assets/console.js"),
     )
+}
+
+async fn favicon() -> Response {
+    asset("image/svg+xml", include_str!("console/assets/favicon.svg"))
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {

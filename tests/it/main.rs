@@ -12,6 +12,7 @@ mod bounce_mutations;
 mod checkpoints;
 mod cli;
 mod console;
+mod console_browser;
 mod crash;
 mod delivery;
 mod domains;

@@ -65,6 +65,18 @@ pub fn router() -> Router<AppState> {
             post(pages::suppressions::remove),
         )
         .route("/projects/{project}/audit", get(pages::audit::page))
+        .route(
+            "/projects/{project}/webhooks",
+            get(pages::webhooks::list).post(pages::webhooks::create),
+        )
+        .route(
+            "/projects/{project}/webhooks/{id}",
+            get(pages::webhooks::show).post(pages::webhooks::update),
+        )
+        .route(
+            "/projects/{project}/webhooks/{id}/action",
+            post(pages::webhooks::action),
+        )
         .layer(axum::middleware::from_fn(page_headers))
 }
 

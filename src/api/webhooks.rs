@@ -116,6 +116,114 @@ fn webhook_response(
     Ok(w)
 }
 
+/// What an operator sets of an endpoint, over the API or from the console; `None` leaves a
+/// field as it is (a new endpoint must name its URL and events).
+#[derive(Debug, Default)]
+pub(crate) struct EndpointChanges {
+    pub url: Option<String>,
+    pub events: Option<Vec<String>>,
+    pub streams: Option<Vec<String>>,
+    pub description: Option<Option<String>>,
+    pub rate_limit: Option<Option<i64>>,
+    /// `enabled` or `disabled`.
+    pub status: Option<String>,
+}
+
+/// A new endpoint of the project, enabled, with a new secret, after every rule.
+pub(crate) async fn new_endpoint(
+    state: &AppState,
+    project_id: &str,
+    changes: EndpointChanges,
+) -> Result<EndpointRecord, Vec<FieldError>> {
+    let now = state.clock.now_ms();
+    let mut record = EndpointRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        project_id: project_id.to_owned(),
+        url: String::new(),
+        description: None,
+        event_types: Vec::new(),
+        streams: Vec::new(),
+        status: EndpointStatus::Enabled,
+        disabled_reason: None,
+        secret: state.sealer.seal(&generate_secret()),
+        previous_secret: None,
+        previous_secret_expires_at: None,
+        created_at: now,
+        updated_at: now,
+        rate_limit: None,
+    };
+    let changes = EndpointChanges {
+        url: Some(changes.url.unwrap_or_default()),
+        events: Some(changes.events.unwrap_or_default()),
+        ..changes
+    };
+    apply_changes(state, &mut record, changes).await?;
+    Ok(record)
+}
+
+/// Checks the changes against every rule of an endpoint (the one place they are) and makes
+/// them, or says what is wrong with each.
+pub(crate) async fn apply_changes(
+    state: &AppState,
+    e: &mut EndpointRecord,
+    c: EndpointChanges,
+) -> Result<(), Vec<FieldError>> {
+    let mut errors = Vec::new();
+    if let Some(url) = c.url {
+        check_url(state, &url, &mut errors).await;
+        e.url = url;
+    }
+    if let Some(events) = c.events {
+        check_events(&events, &mut errors);
+        e.event_types = events;
+    }
+    if let Some(streams) = c.streams {
+        check_streams(state, &streams, &mut errors);
+        e.streams = streams;
+    }
+    if let Some(description) = c.description {
+        check_description(description.as_deref(), &mut errors);
+        e.description = description;
+    }
+    if let Some(rate) = c.rate_limit {
+        check_rate(rate, &mut errors);
+        e.rate_limit = rate;
+    }
+    match c.status.as_deref() {
+        None => {}
+        Some("enabled") => {
+            e.status = EndpointStatus::Enabled;
+            e.disabled_reason = None;
+        }
+        Some("disabled") => {
+            e.status = EndpointStatus::Disabled;
+            e.disabled_reason = Some("disabled by the operator".into());
+        }
+        Some(_) => errors.push(FieldError::new(
+            "/status",
+            "validation_error",
+            "status must be enabled or disabled",
+        )),
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    e.updated_at = state.clock.now_ms();
+    Ok(())
+}
+
+/// A new secret for the endpoint; the old one keeps signing for `grace_seconds`.
+pub(crate) fn rotate(state: &AppState, e: &mut EndpointRecord, grace_seconds: u64) {
+    let now = state.clock.now_ms();
+    e.previous_secret = Some(std::mem::replace(
+        &mut e.secret,
+        state.sealer.seal(&generate_secret()),
+    ));
+    e.previous_secret_expires_at =
+        Some(now + i64::try_from(grace_seconds.saturating_mul(1000)).unwrap_or(i64::MAX));
+    e.updated_at = now;
+}
+
 async fn check_url(state: &AppState, url: &str, errors: &mut Vec<FieldError>) {
     match check_target(url, state.config.webhooks.allow_private_targets).await {
         Ok(_) => {}
@@ -226,33 +334,21 @@ pub async fn create_webhook(
         return Ok(resp);
     }
     let req: CreateWebhookRequest = parse_object(&body)?;
-    let mut errors = Vec::new();
-    check_url(&state, &req.url, &mut errors).await;
-    check_events(&req.events, &mut errors);
-    let streams = req.streams.unwrap_or_default();
-    check_streams(&state, &streams, &mut errors);
-    check_description(req.description.as_deref(), &mut errors);
-    check_rate(req.rate_limit, &mut errors);
-    if !errors.is_empty() {
-        return Err(ApiError::validation(errors));
-    }
-    let now = state.clock.now_ms();
-    let record = EndpointRecord {
-        id: uuid::Uuid::now_v7().to_string(),
-        project_id: principal.project_id.clone(),
-        url: req.url,
-        description: req.description,
-        event_types: req.events,
-        streams,
-        status: EndpointStatus::Enabled,
-        disabled_reason: None,
-        secret: state.sealer.seal(&generate_secret()),
-        previous_secret: None,
-        previous_secret_expires_at: None,
-        created_at: now,
-        updated_at: now,
-        rate_limit: req.rate_limit,
-    };
+    let record = new_endpoint(
+        &state,
+        &principal.project_id,
+        EndpointChanges {
+            url: Some(req.url),
+            events: Some(req.events),
+            streams: req.streams,
+            description: Some(req.description),
+            rate_limit: Some(req.rate_limit),
+            status: None,
+        },
+    )
+    .await
+    .map_err(ApiError::validation)?;
+    let now = record.created_at;
     let idempotency = key.as_ref().map(|k| crate::store::IdempotencyRecord {
         project_id: principal.project_id.clone(),
         method: "POST".into(),
@@ -335,47 +431,20 @@ pub async fn update_webhook(
         .store
         .get_webhook_endpoint(&principal.project_id, &id)
         .await?;
-    let mut errors = Vec::new();
-    if let Some(url) = req.url {
-        check_url(&state, &url, &mut errors).await;
-        e.url = url;
-    }
-    if let Some(events) = req.events {
-        check_events(&events, &mut errors);
-        e.event_types = events;
-    }
-    if let Some(streams) = req.streams {
-        check_streams(&state, &streams, &mut errors);
-        e.streams = streams;
-    }
-    if req.description.is_some() {
-        check_description(req.description.as_deref(), &mut errors);
-        e.description = req.description;
-    }
-    if let Some(rate) = req.rate_limit {
-        check_rate(rate, &mut errors);
-        e.rate_limit = rate;
-    }
-    match req.status.as_deref() {
-        None => {}
-        Some("enabled") => {
-            e.status = EndpointStatus::Enabled;
-            e.disabled_reason = None;
-        }
-        Some("disabled") => {
-            e.status = EndpointStatus::Disabled;
-            e.disabled_reason = Some("disabled by the operator".into());
-        }
-        Some(_) => errors.push(FieldError::new(
-            "/status",
-            "validation_error",
-            "status must be enabled or disabled",
-        )),
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::validation(errors));
-    }
-    e.updated_at = state.clock.now_ms();
+    apply_changes(
+        &state,
+        &mut e,
+        EndpointChanges {
+            url: req.url,
+            events: req.events,
+            streams: req.streams,
+            description: req.description.map(Some),
+            rate_limit: req.rate_limit,
+            status: req.status,
+        },
+    )
+    .await
+    .map_err(ApiError::validation)?;
     state.store.update_webhook_endpoint(&e).await?;
     // The dispatcher looks its lanes up again at once (a new cap, an endpoint enabled).
     state.events_wake.notify_one();
@@ -419,13 +488,7 @@ pub async fn rotate_secret(
         .store
         .get_webhook_endpoint(&principal.project_id, &id)
         .await?;
-    let now = state.clock.now_ms();
-    e.previous_secret = Some(std::mem::replace(
-        &mut e.secret,
-        state.sealer.seal(&generate_secret()),
-    ));
-    e.previous_secret_expires_at = Some(now + i64::try_from(grace * 1000).unwrap_or(i64::MAX));
-    e.updated_at = now;
+    rotate(&state, &mut e, grace);
     state.store.update_webhook_endpoint(&e).await?;
     let mut w = webhook_response(&state, &e, true)?;
     w.previous_secret_expires_at = e.previous_secret_expires_at.map(format_ms);

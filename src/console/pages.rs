@@ -4,6 +4,7 @@ pub mod audit;
 pub mod emails;
 pub mod overview;
 pub mod suppressions;
+pub mod webhooks;
 
 use askama::Template;
 use axum::extract::State;

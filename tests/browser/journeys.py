@@ -7,7 +7,7 @@ bounce report), adds the operators, and passes what it made in the environment:
 
   HERALD_BASE, HERALD_PROJECT, HERALD_PASSWORD, HERALD_ADMIN, HERALD_VIEWER,
   HERALD_BOUNCED (an email the relay refused with 550), HERALD_REPORTED (an email a DSN
-  bounced), HERALD_SHOTS (where the screenshots go).
+  bounced), HERALD_RECEIVER (a webhook receiver's URL), HERALD_SHOTS (the screenshots).
 
 Every page is also checked for: console errors, requests to any host but Herald's, and
 axe-core's accessibility rules (no serious or critical violation), at 1280 px and 390 px wide.
@@ -34,6 +34,7 @@ ADMIN = os.environ["HERALD_ADMIN"]
 VIEWER = os.environ["HERALD_VIEWER"]
 BOUNCED = os.environ["HERALD_BOUNCED"]
 REPORTED = os.environ["HERALD_REPORTED"]
+RECEIVER = os.environ["HERALD_RECEIVER"]
 SHOTS = pathlib.Path(os.environ["HERALD_SHOTS"])
 AXE = (pathlib.Path(__file__).parent / "axe.min.js").read_text()
 HOST = urllib.parse.urlsplit(BASE).netloc
@@ -82,7 +83,8 @@ def wait_text(d, text, what):
 
 
 def page_text(d):
-    return d.find_element(By.TAG_NAME, "body").text
+    # Read in one script: an element looked up first could go stale under a navigation.
+    return d.execute_script("return document.body ? document.body.innerText : ''")
 
 
 def requests_seen(d):
@@ -121,7 +123,7 @@ def audit_page(d, name):
         if overflow > 1:
             wide = d.execute_script(
                 "const w = document.documentElement.clientWidth; return [...document.querySelectorAll('body *')]"
-                ".filter(e => e.getBoundingClientRect().right > w + 1 && !e.closest('.scroll'))"
+                ".filter(e => (e.getBoundingClientRect().right > w + 1 || e.scrollWidth > e.clientWidth + 1 && getComputedStyle(e).overflowX === 'visible') && !e.closest('.scroll'))"
                 ".slice(0, 5).map(e => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))")
             raise Failed(f"{name} at {w}px: the page is {overflow}px wider than the window: {wide}")
         d.save_screenshot(str(SHOTS / f"{name}-{label}.png"))
@@ -212,6 +214,33 @@ def journey_suppressions(d):
     return "added and removed journey@example.com; both in the audit log"
 
 
+def journey_webhook(d):
+    go(d, f"/projects/{PROJECT}/webhooks", "webhooks")
+    d.find_element(By.ID, "w-url").send_keys(RECEIVER)
+    d.find_element(By.XPATH, "//input[@name='events'][@value='*']").click()
+    d.find_element(By.XPATH, "//button[text()='Add the endpoint']").click()
+    wait_text(d, "Attempt log", "the new endpoint's page")
+    check(RECEIVER in d.find_element(By.TAG_NAME, "h1").text, "the endpoint's URL")
+    audit_page(d, "webhook")
+    d.find_element(By.XPATH, "//button[text()='Show the signing secret']").click()
+    wait_text(d, "Signing secret", "the secret on demand")
+    secret = d.find_element(By.ID, "secret").text
+    check(secret.startswith("whsec_"), f"a Standard Webhooks secret ({secret[:6]}…)")
+    check(secret not in d.current_url, "the secret is not in the URL")
+    d.get(BASE + f"/projects/{PROJECT}/webhooks")
+    d.find_element(By.PARTIAL_LINK_TEXT, RECEIVER).click()
+    d.find_element(By.XPATH, "//button[text()='Send a test event']").click()
+    wait_text(d, "A webhook.test event is on its way.", "the test event")
+    # The dispatcher sends it within moments; the log shows the receiver's 200.
+    try:
+        WebDriverWait(d, 15, poll_frequency=0.25).until(
+            lambda d: (d.refresh() or True) and "succeeded 200" in page_text(d))
+    except Exception:
+        raise Failed("the test event's delivery never appeared in the attempt log")
+    audit_page(d, "webhook-attempts")
+    return "created an endpoint, saw its secret, sent a test event; the log shows 200"
+
+
 def journey_keyboard(d):
     d.get(BASE + f"/projects/{PROJECT}")
     body = d.find_element(By.TAG_NAME, "body")
@@ -255,7 +284,7 @@ def main():
     d = browser()
     try:
         for j in (journey_sign_in_and_overview, journey_find_an_email, journey_bounce_report,
-                  journey_suppressions, journey_keyboard, journey_sign_out, journey_viewer):
+                  journey_suppressions, journey_webhook, journey_keyboard, journey_sign_out, journey_viewer):
             requests_seen(d)  # start each journey's request log afresh
             try:
                 print(f"ok {j.__name__}: {j(d)}", flush=True)

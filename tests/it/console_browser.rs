@@ -91,6 +91,14 @@ async fn operators_journeys_in_a_real_browser() {
         Some(ProjectRole::Viewer),
     )
     .await;
+    // Webhooks go to a real receiver, sent by the dispatcher running as `herald serve` runs it.
+    let receiver = crate::receiver::Receiver::start().await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let dispatcher = tokio::spawn(app.dispatcher.clone().run(
+        std::sync::Arc::new(tokio::sync::Notify::new()),
+        stop.clone(),
+        std::time::Duration::from_millis(100),
+    ));
     let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
     let out = tokio::process::Command::new("python3")
         .arg(concat!(
@@ -105,6 +113,7 @@ async fn operators_journeys_in_a_real_browser() {
         .env("HERALD_BOUNCED", &bounced)
         .env("HERALD_REPORTED", &reported)
         .env("HERALD_SHOTS", &shots)
+        .env("HERALD_RECEIVER", receiver.url())
         .kill_on_drop(true)
         .output()
         .await
@@ -116,6 +125,15 @@ async fn operators_journeys_in_a_real_browser() {
         "journeys failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), 7);
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), 8);
+    assert!(
+        receiver
+            .hits()
+            .iter()
+            .any(|h| h.body.contains("webhook.test")),
+        "the receiver got the test event"
+    );
+    stop.cancel();
+    dispatcher.await.expect("dispatcher");
     app.finish().await;
 }

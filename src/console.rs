@@ -65,6 +65,28 @@ pub fn router() -> Router<AppState> {
             post(pages::suppressions::remove),
         )
         .route("/projects/{project}/audit", get(pages::audit::page))
+        .route("/projects/{project}/bounces", get(pages::bounces::page))
+        .route(
+            "/projects/{project}/bounces/reprocess",
+            post(pages::bounces::reprocess),
+        )
+        .route("/projects/{project}/domains", get(pages::domains::list))
+        .route(
+            "/projects/{project}/domains/{id}",
+            get(pages::domains::show),
+        )
+        .route(
+            "/projects/{project}/domains/{id}/action",
+            post(pages::domains::action),
+        )
+        .route(
+            "/projects/{project}/keys",
+            get(pages::keys::list).post(pages::keys::create),
+        )
+        .route(
+            "/projects/{project}/keys/{id}/revoke",
+            post(pages::keys::revoke),
+        )
         .route(
             "/projects/{project}/webhooks",
             get(pages::webhooks::list).post(pages::webhooks::create),

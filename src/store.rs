@@ -63,7 +63,7 @@ pub use emails::{
     EmailFilter, EmailRecord, EventFilter, EventRecord, IdempotencyRecord, NewEmail, NewEvent,
     NewRecipient, RecipientRecord, Respond, StoredResponse, Suppressed, json_text,
 };
-pub use inbound::{KeptInbound, RecipientRef, ReportEffect, ReportRef};
+pub use inbound::{KeptInbound, RecipientRef, ReportEffect, ReportRef, UnreadInbound};
 pub use operators::{AuditEntry, OperatorRecord, SessionRecord};
 pub use probe::{Probe, ProbeFailure};
 pub use projects::{ApiKeyRecord, Project};

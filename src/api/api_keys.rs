@@ -37,78 +37,15 @@ pub async fn create_api_key(
     FullAccess(principal): FullAccess,
     JsonBody(req): JsonBody<CreateApiKeyRequest>,
 ) -> ApiResult<(StatusCode, Json<ApiKeyResponse>)> {
-    let now = state.clock.now_ms();
-    let mut errors = Vec::new();
-    let name = req.name.trim();
-    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        errors.push(FieldError::new(
-            "/name",
-            "validation_error",
-            "name must be 1 to 100 printable characters",
-        ));
-    }
-    let permission = match req.permission.as_deref() {
-        None => Some(Permission::FullAccess),
-        Some(p) => Permission::parse(p),
-    };
-    if permission.is_none() {
-        errors.push(FieldError::new(
-            "/permission",
-            "validation_error",
-            "permission must be full_access or sending_access",
-        ));
-    }
-    let expires_at = match req
-        .expires_at
-        .as_deref()
-        .map(chrono::DateTime::parse_from_rfc3339)
-    {
-        None => None,
-        Some(Ok(t)) if t.timestamp_millis() > now => Some(t.timestamp_millis()),
-        Some(_) => {
-            errors.push(FieldError::new(
-                "/expires_at",
-                "validation_error",
-                "expires_at must be a future RFC 3339 time with an offset",
-            ));
-            None
-        }
-    };
-    // Each domain as `From` addresses carry it: lower-case ASCII, an internationalized one in
-    // its ASCII form (see `domain::address`).
-    let allowed_domains = req.allowed_domains.map(|list| {
-        list.iter()
-            .enumerate()
-            .filter_map(|(i, d)| {
-                let domain = domain_name(d);
-                if domain.is_none() {
-                    errors.push(FieldError::new(
-                        format!("/allowed_domains/{i}"),
-                        "invalid_domain",
-                        format!("'{}' is not a domain name", d.escape_debug()),
-                    ));
-                }
-                domain
-            })
-            .collect::<Vec<_>>()
-    });
-    let (Some(permission), true) = (permission, errors.is_empty()) else {
-        return Err(ApiError::validation(errors));
-    };
-    let token = ApiKeyToken::generate();
-    let record = ApiKeyRecord {
-        id: uuid::Uuid::now_v7().to_string(),
-        project_id: principal.project_id.clone(),
-        name: name.to_owned(),
-        prefix: token.prefix(),
-        secret_hash: token.secret_hash(),
-        permission: permission.as_str().to_owned(),
-        created_at: now,
-        last_used_at: None,
-        expires_at,
-        revoked_at: None,
-        allowed_domains,
-    };
+    let (record, token) = new_api_key(
+        state.clock.now_ms(),
+        &principal.project_id,
+        &req.name,
+        req.permission.as_deref(),
+        req.expires_at.as_deref(),
+        req.allowed_domains,
+    )
+    .map_err(ApiError::validation)?;
     state.store.insert_api_key(&record).await?;
     Ok((
         StatusCode::CREATED,
@@ -140,4 +77,84 @@ pub async fn delete_api_key(
         .await?;
     state.api_keys.clear();
     Ok(Json(Deleted::new("api_key", id)))
+}
+
+/// A new key of the project and its token (shown once), after every rule of a key: the API's
+/// `POST /v1/api-keys` and the console's. `permission` defaults to full access.
+pub(crate) fn new_api_key(
+    now: i64,
+    project_id: &str,
+    name: &str,
+    permission: Option<&str>,
+    expires_at: Option<&str>,
+    allowed_domains: Option<Vec<String>>,
+) -> Result<(ApiKeyRecord, ApiKeyToken), Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        errors.push(FieldError::new(
+            "/name",
+            "validation_error",
+            "name must be 1 to 100 printable characters",
+        ));
+    }
+    let permission = match permission {
+        None => Some(Permission::FullAccess),
+        Some(p) => Permission::parse(p),
+    };
+    if permission.is_none() {
+        errors.push(FieldError::new(
+            "/permission",
+            "validation_error",
+            "permission must be full_access or sending_access",
+        ));
+    }
+    let expires_at = match expires_at.map(chrono::DateTime::parse_from_rfc3339) {
+        None => None,
+        Some(Ok(t)) if t.timestamp_millis() > now => Some(t.timestamp_millis()),
+        Some(_) => {
+            errors.push(FieldError::new(
+                "/expires_at",
+                "validation_error",
+                "expires_at must be a future RFC 3339 time with an offset",
+            ));
+            None
+        }
+    };
+    // Each domain as `From` addresses carry it: lower-case ASCII, an internationalized one in
+    // its ASCII form (see `domain::address`).
+    let allowed_domains = allowed_domains.map(|list| {
+        list.iter()
+            .enumerate()
+            .filter_map(|(i, d)| {
+                let domain = domain_name(d);
+                if domain.is_none() {
+                    errors.push(FieldError::new(
+                        format!("/allowed_domains/{i}"),
+                        "invalid_domain",
+                        format!("'{}' is not a domain name", d.escape_debug()),
+                    ));
+                }
+                domain
+            })
+            .collect::<Vec<_>>()
+    });
+    let (Some(permission), true) = (permission, errors.is_empty()) else {
+        return Err(errors);
+    };
+    let token = ApiKeyToken::generate();
+    let record = ApiKeyRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        project_id: project_id.to_owned(),
+        name: name.to_owned(),
+        prefix: token.prefix(),
+        secret_hash: token.secret_hash(),
+        permission: permission.as_str().to_owned(),
+        created_at: now,
+        last_used_at: None,
+        expires_at,
+        revoked_at: None,
+        allowed_domains,
+    };
+    Ok((record, token))
 }

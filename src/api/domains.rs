@@ -49,7 +49,7 @@ pub struct RotateRequest {
     dkim_algorithm: Option<String>,
 }
 
-fn settings(state: &AppState) -> RecordSettings<'_> {
+pub(crate) fn settings(state: &AppState) -> RecordSettings<'_> {
     let c = &state.config;
     RecordSettings {
         bounce_domain: &c.delivery.bounce_domain,
@@ -297,7 +297,26 @@ pub async fn verify_domain(
     FullAccess(principal): FullAccess,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<DomainResponse>)> {
-    let (mut d, keys) = state.store.get_domain(&principal.project_id, &id).await?;
+    let (d, keys) = verify_now(&state, &principal.project_id, &id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(DomainResponse::new(
+            &d,
+            &keys,
+            &settings(&state),
+            state.clock.now_ms(),
+        )),
+    ))
+}
+
+/// Asks for the domain's records to be checked now (a failed domain gets a new window): the
+/// API's `verify` and the console's "Verify now".
+pub(crate) async fn verify_now(
+    state: &AppState,
+    project_id: &str,
+    id: &str,
+) -> ApiResult<(DomainRecord, Vec<DkimKeyRecord>)> {
+    let (mut d, keys) = state.store.get_domain(project_id, id).await?;
     let now = state.clock.now_ms();
     d.next_check_at = Some(now);
     if d.status == DomainStatus::Failed {
@@ -310,10 +329,7 @@ pub async fn verify_domain(
     state.domains_wake.notify_waiters();
     // Sends pick up the change now, not a second later.
     state.senders.clear();
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(DomainResponse::new(&d, &keys, &settings(&state), now)),
-    ))
+    Ok((d, keys))
 }
 
 /// `POST /v1/domains/{id}/dkim/rotate`: a new pending key; it signs once its record verifies.
@@ -325,7 +341,35 @@ pub async fn rotate_dkim(
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<DomainResponse>)> {
     let req: RotateRequest = super::json::parse_optional(&body)?;
-    let (mut d, keys) = state.store.get_domain(&principal.project_id, &id).await?;
+    let (d, keys) = rotate_key(
+        &state,
+        &principal.project_id,
+        &id,
+        req.dkim_selector,
+        req.dkim_algorithm.as_deref(),
+    )
+    .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(DomainResponse::new(
+            &d,
+            &keys,
+            &settings(&state),
+            state.clock.now_ms(),
+        )),
+    ))
+}
+
+/// A new pending DKIM key for the domain (a new selector to publish; the old key signs until
+/// the new record is seen): the API's rotation and the console's.
+pub(crate) async fn rotate_key(
+    state: &AppState,
+    project_id: &str,
+    id: &str,
+    selector: Option<String>,
+    algorithm: Option<&str>,
+) -> ApiResult<(DomainRecord, Vec<DkimKeyRecord>)> {
+    let (mut d, keys) = state.store.get_domain(project_id, id).await?;
     if d.dkim_mode != "herald" {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -342,7 +386,7 @@ pub async fn rotate_dkim(
     }
     let now = state.clock.now_ms();
     let mut errors = Vec::new();
-    let selector = req.dkim_selector.unwrap_or_else(|| default_selector(now));
+    let selector = selector.unwrap_or_else(|| default_selector(now));
     if !valid_label(&selector) || keys.iter().any(|k| k.selector == selector) {
         errors.push(FieldError::new(
             "/dkim_selector",
@@ -350,20 +394,16 @@ pub async fn rotate_dkim(
             "a new selector: one DNS label not used before",
         ));
     }
-    let algorithm = parse_algorithm(req.dkim_algorithm.as_deref(), &mut errors);
+    let algorithm = parse_algorithm(algorithm, &mut errors);
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
     }
-    let key = new_key(&state, &d.id, selector, algorithm, KeyState::Pending, now)?;
+    let key = new_key(state, &d.id, selector, algorithm, KeyState::Pending, now)?;
     state.store.insert_dkim_key(&key).await?;
     d.next_check_at = Some(now);
     state.store.update_domain(&d, None).await?;
     state.domains_wake.notify_waiters();
-    let (d, keys) = state.store.get_domain(&principal.project_id, &id).await?;
-    // Sends pick up the change now, not a second later.
+    let (d, keys) = state.store.get_domain(project_id, id).await?;
     state.senders.clear();
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(DomainResponse::new(&d, &keys, &settings(&state), now)),
-    ))
+    Ok((d, keys))
 }

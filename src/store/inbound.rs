@@ -56,6 +56,18 @@ fn ref_from_row(r: &sqlx::any::AnyRow) -> StoreResult<RecipientRef> {
     })
 }
 
+/// A kept inbound message Herald could not use (not a report, no recipient of Herald's, or
+/// unreadable), as the console's bounces page lists it.
+#[derive(Debug, Clone)]
+pub struct UnreadInbound {
+    pub id: String,
+    pub received_at: i64,
+    pub source: String,
+    pub size: i64,
+    pub status: String,
+    pub details: Option<String>,
+}
+
 /// A kept report that changed a recipient, as the console's email page lists it.
 #[derive(Debug, Clone)]
 pub struct ReportRef {
@@ -109,9 +121,47 @@ impl Store {
             .collect()
     }
 
+    /// The newest kept messages Herald could not use: the project's, and with `unowned` also
+    /// those no project could be told from (what an admin sees).
+    pub async fn unread_inbound(
+        &self,
+        project_id: &str,
+        unowned: bool,
+        limit: i64,
+    ) -> StoreResult<Vec<UnreadInbound>> {
+        let rows = sqlx::query(
+            "SELECT id, received_at, source, size, status, details FROM inbound_messages \
+             WHERE status IN ('unknown', 'unmatched', 'parse_error') \
+             AND (project_id = $1 OR (project_id IS NULL AND $2 = 1)) \
+             ORDER BY received_at DESC LIMIT $3",
+        )
+        .bind(project_id)
+        .bind(i64::from(unowned))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(UnreadInbound {
+                    id: r.try_get(0)?,
+                    received_at: r.try_get(1)?,
+                    source: r.try_get(2)?,
+                    size: r.try_get(3)?,
+                    status: r.try_get(4)?,
+                    details: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
     /// A kept inbound message, as it arrived, if it was the project's or changed one of its
-    /// recipients.
-    pub async fn inbound_raw(&self, project_id: &str, id: &str) -> StoreResult<Vec<u8>> {
+    /// recipients (or, with `unowned`, if no project could be told from it).
+    pub async fn inbound_raw(
+        &self,
+        project_id: &str,
+        id: &str,
+        unowned: bool,
+    ) -> StoreResult<Vec<u8>> {
         sqlx::query_scalar(
             "SELECT m.raw FROM inbound_messages m WHERE m.id = $2 AND (m.project_id = $1 \
              OR EXISTS (SELECT 1 FROM inbound_effects f JOIN recipients r ON r.id = f.recipient_id \
@@ -119,6 +169,7 @@ impl Store {
         )
         .bind(project_id)
         .bind(id)
+        .bind(i64::from(unowned))
         .fetch_optional(&self.pool)
         .await?
         .ok_or(StoreError::NotFound)

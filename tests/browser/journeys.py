@@ -7,7 +7,8 @@ bounce report), adds the operators, and passes what it made in the environment:
 
   HERALD_BASE, HERALD_PROJECT, HERALD_PASSWORD, HERALD_ADMIN, HERALD_VIEWER,
   HERALD_BOUNCED (an email the relay refused with 550), HERALD_REPORTED (an email a DSN
-  bounced), HERALD_RECEIVER (a webhook receiver's URL), HERALD_SHOTS (the screenshots).
+  bounced), HERALD_RECEIVER (a webhook receiver's URL), HERALD_DOMAIN (a sending domain
+  whose DKIM record has the wrong value), HERALD_SHOTS (the screenshots).
 
 Every page is also checked for: console errors, requests to any host but Herald's, and
 axe-core's accessibility rules (no serious or critical violation), at 1280 px and 390 px wide.
@@ -35,6 +36,7 @@ VIEWER = os.environ["HERALD_VIEWER"]
 BOUNCED = os.environ["HERALD_BOUNCED"]
 REPORTED = os.environ["HERALD_REPORTED"]
 RECEIVER = os.environ["HERALD_RECEIVER"]
+DOMAIN = os.environ["HERALD_DOMAIN"]
 SHOTS = pathlib.Path(os.environ["HERALD_SHOTS"])
 AXE = (pathlib.Path(__file__).parent / "axe.min.js").read_text()
 HOST = urllib.parse.urlsplit(BASE).netloc
@@ -241,6 +243,48 @@ def journey_webhook(d):
     return "created an endpoint, saw its secret, sent a test event; the log shows 200"
 
 
+def journey_domain(d):
+    go(d, f"/projects/{PROJECT}/domains", "domains")
+    d.find_element(By.LINK_TEXT, DOMAIN).click()
+    wait_text(d, "Records to publish", "the domain's page")
+    audit_page(d, "domain")
+    dkim = d.find_element(By.XPATH, "//section[@aria-label='DKIM record']").text
+    check("failed" in dkim and "INVALID_VALUE" in dkim and "not the one to publish" in dkim,
+          f"the failing DKIM record and why: {dkim}")
+    value = d.find_element(By.CSS_SELECTOR, "section[aria-label='DKIM record'] code.record-value").text
+    check(value.startswith("v=DKIM1;"), "the value to publish")
+    check(d.find_elements(By.XPATH, "//section[@aria-label='DKIM record']//button[text()='Copy']"),
+          "a copy button beside the value")
+    d.find_element(By.XPATH, "//button[text()='Verify now']").click()
+    wait_text(d, "Herald is checking the records now", "verify now")
+    return "the domain's DKIM record fails with INVALID_VALUE, explained; verify now asked"
+
+
+def journey_api_key(d):
+    go(d, f"/projects/{PROJECT}/keys", "keys")
+    d.find_element(By.ID, "k-name").send_keys("journey key")
+    d.find_element(By.XPATH, "//button[text()='Create']").click()
+    wait_text(d, "shown this once", "the new token")
+    token = d.find_element(By.ID, "token").text
+    check(token.startswith("hk_"), "a token")
+    check(token not in d.current_url, "the token is not in the URL")
+    audit_page(d, "keys-created")
+    d.get(BASE + f"/projects/{PROJECT}/keys")
+    check(token not in page_text(d), "the token is never shown again")
+    d.find_element(By.XPATH, "//button[@aria-label='Revoke journey key']").click()
+    wait_text(d, "The key is revoked.", "revoked")
+    check("journey key" not in page_text(d), "gone from the live keys")
+    return "created a key (token shown once), revoked it"
+
+
+def journey_bounces(d):
+    go(d, f"/projects/{PROJECT}/bounces?period=7d", "bounces")
+    text = page_text(d)
+    check("no_email" in text or "mailbox_full" in text, f"bounces by reason: {text[:400]}")
+    check("example.net" in text and "example.org" in text, "bounces by recipient domain")
+    return "bounces by reason and recipient domain"
+
+
 def journey_keyboard(d):
     d.get(BASE + f"/projects/{PROJECT}")
     body = d.find_element(By.TAG_NAME, "body")
@@ -284,7 +328,8 @@ def main():
     d = browser()
     try:
         for j in (journey_sign_in_and_overview, journey_find_an_email, journey_bounce_report,
-                  journey_suppressions, journey_webhook, journey_keyboard, journey_sign_out, journey_viewer):
+                  journey_suppressions, journey_webhook, journey_domain, journey_api_key,
+                  journey_bounces, journey_keyboard, journey_sign_out, journey_viewer):
             requests_seen(d)  # start each journey's request log afresh
             try:
                 print(f"ok {j.__name__}: {j(d)}", flush=True)

@@ -46,7 +46,31 @@ async fn operators_journeys_in_a_real_browser() {
         ),
         _ => ok(),
     });
-    let app = TestApp::spawn(Backend::Sqlite, Some(&smtp)).await;
+    let dns = crate::dns_server::TestDns::start().await;
+    let app = TestApp::spawn_with(Backend::Sqlite, Some(&smtp), |c| {
+        c.domains.dns_servers = vec![dns.server()];
+    })
+    .await;
+    // A sending domain whose DKIM record was published with another key.
+    let (s, domain, _) = app
+        .post(
+            "/v1/domains",
+            &app.key,
+            &serde_json::json!({"name": "acme.com"}),
+        )
+        .await;
+    assert_eq!(s, reqwest::StatusCode::CREATED, "{domain}");
+    let dkim = domain["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .find(|r| r["record"] == "DKIM")
+        .expect("a DKIM record");
+    dns.set_txt(
+        dkim["name"].as_str().expect("name"),
+        "v=DKIM1; k=rsa; p=MIIBnotthekey",
+    );
+    app.verify_domains().await;
     for i in 0..5 {
         let mut body = email_to(&[&format!("reader{i}@example.com")]);
         body["subject"] = format!("Your receipt {i}").into();
@@ -114,6 +138,7 @@ async fn operators_journeys_in_a_real_browser() {
         .env("HERALD_REPORTED", &reported)
         .env("HERALD_SHOTS", &shots)
         .env("HERALD_RECEIVER", receiver.url())
+        .env("HERALD_DOMAIN", "acme.com")
         .kill_on_drop(true)
         .output()
         .await
@@ -125,7 +150,7 @@ async fn operators_journeys_in_a_real_browser() {
         "journeys failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), 8);
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), 11);
     assert!(
         receiver
             .hits()

@@ -394,7 +394,10 @@ pub async fn report_raw(
     Path((project, id)): Path<(String, String)>,
 ) -> PageResult {
     session.project(&state, &project, "emails").await?;
-    let raw = state.store.inbound_raw(&project, &id).await?;
+    let raw = state
+        .store
+        .inbound_raw(&project, &id, session.is_admin())
+        .await?;
     Ok(download("message/rfc822", &format!("report-{id}.eml"), raw))
 }
 

@@ -12,11 +12,6 @@ use crate::console::{PageResult, render};
 use crate::domain::states::DomainStatus;
 use crate::store::{METRICS, StatsQuery};
 
-const HOUR_MS: i64 = 3_600_000;
-
-/// The periods the overview offers: name, hours, hours per bucket.
-const PERIODS: [(&str, i64, i64); 3] = [("24h", 24, 1), ("7d", 24 * 7, 24), ("30d", 24 * 30, 24)];
-
 #[derive(Debug, Deserialize)]
 pub struct OverviewQuery {
     period: Option<String>,
@@ -66,21 +61,15 @@ pub async fn page(
     Query(q): Query<OverviewQuery>,
 ) -> PageResult {
     let chrome = session.project(&state, &project, "overview").await?;
-    let (period, hours, per_bucket) = PERIODS
-        .iter()
-        .copied()
-        .find(|(n, _, _)| Some(*n) == q.period.as_deref())
-        .unwrap_or(PERIODS[0]);
     let now = state.clock.now_ms();
-    let to_hour = (now / HOUR_MS + 1) * HOUR_MS;
-    let from_hour = to_hour - hours * HOUR_MS;
+    let period = super::Period::named(q.period.as_deref(), now);
     let rows = state
         .store
         .stats(
             &project,
             &StatsQuery {
-                from_hour,
-                to_hour,
+                from_hour: period.from_hour,
+                to_hour: period.to_hour,
                 group_by: Vec::new(),
                 tag: None,
                 stream: None,
@@ -89,25 +78,16 @@ pub async fn page(
             },
         )
         .await?;
-    let buckets = usize::try_from(hours / per_bucket).unwrap_or(1);
+    let buckets = period.buckets();
     let mut counts = vec![[0i64; METRICS.len()]; buckets];
     for r in &rows {
-        let i = usize::try_from((r.hour - from_hour) / (per_bucket * HOUR_MS)).unwrap_or(0);
-        if let Some(b) = counts.get_mut(i) {
+        if let Some(b) = period.bucket_of(r.hour).and_then(|i| counts.get_mut(i)) {
             for (sum, c) in b.iter_mut().zip(r.counts) {
                 *sum += c;
             }
         }
     }
-    let label = |i: usize| {
-        let t = from_hour + i64::try_from(i).unwrap_or(0) * per_bucket * HOUR_MS;
-        let d = chrono::DateTime::from_timestamp_millis(t).unwrap_or_default();
-        if per_bucket == 1 {
-            d.format("%H:00").to_string()
-        } else {
-            d.format("%b %d").to_string()
-        }
-    };
+    let label = |i: usize| period.label(i);
     let labels: Vec<String> = (0..buckets).map(label).collect();
     let (accepted, sent, delivered, complained) = (
         metric("accepted"),
@@ -209,8 +189,8 @@ pub async fn page(
         .collect();
     Ok(render(&OverviewPage {
         chrome,
-        period,
-        periods: PERIODS.iter().map(|p| p.0).collect(),
+        period: period.name,
+        periods: super::Period::names(),
         figures,
         chart,
         table,

@@ -22,7 +22,8 @@ use super::responses::{
 const HOUR_MS: i64 = 3_600_000;
 /// The most periods one answer may hold (a year of days, three months of hours).
 const MAX_PERIODS: usize = 2_200;
-/// Metrics named for compatibility whose events Herald does not produce yet (tracking).
+/// Metrics other gateways count that Herald has no way to know (it tracks no opens or
+/// clicks): refused by name, with why, rather than answered as 0.
 const TRACKING_METRICS: [&str; 4] = ["opened", "unique_opened", "clicked", "unique_clicked"];
 const RATES: [&str; 3] = ["delivery_rate", "bounce_rate", "complaint_rate"];
 
@@ -178,13 +179,18 @@ fn all_metric_names() -> Vec<&'static str> {
     ];
     names.extend(METRICS.iter().filter(|m| m.starts_with("bounced_")));
     names.extend(["complained", "failed", "suppressed", "canceled"]);
-    names.extend(TRACKING_METRICS);
     names.extend(RATES);
     names
 }
 
-/// The named counters and rates of a sum of rows, limited to `wanted`.
-fn metrics_of(counts: &[i64; METRICS.len()], wanted: &[&'static str]) -> StatsMetrics {
+/// The named counters and rates of a sum of rows, limited to `wanted`. `delivered` is known
+/// only when a delivery report ever said so in the answer's window (`delivered_known`): a
+/// relay that sends none leaves it, and the delivery rate, null rather than 0.
+fn metrics_of(
+    counts: &[i64; METRICS.len()],
+    wanted: &[&'static str],
+    delivered_known: bool,
+) -> StatsMetrics {
     let get = |name: &str| {
         METRICS
             .iter()
@@ -201,7 +207,7 @@ fn metrics_of(counts: &[i64; METRICS.len()], wanted: &[&'static str]) -> StatsMe
         match name {
             "accepted" => m.accepted = n(get(name)),
             "sent" => m.sent = n(get(name)),
-            "delivered" => m.delivered = n(get(name)),
+            "delivered" => m.delivered = Some(delivered_known.then(|| get(name))),
             "delivery_delayed" => m.delivery_delayed = n(get(name)),
             "bounced" => m.bounced = n(bounced),
             "bounced_permanent" => m.bounced_permanent = n(get(name)),
@@ -211,19 +217,31 @@ fn metrics_of(counts: &[i64; METRICS.len()], wanted: &[&'static str]) -> StatsMe
             "failed" => m.failed = n(get(name)),
             "suppressed" => m.suppressed = n(get(name)),
             "canceled" => m.canceled = n(get(name)),
-            "opened" => m.opened = n(0),
-            "unique_opened" => m.unique_opened = n(0),
-            "clicked" => m.clicked = n(0),
-            "unique_clicked" => m.unique_clicked = n(0),
-            "delivery_rate" => m.delivery_rate = Some(rate(get("delivered"), get("sent"))),
-            "bounce_rate" => m.bounce_rate = Some(rate(bounced, get("sent"))),
-            "complaint_rate" => {
-                m.complaint_rate = Some(rate(get("complained"), get("delivered")));
+            "delivery_rate" => {
+                m.delivery_rate = Some(
+                    delivered_known
+                        .then(|| rate(get("delivered"), get("sent")))
+                        .flatten(),
+                );
             }
+            "bounce_rate" => m.bounce_rate = Some(rate(bounced, get("sent"))),
+            "complaint_rate" => m.complaint_rate = Some(rate(get("complained"), get("sent"))),
             _ => {}
         }
     }
     m
+}
+
+/// Whether these counts can say how much was delivered: a delivery report came, or nothing
+/// was sent. The one rule of "delivered is known", for the API and the console.
+pub fn delivery_reported(counts: &[i64; METRICS.len()]) -> bool {
+    let get = |name: &str| {
+        METRICS
+            .iter()
+            .position(|m| *m == name)
+            .map_or(0, |i| counts[i])
+    };
+    get("delivered") > 0 || get("sent") == 0
 }
 
 fn add(into: &mut [i64; METRICS.len()], from: &[i64; METRICS.len()]) {
@@ -279,6 +297,11 @@ pub async fn get_stats(
             "metrics" => {
                 let list = wanted.get_or_insert_with(Vec::new);
                 for m in split_list(v) {
+                    if TRACKING_METRICS.contains(&m) {
+                        return Err(bad(format!(
+                            "metrics: Herald does not track opens or clicks, so it has no '{m}'"
+                        )));
+                    }
                     let name = names
                         .iter()
                         .find(|n| **n == m)
@@ -354,6 +377,7 @@ pub async fn get_stats(
             }
         }
     }
+    let delivered_known = delivery_reported(&totals);
     let data = series
         .iter()
         .map(|((i, group), counts)| {
@@ -363,7 +387,7 @@ pub async fn get_stats(
                 stream: None,
                 domain: None,
                 recipient_domain: None,
-                metrics: metrics_of(counts, &wanted),
+                metrics: metrics_of(counts, &wanted, delivered_known),
             };
             for (dim, v) in q.group_by.iter().zip(group) {
                 let slot = match dim {
@@ -384,7 +408,7 @@ pub async fn get_stats(
         granularity: granularity.as_str(),
         timezone: tz.name().to_owned(),
         group_by: q.group_by.iter().map(|d| d.as_str()).collect(),
-        totals: metrics_of(&totals, &wanted),
+        totals: metrics_of(&totals, &wanted, delivered_known),
         data,
     }))
 }
@@ -503,12 +527,18 @@ mod tests {
         set(&mut c, "bounced_permanent", 3);
         set(&mut c, "bounced_transient", 1);
         set(&mut c, "complained", 1);
-        let m = metrics_of(&c, &all_metric_names());
+        let m = metrics_of(&c, &all_metric_names(), delivery_reported(&c));
         assert_eq!(m.bounced, Some(4));
+        assert_eq!(m.delivered, Some(Some(100)));
         assert_eq!(m.delivery_rate, Some(Some(0.5)));
         assert_eq!(m.bounce_rate, Some(Some(0.02)));
-        assert_eq!(m.complaint_rate, Some(Some(0.01)));
-        let empty = metrics_of(&[0; METRICS.len()], &["bounce_rate"]);
+        assert_eq!(m.complaint_rate, Some(Some(0.005)));
+        // No delivery report at all: delivered is not known, not 0 %.
+        set(&mut c, "delivered", 0);
+        assert!(!delivery_reported(&c));
+        let m = metrics_of(&c, &all_metric_names(), delivery_reported(&c));
+        assert_eq!((m.delivered, m.delivery_rate), (Some(None), Some(None)));
+        let empty = metrics_of(&[0; METRICS.len()], &["bounce_rate"], true);
         let json = serde_json::to_value(&empty).expect("json");
         assert_eq!(
             json,

@@ -90,10 +90,22 @@ async fn stats_count_every_outcome_once(backend: Backend) {
         ]
         .map(|k| t[k].as_i64().unwrap_or(-1))
     };
-    assert_eq!(counts(t), [6, 2, 0, 1, 1, 1, 1, 0, 1, 1], "{t}");
+    // The relay sent no delivery report: delivered is not known (null), and neither is the
+    // delivery rate; it is not 0 %.
+    assert_eq!(counts(t), [6, 2, -1, 1, 1, 1, 1, 0, 1, 1], "{t}");
+    assert!(t["delivered"].is_null(), "{t}");
     assert_eq!(
         (&t["bounce_rate"], &t["delivery_rate"], &t["complaint_rate"]),
-        (&json!(0.5), &json!(0.0), &Value::Null)
+        (&json!(0.5), &Value::Null, &json!(0.5))
+    );
+    // Opens and clicks are not tracked: asked for, refused with why.
+    let (s, refused) = app.get("/v1/stats?metrics=opened", &app.key).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(
+        refused["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("does not track opens")),
+        "{refused}"
     );
     assert_eq!(v["object"], "stats");
     assert_eq!(

@@ -13,8 +13,11 @@ pub struct StatsMetrics {
     pub accepted: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sent: Option<i64>,
+    /// Null when no delivery report came in the window (a relay that sends none): Herald
+    /// cannot know, and does not say 0.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub delivered: Option<i64>,
+    #[schema(value_type = Option<i64>)]
+    pub delivered: Option<Option<i64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delivery_delayed: Option<i64>,
     /// The three bounce counters together.
@@ -34,15 +37,7 @@ pub struct StatsMetrics {
     pub suppressed: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub canceled: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub opened: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub unique_opened: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub clicked: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub unique_clicked: Option<i64>,
-    /// delivered / sent.
+    /// delivered / sent; null when delivered is not known.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<f64>)]
     pub delivery_rate: Option<Option<f64>>,
@@ -50,7 +45,7 @@ pub struct StatsMetrics {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<f64>)]
     pub bounce_rate: Option<Option<f64>>,
-    /// complained / delivered.
+    /// complained / sent.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<f64>)]
     pub complaint_rate: Option<Option<f64>>,

@@ -127,7 +127,7 @@ pub async fn page(
     }
     // A relay that sends no delivery reports never tells Herald an email was delivered: with
     // mail sent and no delivery reported, "delivered" is not known, and not 0 %.
-    let delivered_known = total[delivered] > 0 || total[sent] == 0;
+    let delivered_known = crate::api::stats::delivery_reported(&total);
     let figures = vec![
         Figure {
             name: "Accepted",

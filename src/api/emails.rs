@@ -481,6 +481,7 @@ pub struct EmailSearch {
     from: Option<String>,
     tag: Option<String>,
     stream: Option<String>,
+    subject: Option<String>,
     created_after: Option<String>,
     created_before: Option<String>,
     after: Option<String>,
@@ -530,7 +531,20 @@ impl EmailSearch {
                     .map_err(|_| bad("limit must be a number".into()))?,
             ),
         };
+        let subject: Vec<String> = self
+            .subject
+            .as_deref()
+            .unwrap_or("")
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        if subject.len() > 8 || subject.iter().any(|w| w.chars().count() > 100) {
+            return Err(bad(
+                "subject: at most 8 words of at most 100 characters".into()
+            ));
+        }
         let f = crate::store::EmailFilter {
+            subject,
             status: self.status,
             recipient: address(self.recipient),
             from: address(self.from),
@@ -551,8 +565,9 @@ impl EmailSearch {
 
 /// `GET /v1/emails`: search the project's emails, newest first, with a cursor
 /// (`after`/`before` an email id) and the filters `status` (any recipient in it), `recipient`,
-/// `from`, `tag`, `stream`, `metadata[<key>]=<value>`, `created_after`, `created_before`.
-#[utoipa::path(get, path = "/v1/emails", tag = "emails", params(("status" = Option<String>, Query, description = "Emails with a recipient in this status"), ("recipient" = Option<String>, Query, description = "Emails to this address"), ("from" = Option<String>, Query, description = "Emails from this address"), ("tag" = Option<String>, Query, description = "Emails with this tag"), ("stream" = Option<String>, Query, description = "Emails of this stream"), ("created_after" = Option<String>, Query, description = "RFC 3339"), ("created_before" = Option<String>, Query, description = "RFC 3339"), ("after" = Option<String>, Query, description = "The next page: emails older than this id"), ("before" = Option<String>, Query, description = "The previous page: emails newer than this id"), ("limit" = Option<i64>, Query, description = "1 to 100 (default 20)")), responses((status = 200, description = "Newest first; `metadata[<key>]=<value>` filters too", body = ListResponse<EmailSummaryResponse>), crate::api::openapi::Problems), security(("api_key" = [])))]
+/// `from`, `tag`, `stream`, `subject` (words), `metadata[<key>]=<value>`, `created_after`,
+/// `created_before`.
+#[utoipa::path(get, path = "/v1/emails", tag = "emails", params(("status" = Option<String>, Query, description = "Emails with a recipient in this status"), ("recipient" = Option<String>, Query, description = "Emails to this address"), ("from" = Option<String>, Query, description = "Emails from this address"), ("tag" = Option<String>, Query, description = "Emails with this tag"), ("stream" = Option<String>, Query, description = "Emails of this stream"), ("subject" = Option<String>, Query, description = "Words that must all be in the subject, in any case (narrow with other filters or dates: it reads each candidate)"), ("created_after" = Option<String>, Query, description = "RFC 3339"), ("created_before" = Option<String>, Query, description = "RFC 3339"), ("after" = Option<String>, Query, description = "The next page: emails older than this id"), ("before" = Option<String>, Query, description = "The previous page: emails newer than this id"), ("limit" = Option<i64>, Query, description = "1 to 100 (default 20)")), responses((status = 200, description = "Newest first; `metadata[<key>]=<value>` filters too", body = ListResponse<EmailSummaryResponse>), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn list_emails(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,

@@ -182,6 +182,8 @@ pub struct EmailFilter {
     pub from: Option<String>,
     pub tag: Option<String>,
     pub stream: Option<String>,
+    /// Words that must all be in the subject (any case).
+    pub subject: Vec<String>,
     /// `(key, value)` pairs that must all be in the metadata.
     pub metadata: Vec<(String, String)>,
     pub created_after: Option<i64>,
@@ -890,6 +892,16 @@ impl Store {
         if let Some(v) = &f.stream {
             let p = arg(v, &mut args);
             sql.push_str(&format!(" AND e.stream = {p}"));
+        }
+        for w in &f.subject {
+            // A probe of each candidate row, never the walk's index: the other filters (or
+            // the dates) bound how many rows it reads.
+            let escaped = w
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            let p = arg(&format!("%{}%", escaped.to_lowercase()), &mut args);
+            sql.push_str(&format!(" AND LOWER(e.subject) LIKE {p} ESCAPE '\\'"));
         }
         if let Some(v) = &f.after {
             let p = arg(v, &mut args);

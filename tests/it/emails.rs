@@ -33,6 +33,7 @@ async fn search_filters_and_pages(backend: Backend) {
         let mut body = email_to(&[&format!("user{i}@example.com")]);
         body["tags"] = json!([if i % 2 == 0 { "even" } else { "odd" }]);
         body["metadata"] = json!({"order_id": format!("o-{i}")});
+        body["subject"] = json!(format!("Your Order_{i} is 100% ready"));
         ids.push(app.send(&body).await);
     }
     let page = |q: &str| {
@@ -93,6 +94,18 @@ async fn search_filters_and_pages(backend: Backend) {
         5
     );
     assert_eq!(page("?status=sent").await.0.len(), 0);
+    // Subject words: all of them, in any case; % and _ are themselves, not wildcards.
+    assert_eq!(
+        page("?subject=ORDER_3%20ready").await.0,
+        vec![ids[3].clone()]
+    );
+    assert_eq!(page("?subject=100%25").await.0.len(), 5);
+    assert_eq!(page("?subject=order%25").await.0.len(), 0);
+    assert_eq!(page("?subject=Order_%20o-1").await.0.len(), 0);
+    assert_eq!(
+        page("?subject=order_2&tag=even").await.0,
+        vec![ids[2].clone()]
+    );
     // Filters combine whichever index the page walks.
     assert_eq!(
         page("?tag=even&recipient=user2@example.com").await.0,

@@ -46,7 +46,7 @@ impl ListPage {
 }
 
 /// The search form's fields that are passed on to the API's parser as they are.
-const FILTERS: [&str; 5] = ["status", "recipient", "from", "tag", "stream"];
+const FILTERS: [&str; 6] = ["status", "recipient", "from", "tag", "stream", "subject"];
 
 /// `GET /projects/{project}/emails`: the form's fields are the API's query parameters, with
 /// dates (`from_date`, `to_date`, whole UTC days) for its times.

@@ -2,10 +2,12 @@
 //! path into a database, starts Herald on it, and times `GET /v1/emails` pages with the
 //! filters operators use, over real HTTP.
 //!
+//! Then the same for the operator console's pages, signed in as an operator.
+//!
 //! `cargo bench --bench search` (SQLite in `target/bench-search.db`, kept between runs so the
 //! seeding happens once); `HERALD_BENCH_EMAILS=100000` for a smaller table;
-//! `HERALD_BENCH_DATABASE_URL=postgres://…` for Postgres. Prints a table: median and p95 of
-//! 30 requests per query, the queries interleaved round by round.
+//! `HERALD_BENCH_DATABASE_URL=postgres://…` for Postgres. Prints two tables: median and p95
+//! of 30 requests per query or page, interleaved round by round.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -276,7 +278,104 @@ async fn main() -> anyhow::Result<()> {
             percentile(&t, 0.95).as_secs_f64() * 1e3
         );
     }
+    console_pages(&store, &base, &project.id, &newest_id, &recipient).await?;
     shutdown.cancel();
     let _ = server.await;
+    Ok(())
+}
+
+/// Times the console's pages on the same table, signed in as an admin: what an operator
+/// waits for (loopback HTTP included, so an upper bound of the server's time).
+async fn console_pages(
+    store: &herald::store::Store,
+    base: &str,
+    project: &str,
+    email_id: &str,
+    recipient: &str,
+) -> anyhow::Result<()> {
+    let password = "bench password, long enough";
+    let email = "bench@example.com";
+    if store.find_operator(email).await?.is_none() {
+        store
+            .create_operator(&herald::store::OperatorRecord {
+                id: uuid::Uuid::now_v7().to_string(),
+                email: email.into(),
+                password_hash: herald::domain::operator::hash_password(password)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+                role: herald::domain::states::OperatorRole::Admin,
+                created_at: chrono::Utc::now().timestamp_millis(),
+            })
+            .await?;
+    }
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let signed_in = http
+        .post(format!("{base}/sign-in"))
+        .form(&[("email", email), ("password", password)])
+        .send()
+        .await?;
+    let cookie = signed_in
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .ok_or_else(|| anyhow::anyhow!("no session cookie: {}", signed_in.status()))?
+        .to_owned();
+    let p = format!("/projects/{project}");
+    let pages: Vec<(&str, String)> = vec![
+        ("overview, 24 h", p.clone()),
+        ("overview, 30 days", format!("{p}?period=30d")),
+        ("emails, newest", format!("{p}/emails")),
+        (
+            "emails, by recipient",
+            format!("{p}/emails?recipient={recipient}"),
+        ),
+        (
+            "emails, status=bounced",
+            format!("{p}/emails?status=bounced"),
+        ),
+        (
+            "emails, subject words",
+            format!("{p}/emails?subject=order+999"),
+        ),
+        (
+            "emails, subject, one day",
+            format!("{p}/emails?subject=order+123456&from_date=2000-01-01"),
+        ),
+        ("email", format!("{p}/emails/{email_id}")),
+        ("bounces, 7 days", format!("{p}/bounces?period=7d")),
+        ("bounces, 30 days", format!("{p}/bounces?period=30d")),
+        ("suppressions", format!("{p}/suppressions")),
+        ("webhooks", format!("{p}/webhooks")),
+        ("domains", format!("{p}/domains")),
+        ("API keys", format!("{p}/keys")),
+        ("audit log", format!("{p}/audit")),
+    ];
+    let mut timings: Vec<Vec<Duration>> = vec![Vec::new(); pages.len()];
+    for _ in 0..ROUNDS {
+        for (i, (_, path)) in pages.iter().enumerate() {
+            let t = Instant::now();
+            let resp = http
+                .get(format!("{base}{path}"))
+                .header("cookie", &cookie)
+                .send()
+                .await?;
+            anyhow::ensure!(resp.status().is_success(), "{path}: {}", resp.status());
+            let _ = resp.bytes().await?;
+            timings[i].push(t.elapsed());
+        }
+    }
+    println!("\nconsole pages, {ROUNDS} requests per page, interleaved");
+    println!("{:<32} {:>10} {:>10}", "page", "median", "p95");
+    for (i, (name, _)) in pages.iter().enumerate() {
+        let mut t = timings[i].clone();
+        t.sort();
+        println!(
+            "{name:<32} {:>8.2}ms {:>8.2}ms",
+            percentile(&t, 0.5).as_secs_f64() * 1e3,
+            percentile(&t, 0.95).as_secs_f64() * 1e3
+        );
+    }
     Ok(())
 }

@@ -65,6 +65,10 @@ pub fn router() -> Router<AppState> {
             post(pages::suppressions::remove),
         )
         .route("/projects/{project}/audit", get(pages::audit::page))
+        .route(
+            "/projects/{project}/projects",
+            get(pages::projects::list).post(pages::projects::create),
+        )
         .route("/projects/{project}/bounces", get(pages::bounces::page))
         .route(
             "/projects/{project}/bounces/reprocess",

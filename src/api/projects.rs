@@ -68,7 +68,7 @@ pub struct KeyRequest {
     permission: Option<String>,
 }
 
-fn valid_name(name: &str) -> Result<String, ApiError> {
+pub(crate) fn valid_name(name: &str) -> Result<String, ApiError> {
     let n = name.trim();
     if n.is_empty() || n.chars().count() > 100 || n.chars().any(char::is_control) {
         return Err(ApiError::validation(vec![FieldError::new(

@@ -6,6 +6,7 @@ pub mod domains;
 pub mod emails;
 pub mod keys;
 pub mod overview;
+pub mod projects;
 pub mod suppressions;
 pub mod webhooks;
 

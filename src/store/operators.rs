@@ -340,7 +340,7 @@ impl Store {
     }
 
     /// The newest changes first, `limit` of them from before the id `before`: in one project,
-    /// or (`None`, for admins) everywhere.
+    /// or (`None`) outside any project.
     pub async fn list_audit(
         &self,
         project_id: Option<&str>,
@@ -350,7 +350,7 @@ impl Store {
         let scope = if project_id.is_some() {
             "project_id = $1"
         } else {
-            "(project_id IS NULL OR $1 IS NULL)"
+            "project_id IS NULL AND $1 IS NULL"
         };
         let sql = format!(
             "SELECT id, at, operator_id, operator_email, project_id, action, target, detail \

@@ -277,6 +277,24 @@ def journey_api_key(d):
     return "created a key (token shown once), revoked it"
 
 
+def journey_projects(d):
+    go(d, f"/projects/{PROJECT}/projects", "projects")
+    d.find_element(By.ID, "p-name").send_keys("second shop")
+    d.find_element(By.XPATH, "//form[.//input[@id='p-name']]//button").click()
+    wait_text(d, "Overview", "the new project's overview")
+    check(f"/projects/{PROJECT}" not in d.current_url, "a new project's page")
+    switch = d.find_element(By.ID, "project-switch")
+    names = [o.text for o in switch.find_elements(By.TAG_NAME, "option")]
+    check("second shop" in names and "alpha" in names, f"the switcher lists both: {names}")
+    # Switching works without JavaScript: a form and its button.
+    for o in switch.find_elements(By.TAG_NAME, "option"):
+        if o.text == "alpha":
+            o.click()
+    d.find_element(By.XPATH, "//form[@action='/switch']//button").click()
+    wait_url(d, f"/projects/{PROJECT}", "switched back to alpha")
+    return "created a project, switched to it and back"
+
+
 def journey_bounces(d):
     go(d, f"/projects/{PROJECT}/bounces?period=7d", "bounces")
     text = page_text(d)
@@ -329,7 +347,7 @@ def main():
     try:
         for j in (journey_sign_in_and_overview, journey_find_an_email, journey_bounce_report,
                   journey_suppressions, journey_webhook, journey_domain, journey_api_key,
-                  journey_bounces, journey_keyboard, journey_sign_out, journey_viewer):
+                  journey_projects, journey_bounces, journey_keyboard, journey_sign_out, journey_viewer):
             requests_seen(d)  # start each journey's request log afresh
             try:
                 print(f"ok {j.__name__}: {j(d)}", flush=True)

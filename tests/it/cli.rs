@@ -188,3 +188,134 @@ fn admin_tokens_are_short_lived() {
         assert!(err.contains("--ttl"), "{ttl}: {err}");
     }
 }
+
+/// Runs `herald` with `input` on standard input.
+fn run_with_input(cmd: &mut Command, input: &str) -> (bool, String, String) {
+    use std::io::Write as _;
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run herald");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write the password");
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn operators_are_managed_with_passwords_from_standard_input() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ok, _, err) = run(herald(dir.path()).args(["keys", "create", "--project", "shop"]));
+    assert!(ok, "{err}");
+    // The password is read from standard input; there is no argument for it.
+    let (ok, _, err) = run(herald(dir.path()).args([
+        "operators",
+        "create",
+        "--email",
+        "ada@example.com",
+        "--role",
+        "admin",
+        "--password",
+        "x",
+    ]));
+    assert!(!ok && err.contains("--password"), "{err}");
+    let (ok, _, err) = run_with_input(
+        herald(dir.path()).args([
+            "operators",
+            "create",
+            "--email",
+            "Ada@Example.com",
+            "--role",
+            "admin",
+        ]),
+        "too short\n",
+    );
+    assert!(!ok && err.contains("at least 12 characters"), "{err}");
+    let (ok, out, err) = run_with_input(
+        herald(dir.path()).args([
+            "operators",
+            "create",
+            "--email",
+            "Ada@Example.com",
+            "--role",
+            "admin",
+        ]),
+        "correct horse battery\n",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "created admin ada@example.com");
+    let (ok, _, err) = run_with_input(
+        herald(dir.path()).args([
+            "operators",
+            "create",
+            "--email",
+            "ada@example.com",
+            "--role",
+            "member",
+        ]),
+        "correct horse battery\n",
+    );
+    assert!(!ok && err.contains("exists already"), "{err}");
+    let (ok, _, err) = run_with_input(
+        herald(dir.path()).args([
+            "operators",
+            "create",
+            "--email",
+            "bob@example.com",
+            "--role",
+            "member",
+        ]),
+        "another long password\n",
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(herald(dir.path()).args([
+        "operators",
+        "grant",
+        "--email",
+        "bob@example.com",
+        "--project",
+        "shop",
+        "--role",
+        "viewer",
+    ]));
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(herald(dir.path()).args([
+        "operators",
+        "grant",
+        "--email",
+        "bob@example.com",
+        "--project",
+        "nope",
+        "--role",
+        "owner",
+    ]));
+    assert!(!ok && err.contains("no project named"), "{err}");
+    let (ok, list, _) = run(herald(dir.path()).args(["operators", "list"]));
+    assert!(ok);
+    assert!(list.contains("ada@example.com  admin"), "{list}");
+    assert!(
+        list.contains("bob@example.com  member  shop (viewer)"),
+        "{list}"
+    );
+    // Nothing of a password is stored or printed as given.
+    let mut db = std::fs::read(dir.path().join("h.db")).expect("db");
+    db.extend(std::fs::read(dir.path().join("h.db-wal")).unwrap_or_default());
+    let stored = String::from_utf8_lossy(&db);
+    assert!(!stored.contains("correct horse battery"));
+    assert!(stored.contains("$argon2id$"));
+    let (ok, _, _) =
+        run(herald(dir.path()).args(["operators", "remove", "--email", "bob@example.com"]));
+    assert!(ok);
+    let (_, list, _) = run(herald(dir.path()).args(["operators", "list"]));
+    assert!(!list.contains("bob@"), "{list}");
+}

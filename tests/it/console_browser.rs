@@ -150,7 +150,7 @@ async fn operators_journeys_in_a_real_browser() {
         "journeys failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), 11);
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), 12);
     assert!(
         receiver
             .hits()

@@ -336,12 +336,12 @@ async fn console_pages(
             format!("{p}/emails?status=bounced"),
         ),
         (
-            "emails, subject words",
+            "emails, subject (common)",
             format!("{p}/emails?subject=order+999"),
         ),
         (
-            "emails, subject, one day",
-            format!("{p}/emails?subject=order+123456&from_date=2000-01-01"),
+            "emails, subject (found nowhere)",
+            format!("{p}/emails?subject=refund"),
         ),
         ("email", format!("{p}/emails/{email_id}")),
         ("bounces, 7 days", format!("{p}/bounces?period=7d")),

@@ -61,7 +61,8 @@ use write::Val;
 pub use domains::{DkimKeyRecord, DomainRecord};
 pub use emails::{
     EmailFilter, EmailRecord, EventFilter, EventRecord, IdempotencyRecord, NewEmail, NewEvent,
-    NewRecipient, RecipientRecord, Respond, StoredResponse, Suppressed, json_text,
+    NewRecipient, RecipientRecord, Respond, SUBJECT_WINDOW, SearchPage, StoredResponse, Suppressed,
+    json_text,
 };
 pub use inbound::{KeptInbound, RecipientRef, ReportEffect, ReportRef, UnreadInbound};
 pub use operators::{AuditEntry, OperatorRecord, SessionRecord};

@@ -567,7 +567,7 @@ impl EmailSearch {
 /// (`after`/`before` an email id) and the filters `status` (any recipient in it), `recipient`,
 /// `from`, `tag`, `stream`, `subject` (words), `metadata[<key>]=<value>`, `created_after`,
 /// `created_before`.
-#[utoipa::path(get, path = "/v1/emails", tag = "emails", params(("status" = Option<String>, Query, description = "Emails with a recipient in this status"), ("recipient" = Option<String>, Query, description = "Emails to this address"), ("from" = Option<String>, Query, description = "Emails from this address"), ("tag" = Option<String>, Query, description = "Emails with this tag"), ("stream" = Option<String>, Query, description = "Emails of this stream"), ("subject" = Option<String>, Query, description = "Words that must all be in the subject, in any case (narrow with other filters or dates: it reads each candidate)"), ("created_after" = Option<String>, Query, description = "RFC 3339"), ("created_before" = Option<String>, Query, description = "RFC 3339"), ("after" = Option<String>, Query, description = "The next page: emails older than this id"), ("before" = Option<String>, Query, description = "The previous page: emails newer than this id"), ("limit" = Option<i64>, Query, description = "1 to 100 (default 20)")), responses((status = 200, description = "Newest first; `metadata[<key>]=<value>` filters too", body = ListResponse<EmailSummaryResponse>), crate::api::openapi::Problems), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/v1/emails", tag = "emails", params(("status" = Option<String>, Query, description = "Emails with a recipient in this status"), ("recipient" = Option<String>, Query, description = "Emails to this address"), ("from" = Option<String>, Query, description = "Emails from this address"), ("tag" = Option<String>, Query, description = "Emails with this tag"), ("stream" = Option<String>, Query, description = "Emails of this stream"), ("subject" = Option<String>, Query, description = "Words that must all be in the subject, in any case; reads the newest 20,000 emails the other filters match (created_before reads older ones)"), ("created_after" = Option<String>, Query, description = "RFC 3339"), ("created_before" = Option<String>, Query, description = "RFC 3339"), ("after" = Option<String>, Query, description = "The next page: emails older than this id"), ("before" = Option<String>, Query, description = "The previous page: emails newer than this id"), ("limit" = Option<i64>, Query, description = "1 to 100 (default 20)")), responses((status = 200, description = "Newest first; `metadata[<key>]=<value>` filters too", body = ListResponse<EmailSummaryResponse>), crate::api::openapi::Problems), security(("api_key" = [])))]
 pub async fn list_emails(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,
@@ -578,7 +578,8 @@ pub async fn list_emails(
     let mut rows = state
         .store
         .search_emails(&principal.project_id, &f, limit + 1)
-        .await?;
+        .await?
+        .rows;
     let has_more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
     if has_more {
         if f.before.is_some() {

@@ -194,6 +194,19 @@ pub struct EmailFilter {
     pub before: Option<String>,
 }
 
+/// How many candidates of the other filters a subject search reads for one page, newest
+/// first (dates move the window back).
+pub const SUBJECT_WINDOW: i64 = 20_000;
+
+/// A page of the email search.
+#[derive(Debug)]
+pub struct SearchPage {
+    pub rows: Vec<(EmailRecord, Vec<RecipientStatus>)>,
+    /// A subject search read its whole window without filling the page: older emails were
+    /// not read (a `created_before` reads them).
+    pub window_full: bool,
+}
+
 /// Filters of the event feed; `None` means any.
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
@@ -765,28 +778,30 @@ impl Store {
         after: Option<&str>,
         limit: i64,
     ) -> StoreResult<Vec<EventRecord>> {
-        let rows = sqlx::query(
-            "SELECT id, email_id, recipient, type, data, created_at FROM events \
+        let sql = format!(
+            "SELECT id, email_id, recipient, type, data, created_at FROM events {} \
              WHERE project_id = $1 AND email_id = $2 AND id > $3 ORDER BY id LIMIT $4",
-        )
-        .bind(project_id)
-        .bind(email_id)
-        .bind(after.unwrap_or(""))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+            self.dialect().events_by_email
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(project_id)
+            .bind(email_id)
+            .bind(after.unwrap_or(""))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(event_from_row).collect()
     }
 
     /// The project's emails matching `f`, newest first (or, with `f.before`, the page just
     /// newer than it, still returned newest first), at most `limit`, each with its
-    /// recipients' statuses.
+    /// recipients' statuses; and whether a subject search stopped at its window.
     pub async fn search_emails(
         &self,
         project_id: &str,
         f: &EmailFilter,
         limit: i64,
-    ) -> StoreResult<Vec<(EmailRecord, Vec<RecipientStatus>)>> {
+    ) -> StoreResult<SearchPage> {
         // The page walks one index in email-id order: the most selective filter that has
         // one (a metadata pair, a recipient, a tag, a sender), or the project's emails.
         // Every other filter is a probe of a primary key or index per candidate row.
@@ -893,16 +908,6 @@ impl Store {
             let p = arg(v, &mut args);
             sql.push_str(&format!(" AND e.stream = {p}"));
         }
-        for w in &f.subject {
-            // A probe of each candidate row, never the walk's index: the other filters (or
-            // the dates) bound how many rows it reads.
-            let escaped = w
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_");
-            let p = arg(&format!("%{}%", escaped.to_lowercase()), &mut args);
-            sql.push_str(&format!(" AND LOWER(e.subject) LIKE {p} ESCAPE '\\'"));
-        }
         if let Some(v) = &f.after {
             let p = arg(v, &mut args);
             sql.push_str(&format!(" AND {id_col} < {p}"));
@@ -932,14 +937,64 @@ impl Store {
             " ORDER BY {order_col} {order} LIMIT ${}",
             args.len() + time_args.len() + 1
         ));
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for a in &args {
-            q = q.bind(a.as_str());
+        // Subject words are no index's: they filter a window of the newest SUBJECT_WINDOW
+        // candidates of the other filters, so a word found nowhere reads that many rows, not
+        // every email of the project.
+        let window = sql.clone();
+        let mut patterns = Vec::new();
+        if !f.subject.is_empty() {
+            let first = args.len() + time_args.len() + 2;
+            let mut outer = format!("SELECT * FROM ({sql}) s WHERE");
+            for (i, w) in f.subject.iter().enumerate() {
+                let escaped = w
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_");
+                patterns.push(format!("%{}%", escaped.to_lowercase()));
+                let and = if i == 0 { "" } else { " AND" };
+                outer.push_str(&format!(
+                    "{and} LOWER(s.subject) LIKE ${} ESCAPE '\\'",
+                    first + i
+                ));
+            }
+            outer.push_str(&format!(
+                " ORDER BY s.id {order} LIMIT ${}",
+                first + patterns.len()
+            ));
+            sql = outer;
         }
-        for t in &time_args {
-            q = q.bind(*t);
+        let bind_filters = |sql: String| {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for a in &args {
+                q = q.bind(a.clone());
+            }
+            for t in &time_args {
+                q = q.bind(*t);
+            }
+            q
+        };
+        let mut q = bind_filters(sql);
+        if patterns.is_empty() {
+            q = q.bind(limit);
+        } else {
+            q = q.bind(SUBJECT_WINDOW);
+            for p in &patterns {
+                q = q.bind(p.clone());
+            }
+            q = q.bind(limit);
         }
-        let rows = q.bind(limit).fetch_all(&self.pool).await?;
+        let rows = q.fetch_all(&self.pool).await?;
+        // A short page of a subject search whose window was full: older emails were not read.
+        let window_full =
+            !patterns.is_empty() && i64::try_from(rows.len()).unwrap_or(0) < limit && {
+                let count = format!("SELECT COUNT(*) FROM ({window}) w");
+                let n: i64 = bind_filters(count)
+                    .bind(SUBJECT_WINDOW)
+                    .fetch_one(&self.pool)
+                    .await?
+                    .try_get(0)?;
+                n >= SUBJECT_WINDOW
+            };
         let mut emails = rows
             .iter()
             .map(email_from_row)
@@ -966,13 +1021,14 @@ impl Store {
                     .push(recipient_status(&r.try_get::<String, _>(1)?)?);
             }
         }
-        Ok(emails
+        let rows = emails
             .into_iter()
             .map(|e| {
                 let s = statuses.remove(&e.id).unwrap_or_default();
                 (e, s)
             })
-            .collect())
+            .collect();
+        Ok(SearchPage { rows, window_full })
     }
 
     /// The project's event feed, oldest first, after the event id `after`.

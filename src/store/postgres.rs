@@ -27,6 +27,8 @@ pub(super) static DIALECT: Dialect = Dialect {
     claim_leaves_scheduled: false,
     // Postgres wants the grouped table's primary key to select its other columns.
     grouped_email_id: "e.id",
+    // Postgres's statistics find the index by email.
+    events_by_email: "",
 };
 
 /// The claim: `SKIP LOCKED`, so that writers (and processes) sharing the database each take

@@ -840,16 +840,18 @@ impl Store {
         project_id: &str,
         email_id: &str,
     ) -> StoreResult<Vec<(String, String, String, String)>> {
-        let rows = sqlx::query(
+        let sql = format!(
             "SELECT w.url, ev.type, d.status, d.last_status_code, d.attempts \
-             FROM events ev JOIN webhook_deliveries d ON d.event_id = ev.id \
+             FROM events ev {} JOIN webhook_deliveries d ON d.event_id = ev.id \
              JOIN webhook_endpoints w ON w.id = d.endpoint_id \
              WHERE ev.project_id = $1 AND ev.email_id = $2 ORDER BY d.created_at, d.id LIMIT 500",
-        )
-        .bind(project_id)
-        .bind(email_id)
-        .fetch_all(&self.pool)
-        .await?;
+            self.dialect().events_by_email
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(project_id)
+            .bind(email_id)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| {
                 let code: Option<i64> = r.try_get(3)?;

@@ -8,7 +8,9 @@ bounce report), adds the operators, and passes what it made in the environment:
   HERALD_BASE, HERALD_PROJECT, HERALD_PASSWORD, HERALD_ADMIN, HERALD_VIEWER,
   HERALD_BOUNCED (an email the relay refused with 550), HERALD_REPORTED (an email a DSN
   bounced), HERALD_RECEIVER (a webhook receiver's URL), HERALD_DOMAIN (a sending domain
-  whose DKIM record has the wrong value), HERALD_SHOTS (the screenshots).
+  whose DKIM record has the wrong value), HERALD_HOSTILE (an email whose HTML has a script, a
+  remote image and a form aimed at HERALD_ELSEWHERE, another host), HERALD_SHOTS (the
+  screenshots).
 
 Every page is also checked for: console errors, requests to any host but Herald's, and
 axe-core's accessibility rules (no serious or critical violation), at 1280 px and 390 px wide.
@@ -37,14 +39,18 @@ BOUNCED = os.environ["HERALD_BOUNCED"]
 REPORTED = os.environ["HERALD_REPORTED"]
 RECEIVER = os.environ["HERALD_RECEIVER"]
 DOMAIN = os.environ["HERALD_DOMAIN"]
+HOSTILE = os.environ["HERALD_HOSTILE"]
+ELSEWHERE = os.environ["HERALD_ELSEWHERE"]
 SHOTS = pathlib.Path(os.environ["HERALD_SHOTS"])
 AXE = (pathlib.Path(__file__).parent / "axe.min.js").read_text()
 HOST = urllib.parse.urlsplit(BASE).netloc
 WIDTHS = {"wide": (1280, 900), "narrow": (390, 844)}
 
 
-def browser():
+def browser(javascript=True):
     o = webdriver.ChromeOptions()
+    if not javascript:
+        o.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
     o.binary_location = os.environ.get("CHROMIUM", "/usr/bin/chromium")
     for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
               "--no-first-run", "--disable-extensions", "--disable-background-networking",
@@ -303,6 +309,49 @@ def journey_bounces(d):
     return "bounces by reason and recipient domain"
 
 
+def journey_hostile_html(d):
+    """An email whose HTML tries to run a script and reach another host: the preview shows
+    it, and nothing runs and nothing is asked of the other host."""
+    d.get(BASE + f"/projects/{PROJECT}/emails/{HOSTILE}")
+    check("<script>alert('subject')</script>" in page_text(d), "the subject is shown as text")
+    check(d.title != "pwned", "nothing ran in the page")
+    frame = d.find_element(By.CSS_SELECTOR, "iframe.preview")
+    check(frame.get_attribute("sandbox") == "", "the frame is sandboxed, nothing allowed")
+    d.switch_to.frame(frame)
+    WebDriverWait(d, 10).until(lambda d: "Hello" in d.execute_script("return document.body ? document.body.innerText : ''"))
+    ran = d.execute_script("return document.title")
+    d.switch_to.default_content()
+    check(ran != "pwned", "the script in the HTML did not run")
+    other = urllib.parse.urlsplit(ELSEWHERE).netloc
+    asked = [u for u in requests_seen(d) if urllib.parse.urlsplit(u).netloc == other]
+    check(not asked, f"the preview asked another host: {asked}")
+    # The only errors are the browser saying what it refused.
+    logged = [e["message"] for e in d.get_log("browser") if e["level"] == "SEVERE"]
+    check(all("sandboxed" in m or "Content Security Policy" in m or "Refused" in m for m in logged),
+          f"errors other than refusals: {logged}")
+    d.save_screenshot(str(SHOTS / "email-hostile-wide.png"))
+    return "a script, a remote image and a form in an email's HTML: none ran or reached out"
+
+
+def journey_javascript_off():
+    """Reading works with JavaScript off: sign in, the overview's chart, a search, an email."""
+    d = browser(javascript=False)
+    try:
+        d.get(BASE + "/sign-in")
+        d.find_element(By.ID, "email").send_keys(ADMIN)
+        d.find_element(By.ID, "password").send_keys(PASSWORD + Keys.ENTER)
+        wait_url(d, f"/projects/{PROJECT}", "signed in without JavaScript")
+        check(d.find_elements(By.CSS_SELECTOR, "svg.chart polyline"), "the chart is drawn")
+        d.get(BASE + f"/projects/{PROJECT}/emails?recipient=zed%40example.net")
+        d.find_element(By.CSS_SELECTOR, "table.list a").click()
+        wait_url(d, f"/emails/{BOUNCED}", "the email")
+        check("550" in page_text(d), "the email's reply")
+        d.save_screenshot(str(SHOTS / "email-bounced-no-javascript.png"))
+    finally:
+        d.quit()
+    return "signed in, read the overview, searched and opened an email with JavaScript off"
+
+
 def journey_keyboard(d):
     d.get(BASE + f"/projects/{PROJECT}")
     body = d.find_element(By.TAG_NAME, "body")
@@ -347,7 +396,7 @@ def main():
     try:
         for j in (journey_sign_in_and_overview, journey_find_an_email, journey_bounce_report,
                   journey_suppressions, journey_webhook, journey_domain, journey_api_key,
-                  journey_projects, journey_bounces, journey_keyboard, journey_sign_out, journey_viewer):
+                  journey_projects, journey_bounces, journey_hostile_html, journey_keyboard, journey_sign_out, journey_viewer):
             requests_seen(d)  # start each journey's request log afresh
             try:
                 print(f"ok {j.__name__}: {j(d)}", flush=True)
@@ -355,6 +404,11 @@ def main():
                 d.save_screenshot(str(SHOTS / f"failed-{j.__name__}.png"))
                 print(f"FAILED {j.__name__}: {e} (at {d.current_url})", flush=True)
                 return 1
+        try:
+            print(f"ok journey_javascript_off: {journey_javascript_off()}", flush=True)
+        except Failed as e:
+            print(f"FAILED journey_javascript_off: {e}", flush=True)
+            return 1
     finally:
         d.quit()
     return 0

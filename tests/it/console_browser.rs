@@ -83,6 +83,17 @@ async fn operators_journeys_in_a_real_browser() {
     body["subject"] = "Password reset".into();
     body["html"] = "<h1>Reset</h1><p>Click <a href=\"https://example.com/r\">here</a>.</p>".into();
     let reported = app.send(&body).await;
+    // Another host, which no page of the console may make the browser ask anything of.
+    let elsewhere = crate::receiver::Receiver::start().await;
+    let mut body = email_to(&["ada@example.com"]);
+    body["subject"] = "<script>alert('subject')</script>".into();
+    body["html"] = format!(
+        "<p>Hello</p><script>document.title='pwned';fetch('{0}')</script>\
+         <img src=\"{0}/pixel.png\"><form action=\"{0}\"><input name=q></form>",
+        elsewhere.url()
+    )
+    .into();
+    let hostile = app.send(&body).await;
     app.drain().await;
     let return_path = smtp
         .received()
@@ -139,6 +150,8 @@ async fn operators_journeys_in_a_real_browser() {
         .env("HERALD_SHOTS", &shots)
         .env("HERALD_RECEIVER", receiver.url())
         .env("HERALD_DOMAIN", "acme.com")
+        .env("HERALD_HOSTILE", &hostile)
+        .env("HERALD_ELSEWHERE", elsewhere.url())
         .kill_on_drop(true)
         .output()
         .await
@@ -150,7 +163,11 @@ async fn operators_journeys_in_a_real_browser() {
         "journeys failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), 12);
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), 14);
+    assert!(
+        elsewhere.hits().is_empty(),
+        "another host was asked something"
+    );
     assert!(
         receiver
             .hits()

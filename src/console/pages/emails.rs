@@ -37,6 +37,8 @@ struct ListPage {
     older: Option<String>,
     newer: Option<String>,
     error: Option<String>,
+    /// A subject search read its window without filling the page.
+    window_full: bool,
 }
 
 impl ListPage {
@@ -69,6 +71,7 @@ pub async fn list(
         older: None,
         newer: None,
         error: None,
+        window_full: false,
         q,
     };
     let (filter, limit) = match search_of(&page.q) {
@@ -78,10 +81,12 @@ pub async fn list(
             return Ok(render(&page));
         }
     };
-    let mut rows = state
+    let found = state
         .store
         .search_emails(&project, &filter, limit + 1)
         .await?;
+    page.window_full = found.window_full;
+    let mut rows = found.rows;
     let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
     if more {
         if filter.before.is_some() {

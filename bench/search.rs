@@ -310,9 +310,21 @@ async fn console_pages(
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
+    let form = http.get(format!("{base}/sign-in")).send().await?;
+    let form_cookie = form
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .unwrap_or_default()
+        .to_owned();
+    let page = form.text().await?;
+    let at = page.find("name=\"csrf\" value=\"").unwrap_or(0) + 19;
+    let token = page.get(at..at + 43).unwrap_or_default().to_owned();
     let signed_in = http
         .post(format!("{base}/sign-in"))
-        .form(&[("email", email), ("password", password)])
+        .header("cookie", form_cookie)
+        .form(&[("email", email), ("password", password), ("csrf", &token)])
         .send()
         .await?;
     let cookie = signed_in

@@ -58,9 +58,11 @@ pub fn lines(title: &str, labels: &[String], series: &[Series<'_>]) -> String {
     let every = n.div_ceil(8).max(1);
     for (i, label) in labels.iter().enumerate() {
         if i % every == 0 {
+            // The last label ends at its point, so it is not cut off at the edge.
+            let anchor = if i + 1 == n && n > 1 { "end" } else { "middle" };
             let _ = write!(
                 svg,
-                r#"<text class="axis" x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
+                r#"<text class="axis" x="{:.1}" y="{}" text-anchor="{anchor}">{}</text>"#,
                 x(i),
                 HEIGHT - 6.0,
                 escape(label)

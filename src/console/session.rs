@@ -28,6 +28,8 @@ use crate::store::{Project, SessionRecord};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "herald_session";
+/// The sign-in form's own CSRF cookie (there is no session yet to hold its token).
+const SIGN_IN_COOKIE: &str = "herald_sign_in";
 
 /// Failed sign-ins, by client address and by account: a few tries, then one every so often,
 /// before any password is hashed.
@@ -255,6 +257,25 @@ struct SignInPage<'a> {
     next: &'a str,
     email: &'a str,
     error: Option<&'a str>,
+    csrf: &'a str,
+}
+
+/// The sign-in page with a fresh CSRF token, in its form and in a cookie of its own: a form
+/// posted from elsewhere has the cookie but cannot read it, so it cannot send the token.
+fn sign_in_form(next: &str, email: &str, error: Option<&str>) -> Response {
+    let csrf = random_token();
+    let mut r = render(&SignInPage {
+        next,
+        email,
+        error,
+        csrf: &csrf,
+    });
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{SIGN_IN_COOKIE}={csrf}; Path=/sign-in; HttpOnly; SameSite=Strict; Max-Age=3600"
+    )) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
 }
 
 #[derive(Debug, Deserialize)]
@@ -264,11 +285,7 @@ pub struct NextQuery {
 
 /// `GET /sign-in`.
 pub async fn sign_in_page(Query(q): Query<NextQuery>) -> Response {
-    render(&SignInPage {
-        next: &safe_next(q.next.as_deref()),
-        email: "",
-        error: None,
-    })
+    sign_in_form(&safe_next(q.next.as_deref()), "", None)
 }
 
 #[derive(Debug, Deserialize)]
@@ -276,6 +293,8 @@ pub struct SignInForm {
     email: String,
     password: String,
     next: Option<String>,
+    #[serde(default)]
+    csrf: String,
 }
 
 /// `POST /sign-in`: throttled by address and by account before any hashing; the same answer
@@ -291,18 +310,17 @@ pub async fn sign_in(
 ) -> Response {
     let next = safe_next(form.next.as_deref());
     let page = |status: StatusCode, error: &str| {
-        let mut r = render(&SignInPage {
-            next: &next,
-            email: &form.email,
-            error: Some(error),
-        });
+        let mut r = sign_in_form(&next, &form.email, Some(error));
         *r.status_mut() = status;
         r
     };
-    if !same_origin(&headers) {
+    let token_matches = cookie(&headers, SIGN_IN_COOKIE).is_some_and(|c| {
+        !form.csrf.is_empty() && bool::from(c.as_bytes().ct_eq(form.csrf.as_bytes()))
+    });
+    if !same_origin(&headers) || !token_matches {
         return page(
             StatusCode::FORBIDDEN,
-            "This sign-in did not come from Herald's own page.",
+            "This sign-in did not come from Herald's own page (or the page was old): try again.",
         );
     }
     let ip = peer.map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.0.ip());

@@ -287,8 +287,11 @@ def journey_projects(d):
     go(d, f"/projects/{PROJECT}/projects", "projects")
     d.find_element(By.ID, "p-name").send_keys("second shop")
     d.find_element(By.XPATH, "//form[.//input[@id='p-name']]//button").click()
+    try:
+        WebDriverWait(d, 10).until(lambda d: f"/projects/{PROJECT}" not in d.current_url)
+    except Exception:
+        raise Failed("never reached the new project's overview")
     wait_text(d, "Overview", "the new project's overview")
-    check(f"/projects/{PROJECT}" not in d.current_url, "a new project's page")
     switch = d.find_element(By.ID, "project-switch")
     names = [o.text for o in switch.find_elements(By.TAG_NAME, "option")]
     check("second shop" in names and "alpha" in names, f"the switcher lists both: {names}")

@@ -135,6 +135,8 @@ async fn operators_journeys_in_a_real_browser() {
         std::time::Duration::from_millis(100),
     ));
     let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
+    // This run's screenshots only.
+    let _ = std::fs::remove_dir_all(&shots);
     let out = tokio::process::Command::new("python3")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),

@@ -215,6 +215,25 @@ pub struct ShowQuery {
     images: Option<String>,
 }
 
+/// The relay's last reply to a recipient as it said it: the text, which carries its code
+/// (`550 5.1.1 …`), or the code and enhanced code alone.
+fn reply_of(r: &crate::store::RecipientRecord) -> String {
+    match (&r.smtp_response, r.smtp_code) {
+        (Some(text), Some(code)) if text.starts_with(&code.to_string()) => text.clone(),
+        (Some(text), code) => format!(
+            "{} {} {text}",
+            code.map(|c| c.to_string()).unwrap_or_default(),
+            r.smtp_enhanced.as_deref().unwrap_or("")
+        )
+        .trim()
+        .to_owned(),
+        (None, Some(code)) => format!("{code} {}", r.smtp_enhanced.as_deref().unwrap_or(""))
+            .trim()
+            .to_owned(),
+        (None, None) => String::new(),
+    }
+}
+
 /// A JSON value as `path: value` lines, in order (`smtp.code: 550`).
 fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
     match v {
@@ -298,17 +317,7 @@ pub async fn show(
                 kind: r.kind.as_str().to_owned(),
                 status: r.status.as_str().to_owned(),
                 attempts: r.attempts,
-                reply: match (&r.smtp_code, &r.smtp_enhanced, &r.smtp_response) {
-                    (None, _, None) => String::new(),
-                    (code, enhanced, text) => format!(
-                        "{} {} {}",
-                        code.map(|c| c.to_string()).unwrap_or_default(),
-                        enhanced.as_deref().unwrap_or(""),
-                        text.as_deref().unwrap_or("")
-                    )
-                    .trim()
-                    .to_owned(),
-                },
+                reply: reply_of(r),
             })
             .collect(),
         events: events

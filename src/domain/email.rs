@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 pub mod draft;
+pub mod submitted;
 
 use crate::domain::address::{EmailAddress, Mailbox};
 

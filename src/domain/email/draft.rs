@@ -1,6 +1,7 @@
 //! An email as a client wrote it ([`Draft`]), and the rules that make it an [`OutgoingEmail`].
 //!
-//! Every way into Herald fills a draft (the JSON API; SMTP submission to come) and
+//! Every way into Herald fills a draft (the JSON API; a message submitted over SMTP, read by
+//! [`super::submitted`]) and
 //! [`Draft::check`] applies the same rules: required fields, addresses, the subject, custom
 //! headers, attachments, tags, metadata, the stream, the schedule, and the recipient limit
 //! (checked on the count listed before any address is parsed). Every problem is collected with

@@ -42,6 +42,10 @@ pub struct App {
     /// The bounce listener (SMTP), if `inbound.listen` is set.
     pub inbound: Option<(TcpListener, ListenerSettings)>,
     pub inbound_addr: Option<SocketAddr>,
+    /// The SMTP submission listeners (STARTTLS, implicit TLS), if configured.
+    pub submission: Vec<(TcpListener, crate::submission::Settings, bool)>,
+    /// Their addresses, in the same order.
+    pub submission_addrs: Vec<SocketAddr>,
 }
 
 /// The mailer the configuration asks for.
@@ -206,6 +210,55 @@ impl App {
             Some((l, settings))
         };
         let inbound_addr = inbound.as_ref().and_then(|(l, _)| l.local_addr().ok());
+        let mut submission = Vec::new();
+        {
+            let c = &config.submission;
+            let tls = if c.tls_cert_file.is_empty() {
+                None
+            } else {
+                Some(
+                    crate::bounces::listener::tls_acceptor(&c.tls_cert_file, &c.tls_key_file)
+                        .map_err(|e| anyhow::anyhow!("submission TLS: {e}"))?,
+                )
+            };
+            if !c.tls_listen.is_empty() && tls.is_none() {
+                anyhow::bail!(
+                    "submission.tls_listen needs submission.tls_cert_file and tls_key_file"
+                );
+            }
+            if !c.listen.is_empty() && tls.is_none() && !c.allow_insecure_auth {
+                anyhow::bail!(
+                    "submission.listen needs a certificate (submission.tls_cert_file) so that \
+                     passwords travel encrypted, or submission.allow_insecure_auth for development"
+                );
+            }
+            if c.allow_insecure_auth && !c.listen.is_empty() {
+                tracing::warn!(
+                    "submission.allow_insecure_auth is set: API keys may be sent in the clear on {}; use it on loopback only",
+                    c.listen
+                );
+            }
+            let settings = crate::submission::Settings {
+                hostname: hostname::get()
+                    .map(|h| h.to_string_lossy().into_owned())
+                    .unwrap_or_else(|_| "herald".to_owned()),
+                limits: c.clone(),
+                tls,
+            };
+            for (addr, implicit) in [(&c.listen, false), (&c.tls_listen, true)] {
+                if addr.is_empty() {
+                    continue;
+                }
+                let l = TcpListener::bind(addr.as_str())
+                    .await
+                    .with_context(|| format!("binding the submission listener on {addr}"))?;
+                submission.push((l, settings.clone(), implicit));
+            }
+        }
+        let submission_addrs = submission
+            .iter()
+            .filter_map(|(l, _, _)| l.local_addr().ok())
+            .collect();
         let retention = crate::retention::RetentionJob {
             store: store.clone(),
             clock: Arc::clone(&clock),
@@ -221,6 +274,8 @@ impl App {
             addr,
             inbound,
             inbound_addr,
+            submission,
+            submission_addrs,
         })
     }
 
@@ -278,6 +333,15 @@ impl App {
                     .clone()
                     .run_recovery(std::time::Duration::from_secs(60), shutdown.clone()),
             );
+        }
+        for (listener, settings, implicit) in self.submission {
+            tracker.spawn(crate::submission::serve(
+                listener,
+                self.state.clone(),
+                settings,
+                implicit,
+                shutdown.clone(),
+            ));
         }
         if let Some((listener, settings)) = self.inbound {
             tracker.spawn(crate::bounces::listener::serve(

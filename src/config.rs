@@ -38,6 +38,7 @@ pub struct Config {
     pub inbound: InboundConfig,
     pub retention: RetentionConfig,
     pub console: ConsoleConfig,
+    pub submission: SubmissionConfig,
     pub log: LogConfig,
 }
 
@@ -59,6 +60,7 @@ impl Default for Config {
             domains: DomainsConfig::default(),
             retention: RetentionConfig::default(),
             console: ConsoleConfig::default(),
+            submission: SubmissionConfig::default(),
             inbound: InboundConfig::default(),
             log: LogConfig::default(),
         }
@@ -329,6 +331,47 @@ impl Default for RetentionConfig {
             event_retention_days: 30,
             batch_size: 500,
             interval: Duration::from_secs(600),
+        }
+    }
+}
+
+/// SMTP submission: apps send through Herald over SMTP, an API key as the password.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubmissionConfig {
+    /// `ip:port` of the STARTTLS listener (port 587's kind); empty: off.
+    pub listen: String,
+    /// `ip:port` of the implicit-TLS listener (port 465's kind); empty: off.
+    pub tls_listen: String,
+    /// PEM files for STARTTLS and implicit TLS.
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
+    /// AUTH before TLS (for loopback in development only; start-up warns).
+    pub allow_insecure_auth: bool,
+    pub max_message_bytes: usize,
+    pub max_recipients: usize,
+    pub max_connections: usize,
+    /// Every read and write.
+    #[serde(with = "duration_text")]
+    pub timeout: Duration,
+    /// A whole connection.
+    #[serde(with = "duration_text")]
+    pub session_timeout: Duration,
+}
+
+impl Default for SubmissionConfig {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            tls_listen: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            allow_insecure_auth: false,
+            max_message_bytes: 10 * 1024 * 1024,
+            max_recipients: 50,
+            max_connections: 1000,
+            timeout: Duration::from_secs(60),
+            session_timeout: Duration::from_secs(600),
         }
     }
 }

@@ -24,5 +24,6 @@ pub mod metrics;
 pub mod readiness;
 pub mod retention;
 pub mod store;
+pub mod submission;
 pub mod telemetry;
 pub mod webhooks;

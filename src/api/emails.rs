@@ -85,17 +85,41 @@ fn of_email(suppressed: &[Vec<SuppressionRecord>], i: usize) -> &[SuppressionRec
     suppressed.get(i).map_or(&[], Vec::as_slice)
 }
 
+/// A message whose MIME the client wrote (SMTP submission): kept, not built.
+pub(crate) struct GivenMime {
+    pub mime: Vec<u8>,
+    /// Its own `Message-ID`, if it had one.
+    pub message_id: Option<String>,
+}
+
 fn prepare(
     state: &AppState,
     principal: &Principal,
     email: OutgoingEmail,
     signing: Option<&Signing>,
     now: i64,
+    given: Option<GivenMime>,
 ) -> ApiResult<Prepared> {
     let id = Uuid::now_v7();
-    let message_id = format!("<{id}@{}>", email.from.email.domain());
-    let date = SystemTime::UNIX_EPOCH + Duration::from_millis(now.unsigned_abs());
-    let mut mime = build_mime(&email, &message_id, date).map_err(|e| ApiError::internal(&e))?;
+    let own_id = format!("<{id}@{}>", email.from.email.domain());
+    let (message_id, mut mime) = match given {
+        None => {
+            let date = SystemTime::UNIX_EPOCH + Duration::from_millis(now.unsigned_abs());
+            let mime = build_mime(&email, &own_id, date).map_err(|e| ApiError::internal(&e))?;
+            (own_id, mime)
+        }
+        Some(GivenMime {
+            mime,
+            message_id: Some(m),
+        }) => (m, mime),
+        Some(GivenMime {
+            mime,
+            message_id: None,
+        }) => {
+            let mime = crate::domain::email::submitted::with_message_id(mime, &own_id);
+            (own_id, mime)
+        }
+    };
     if let Some(k) = signing {
         mime = dkim::sign(&mime, &k.domain, &k.selector, k.algorithm, &k.pkcs8)
             .map_err(|e| ApiError::internal(&e))?;
@@ -330,7 +354,8 @@ pub async fn create_email(
     };
     let email = request::validate(req, &ctx, "").map_err(ApiError::validation)?;
     let signing = sender::resolve(&state, &principal, email.from.email.domain(), "/from").await?;
-    let Prepared { row, summary } = prepare(&state, &principal, email, signing.as_deref(), now)?;
+    let Prepared { row, summary } =
+        prepare(&state, &principal, email, signing.as_deref(), now, None)?;
     let body_of = move |s: &[Vec<SuppressionRecord>]| to_json(&summary.accepted(of_email(s, 0)));
     idempotent(
         &state,
@@ -400,7 +425,9 @@ pub async fn create_batch(
                 let pointer = format!("{prefix}/from");
                 sender::resolve(&state, &principal, &domain, &pointer)
                     .await
-                    .and_then(|signing| prepare(&state, &principal, email, signing.as_deref(), now))
+                    .and_then(|signing| {
+                        prepare(&state, &principal, email, signing.as_deref(), now, None)
+                    })
             }
             Err(e) => Err(e),
         };
@@ -699,4 +726,54 @@ pub async fn cancel_email(
 /// A typed body as JSON (what an idempotent request keeps to replay).
 fn to_json(body: &impl serde::Serialize) -> Value {
     serde_json::to_value(body).unwrap_or(Value::Null)
+}
+
+/// Accepts a message submitted over SMTP by `principal`, for the envelope's recipients: the
+/// same rules, sender policy, DKIM signing, commit and wake-up as `POST /v1/emails`, with the
+/// client's MIME kept. `Ok` is the email's id, once committed.
+pub(crate) async fn accept_submitted(
+    state: &AppState,
+    principal: &Principal,
+    envelope: &[String],
+    raw: &[u8],
+) -> Result<String, ApiError> {
+    let now = state.clock.now_ms();
+    let date = chrono::DateTime::from_timestamp_millis(now)
+        .unwrap_or_default()
+        .to_rfc2822();
+    let submitted = crate::domain::email::submitted::read(raw, envelope, &date)
+        .map_err(|e| ApiError::validation(vec![FieldError::new(e.pointer, e.code, e.detail)]))?;
+    let (limits, streams, now) = validation_context(state, now);
+    let ctx = crate::domain::email::draft::Context {
+        limits: &limits,
+        streams: &streams,
+        now_ms: now,
+    };
+    let email = submitted.draft.check(&ctx).map_err(|errors| {
+        ApiError::validation(
+            errors
+                .into_iter()
+                .map(|i| FieldError::new(i.pointer, i.code, i.detail))
+                .collect(),
+        )
+    })?;
+    let signing = sender::resolve(state, principal, email.from.email.domain(), "/from").await?;
+    let given = GivenMime {
+        mime: submitted.mime,
+        message_id: submitted.message_id,
+    };
+    let Prepared { row, summary } = prepare(
+        state,
+        principal,
+        email,
+        signing.as_deref(),
+        now,
+        Some(given),
+    )?;
+    let id = summary.id.clone();
+    commit(state, vec![row], None, StatusCode::ACCEPTED, |_| {
+        Value::Null
+    })
+    .await?;
+    Ok(id)
 }

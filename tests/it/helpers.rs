@@ -132,6 +132,8 @@ pub struct TestApp {
     pub base: String,
     /// The bounce listener's address, when the test configured one.
     pub inbound_addr: Option<std::net::SocketAddr>,
+    /// The SMTP submission listeners' addresses, when the test configured them.
+    pub submission_addrs: Vec<std::net::SocketAddr>,
     pub http: reqwest::Client,
     /// A full_access key of project "alpha".
     pub key: String,
@@ -193,6 +195,7 @@ impl TestApp {
             .expect("build app");
         let base = format!("http://{}", app.addr);
         let inbound_addr = app.inbound_addr;
+        let submission_addrs = app.submission_addrs.clone();
         let store = app.state.store.clone();
         let worker = app.worker.clone();
         let dispatcher = app.dispatcher.clone();
@@ -204,6 +207,7 @@ impl TestApp {
         Self {
             base,
             inbound_addr,
+            submission_addrs,
             http: reqwest::Client::new(),
             key,
             worker,

@@ -28,6 +28,7 @@ mod receiver;
 mod retention;
 mod stats;
 mod store_contract;
+mod submission;
 mod suppressions;
 mod webhook_lanes;
 mod webhooks;

@@ -1,0 +1,523 @@
+//! SMTP submission: the listener where apps that speak SMTP send through Herald with an API
+//! key as the password (RFC 6409 on `submission.listen`, STARTTLS; RFC 8314 implicit TLS on
+//! `submission.tls_listen`).
+//!
+//! A 250 after DATA means committed, by the same group commit as the API's 202: the message
+//! goes through `api::emails::accept_submitted`, which applies the API's rules, sender policy
+//! and DKIM signing to the client's own MIME. AUTH is offered only over TLS unless the
+//! operator allows it in the clear. Every wait has a timeout, every line and message a limit,
+//! and each refusal an enhanced status code: 4xx where trying again can work (rate limits, an
+//! unavailable database), 5xx where it cannot.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::AppState;
+use crate::api::auth::{Principal, principal_for};
+use crate::api::error::ApiError;
+use crate::config::SubmissionConfig;
+
+/// Longest command line (RFC 5321 §4.5.3.1.4 says 512; AUTH PLAIN's line may be longer).
+const MAX_COMMAND: usize = 2048;
+/// Longest line of a message (RFC 5321 §4.5.3.1.6: 1000 with CRLF; some clients exceed it).
+const MAX_TEXT_LINE: usize = 8192;
+
+/// What every connection of a listener shares.
+#[derive(Clone)]
+pub struct Settings {
+    pub hostname: String,
+    pub limits: SubmissionConfig,
+    /// For STARTTLS on the submission port, and for the implicit-TLS port.
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// Accepts connections until `cancel`: `implicit_tls` for the port 465 kind.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    settings: Settings,
+    implicit_tls: bool,
+    cancel: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(settings.limits.max_connections.max(1)));
+    while let Some((stream, peer)) = crate::accept::next(&listener, &cancel, "submission").await {
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            let _ = stream.try_write(b"421 4.7.0 Too many connections, try again later\r\n");
+            continue;
+        };
+        let (state, settings) = (state.clone(), settings.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let deadline = settings.limits.session_timeout;
+            let run = async {
+                if implicit_tls {
+                    let Some(tls) = &settings.tls else { return };
+                    if let Ok(Ok(s)) =
+                        tokio::time::timeout(settings.limits.timeout, tls.accept(stream)).await
+                    {
+                        let mut session = Session::new(&state, &settings, peer, true);
+                        let _ = session.run(s, true).await;
+                    }
+                } else {
+                    let mut session = Session::new(&state, &settings, peer, false);
+                    if let Ok(Some(plain)) = session.run(stream, true).await
+                        && let Some(tls) = &settings.tls
+                        && let Ok(Ok(s)) =
+                            tokio::time::timeout(settings.limits.timeout, tls.accept(plain)).await
+                    {
+                        session.tls = true;
+                        session.reset_all();
+                        let _ = session.run(s, false).await;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(deadline, run).await;
+        });
+    }
+}
+
+/// One client's conversation, across a STARTTLS upgrade.
+struct Session<'a> {
+    state: &'a AppState,
+    s: &'a Settings,
+    peer: SocketAddr,
+    tls: bool,
+    helo: bool,
+    principal: Option<Principal>,
+    mail_from: Option<String>,
+    rcpts: Vec<String>,
+}
+
+/// A reply line, its code and enhanced code first.
+type Reply = String;
+
+fn reply(code: u16, enhanced: &str, text: &str) -> Reply {
+    format!("{code} {enhanced} {text}\r\n")
+}
+
+/// How an API refusal is said over SMTP: 4xx where trying again can work.
+fn smtp_refusal(e: &ApiError) -> Reply {
+    let detail = e
+        .errors
+        .first()
+        .map_or(e.detail.as_str(), |f| f.detail.as_str())
+        .replace(['\r', '\n'], " ");
+    match e.status.as_u16() {
+        429 => reply(
+            451,
+            "4.7.1",
+            &format!("Rate limit: {detail}; try again later"),
+        ),
+        500..=599 => reply(
+            451,
+            "4.3.0",
+            "Herald cannot take mail right now; try again later",
+        ),
+        401 => reply(535, "5.7.8", "Authentication credentials invalid"),
+        403 => reply(550, "5.7.1", &detail),
+        413 => reply(552, "5.3.4", &detail),
+        _ => reply(550, "5.6.0", &format!("The message was refused: {detail}")),
+    }
+}
+
+/// `<addr>` from `FROM:<addr> PARAMS` or `TO:<addr>`, and the parameters after it.
+fn path_of(arg: &str) -> Option<(String, &str)> {
+    let arg = arg.trim_start();
+    let rest = arg.strip_prefix('<')?;
+    let end = rest.find('>')?;
+    let addr = rest.get(..end)?.trim().to_owned();
+    Some((addr, rest.get(end + 1..).unwrap_or("").trim()))
+}
+
+impl<'a> Session<'a> {
+    fn new(state: &'a AppState, s: &'a Settings, peer: SocketAddr, tls: bool) -> Self {
+        Self {
+            state,
+            s,
+            peer,
+            tls,
+            helo: false,
+            principal: None,
+            mail_from: None,
+            rcpts: Vec::new(),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.mail_from = None;
+        self.rcpts.clear();
+    }
+
+    /// After STARTTLS the client starts over (RFC 3207 §4.2).
+    fn reset_all(&mut self) {
+        self.reset();
+        self.helo = false;
+        self.principal = None;
+    }
+
+    fn ip(&self) -> IpAddr {
+        self.peer.ip()
+    }
+
+    /// Runs the conversation on `io`; `Some(io)` back when the client asked for STARTTLS.
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: S,
+        greet: bool,
+    ) -> std::io::Result<Option<S>> {
+        let mut io = BufReader::new(io);
+        let timeout = self.s.limits.timeout;
+        if greet {
+            let hello = format!("220 {} ESMTP Herald submission\r\n", self.s.hostname);
+            write(&mut io, &hello, timeout).await?;
+        }
+        loop {
+            let Some(line) = read_line(&mut io, MAX_COMMAND, timeout).await? else {
+                write(
+                    &mut io,
+                    "421 4.4.2 Timeout or line too long, closing\r\n",
+                    timeout,
+                )
+                .await?;
+                return Ok(None);
+            };
+            let line = String::from_utf8_lossy(&line).trim_end().to_owned();
+            let (verb, arg) = line.split_once(' ').unwrap_or((&line, ""));
+            let verb = verb.to_ascii_uppercase();
+            let answer = match verb.as_str() {
+                "EHLO" | "HELO" => {
+                    self.reset();
+                    self.helo = true;
+                    if verb == "HELO" {
+                        format!("250 {}\r\n", self.s.hostname)
+                    } else {
+                        self.capabilities()
+                    }
+                }
+                "STARTTLS" if !self.tls && self.s.tls.is_some() => {
+                    write(&mut io, "220 2.0.0 Ready to start TLS\r\n", timeout).await?;
+                    return Ok(Some(io.into_inner()));
+                }
+                "AUTH" => self.auth(&mut io, arg).await?,
+                "MAIL" => self.mail(arg),
+                "RCPT" => self.rcpt(arg),
+                "DATA" => self.data(&mut io).await?,
+                "RSET" => {
+                    self.reset();
+                    reply(250, "2.0.0", "OK")
+                }
+                "NOOP" => reply(250, "2.0.0", "OK"),
+                "QUIT" => {
+                    write(&mut io, "221 2.0.0 Bye\r\n", timeout).await?;
+                    return Ok(None);
+                }
+                _ => reply(502, "5.5.1", "Command not recognized"),
+            };
+            write(&mut io, &answer, timeout).await?;
+        }
+    }
+
+    fn auth_offered(&self) -> bool {
+        self.tls || self.s.limits.allow_insecure_auth
+    }
+
+    fn capabilities(&self) -> Reply {
+        let mut lines = vec![
+            self.s.hostname.clone(),
+            format!("SIZE {}", self.s.limits.max_message_bytes),
+            "PIPELINING".to_owned(),
+            "8BITMIME".to_owned(),
+            "ENHANCEDSTATUSCODES".to_owned(),
+        ];
+        if !self.tls && self.s.tls.is_some() {
+            lines.push("STARTTLS".to_owned());
+        }
+        if self.auth_offered() {
+            lines.push("AUTH PLAIN LOGIN".to_owned());
+        }
+        let last = lines.len() - 1;
+        lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| format!("250{}{l}\r\n", if i == last { " " } else { "-" }))
+            .collect()
+    }
+
+    async fn auth<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut BufReader<S>,
+        arg: &str,
+    ) -> std::io::Result<Reply> {
+        if !self.helo {
+            return Ok(reply(503, "5.5.1", "Say EHLO first"));
+        }
+        if self.principal.is_some() {
+            return Ok(reply(503, "5.5.1", "Already authenticated"));
+        }
+        if !self.auth_offered() {
+            return Ok(reply(530, "5.7.0", "Must issue a STARTTLS command first"));
+        }
+        if let Some(wait) = self.state.auth_failures.wait(&self.ip()) {
+            return Ok(reply(
+                454,
+                "4.7.0",
+                &format!("Too many failed authentications; try again in {wait} seconds"),
+            ));
+        }
+        let timeout = self.s.limits.timeout;
+        let (mechanism, initial) = arg.split_once(' ').unwrap_or((arg, ""));
+        let decode = |s: &str| STANDARD.decode(s.trim()).ok();
+        let password = match mechanism.to_ascii_uppercase().as_str() {
+            "PLAIN" => {
+                let response = if initial.is_empty() {
+                    write(io, "334 \r\n", timeout).await?;
+                    read_line(io, MAX_COMMAND, timeout)
+                        .await?
+                        .map(|l| String::from_utf8_lossy(&l).trim().to_owned())
+                        .unwrap_or_default()
+                } else {
+                    initial.to_owned()
+                };
+                // authzid NUL authcid NUL password
+                decode(&response).and_then(|b| {
+                    let mut parts = b.split(|c| *c == 0);
+                    let _ = parts.next()?;
+                    let _ = parts.next()?;
+                    parts
+                        .next()
+                        .map(|p| String::from_utf8_lossy(p).into_owned())
+                })
+            }
+            "LOGIN" => {
+                // The username is asked for and read, and not used: the key says who.
+                if initial.is_empty() {
+                    write(io, "334 VXNlcm5hbWU6\r\n", timeout).await?;
+                    let _ = read_line(io, MAX_COMMAND, timeout).await?;
+                }
+                write(io, "334 UGFzc3dvcmQ6\r\n", timeout).await?;
+                read_line(io, MAX_COMMAND, timeout)
+                    .await?
+                    .and_then(|l| decode(&String::from_utf8_lossy(&l)))
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+            }
+            _ => {
+                return Ok(reply(
+                    504,
+                    "5.5.4",
+                    "Unrecognized authentication type; use PLAIN or LOGIN",
+                ));
+            }
+        };
+        let Some(password) = password else {
+            return Ok(reply(501, "5.5.2", "Cannot decode the response (base64)"));
+        };
+        match principal_for(self.state, &password, Some(self.ip())).await {
+            Ok(p) => {
+                self.principal = Some(p);
+                Ok(reply(235, "2.7.0", "Authentication successful"))
+            }
+            Err(e) if e.status.as_u16() == 401 => Ok(reply(
+                535,
+                "5.7.8",
+                "Authentication credentials invalid: the password is an API key (hk_…)",
+            )),
+            Err(e) if e.status.as_u16() == 429 && e.code == "too_many_failed_authentications" => {
+                Ok(reply(
+                    454,
+                    "4.7.0",
+                    "Too many failed authentications; try again later",
+                ))
+            }
+            Err(e) => Ok(smtp_refusal(&e)),
+        }
+    }
+
+    fn mail(&mut self, arg: &str) -> Reply {
+        if self.principal.is_none() {
+            return reply(530, "5.7.0", "Authentication required");
+        }
+        if self.mail_from.is_some() {
+            return reply(503, "5.5.1", "Sender already given");
+        }
+        let Some((addr, params)) = arg
+            .get(..5)
+            .filter(|p| p.eq_ignore_ascii_case("FROM:"))
+            .and_then(|_| path_of(arg.get(5..).unwrap_or("")))
+        else {
+            return reply(501, "5.5.4", "Syntax: MAIL FROM:<address>");
+        };
+        for p in params.split_whitespace() {
+            if let Some(size) = p
+                .strip_prefix("SIZE=")
+                .and_then(|n| n.parse::<usize>().ok())
+                && size > self.s.limits.max_message_bytes
+            {
+                return reply(
+                    552,
+                    "5.3.4",
+                    &format!(
+                        "Message too big: the limit is {} bytes",
+                        self.s.limits.max_message_bytes
+                    ),
+                );
+            }
+        }
+        self.mail_from = Some(addr);
+        reply(250, "2.1.0", "Sender OK")
+    }
+
+    fn rcpt(&mut self, arg: &str) -> Reply {
+        if self.mail_from.is_none() {
+            return reply(503, "5.5.1", "Need MAIL before RCPT");
+        }
+        let Some((addr, _)) = arg
+            .get(..3)
+            .filter(|p| p.eq_ignore_ascii_case("TO:"))
+            .and_then(|_| path_of(arg.get(3..).unwrap_or("")))
+        else {
+            return reply(501, "5.5.4", "Syntax: RCPT TO:<address>");
+        };
+        let Ok(address) = crate::domain::address::EmailAddress::parse(&addr) else {
+            return reply(553, "5.1.3", &format!("'{addr}' is not a valid address"));
+        };
+        if self.rcpts.len() >= self.s.limits.max_recipients {
+            return reply(
+                452,
+                "4.5.3",
+                &format!(
+                    "Too many recipients: at most {} per message; send the rest in another",
+                    self.s.limits.max_recipients
+                ),
+            );
+        }
+        let address = address.to_string();
+        if !self.rcpts.contains(&address) {
+            self.rcpts.push(address);
+        }
+        reply(250, "2.1.5", "Recipient OK")
+    }
+
+    async fn data<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut BufReader<S>,
+    ) -> std::io::Result<Reply> {
+        if self.rcpts.is_empty() {
+            return Ok(reply(503, "5.5.1", "Need RCPT before DATA"));
+        }
+        let timeout = self.s.limits.timeout;
+        write(
+            io,
+            "354 Start mail input; end with <CRLF>.<CRLF>\r\n",
+            timeout,
+        )
+        .await?;
+        let max = self.s.limits.max_message_bytes;
+        let mut message = Vec::new();
+        let mut too_big = false;
+        loop {
+            let Some(line) = read_line(io, MAX_TEXT_LINE, timeout).await? else {
+                return Err(std::io::Error::other("the message was cut off"));
+            };
+            if line == b".\r\n" || line == b".\n" {
+                break;
+            }
+            let line = line.strip_prefix(b".").unwrap_or(&line);
+            if message.len() + line.len() > max {
+                too_big = true;
+            } else {
+                message.extend_from_slice(line);
+            }
+        }
+        let envelope = std::mem::take(&mut self.rcpts);
+        self.mail_from = None;
+        if too_big {
+            return Ok(reply(
+                552,
+                "5.3.4",
+                &format!("Message too big: the limit is {max} bytes"),
+            ));
+        }
+        let Some(principal) = &self.principal else {
+            return Ok(reply(530, "5.7.0", "Authentication required"));
+        };
+        Ok(
+            match crate::api::emails::accept_submitted(self.state, principal, &envelope, &message)
+                .await
+            {
+                Ok(id) => reply(250, "2.0.0", &format!("queued as {id}")),
+                Err(e) => smtp_refusal(&e),
+            },
+        )
+    }
+}
+
+async fn write<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut BufReader<S>,
+    text: &str,
+    timeout: std::time::Duration,
+) -> std::io::Result<()> {
+    let w = async {
+        io.get_mut().write_all(text.as_bytes()).await?;
+        io.get_mut().flush().await
+    };
+    tokio::time::timeout(timeout, w)
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other("write timed out")))
+}
+
+/// One line, its line end included; `None` when it is longer than `max`, or the client went
+/// quiet for `timeout`.
+async fn read_line<S: AsyncRead + Unpin>(
+    io: &mut BufReader<S>,
+    max: usize,
+    timeout: std::time::Duration,
+) -> std::io::Result<Option<Vec<u8>>> {
+    let read = async {
+        let mut buf = Vec::new();
+        loop {
+            let available = io.fill_buf().await?;
+            if available.is_empty() {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+            }
+            let take = available
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(available.len(), |p| p + 1);
+            buf.extend_from_slice(available.get(..take).unwrap_or(available));
+            io.consume(take);
+            if buf.len() > max {
+                return Ok(None);
+            }
+            if buf.ends_with(b"\n") {
+                return Ok(Some(buf));
+            }
+        }
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or(Ok(None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_of;
+
+    #[test]
+    fn paths_and_parameters() {
+        assert_eq!(
+            path_of("<a@b.c> SIZE=10"),
+            Some(("a@b.c".to_owned(), "SIZE=10"))
+        );
+        assert_eq!(path_of(" <>"), Some((String::new(), "")));
+        assert_eq!(path_of("a@b.c"), None);
+        assert_eq!(path_of("<a@b.c"), None);
+    }
+}

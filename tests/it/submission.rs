@@ -1,0 +1,141 @@
+//! SMTP submission with a client no one here wrote: Python's smtplib
+//! (tests/interop/smtplib_submit.py), over STARTTLS and over implicit TLS, AUTH with an API key
+//! as the password. What it sent is then delivered to a relay like any other email.
+
+use herald::store::Backend;
+use serde_json::Value;
+
+use crate::helpers::TestApp;
+use crate::smtp_server::{TestSmtp, Tls};
+
+async fn submit(app: &TestApp, port: u16, mode: &str) -> Vec<Value> {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let out = tokio::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/interop/smtplib_submit.py"
+        ))
+        .arg(port.to_string())
+        .arg(format!("{fixtures}/ca.pem"))
+        .arg(&app.key)
+        .arg(mode)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run smtplib");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+fn step<'a>(steps: &'a [Value], name: &str) -> &'a Value {
+    steps
+        .iter()
+        .find(|s| s["step"] == name)
+        .unwrap_or_else(|| panic!("no step {name}: {steps:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtplib_submits_over_starttls_and_implicit_tls() {
+    let relay = TestSmtp::start(Tls::Starttls).await;
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let app = TestApp::spawn_with(Backend::Sqlite, Some(&relay), |c| {
+        c.submission.listen = "127.0.0.1:0".into();
+        c.submission.tls_listen = "127.0.0.1:0".into();
+        c.submission.tls_cert_file = format!("{fixtures}/server.pem");
+        c.submission.tls_key_file = format!("{fixtures}/server.key");
+        c.submission.max_message_bytes = 256 * 1024;
+    })
+    .await;
+    let [starttls, implicit] = [app.submission_addrs[0], app.submission_addrs[1]];
+    let mut ids = Vec::new();
+    for (addr, mode) in [(starttls, "starttls"), (implicit, "implicit")] {
+        let steps = submit(&app, addr.port(), mode).await;
+        if mode == "starttls" {
+            let s = step(&steps, "auth_before_tls");
+            assert_eq!(s["code"], 530, "{s}");
+            assert!(
+                s["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("5.7.0 Must issue a STARTTLS"))
+            );
+        }
+        let wrong = step(&steps, "wrong_key");
+        assert_eq!(wrong["code"], 535, "{wrong}");
+        assert!(
+            wrong["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("5.7.8"))
+        );
+        let sent = step(&steps, "send");
+        assert_eq!(sent["code"], 250, "{sent}");
+        let text = sent["text"].as_str().expect("text");
+        let id = text
+            .strip_prefix("2.0.0 queued as ")
+            .expect("queued as <id>");
+        ids.push(id.to_owned());
+        let big = step(&steps, "too_big");
+        assert_eq!(big["code"], 552, "{big}");
+        assert!(big["text"].as_str().is_some_and(|t| t.starts_with("5.3.4")));
+        let bad = step(&steps, "no_subject");
+        assert_eq!(bad["code"], 550, "{bad}");
+        assert!(
+            bad["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("subject is required")),
+            "{bad}"
+        );
+    }
+    // What a 250 accepted is the same email as one POSTed: recipients by kind, tags, metadata.
+    let email = app.email(&ids[0]).await;
+    assert_eq!(email["subject"], "Your receipt — №42 ✓");
+    assert_eq!(email["tags"], serde_json::json!(["receipt", "smtp"]));
+    assert_eq!(email["metadata"]["order-id"], "o-42");
+    let kinds: Vec<(String, String)> = email["recipients"]
+        .as_array()
+        .expect("recipients")
+        .iter()
+        .map(|r| {
+            (
+                r["email"].as_str().unwrap_or("").to_owned(),
+                r["type"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("ada@example.com".into(), "to".into()),
+            ("bob@example.org".into(), "cc".into()),
+            ("audit@example.net".into(), "bcc".into())
+        ]
+    );
+    // Delivered like any other: the client's MIME, without Bcc or Herald's instructions.
+    assert_eq!(app.drain().await, 6);
+    let received = relay.received();
+    let first = received
+        .iter()
+        .find(|m| m.rcpt_to.iter().any(|r| r == "audit@example.net"))
+        .expect("the Bcc recipient got it");
+    let data = String::from_utf8_lossy(&first.data);
+    assert!(
+        !data.contains("audit@example.net"),
+        "Bcc is not in the message"
+    );
+    assert!(!data.to_ascii_lowercase().contains("x-herald"), "{data}");
+    assert!(data.contains("Message-ID: <"), "a Message-ID was added");
+    assert!(data.contains("receipt.pdf"), "the attachment is kept");
+    assert!(
+        first.mail_from.starts_with("bounces+"),
+        "the signed return path: {}",
+        first.mail_from
+    );
+    app.finish().await;
+}

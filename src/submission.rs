@@ -341,8 +341,17 @@ impl<'a> Session<'a> {
     }
 
     fn mail(&mut self, arg: &str) -> Reply {
-        if self.principal.is_none() {
+        let Some(principal) = &self.principal else {
             return reply(530, "5.7.0", "Authentication required");
+        };
+        // Each message counts against the key's rate, as each request does over HTTP.
+        let (rate, burst) = self.state.config.limits.rate_share();
+        if let Err(e) = self
+            .state
+            .rate_limiter
+            .check(&principal.key_id, rate, burst)
+        {
+            return smtp_refusal(&e);
         }
         if self.mail_from.is_some() {
             return reply(503, "5.5.1", "Sender already given");

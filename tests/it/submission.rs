@@ -139,3 +139,117 @@ async fn smtplib_submits_over_starttls_and_implicit_tls() {
     );
     app.finish().await;
 }
+
+/// Runs swaks against a submission port; its transcript.
+async fn swaks(port: u16, args: &[&str]) -> String {
+    let out = tokio::process::Command::new("swaks")
+        .args(["--server", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--from", "orders@acme.com", "--to", "ada@example.com"])
+        .args([
+            "--header",
+            "Subject: Sent by swaks",
+            "--body",
+            "Hello from swaks",
+        ])
+        .args(["--timeout", "20"])
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run swaks");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn swaks_present() -> bool {
+    let present = std::process::Command::new("swaks")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !present {
+        assert!(
+            std::env::var_os("TEST_HERALD_REQUIRE_INTEROP").is_none(),
+            "swaks is required here (apt-get install swaks)"
+        );
+        eprintln!("skipped: the swaks submission tests (no swaks)");
+    }
+    present
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swaks_submits_with_plain_and_login_and_meets_the_rate_limit() {
+    if !swaks_present() {
+        return;
+    }
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let app = TestApp::spawn_with(Backend::Sqlite, None, |c| {
+        c.submission.listen = "127.0.0.1:0".into();
+        c.submission.tls_listen = "127.0.0.1:0".into();
+        c.submission.tls_cert_file = format!("{fixtures}/server.pem");
+        c.submission.tls_key_file = format!("{fixtures}/server.key");
+    })
+    .await;
+    let [starttls, implicit] = [app.submission_addrs[0], app.submission_addrs[1]];
+    for (port, tls) in [(starttls.port(), "--tls"), (implicit.port(), "--tlsc")] {
+        for auth in ["PLAIN", "LOGIN"] {
+            let t = swaks(
+                port,
+                &[
+                    tls,
+                    "--auth",
+                    auth,
+                    "--auth-user",
+                    "shop",
+                    "--auth-password",
+                    &app.key,
+                ],
+            )
+            .await;
+            assert!(t.contains("250 2.0.0 queued as "), "{tls} {auth}:\n{t}");
+            assert!(t.contains("235 2.7.0"), "{tls} {auth}:\n{t}");
+        }
+        let t = swaks(
+            port,
+            &[
+                tls,
+                "--auth",
+                "PLAIN",
+                "--auth-user",
+                "shop",
+                "--auth-password",
+                "hk_nope",
+            ],
+        )
+        .await;
+        assert!(t.contains("535 5.7.8"), "a wrong key:\n{t}");
+    }
+    app.finish().await;
+
+    // Each message counts against the key's rate: past it, 451 4.7.1 (try again later).
+    let app = TestApp::spawn_with(Backend::Sqlite, None, |c| {
+        c.submission.listen = "127.0.0.1:0".into();
+        c.submission.tls_cert_file = format!("{fixtures}/server.pem");
+        c.submission.tls_key_file = format!("{fixtures}/server.key");
+        c.limits.rate_per_second = 0.01;
+        c.limits.rate_burst = 3;
+    })
+    .await;
+    let port = app.submission_addrs[0].port();
+    let args = [
+        "--tls",
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        "shop",
+        "--auth-password",
+        &app.key,
+    ];
+    let first = swaks(port, &args).await;
+    assert!(first.contains("250 2.0.0 queued as "), "{first}");
+    let second = swaks(port, &args).await;
+    assert!(second.contains("451 4.7.1"), "past the rate:\n{second}");
+    app.finish().await;
+}

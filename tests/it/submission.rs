@@ -253,3 +253,65 @@ async fn swaks_submits_with_plain_and_login_and_meets_the_rate_limit() {
     assert!(second.contains("451 4.7.1"), "past the rate:\n{second}");
     app.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodemailer_submits_over_starttls_and_implicit_tls() {
+    let interop = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop");
+    let present = std::path::Path::new(interop)
+        .join("node_modules/nodemailer")
+        .exists();
+    if !present {
+        assert!(
+            std::env::var_os("TEST_HERALD_REQUIRE_INTEROP").is_none(),
+            "nodemailer is required here (npm install --prefix tests/interop)"
+        );
+        eprintln!("skipped: the nodemailer submission test (npm install --prefix tests/interop)");
+        return;
+    }
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let app = TestApp::spawn_with(Backend::Sqlite, None, |c| {
+        c.submission.listen = "127.0.0.1:0".into();
+        c.submission.tls_listen = "127.0.0.1:0".into();
+        c.submission.tls_cert_file = format!("{fixtures}/server.pem");
+        c.submission.tls_key_file = format!("{fixtures}/server.key");
+    })
+    .await;
+    for (addr, mode) in [
+        (app.submission_addrs[0], "starttls"),
+        (app.submission_addrs[1], "implicit"),
+    ] {
+        let out = tokio::process::Command::new("node")
+            .arg(format!("{interop}/nodemailer_submit.js"))
+            .arg(addr.port().to_string())
+            .arg(format!("{fixtures}/ca.pem"))
+            .arg(&app.key)
+            .arg(mode)
+            .kill_on_drop(true)
+            .output()
+            .await
+            .expect("run node");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{mode}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let steps: Vec<Value> = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect();
+        let wrong = step(&steps, "wrong_key");
+        assert_eq!(wrong["code"], 535, "{mode}: {wrong}");
+        let sent = step(&steps, "send");
+        let text = sent["text"].as_str().expect("text");
+        let id = text
+            .strip_prefix("250 2.0.0 queued as ")
+            .unwrap_or_else(|| panic!("{mode}: {text}"));
+        let email = app.email(id).await;
+        assert_eq!(email["subject"], "Ihre Bestellung – Grüße ✓", "{mode}");
+        assert_eq!(email["from"]["name"], "Acme Café", "{mode}: {email}");
+        assert_eq!(email["tags"], serde_json::json!(["receipt", "node"]));
+        assert_eq!(email["recipients"].as_array().map(Vec::len), Some(3));
+    }
+    app.finish().await;
+}

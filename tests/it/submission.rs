@@ -315,3 +315,78 @@ async fn nodemailer_submits_over_starttls_and_implicit_tls() {
     }
     app.finish().await;
 }
+
+/// SIGKILL while apps submit over SMTP, then a restart: every message that got a 250 is
+/// delivered (none is lost), and none twice but within the crash window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_submission_loses_nothing_answered_250() {
+    use tokio::io::AsyncBufReadExt as _;
+    const N: usize = 2_000;
+    let db = crate::helpers::TestDb::new(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = TestSmtp::start(Tls::Starttls).await;
+    relay.accept_after(std::time::Duration::from_millis(1));
+    let key = crate::process::create_key(&db.url, &relay, dir.path(), "crash").await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        l.local_addr().expect("addr").port()
+    };
+    let submission = |cmd: &mut tokio::process::Command| {
+        cmd.env("HERALD_SUBMISSION__LISTEN", format!("127.0.0.1:{port}"))
+            .env("HERALD_SUBMISSION__ALLOW_INSECURE_AUTH", "true");
+    };
+    let mut cmd = crate::process::herald(&db.url, &relay, dir.path());
+    submission(&mut cmd);
+    let (mut first, _) = crate::process::serve_with(cmd).await;
+    let mut load = tokio::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/interop/smtp_load.py"
+        ))
+        .args([&port.to_string(), key.as_str(), &N.to_string(), "8"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the load");
+    let mut lines = tokio::io::BufReader::new(load.stdout.take().expect("stdout")).lines();
+    let mut accepted = Vec::new();
+    // Kill it a quarter of the way in, while messages are in flight.
+    while accepted.len() < N / 4 {
+        match lines.next_line().await.expect("read") {
+            Some(id) => accepted.push(id),
+            None => break,
+        }
+    }
+    first.start_kill().expect("SIGKILL");
+    first.wait().await.expect("wait");
+    while let Some(id) = lines.next_line().await.expect("read") {
+        accepted.push(id);
+    }
+    load.wait().await.expect("the load ends");
+    assert!(
+        accepted.len() < N,
+        "the kill must land mid-load ({} accepted)",
+        accepted.len()
+    );
+    // Start again: everything answered 250 is delivered.
+    let mut cmd = crate::process::herald(&db.url, &relay, dir.path());
+    submission(&mut cmd);
+    let (mut second, _) = crate::process::serve_with(cmd).await;
+    let received = relay
+        .wait_until(|r| {
+            let ids = crate::process::message_ids(r);
+            accepted.iter().all(|id| ids.contains_key(id))
+        })
+        .await;
+    crate::process::terminate(&mut second).await;
+    let ids = crate::process::message_ids(&received);
+    let lost = accepted.iter().filter(|id| !ids.contains_key(*id)).count();
+    let twice: usize = ids.values().map(|n| n - 1).sum();
+    println!(
+        "submission crash test: {} answered 250 before and at the SIGKILL, {} messages at the relay; lost {lost}, twice {twice}",
+        accepted.len(),
+        received.len()
+    );
+    assert_eq!(lost, 0, "every message answered 250 reached the relay");
+    db.drop_db().await;
+}

@@ -82,6 +82,7 @@ fn email(project: &str, i: u64, rng: &mut Rng, now: i64) -> NewEmail {
         created_at,
         scheduled_at: None,
         expires_at: None,
+        smtp_client: None,
         recipients: vec![NewRecipient {
             id: uuid::Uuid::now_v7().to_string(),
             position: 0,

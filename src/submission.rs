@@ -458,8 +458,14 @@ impl<'a> Session<'a> {
             return Ok(reply(530, "5.7.0", "Authentication required"));
         };
         Ok(
-            match crate::api::emails::accept_submitted(self.state, principal, &envelope, &message)
-                .await
+            match crate::api::emails::accept_submitted(
+                self.state,
+                principal,
+                self.ip(),
+                &envelope,
+                &message,
+            )
+            .await
             {
                 Ok(id) => reply(250, "2.0.0", &format!("queued as {id}")),
                 Err(e) => smtp_refusal(&e),

@@ -90,6 +90,8 @@ pub(crate) struct GivenMime {
     pub mime: Vec<u8>,
     /// Its own `Message-ID`, if it had one.
     pub message_id: Option<String>,
+    /// The SMTP client's address, recorded with the email.
+    pub client: String,
 }
 
 fn prepare(
@@ -102,6 +104,7 @@ fn prepare(
 ) -> ApiResult<Prepared> {
     let id = Uuid::now_v7();
     let own_id = format!("<{id}@{}>", email.from.email.domain());
+    let smtp_client = given.as_ref().map(|g| g.client.clone());
     let (message_id, mut mime) = match given {
         None => {
             let date = SystemTime::UNIX_EPOCH + Duration::from_millis(now.unsigned_abs());
@@ -111,10 +114,12 @@ fn prepare(
         Some(GivenMime {
             mime,
             message_id: Some(m),
+            ..
         }) => (m, mime),
         Some(GivenMime {
             mime,
             message_id: None,
+            ..
         }) => {
             let mime = crate::domain::email::submitted::with_message_id(mime, &own_id);
             (own_id, mime)
@@ -198,6 +203,7 @@ fn prepare(
         created_at: now,
         scheduled_at: email.scheduled_at,
         expires_at: email.expires_at,
+        smtp_client,
         recipients,
         events,
     };
@@ -734,6 +740,7 @@ fn to_json(body: &impl serde::Serialize) -> Value {
 pub(crate) async fn accept_submitted(
     state: &AppState,
     principal: &Principal,
+    client: std::net::IpAddr,
     envelope: &[String],
     raw: &[u8],
 ) -> Result<String, ApiError> {
@@ -761,6 +768,7 @@ pub(crate) async fn accept_submitted(
     let given = GivenMime {
         mime: submitted.mime,
         message_id: submitted.message_id,
+        client: client.to_string(),
     };
     let Prepared { row, summary } = prepare(
         state,

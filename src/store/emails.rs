@@ -35,6 +35,8 @@ pub struct NewEmail {
     pub created_at: i64,
     pub scheduled_at: Option<i64>,
     pub expires_at: Option<i64>,
+    /// The client's address, for mail submitted over SMTP (`None`: over the API).
+    pub smtp_client: Option<String>,
     pub recipients: Vec<NewRecipient>,
     pub events: Vec<NewEvent>,
 }
@@ -149,6 +151,8 @@ pub struct EmailRecord {
     pub expires_at: Option<i64>,
     /// When retention removed the bodies.
     pub content_purged_at: Option<i64>,
+    /// The client's address, for mail submitted over SMTP.
+    pub smtp_client: Option<String>,
     /// The bodies as given (only [`Store::get_email`] reads them).
     pub text_body: Option<String>,
     pub html_body: Option<String>,
@@ -230,7 +234,7 @@ pub struct EventRecord {
 /// An email's columns, qualified by the alias `e` every query gives `emails`.
 const EMAIL_COLUMNS: &str = "e.id, e.project_id, e.api_key_id, e.message_id, e.stream, \
      e.from_email, e.from_name, e.reply_to, e.subject, e.tags, e.metadata, e.created_at, \
-     e.scheduled_at, e.expires_at, e.content_purged_at";
+     e.scheduled_at, e.expires_at, e.content_purged_at, e.smtp_client";
 const RECIPIENT_COLUMNS: &str = "id, address, name, kind, status, attempts, next_attempt_at, \
      smtp_code, smtp_enhanced, smtp_response, smtp_phase, bounce_type, bounce_sub_type, \
      sent_at, last_event_at";
@@ -265,6 +269,7 @@ fn email_from_row(r: &AnyRow) -> StoreResult<EmailRecord> {
         scheduled_at: r.try_get(12)?,
         expires_at: r.try_get(13)?,
         content_purged_at: r.try_get(14)?,
+        smtp_client: r.try_get(15)?,
         text_body: None,
         html_body: None,
     })
@@ -450,7 +455,7 @@ pub(super) async fn insert_request(
     insert_emails(tx, outbox, emails.iter()).await
 }
 
-const EMAIL_INSERT_COLUMNS: [&str; 18] = [
+const EMAIL_INSERT_COLUMNS: [&str; 19] = [
     "id",
     "project_id",
     "api_key_id",
@@ -469,6 +474,7 @@ const EMAIL_INSERT_COLUMNS: [&str; 18] = [
     "created_at",
     "scheduled_at",
     "expires_at",
+    "smtp_client",
 ];
 
 const RECIPIENT_INSERT_COLUMNS: [&str; 12] = [
@@ -573,6 +579,7 @@ impl<'v> IngestRows<'v> {
                     Val::Int(e.created_at),
                     Val::OptInt(e.scheduled_at),
                     Val::OptInt(e.expires_at),
+                    Val::OptText(e.smtp_client.as_deref()),
                 ]
             })
             .collect();
@@ -744,8 +751,8 @@ impl Store {
             .await?
             .ok_or(StoreError::NotFound)?;
         let mut email = email_from_row(&row)?;
-        email.text_body = row.try_get(15)?;
-        email.html_body = row.try_get(16)?;
+        email.text_body = row.try_get(16)?;
+        email.html_body = row.try_get(17)?;
         let sql = sqlx::AssertSqlSafe(format!(
             "SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE email_id = $1 ORDER BY position"
         ));

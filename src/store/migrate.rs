@@ -104,6 +104,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0015_console.sql"),
         postgres: include_str!("../../migrations/postgres/0015_console.sql"),
     },
+    Migration {
+        version: 16,
+        name: "submission",
+        sqlite: include_str!("../../migrations/sqlite/0016_submission.sql"),
+        postgres: include_str!("../../migrations/postgres/0016_submission.sql"),
+    },
 ];
 
 /// An arbitrary constant: the advisory lock id Herald's migrations hold on Postgres.

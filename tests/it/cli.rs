@@ -29,7 +29,7 @@ fn migrate_keys_and_config() {
     assert!(ok);
     assert_eq!(
         out.trim(),
-        "applied 0001_core\napplied 0002_webhooks\napplied 0003_domains\napplied 0004_suppressions\napplied 0005_inbound\napplied 0006_search\napplied 0007_stats\napplied 0008_search_retention\napplied 0009_body_compression\napplied 0010_deferred_keys\napplied 0011_fewer_btrees\napplied 0012_due_index_predicate\napplied 0013_inbound_effects\napplied 0014_webhook_lanes\napplied 0015_console"
+        "applied 0001_core\napplied 0002_webhooks\napplied 0003_domains\napplied 0004_suppressions\napplied 0005_inbound\napplied 0006_search\napplied 0007_stats\napplied 0008_search_retention\napplied 0009_body_compression\napplied 0010_deferred_keys\napplied 0011_fewer_btrees\napplied 0012_due_index_predicate\napplied 0013_inbound_effects\napplied 0014_webhook_lanes\napplied 0015_console\napplied 0016_submission"
     );
     let (ok, out, _) = run(herald(dir.path()).arg("migrate"));
     assert!(ok);

@@ -307,6 +307,7 @@ pub(crate) fn email(project_id: &str, recipients: &[(&str, i64)]) -> NewEmail {
         created_at: NOW,
         scheduled_at: None,
         expires_at: None,
+        smtp_client: None,
         recipients: recipients
             .iter()
             .enumerate()

@@ -95,6 +95,8 @@ async fn smtplib_submits_over_starttls_and_implicit_tls() {
     }
     // What a 250 accepted is the same email as one POSTed: recipients by kind, tags, metadata.
     let email = app.email(&ids[0]).await;
+    assert_eq!(email["source"], "smtp");
+    assert_eq!(email["client_address"], "127.0.0.1");
     assert_eq!(email["subject"], "Your receipt — №42 ✓");
     assert_eq!(email["tags"], serde_json::json!(["receipt", "smtp"]));
     assert_eq!(email["metadata"]["order-id"], "o-42");

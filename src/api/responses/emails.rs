@@ -117,6 +117,10 @@ pub struct EmailResponse {
     pub sent_at: Option<String>,
     pub last_event_at: Option<String>,
     pub recipients: Vec<RecipientResponse>,
+    /// How it came in: `api` or `smtp` (submission).
+    pub source: &'static str,
+    /// The SMTP client's address, for mail submitted over SMTP.
+    pub client_address: Option<String>,
 }
 
 impl EmailResponse {
@@ -157,6 +161,12 @@ impl EmailResponse {
                 .max()
                 .map(format_ms),
             recipients: recipients.iter().map(RecipientResponse::from).collect(),
+            source: if e.smtp_client.is_some() {
+                "smtp"
+            } else {
+                "api"
+            },
+            client_address: e.smtp_client.clone(),
         }
     }
 }

@@ -195,6 +195,7 @@ struct ShowPage {
     from: String,
     created: String,
     stream: String,
+    source: String,
     tags: String,
     metadata: Vec<(String, String)>,
     message_id: String,
@@ -296,6 +297,10 @@ pub async fn show(
         ),
         created: when(email.created_at),
         stream: email.stream.clone(),
+        source: email.smtp_client.as_ref().map_or_else(
+            || "the API".to_owned(),
+            |c| format!("SMTP submission from {c}"),
+        ),
         tags: serde_json::from_str::<Vec<String>>(&email.tags)
             .unwrap_or_default()
             .join(", "),

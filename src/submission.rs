@@ -29,6 +29,9 @@ use crate::config::SubmissionConfig;
 const MAX_COMMAND: usize = 2048;
 /// Longest line of a message (RFC 5321 §4.5.3.1.6: 1000 with CRLF; some clients exceed it).
 const MAX_TEXT_LINE: usize = 8192;
+/// Commands refused (a 5xx) in one connection before it is closed: a client that keeps
+/// getting them wrong is not going to get them right.
+const MAX_ERRORS: usize = 20;
 
 /// What every connection of a listener shares.
 #[derive(Clone)]
@@ -94,6 +97,8 @@ struct Session<'a> {
     principal: Option<Principal>,
     mail_from: Option<String>,
     rcpts: Vec<String>,
+    /// Commands refused so far.
+    errors: usize,
 }
 
 /// A reply line, its code and enhanced code first.
@@ -148,6 +153,7 @@ impl<'a> Session<'a> {
             principal: None,
             mail_from: None,
             rcpts: Vec::new(),
+            errors: 0,
         }
     }
 
@@ -222,6 +228,18 @@ impl<'a> Session<'a> {
                 _ => reply(502, "5.5.1", "Command not recognized"),
             };
             write(&mut io, &answer, timeout).await?;
+            if answer.starts_with('5') {
+                self.errors += 1;
+                if self.errors >= MAX_ERRORS {
+                    write(
+                        &mut io,
+                        "421 4.7.0 Too many errors, closing connection\r\n",
+                        timeout,
+                    )
+                    .await?;
+                    return Ok(None);
+                }
+            }
         }
     }
 

@@ -392,3 +392,56 @@ async fn sigkill_under_submission_loses_nothing_answered_250() {
     assert_eq!(lost, 0, "every message answered 250 reached the relay");
     db.drop_db().await;
 }
+
+/// A client that keeps sending what is refused is closed, with a reply that says why; one
+/// that says nothing is closed at the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_keeps_failing_or_stalls_is_closed() {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let app = TestApp::spawn_with(Backend::Sqlite, None, |c| {
+        c.submission.listen = "127.0.0.1:0".into();
+        c.submission.tls_cert_file = format!("{fixtures}/server.pem");
+        c.submission.tls_key_file = format!("{fixtures}/server.key");
+        c.submission.timeout = std::time::Duration::from_millis(500);
+    })
+    .await;
+    let addr = app.submission_addrs[0];
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (read, mut write) = stream.into_split();
+    let mut lines = tokio::io::BufReader::new(read).lines();
+    let greeting = lines.next_line().await.expect("read").expect("a greeting");
+    assert!(greeting.starts_with("220 "), "{greeting}");
+    let mut replies = Vec::new();
+    for _ in 0..25 {
+        if write.write_all(b"XYZZY\r\n").await.is_err() {
+            break;
+        }
+        match lines.next_line().await {
+            Ok(Some(l)) => replies.push(l),
+            _ => break,
+        }
+    }
+    assert_eq!(
+        replies
+            .iter()
+            .filter(|l| l.starts_with("502 5.5.1"))
+            .count(),
+        20
+    );
+    assert_eq!(
+        replies.last().map(String::as_str),
+        Some("421 4.7.0 Too many errors, closing connection")
+    );
+    // Silence: closed at the timeout, with 421 4.4.2.
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut lines = tokio::io::BufReader::new(stream).lines();
+    let _greeting = lines.next_line().await.expect("read");
+    let bye = tokio::time::timeout(std::time::Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("closed within the timeout")
+        .expect("read")
+        .expect("a reply");
+    assert!(bye.starts_with("421 4.4.2"), "{bye}");
+    app.finish().await;
+}

@@ -69,7 +69,7 @@ pub use operators::{AuditEntry, OperatorRecord, SessionRecord};
 pub use probe::{Probe, ProbeFailure};
 pub use projects::{ApiKeyRecord, Project};
 pub use queue::{ClaimedEmail, ClaimedRecipient, Outcome, ProjectQueue, Recorded};
-pub use stats::{BounceCount, METRICS, StatsDimension, StatsQuery, StatsRow};
+pub use stats::{BounceCount, METRICS, StatsDimension, StatsQuery, StatsRow, bounced_of, count_of};
 pub use suppressions::SuppressionRecord;
 pub use webhooks::{AttemptLogRecord, AttemptRecord, DeliveryEmail, DueDelivery, EndpointRecord};
 

@@ -191,13 +191,8 @@ fn metrics_of(
     wanted: &[&'static str],
     delivered_known: bool,
 ) -> StatsMetrics {
-    let get = |name: &str| {
-        METRICS
-            .iter()
-            .position(|m| *m == name)
-            .map_or(0, |i| counts[i])
-    };
-    let bounced = get("bounced_permanent") + get("bounced_transient") + get("bounced_undetermined");
+    let get = |name: &str| crate::store::count_of(counts, name);
+    let bounced = crate::store::bounced_of(counts);
     let rate = |num: i64, den: i64| {
         (den != 0).then(|| ((num as f64 / den as f64) * 10_000.0).round() / 10_000.0)
     };
@@ -235,12 +230,7 @@ fn metrics_of(
 /// Whether these counts can say how much was delivered: a delivery report came, or nothing
 /// was sent. The one rule of "delivered is known", for the API and the console.
 pub fn delivery_reported(counts: &[i64; METRICS.len()]) -> bool {
-    let get = |name: &str| {
-        METRICS
-            .iter()
-            .position(|m| *m == name)
-            .map_or(0, |i| counts[i])
-    };
+    let get = |name: &str| crate::store::count_of(counts, name);
     get("delivered") > 0 || get("sent") == 0
 }
 

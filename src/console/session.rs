@@ -122,7 +122,7 @@ impl Session {
         section: &'static str,
     ) -> PageResult<Chrome> {
         let chrome = self.project(state, project_id, section).await?;
-        if !bool::from(csrf.as_bytes().ct_eq(self.record.csrf_token.as_bytes())) {
+        if !self.csrf_matches(csrf) {
             return Err(PageError::Forbidden(
                 "This form is out of date (or was not sent by the console). Go back, reload the page and try again.",
             ));
@@ -133,6 +133,11 @@ impl Session {
             ));
         }
         Ok(chrome)
+    }
+
+    /// Whether a form's token is this session's (compared in constant time).
+    fn csrf_matches(&self, given: &str) -> bool {
+        bool::from(given.as_bytes().ct_eq(self.record.csrf_token.as_bytes()))
     }
 
     /// The projects this operator may see, by name.
@@ -403,11 +408,7 @@ pub async fn sign_out(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> PageResult {
-    if !bool::from(
-        form.csrf
-            .as_bytes()
-            .ct_eq(session.record.csrf_token.as_bytes()),
-    ) {
+    if !session.csrf_matches(&form.csrf) {
         return Err(PageError::Forbidden(
             "This form is out of date. Reload the page and sign out again.",
         ));

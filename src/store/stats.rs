@@ -33,6 +33,28 @@ pub const METRICS: [&str; 11] = [
     "canceled",
 ];
 
+/// A rollup row's counter by name (0 for a name that is not one of [`METRICS`]).
+pub fn count_of(counts: &[i64; METRICS.len()], name: &str) -> i64 {
+    METRICS
+        .iter()
+        .position(|m| *m == name)
+        .and_then(|i| counts.get(i))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// The three bounce counters of a rollup row together.
+pub fn bounced_of(counts: &[i64; METRICS.len()]) -> i64 {
+    [
+        "bounced_permanent",
+        "bounced_transient",
+        "bounced_undetermined",
+    ]
+    .iter()
+    .map(|m| count_of(counts, m))
+    .sum()
+}
+
 /// The `tag` value of the rows that count every recipient once.
 pub const ALL_TAGS: &str = "*";
 

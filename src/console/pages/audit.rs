@@ -10,12 +10,25 @@ use crate::console::{PageResult, query_escape, render, when};
 
 const PAGE: i64 = 100;
 
+/// One line of the log, as the pages show it (here and on the admins' Projects page).
 pub struct Line {
     pub at: String,
     pub who: String,
     pub action: String,
     pub target: String,
     pub detail: String,
+}
+
+impl From<crate::store::AuditEntry> for Line {
+    fn from(e: crate::store::AuditEntry) -> Self {
+        Self {
+            at: when(e.at),
+            who: e.operator_email,
+            action: e.action,
+            target: e.target,
+            detail: e.detail,
+        }
+    }
 }
 
 #[derive(Template)]
@@ -49,16 +62,7 @@ pub async fn page(
         .last()
         .filter(|_| more)
         .map(|e| format!("before={}", query_escape(&e.id)));
-    let lines = entries
-        .into_iter()
-        .map(|e| Line {
-            at: when(e.at),
-            who: e.operator_email,
-            action: e.action,
-            target: e.target,
-            detail: e.detail,
-        })
-        .collect();
+    let lines = entries.into_iter().map(Line::from).collect();
     Ok(render(&AuditPage {
         chrome,
         lines,

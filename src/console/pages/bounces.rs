@@ -11,11 +11,7 @@ use crate::bounces::inbound::InboundStatus;
 use crate::console::chart::{Series, lines};
 use crate::console::session::{Chrome, CsrfForm, Session};
 use crate::console::{PageError, PageResult, query_escape, redirect, render, when};
-use crate::store::{METRICS, StatsDimension, StatsQuery};
-
-fn metric(name: &str) -> usize {
-    METRICS.iter().position(|m| *m == name).unwrap_or(0)
-}
+use crate::store::{StatsDimension, StatsQuery, bounced_of, count_of};
 
 pub struct DomainRow {
     pub domain: String,
@@ -74,14 +70,13 @@ pub async fn page(
         "bounced_permanent",
         "bounced_transient",
         "bounced_undetermined",
-    ]
-    .map(metric);
+    ];
     let mut series = vec![vec![0i64; period.buckets()]; 3];
     for r in state.store.stats(&project, &query(Vec::new())).await? {
         if let Some(i) = period.bucket_of(r.hour) {
             for (s, k) in series.iter_mut().zip(kinds) {
-                if let (Some(v), Some(c)) = (s.get_mut(i), r.counts.get(k)) {
-                    *v += c;
+                if let Some(v) = s.get_mut(i) {
+                    *v += count_of(&r.counts, k);
                 }
             }
         }
@@ -122,8 +117,8 @@ pub async fn page(
         let e = domains
             .entry(r.group.first().cloned().unwrap_or_default())
             .or_default();
-        e.0 += r.counts.get(metric("sent")).copied().unwrap_or(0);
-        e.1 += kinds.iter().filter_map(|k| r.counts.get(*k)).sum::<i64>();
+        e.0 += count_of(&r.counts, "sent");
+        e.1 += bounced_of(&r.counts);
     }
     let mut by_domain: Vec<DomainRow> = domains
         .into_iter()

@@ -10,7 +10,7 @@ use crate::console::chart::{Series, lines};
 use crate::console::session::{Chrome, Session};
 use crate::console::{PageResult, render};
 use crate::domain::states::DomainStatus;
-use crate::store::{METRICS, StatsQuery};
+use crate::store::{METRICS, StatsQuery, bounced_of, count_of};
 
 #[derive(Debug, Deserialize)]
 pub struct OverviewQuery {
@@ -38,10 +38,6 @@ struct OverviewPage {
     oldest_due: String,
     webhook_backlog: i64,
     attention: Vec<(String, String, String)>,
-}
-
-fn metric(name: &str) -> usize {
-    METRICS.iter().position(|m| *m == name).unwrap_or(0)
 }
 
 /// A share as people read it: `1.25 %`, or `–` with nothing to divide by.
@@ -89,17 +85,7 @@ pub async fn page(
     }
     let label = |i: usize| period.label(i);
     let labels: Vec<String> = (0..buckets).map(label).collect();
-    let (accepted, sent, delivered, complained) = (
-        metric("accepted"),
-        metric("sent"),
-        metric("delivered"),
-        metric("complained"),
-    );
-    let bounced = |c: &[i64; METRICS.len()]| {
-        c[metric("bounced_permanent")]
-            + c[metric("bounced_transient")]
-            + c[metric("bounced_undetermined")]
-    };
+    let bounced = bounced_of;
     let series_of = |f: &dyn Fn(&[i64; METRICS.len()]) -> i64| counts.iter().map(f).collect();
     let chart = lines(
         "Sent, bounced and complained per period",
@@ -107,7 +93,7 @@ pub async fn page(
         &[
             Series {
                 name: "sent",
-                values: series_of(&|c| c[sent]),
+                values: series_of(&|c| count_of(c, "sent")),
             },
             Series {
                 name: "bounced",
@@ -115,7 +101,7 @@ pub async fn page(
             },
             Series {
                 name: "complained",
-                values: series_of(&|c| c[complained]),
+                values: series_of(&|c| count_of(c, "complained")),
             },
         ],
     );
@@ -131,18 +117,18 @@ pub async fn page(
     let figures = vec![
         Figure {
             name: "Accepted",
-            value: total[accepted].to_string(),
+            value: count_of(&total, "accepted").to_string(),
             note: "",
         },
         Figure {
             name: "Sent",
-            value: total[sent].to_string(),
+            value: count_of(&total, "sent").to_string(),
             note: "handed to the relay",
         },
         Figure {
             name: "Delivered",
             value: if delivered_known {
-                total[delivered].to_string()
+                count_of(&total, "delivered").to_string()
             } else {
                 "unknown".to_owned()
             },
@@ -159,24 +145,34 @@ pub async fn page(
         },
         Figure {
             name: "Complained",
-            value: total[complained].to_string(),
+            value: count_of(&total, "complained").to_string(),
             note: "",
         },
         Figure {
             name: "Bounce rate",
-            value: rate(bounced(&total), total[sent]),
+            value: rate(bounced(&total), count_of(&total, "sent")),
             note: "of sent",
         },
         Figure {
             name: "Complaint rate",
-            value: rate(total[complained], total[sent]),
+            value: rate(count_of(&total, "complained"), count_of(&total, "sent")),
             note: "of sent",
         },
     ];
     let table = counts
         .iter()
         .enumerate()
-        .map(|(i, c)| (label(i), [c[sent], c[delivered], bounced(c), c[complained]]))
+        .map(|(i, c)| {
+            (
+                label(i),
+                [
+                    count_of(c, "sent"),
+                    count_of(c, "delivered"),
+                    bounced(c),
+                    count_of(c, "complained"),
+                ],
+            )
+        })
         .collect();
     let queue = state.store.project_queue(&project, now).await?;
     let attention = state

@@ -6,18 +6,11 @@ use axum::extract::{Form, Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 
+use super::audit::Line;
 use crate::api::AppState;
 use crate::console::session::{Chrome, Session};
 use crate::console::{PageError, PageResult, redirect, render, when};
 use crate::store::StoreError;
-
-pub struct Line {
-    pub at: String,
-    pub who: String,
-    pub action: String,
-    pub target: String,
-    pub detail: String,
-}
 
 #[derive(Template)]
 #[template(path = "projects.html")]
@@ -50,13 +43,7 @@ async fn page(state: &AppState, chrome: Chrome, errors: Vec<String>) -> PageResu
         .list_audit(None, None, 100)
         .await?
         .into_iter()
-        .map(|e| Line {
-            at: when(e.at),
-            who: e.operator_email,
-            action: e.action,
-            target: e.target,
-            detail: e.detail,
-        })
+        .map(Line::from)
         .collect();
     Ok(ProjectsPage {
         chrome,

@@ -194,7 +194,7 @@ impl App {
                 None
             } else {
                 Some(
-                    crate::bounces::listener::tls_acceptor(&i.tls_cert_file, &i.tls_key_file)
+                    crate::smtp_wire::tls_acceptor(&i.tls_cert_file, &i.tls_key_file)
                         .map_err(|e| anyhow::anyhow!("inbound TLS: {e}"))?,
                 )
             };
@@ -217,7 +217,7 @@ impl App {
                 None
             } else {
                 Some(
-                    crate::bounces::listener::tls_acceptor(&c.tls_cert_file, &c.tls_key_file)
+                    crate::smtp_wire::tls_acceptor(&c.tls_cert_file, &c.tls_key_file)
                         .map_err(|e| anyhow::anyhow!("submission TLS: {e}"))?,
                 )
             };

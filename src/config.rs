@@ -351,6 +351,8 @@ pub struct SubmissionConfig {
     pub max_message_bytes: usize,
     pub max_recipients: usize,
     pub max_connections: usize,
+    /// Connections open at once from one client address.
+    pub max_connections_per_client: usize,
     /// Every read and write.
     #[serde(with = "duration_text")]
     pub timeout: Duration,
@@ -370,6 +372,7 @@ impl Default for SubmissionConfig {
             max_message_bytes: 10 * 1024 * 1024,
             max_recipients: 50,
             max_connections: 1000,
+            max_connections_per_client: 100,
             timeout: Duration::from_secs(60),
             session_timeout: Duration::from_secs(600),
         }

@@ -23,6 +23,7 @@ pub mod job_loop;
 pub mod metrics;
 pub mod readiness;
 pub mod retention;
+pub mod smtp_wire;
 pub mod store;
 pub mod submission;
 pub mod telemetry;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -24,14 +24,19 @@ use crate::api::AppState;
 use crate::api::auth::{Principal, principal_for};
 use crate::api::error::ApiError;
 use crate::config::SubmissionConfig;
+use crate::smtp_wire::{Clients, Data, Line, Waits, read_data, read_line};
 
 /// Longest command line (RFC 5321 §4.5.3.1.4 says 512; AUTH PLAIN's line may be longer).
 const MAX_COMMAND: usize = 2048;
-/// Longest line of a message (RFC 5321 §4.5.3.1.6: 1000 with CRLF; some clients exceed it).
-const MAX_TEXT_LINE: usize = 8192;
 /// Commands refused (a 5xx) in one connection before it is closed: a client that keeps
 /// getting them wrong is not going to get them right.
 const MAX_ERRORS: usize = 20;
+/// Commands in a row that move no mail (NOOP, RSET, EHLO…) before the connection is closed:
+/// a client may keep a connection open to send on, not to hold a place.
+const MAX_IDLE_COMMANDS: usize = 100;
+
+const TIMEOUT: &str = "421 4.4.2 Timeout, closing connection\r\n";
+const DEADLINE: &str = "421 4.4.2 Connection open too long, closing\r\n";
 
 /// What every connection of a listener shares.
 #[derive(Clone)]
@@ -51,38 +56,39 @@ pub async fn serve(
     cancel: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(settings.limits.max_connections.max(1)));
+    // Apps that send a lot open many connections at once, and open them often: only the
+    // number open is capped per address.
+    let clients = Clients::new(settings.limits.max_connections_per_client, u32::MAX);
     while let Some((stream, peer)) = crate::accept::next(&listener, &cancel, "submission").await {
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
             let _ = stream.try_write(b"421 4.7.0 Too many connections, try again later\r\n");
             continue;
         };
+        let Some(client) = Clients::admit(&clients, peer.ip()) else {
+            let _ = stream.try_write(
+                b"421 4.7.0 Too many connections from your address, try again later\r\n",
+            );
+            continue;
+        };
         let (state, settings) = (state.clone(), settings.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let deadline = settings.limits.session_timeout;
-            let run = async {
-                if implicit_tls {
-                    let Some(tls) = &settings.tls else { return };
-                    if let Ok(Ok(s)) =
-                        tokio::time::timeout(settings.limits.timeout, tls.accept(stream)).await
-                    {
-                        let mut session = Session::new(&state, &settings, peer, true);
-                        let _ = session.run(s, true).await;
-                    }
-                } else {
-                    let mut session = Session::new(&state, &settings, peer, false);
-                    if let Ok(Some(plain)) = session.run(stream, true).await
-                        && let Some(tls) = &settings.tls
-                        && let Ok(Ok(s)) =
-                            tokio::time::timeout(settings.limits.timeout, tls.accept(plain)).await
-                    {
-                        session.tls = true;
-                        session.reset_all();
-                        let _ = session.run(s, false).await;
-                    }
+            let _client = client;
+            let limits = &settings.limits;
+            let mut session = Session::new(&state, &settings, peer, implicit_tls);
+            if implicit_tls {
+                let Some(tls) = &settings.tls else { return };
+                if let Ok(Ok(s)) = tokio::time::timeout(limits.timeout, tls.accept(stream)).await {
+                    let _ = session.run(s, true).await;
                 }
-            };
-            let _ = tokio::time::timeout(deadline, run).await;
+            } else if let Ok(Some(plain)) = session.run(stream, true).await
+                && let Some(tls) = &settings.tls
+                && let Ok(Ok(s)) = tokio::time::timeout(limits.timeout, tls.accept(plain)).await
+            {
+                session.tls = true;
+                session.reset_all();
+                let _ = session.run(s, false).await;
+            }
         });
     }
 }
@@ -99,6 +105,9 @@ struct Session<'a> {
     rcpts: Vec<String>,
     /// Commands refused so far.
     errors: usize,
+    /// Commands in a row that moved no mail.
+    idle: usize,
+    waits: Waits,
 }
 
 /// A reply line, its code and enhanced code first.
@@ -127,6 +136,8 @@ fn smtp_refusal(e: &ApiError) -> Reply {
             "Herald cannot take mail right now; try again later",
         ),
         401 => reply(535, "5.7.8", "Authentication credentials invalid"),
+        // The same Idempotency-Key is being submitted on another connection right now.
+        409 => reply(451, "4.3.0", &format!("{detail}; try again later")),
         403 => reply(550, "5.7.1", &detail),
         413 => reply(552, "5.3.4", &detail),
         _ => reply(550, "5.6.0", &format!("The message was refused: {detail}")),
@@ -154,6 +165,8 @@ impl<'a> Session<'a> {
             mail_from: None,
             rcpts: Vec::new(),
             errors: 0,
+            idle: 0,
+            waits: Waits::new(s.limits.timeout, s.limits.session_timeout),
         }
     }
 
@@ -173,7 +186,8 @@ impl<'a> Session<'a> {
         self.peer.ip()
     }
 
-    /// Runs the conversation on `io`; `Some(io)` back when the client asked for STARTTLS.
+    /// Runs the conversation on `io`; `Some(io)` back when the client asked for STARTTLS
+    /// (whatever it sent after the command is dropped with the buffer, RFC 3207 §5).
     async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         io: S,
@@ -186,18 +200,19 @@ impl<'a> Session<'a> {
             write(&mut io, &hello, timeout).await?;
         }
         loop {
-            let Some(line) = read_line(&mut io, MAX_COMMAND, timeout).await? else {
-                write(
-                    &mut io,
-                    "421 4.4.2 Timeout or line too long, closing\r\n",
-                    timeout,
-                )
-                .await?;
-                return Ok(None);
+            let line = match self.next_line(&mut io).await? {
+                Ok(line) => line,
+                Err(last) => {
+                    if let Some(last) = last {
+                        write(&mut io, last, timeout).await?;
+                    }
+                    return Ok(None);
+                }
             };
             let line = String::from_utf8_lossy(&line).trim_end().to_owned();
             let (verb, arg) = line.split_once(' ').unwrap_or((&line, ""));
             let verb = verb.to_ascii_uppercase();
+            let moves_mail = matches!(verb.as_str(), "AUTH" | "MAIL" | "RCPT" | "DATA");
             let answer = match verb.as_str() {
                 "EHLO" | "HELO" => {
                     self.reset();
@@ -228,19 +243,37 @@ impl<'a> Session<'a> {
                 _ => reply(502, "5.5.1", "Command not recognized"),
             };
             write(&mut io, &answer, timeout).await?;
+            if answer.starts_with("421") {
+                return Ok(None);
+            }
+            self.idle = if moves_mail { 0 } else { self.idle + 1 };
             if answer.starts_with('5') {
                 self.errors += 1;
-                if self.errors >= MAX_ERRORS {
-                    write(
-                        &mut io,
-                        "421 4.7.0 Too many errors, closing connection\r\n",
-                        timeout,
-                    )
-                    .await?;
-                    return Ok(None);
-                }
             }
+            let last = if self.errors >= MAX_ERRORS {
+                "421 4.7.0 Too many errors, closing connection\r\n"
+            } else if self.idle >= MAX_IDLE_COMMANDS {
+                "421 4.7.0 Too many commands that send nothing, closing connection\r\n"
+            } else {
+                continue;
+            };
+            write(&mut io, last, timeout).await?;
+            return Ok(None);
         }
+    }
+
+    /// The client's next line, or why the conversation ends (with its last reply, if any).
+    async fn next_line<S: AsyncRead + Unpin>(
+        &self,
+        io: &mut BufReader<S>,
+    ) -> std::io::Result<Result<Vec<u8>, Option<&'static str>>> {
+        Ok(match read_line(io, MAX_COMMAND, &self.waits).await? {
+            Line::Text(line) => Ok(line),
+            Line::Eof => Err(None),
+            Line::TooLong => Err(Some("500 5.5.2 Line too long, closing connection\r\n")),
+            Line::TimedOut if self.waits.past_deadline() => Err(Some(DEADLINE)),
+            Line::TimedOut => Err(Some(TIMEOUT)),
+        })
     }
 
     fn auth_offered(&self) -> bool {
@@ -297,10 +330,10 @@ impl<'a> Session<'a> {
             "PLAIN" => {
                 let response = if initial.is_empty() {
                     write(io, "334 \r\n", timeout).await?;
-                    read_line(io, MAX_COMMAND, timeout)
-                        .await?
-                        .map(|l| String::from_utf8_lossy(&l).trim().to_owned())
-                        .unwrap_or_default()
+                    match self.next_line(io).await? {
+                        Ok(l) => String::from_utf8_lossy(&l).trim().to_owned(),
+                        Err(last) => return Ok(last.unwrap_or(TIMEOUT).to_owned()),
+                    }
                 } else {
                     initial.to_owned()
                 };
@@ -318,13 +351,16 @@ impl<'a> Session<'a> {
                 // The username is asked for and read, and not used: the key says who.
                 if initial.is_empty() {
                     write(io, "334 VXNlcm5hbWU6\r\n", timeout).await?;
-                    let _ = read_line(io, MAX_COMMAND, timeout).await?;
+                    if let Err(last) = self.next_line(io).await? {
+                        return Ok(last.unwrap_or(TIMEOUT).to_owned());
+                    }
                 }
                 write(io, "334 UGFzc3dvcmQ6\r\n", timeout).await?;
-                read_line(io, MAX_COMMAND, timeout)
-                    .await?
-                    .and_then(|l| decode(&String::from_utf8_lossy(&l)))
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                match self.next_line(io).await? {
+                    Ok(l) => decode(&String::from_utf8_lossy(&l))
+                        .map(|b| String::from_utf8_lossy(&b).into_owned()),
+                    Err(last) => return Ok(last.unwrap_or(TIMEOUT).to_owned()),
+                }
             }
             _ => {
                 return Ok(reply(
@@ -447,31 +483,23 @@ impl<'a> Session<'a> {
         )
         .await?;
         let max = self.s.limits.max_message_bytes;
-        let mut message = Vec::new();
-        let mut too_big = false;
-        loop {
-            let Some(line) = read_line(io, MAX_TEXT_LINE, timeout).await? else {
-                return Err(std::io::Error::other("the message was cut off"));
-            };
-            if line == b".\r\n" || line == b".\n" {
-                break;
-            }
-            let line = line.strip_prefix(b".").unwrap_or(&line);
-            if message.len() + line.len() > max {
-                too_big = true;
-            } else {
-                message.extend_from_slice(line);
-            }
-        }
+        let data = read_data(io, max, &self.waits).await?;
         let envelope = std::mem::take(&mut self.rcpts);
         self.mail_from = None;
-        if too_big {
-            return Ok(reply(
-                552,
-                "5.3.4",
-                &format!("Message too big: the limit is {max} bytes"),
-            ));
-        }
+        let message = match data {
+            Data::Message(m) => m,
+            Data::TooBig => {
+                return Ok(reply(
+                    552,
+                    "5.3.4",
+                    &format!("Message too big: the limit is {max} bytes"),
+                ));
+            }
+            // The message is dropped: nothing was promised for it.
+            Data::Eof => return Ok(TIMEOUT.to_owned()),
+            Data::TimedOut if self.waits.past_deadline() => return Ok(DEADLINE.to_owned()),
+            Data::TimedOut => return Ok(TIMEOUT.to_owned()),
+        };
         let Some(principal) = &self.principal else {
             return Ok(reply(530, "5.7.0", "Authentication required"));
         };
@@ -485,7 +513,12 @@ impl<'a> Session<'a> {
             )
             .await
             {
-                Ok(id) => reply(250, "2.0.0", &format!("queued as {id}")),
+                Ok(e) if e.replayed => reply(
+                    250,
+                    "2.0.0",
+                    &format!("queued as {} (already, under this Idempotency-Key)", e.id),
+                ),
+                Ok(e) => reply(250, "2.0.0", &format!("queued as {}", e.id)),
                 Err(e) => smtp_refusal(&e),
             },
         )
@@ -497,46 +530,7 @@ async fn write<S: AsyncRead + AsyncWrite + Unpin>(
     text: &str,
     timeout: std::time::Duration,
 ) -> std::io::Result<()> {
-    let w = async {
-        io.get_mut().write_all(text.as_bytes()).await?;
-        io.get_mut().flush().await
-    };
-    tokio::time::timeout(timeout, w)
-        .await
-        .unwrap_or_else(|_| Err(std::io::Error::other("write timed out")))
-}
-
-/// One line, its line end included; `None` when it is longer than `max`, or the client went
-/// quiet for `timeout`.
-async fn read_line<S: AsyncRead + Unpin>(
-    io: &mut BufReader<S>,
-    max: usize,
-    timeout: std::time::Duration,
-) -> std::io::Result<Option<Vec<u8>>> {
-    let read = async {
-        let mut buf = Vec::new();
-        loop {
-            let available = io.fill_buf().await?;
-            if available.is_empty() {
-                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
-            }
-            let take = available
-                .iter()
-                .position(|b| *b == b'\n')
-                .map_or(available.len(), |p| p + 1);
-            buf.extend_from_slice(available.get(..take).unwrap_or(available));
-            io.consume(take);
-            if buf.len() > max {
-                return Ok(None);
-            }
-            if buf.ends_with(b"\n") {
-                return Ok(Some(buf));
-            }
-        }
-    };
-    tokio::time::timeout(timeout, read)
-        .await
-        .unwrap_or(Ok(None))
+    crate::smtp_wire::write(io, text.as_bytes(), timeout).await
 }
 
 #[cfg(test)]

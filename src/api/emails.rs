@@ -225,20 +225,59 @@ where
     F: FnOnce(Option<IdempotencyRecord>) -> Fut,
     Fut: std::future::Future<Output = ApiResult<(StatusCode, Value)>>,
 {
-    let Some(key) = IdempotencyKey::from_headers(headers)? else {
-        let (status, body) = work(None).await?;
-        return Ok(respond(status, &body, false, locate));
+    let key = IdempotencyKey::from_headers(headers)?;
+    let answer = under_key(state, principal, key.as_ref(), path, body, work).await?;
+    Ok(respond(
+        answer.status,
+        &answer.body,
+        answer.replayed,
+        locate,
+    ))
+}
+
+/// What work done under an idempotency key answered: now, or the first time (`replayed`).
+struct Answer {
+    status: StatusCode,
+    body: Value,
+    replayed: bool,
+}
+
+/// The one implementation of `Idempotency-Key` for every way in (HTTP and SMTP): `path`
+/// names the kind of request, `body` is what a retry must repeat exactly.
+async fn under_key<F, Fut>(
+    state: &AppState,
+    principal: &Principal,
+    key: Option<&IdempotencyKey>,
+    path: &str,
+    body: &[u8],
+    work: F,
+) -> ApiResult<Answer>
+where
+    F: FnOnce(Option<IdempotencyRecord>) -> Fut,
+    Fut: std::future::Future<Output = ApiResult<(StatusCode, Value)>>,
+{
+    let fresh = |(status, body)| Answer {
+        status,
+        body,
+        replayed: false,
     };
-    let _guard = state.idempotency.enter(&principal.project_id, path, &key)?;
+    let Some(key) = key else {
+        return work(None).await.map(fresh);
+    };
+    let _guard = state.idempotency.enter(&principal.project_id, path, key)?;
     let now = state.clock.now_ms();
     let print = fingerprint(body);
-    let replay = |stored: crate::store::StoredResponse| -> ApiResult<Response> {
+    let replay = |stored: crate::store::StoredResponse| -> ApiResult<Answer> {
         if stored.fingerprint != print {
             return Err(key_reused());
         }
         let body: Value = serde_json::from_str(&stored.body).map_err(|e| ApiError::internal(&e))?;
         let status = StatusCode::from_u16(stored.status).map_err(|e| ApiError::internal(&e))?;
-        Ok(respond(status, &body, true, locate))
+        Ok(Answer {
+            status,
+            body,
+            replayed: true,
+        })
     };
     let find = || {
         state
@@ -260,7 +299,7 @@ where
         expires_at: now + super::idempotency::TTL_MS,
     };
     match work(Some(record)).await {
-        Ok((status, body)) => Ok(respond(status, &body, false, locate)),
+        Ok(answer) => Ok(fresh(answer)),
         // Another process committed the same key first: answer as it did.
         Err(e) if e.code == "conflict" => match find().await? {
             Some(stored) => replay(stored),
@@ -734,22 +773,65 @@ fn to_json(body: &impl serde::Serialize) -> Value {
     serde_json::to_value(body).unwrap_or(Value::Null)
 }
 
+/// What a message submitted over SMTP became: its email's id, and whether a message with
+/// the same `Idempotency-Key` had already made it (`replayed`: nothing new was queued).
+pub(crate) struct SubmittedEmail {
+    pub id: String,
+    pub replayed: bool,
+}
+
 /// Accepts a message submitted over SMTP by `principal`, for the envelope's recipients: the
-/// same rules, sender policy, DKIM signing, commit and wake-up as `POST /v1/emails`, with the
-/// client's MIME kept. `Ok` is the email's id, once committed.
+/// same rules, sender policy, DKIM signing, idempotency, commit and wake-up as
+/// `POST /v1/emails`, with the client's MIME kept. `Ok` once committed.
 pub(crate) async fn accept_submitted(
     state: &AppState,
     principal: &Principal,
     client: std::net::IpAddr,
     envelope: &[String],
     raw: &[u8],
-) -> Result<String, ApiError> {
+) -> Result<SubmittedEmail, ApiError> {
     let now = state.clock.now_ms();
     let date = chrono::DateTime::from_timestamp_millis(now)
         .unwrap_or_default()
         .to_rfc2822();
     let submitted = crate::domain::email::submitted::read(raw, envelope, &date)
         .map_err(|e| ApiError::validation(vec![FieldError::new(e.pointer, e.code, e.detail)]))?;
+    let key = submitted
+        .idempotency_key
+        .as_deref()
+        .map(|k| IdempotencyKey::parse(k).ok_or_else(super::idempotency::malformed))
+        .transpose()?;
+    // A retry must repeat the message and its envelope exactly.
+    let mut print = envelope.join("\n").into_bytes();
+    print.push(0);
+    print.extend_from_slice(raw);
+    let answer = under_key(state, principal, key.as_ref(), SMTP_PATH, &print, |idem| {
+        commit_submitted(state, principal, client, submitted, now, idem)
+    })
+    .await?;
+    let id = answer
+        .body
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::internal(&"a stored SMTP answer without an id"))?;
+    Ok(SubmittedEmail {
+        id: id.to_owned(),
+        replayed: answer.replayed,
+    })
+}
+
+/// Where `Idempotency-Key`s of SMTP submissions are kept: apart from the API's, since the
+/// same key over HTTP names a JSON body, not a message.
+const SMTP_PATH: &str = "smtp:submission";
+
+async fn commit_submitted(
+    state: &AppState,
+    principal: &Principal,
+    client: std::net::IpAddr,
+    submitted: crate::domain::email::submitted::Submitted,
+    now: i64,
+    idem: Option<IdempotencyRecord>,
+) -> ApiResult<(StatusCode, Value)> {
     let (limits, streams, now) = validation_context(state, now);
     let ctx = crate::domain::email::draft::Context {
         limits: &limits,
@@ -778,10 +860,9 @@ pub(crate) async fn accept_submitted(
         now,
         Some(given),
     )?;
-    let id = summary.id.clone();
-    commit(state, vec![row], None, StatusCode::ACCEPTED, |_| {
-        Value::Null
+    let body = serde_json::json!({ "id": summary.id });
+    commit(state, vec![row], idem, StatusCode::ACCEPTED, move |_| {
+        body.clone()
     })
-    .await?;
-    Ok(id)
+    .await
 }

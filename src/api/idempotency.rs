@@ -45,13 +45,16 @@ impl IdempotencyKey {
             .ok()
             .and_then(Self::parse)
             .map(Some)
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_idempotency_key",
-                    "Idempotency-Key must be 1 to 256 printable ASCII characters",
-                )
-            })
+            .ok_or_else(malformed)
     }
+}
+
+/// 400 for a key that is not 1 to 256 printable ASCII characters.
+pub fn malformed() -> ApiError {
+    ApiError::bad_request(
+        "invalid_idempotency_key",
+        "Idempotency-Key must be 1 to 256 printable ASCII characters",
+    )
 }
 
 /// SHA-256 of the raw request body.

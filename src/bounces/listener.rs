@@ -13,12 +13,10 @@
 //! spinning. Mail with no signed return path (to `postmaster@`/`abuse@`) is kept within a
 //! smaller size and an hourly budget shared by all clients.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -26,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::inbound::InboundProcessor;
 use crate::config::InboundConfig;
+use crate::smtp_wire::{Clients, Data, Line, Waits, read_data, read_line};
 
 /// Longest command or data line accepted, CRLF included (RFC 5321 §4.5.3.1.6 says 1000 for
 /// text lines; real bounce generators exceed it, so allow some slack).
@@ -40,29 +39,6 @@ pub struct ListenerSettings {
     pub readiness: Arc<crate::readiness::Readiness>,
 }
 
-/// Loads a PEM certificate chain and key for STARTTLS.
-pub fn tls_acceptor(cert_file: &str, key_file: &str) -> Result<TlsAcceptor, String> {
-    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(cert_file).map_err(|e| format!("{cert_file}: {e}"))?,
-    ))
-    .collect::<Result<Vec<_>, _>>()
-    .map_err(|e| format!("{cert_file}: {e}"))?;
-    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-        std::fs::File::open(key_file).map_err(|e| format!("{key_file}: {e}"))?,
-    ))
-    .map_err(|e| format!("{key_file}: {e}"))?
-    .ok_or_else(|| format!("{key_file}: no private key"))?;
-    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
-        tokio_rustls::rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| e.to_string())?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
 /// Accepts connections until `cancel`.
 pub async fn serve(
     listener: TcpListener,
@@ -71,7 +47,10 @@ pub async fn serve(
     cancel: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(settings.limits.max_connections.max(1)));
-    let clients = Arc::new(Clients::default());
+    let clients = Clients::new(
+        settings.limits.max_connections_per_client,
+        settings.limits.connections_per_minute_per_client,
+    );
     let budget = Arc::new(UnsignedBudget::new(settings.limits.unsigned_per_hour));
     while let Some((stream, peer)) = crate::accept::next(&listener, &cancel, "bounces").await {
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
@@ -79,7 +58,7 @@ pub async fn serve(
             let _ = stream.try_write(b"421 4.7.0 Too many connections, try again later\r\n");
             continue;
         };
-        let Some(client) = Clients::admit(&clients, peer.ip(), &settings.limits) else {
+        let Some(client) = Clients::admit(&clients, peer.ip()) else {
             let _ = stream.try_write(
                 b"421 4.7.0 Too many connections from your address, try again later\r\n",
             );
@@ -101,64 +80,6 @@ pub async fn serve(
             }
             tracing::debug!(%peer, "inbound SMTP session ended");
         });
-    }
-}
-
-/// Connections open and recently opened, per client address.
-#[derive(Default)]
-struct Clients {
-    by_ip: Mutex<HashMap<IpAddr, ClientCount>>,
-}
-
-struct ClientCount {
-    open: usize,
-    window_start: Instant,
-    opened_in_window: u32,
-}
-
-/// One admitted connection; dropping it releases its place.
-struct ClientSlot {
-    clients: Arc<Clients>,
-    ip: IpAddr,
-}
-
-impl Clients {
-    fn admit(this: &Arc<Self>, ip: IpAddr, limits: &InboundConfig) -> Option<ClientSlot> {
-        let mut map = this.by_ip.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        let minute = Duration::from_secs(60);
-        if map.len() > 10_000 {
-            map.retain(|_, c| c.open > 0 || now.duration_since(c.window_start) < minute);
-        }
-        let c = map.entry(ip).or_insert(ClientCount {
-            open: 0,
-            window_start: now,
-            opened_in_window: 0,
-        });
-        if now.duration_since(c.window_start) >= minute {
-            c.window_start = now;
-            c.opened_in_window = 0;
-        }
-        if c.open >= limits.max_connections_per_client.max(1)
-            || c.opened_in_window >= limits.connections_per_minute_per_client.max(1)
-        {
-            return None;
-        }
-        c.open += 1;
-        c.opened_in_window += 1;
-        Some(ClientSlot {
-            clients: Arc::clone(this),
-            ip,
-        })
-    }
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let mut map = self.clients.by_ip.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = map.get_mut(&self.ip) {
-            c.open = c.open.saturating_sub(1);
-        }
     }
 }
 
@@ -206,48 +127,6 @@ enum Upgrade<S> {
     StartTls(S),
 }
 
-/// A line as received, its CRLF included: bytes, not text, since a message's lines may be
-/// 8-bit in any charset (the listener offers 8BITMIME) and are kept exactly as sent.
-enum Line {
-    Text(Vec<u8>),
-    TooLong,
-    Eof,
-    TimedOut,
-}
-
-async fn read_line<S: AsyncRead + Unpin>(
-    io: &mut BufReader<S>,
-    timeout: Duration,
-) -> std::io::Result<Line> {
-    let mut buf = Vec::new();
-    let read = tokio::time::timeout(timeout, async {
-        loop {
-            let available = io.fill_buf().await?;
-            if available.is_empty() {
-                return Ok::<_, std::io::Error>(if buf.is_empty() {
-                    Line::Eof
-                } else {
-                    Line::TooLong
-                });
-            }
-            let take = available
-                .iter()
-                .position(|b| *b == b'\n')
-                .map_or(available.len(), |p| p + 1);
-            buf.extend_from_slice(available.get(..take).unwrap_or(available));
-            io.consume(take);
-            if buf.len() > MAX_LINE {
-                return Ok(Line::TooLong);
-            }
-            if buf.ends_with(b"\n") {
-                return Ok(Line::Text(std::mem::take(&mut buf)));
-            }
-        }
-    })
-    .await;
-    read.unwrap_or(Ok(Line::TimedOut))
-}
-
 /// Why a session ends early, with the reply it gets.
 const TIMEOUT: &str = "421 4.4.2 Timeout, closing connection";
 const DEADLINE: &str = "421 4.4.2 Connection open too long, closing";
@@ -258,7 +137,7 @@ struct Session<'a> {
     processor: &'a InboundProcessor,
     s: &'a ListenerSettings,
     budget: &'a UnsignedBudget,
-    deadline: Instant,
+    waits: Waits,
     junk: u32,
     errors: u32,
 }
@@ -278,29 +157,21 @@ impl<'a> Session<'a> {
             processor,
             s,
             budget,
-            deadline: Instant::now() + s.limits.session_timeout,
+            waits: Waits::new(s.limits.timeout, s.limits.session_timeout),
             junk: 0,
             errors: 0,
         }
-    }
-
-    /// The time a read may take: the per-line timeout, cut short by the session's deadline.
-    fn read_timeout(&self) -> Duration {
-        self.s
-            .limits
-            .timeout
-            .min(self.deadline.saturating_duration_since(Instant::now()))
     }
 
     async fn next_line<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         io: &mut BufReader<S>,
     ) -> std::io::Result<Result<Vec<u8>, Option<&'static str>>> {
-        Ok(match read_line(io, self.read_timeout()).await? {
+        Ok(match read_line(io, MAX_LINE, &self.waits).await? {
             Line::Text(t) => Ok(t),
             Line::Eof => Err(None),
             Line::TooLong => Err(Some(TOO_LONG)),
-            Line::TimedOut if Instant::now() >= self.deadline => Err(Some(DEADLINE)),
+            Line::TimedOut if self.waits.past_deadline() => Err(Some(DEADLINE)),
             Line::TimedOut => Err(Some(TIMEOUT)),
         })
     }
@@ -481,31 +352,17 @@ impl<'a> Session<'a> {
         } else {
             s.limits.unsigned_max_bytes.min(s.limits.max_message_bytes)
         };
-        let mut data = Vec::new();
-        let mut too_big = false;
-        loop {
-            match self.next_line(io).await? {
-                Ok(l) => {
-                    if l == b".\r\n" || l == b".\n" {
-                        break;
-                    }
-                    // Undo dot-stuffing (RFC 5321 §4.5.2).
-                    let l = l.strip_prefix(b".").unwrap_or(&l);
-                    if data.len() + l.len() > limit {
-                        too_big = true;
-                    } else {
-                        data.extend_from_slice(l);
-                    }
-                }
-                Err(None) => return Ok(Err("421 4.4.2 Connection closed during data")),
-                Err(Some(reply)) => return Ok(Err(reply)),
+        let data = match read_data(io, limit, &self.waits).await? {
+            Data::Message(m) => m,
+            Data::TooBig => {
+                return Ok(Ok(
+                    "552 5.3.4 Message size exceeds fixed maximum message size".into(),
+                ));
             }
-        }
-        if too_big {
-            return Ok(Ok(
-                "552 5.3.4 Message size exceeds fixed maximum message size".into(),
-            ));
-        }
+            Data::Eof => return Ok(Err("421 4.4.2 Connection closed during data")),
+            Data::TimedOut if self.waits.past_deadline() => return Ok(Err(DEADLINE)),
+            Data::TimedOut => return Ok(Err(TIMEOUT)),
+        };
         if !signed && !self.budget.take() {
             return Ok(Ok(
                 "450 4.7.1 Too much mail for this mailbox this hour, try again later".into(),
@@ -532,18 +389,7 @@ async fn write_reply<S: AsyncRead + AsyncWrite + Unpin>(
     let mut bytes = Vec::with_capacity(reply.len() + 2);
     bytes.extend_from_slice(reply.as_bytes());
     bytes.extend_from_slice(b"\r\n");
-    match tokio::time::timeout(timeout, async {
-        io.write_all(&bytes).await?;
-        io.flush().await
-    })
-    .await
-    {
-        Ok(r) => r,
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "the client does not read its replies",
-        )),
-    }
+    crate::smtp_wire::write(io, &bytes, timeout).await
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -399,12 +399,7 @@ impl<'a> Session<'a> {
             return reply(530, "5.7.0", "Authentication required");
         };
         // Each message counts against the key's rate, as each request does over HTTP.
-        let (rate, burst) = self.state.config.limits.rate_share();
-        if let Err(e) = self
-            .state
-            .rate_limiter
-            .check(&principal.key_id, rate, burst)
-        {
+        if let Err(e) = crate::api::auth::within_rate(self.state, principal) {
             return smtp_refusal(&e);
         }
         if self.mail_from.is_some() {

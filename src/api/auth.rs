@@ -80,14 +80,24 @@ impl FromRequestParts<AppState> for Principal {
             })
             .map(str::trim)
             .unwrap_or("");
-        principal_for(state, token, peer).await
+        let principal = principal_for(state, token, peer).await?;
+        // Every request counts against its key's rate.
+        within_rate(state, &principal)?;
+        Ok(principal)
     }
+}
+
+/// One request (or one message submitted over SMTP) against the key's rate: 429 past it.
+pub fn within_rate(state: &AppState, principal: &Principal) -> Result<(), ApiError> {
+    let (rate, burst) = state.config.limits.rate_share();
+    state.rate_limiter.check(&principal.key_id, rate, burst)
 }
 
 /// The principal of an API key given as text (`Authorization: Bearer …`, or an SMTP
 /// submission's password): parsed, looked up (failures counted per client address, and held
-/// back past a burst before any lookup), compared in constant time, live, and within its
-/// rate. The one check of an API key, for every way into Herald.
+/// back past a burst before any lookup), compared in constant time, and live.
+/// The one check of an API key, for every way into Herald (its rate is [`within_rate`]'s, per
+/// request or message, not per sign-in).
 pub async fn principal_for(
     state: &AppState,
     text: &str,
@@ -119,8 +129,6 @@ pub async fn principal_for(
         return Err(invalid());
     }
     let permission = Permission::parse(&key.permission).ok_or_else(invalid)?;
-    let (rate, burst) = state.config.limits.rate_share();
-    state.rate_limiter.check(&key.id, rate, burst)?;
     state.note_key_use(&key.id, now).await;
     Ok(Principal {
         project_id: key.project_id,

@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Submits mail to Herald with Python's smtplib, as an app would, and prints one JSON line per
-step: what Herald answered. Run by tests/it/submission.rs.
+step: what Herald answered. Run by tests/it/submission.rs, which checks every client the same
+way (see `check_client` there).
 
-  smtplib_submit.py PORT CA_FILE KEY MODE   (MODE: starttls or implicit)
+  smtplib_submit.py PORT CA_FILE KEY RATE_KEY MODE   (MODE: starttls or implicit)
+
+RATE_KEY is a key whose rate is used up: its message must be refused with 451 4.7.1.
 """
 import json
 import smtplib
@@ -10,7 +13,7 @@ import ssl
 import sys
 from email.message import EmailMessage
 
-port, ca, key, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+port, ca, key, rate_key, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
 ctx = ssl.create_default_context(cafile=ca)
 
 
@@ -32,6 +35,24 @@ def say(step, code, text):
     print(json.dumps({"step": step, "code": code, "text": text}), flush=True)
 
 
+def send(step, s, sender, rcpts, data):
+    """One message; what Herald answered at whichever step it refused or accepted it."""
+    try:
+        code, text = s.mail(sender)
+        if code != 250:
+            s.rset()
+            return say(step, code, text)
+        for r in rcpts:
+            code, text = s.rcpt(r)
+            if code >= 400:
+                s.rset()
+                return say(step, code, text)
+        say(step, *s.data(data))
+    except smtplib.SMTPResponseException as e:
+        say(step, e.smtp_code, e.smtp_error)
+        s.rset()
+
+
 if mode == "starttls":
     # AUTH before TLS is refused: the key would travel in the clear.
     s = smtplib.SMTP("localhost", port, timeout=20)
@@ -49,34 +70,36 @@ s.close()
 
 s = connect()
 s.login("anything", key)
-msg = EmailMessage()
-msg["From"] = "Acme Café <orders@acme.com>"
-msg["To"] = "Ada <ada@example.com>"
-msg["Cc"] = "bob@example.org"
-msg["Bcc"] = "audit@example.net"
-msg["Subject"] = "Your receipt — №42 ✓"
-msg["X-Herald-Tags"] = "receipt, smtp"
-msg["X-Herald-Metadata-Order-Id"] = "o-42"
-msg.set_content("Thanks for your order, Ada.\n.leading dot\n")
-msg.add_alternative("<p>Thanks for your <b>order</b>, Ada.</p>", subtype="html")
-msg.add_attachment(b"%PDF-1.4 fake", maintype="application", subtype="pdf", filename="receipt.pdf")
-s.mail("orders@acme.com")
-for r in ["ada@example.com", "bob@example.org", "audit@example.net"]:
-    s.rcpt(r)
-say("send", *s.data(msg.as_bytes()))
-# Too big for the configured limit: refused after DATA with 552.
-s.mail("orders@acme.com")
-s.rcpt("ada@example.com")
-big = b"From: orders@acme.com\r\nTo: ada@example.com\r\nSubject: big\r\n\r\n" + (b"x" * 900 + b"\r\n") * 400
-try:
-    say("too_big", *s.data(big))
-except smtplib.SMTPDataError as e:
-    say("too_big", e.smtp_code, e.smtp_error)
+
+plain = EmailMessage()
+plain["From"] = "orders@acme.com"
+plain["To"] = "ada@example.com"
+plain["Subject"] = "Plain from smtplib"
+plain.set_content("Your order has shipped.\n.a line that starts with a dot\n")
+send("plain", s, "orders@acme.com", ["ada@example.com"], plain.as_bytes())
+
+rich = EmailMessage()
+rich["From"] = "Acme Café <orders@acme.com>"
+rich["To"] = "Ada <ada@example.com>"
+rich["Cc"] = "bob@example.org"
+rich["Bcc"] = "audit@example.net"
+rich["Subject"] = "Your receipt — №42 ✓"
+rich["X-Herald-Tags"] = "receipt, smtplib"
+rich["X-Herald-Metadata-Order-Id"] = "o-42"
+rich.set_content("Thanks for your order, Ada.\n")
+rich.add_alternative("<p>Thanks for your <b>order</b>, Ada.</p>", subtype="html")
+rich.add_attachment(b"%PDF-1.4 receipt", maintype="application", subtype="pdf", filename="receipt.pdf")
+send("rich", s, "orders@acme.com", ["ada@example.com", "bob@example.org", "audit@example.net"], rich.as_bytes())
+
+# Over the test's 64 KiB limit: refused with 552 5.3.4.
+big = b"From: orders@acme.com\r\nTo: ada@example.com\r\nSubject: big\r\n\r\n" + (b"x" * 900 + b"\r\n") * 100
+send("too_big", s, "orders@acme.com", ["ada@example.com"], big)
+
 # A message the rules refuse: no subject.
-s.mail("orders@acme.com")
-s.rcpt("ada@example.com")
-try:
-    say("no_subject", *s.data(b"From: orders@acme.com\r\nTo: ada@example.com\r\n\r\nhi\r\n"))
-except smtplib.SMTPDataError as e:
-    say("no_subject", e.smtp_code, e.smtp_error)
+send("no_subject", s, "orders@acme.com", ["ada@example.com"], b"From: orders@acme.com\r\nTo: ada@example.com\r\n\r\nhi\r\n")
+s.quit()
+
+s = connect()
+s.login("anything", rate_key)
+send("rate", s, "orders@acme.com", ["ada@example.com"], plain.as_bytes())
 s.quit()

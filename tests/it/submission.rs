@@ -1,106 +1,132 @@
-//! SMTP submission with a client no one here wrote: Python's smtplib
-//! (tests/interop/smtplib_submit.py), over STARTTLS and over implicit TLS, AUTH with an API key
-//! as the password. What it sent is then delivered to a relay like any other email.
+//! SMTP submission with clients no one here wrote: Python's smtplib
+//! (tests/interop/smtplib_submit.py), nodemailer (tests/interop/nodemailer_submit.js) and swaks,
+//! over STARTTLS and implicit TLS, AUTH PLAIN and LOGIN with an API key as the password (and
+//! Postfix as a null client, in submission_postfix.rs). Each client sends the same things and
+//! is checked the same way ([`check_client`]): a plain message, one with HTML, an attachment,
+//! non-ASCII headers and a Bcc, a wrong key, an oversized message and a used-up rate. What
+//! they sent is then delivered to a relay like any other email.
 
+use herald::clock::Clock as _;
+use herald::domain::api_key::Permission;
 use herald::store::Backend;
+use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::helpers::TestApp;
 use crate::smtp_server::{TestSmtp, Tls};
 
-async fn submit(app: &TestApp, port: u16, mode: &str) -> Vec<Value> {
-    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-    let out = tokio::process::Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/interop/smtplib_submit.py"
-        ))
-        .arg(port.to_string())
-        .arg(format!("{fixtures}/ca.pem"))
-        .arg(&app.key)
-        .arg(mode)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run smtplib");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+/// The test's message limit: the clients' oversized message is larger.
+pub const MAX_MESSAGE: usize = 64 * 1024;
+
+/// Herald with both submission listeners, relaying to `relay`; and a second key of the same
+/// project whose rate is used up.
+pub async fn submission_app(relay: &TestSmtp) -> (TestApp, String) {
+    let app = TestApp::spawn_with(Backend::Sqlite, Some(relay), |c| {
+        c.submission.listen = "127.0.0.1:0".into();
+        c.submission.tls_listen = "127.0.0.1:0".into();
+        c.submission.tls_cert_file = format!("{FIXTURES}/server.pem");
+        c.submission.tls_key_file = format!("{FIXTURES}/server.key");
+        c.submission.max_message_bytes = MAX_MESSAGE;
+        c.limits.rate_per_second = 0.001;
+        c.limits.rate_burst = 40;
+    })
+    .await;
+    let rate_key = crate::helpers::create_key(
+        &app.store,
+        "alpha",
+        Permission::SendingAccess,
+        app.clock.now_ms(),
+    )
+    .await;
+    // Each request counts against a key's rate as each message does: use it up over HTTP.
+    let mut used_up = false;
+    for _ in 0..100 {
+        let (status, _) = app.get("/v1/emails?limit=1", &rate_key).await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            used_up = true;
+            break;
+        }
+    }
+    assert!(used_up, "the second key's rate is used up");
+    (app, rate_key)
+}
+
+/// One step of a client's session: the reply Herald gave where it accepted or refused.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub code: u64,
+    pub text: String,
+}
+
+pub fn steps_of(json_lines: &str) -> Vec<(String, Step)> {
+    json_lines
         .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("a JSON line");
+            let step = Step {
+                code: v["code"].as_u64().unwrap_or(0),
+                text: v["text"].as_str().unwrap_or("").to_owned(),
+            };
+            (v["step"].as_str().unwrap_or("").to_owned(), step)
+        })
         .collect()
 }
 
-fn step<'a>(steps: &'a [Value], name: &str) -> &'a Value {
+fn step<'a>(steps: &'a [(String, Step)], name: &str, client: &str) -> &'a Step {
     steps
         .iter()
-        .find(|s| s["step"] == name)
-        .unwrap_or_else(|| panic!("no step {name}: {steps:?}"))
+        .find(|(n, _)| n == name)
+        .map(|(_, s)| s)
+        .unwrap_or_else(|| panic!("{client}: no step {name}: {steps:?}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn smtplib_submits_over_starttls_and_implicit_tls() {
-    let relay = TestSmtp::start(Tls::Starttls).await;
-    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-    let app = TestApp::spawn_with(Backend::Sqlite, Some(&relay), |c| {
-        c.submission.listen = "127.0.0.1:0".into();
-        c.submission.tls_listen = "127.0.0.1:0".into();
-        c.submission.tls_cert_file = format!("{fixtures}/server.pem");
-        c.submission.tls_key_file = format!("{fixtures}/server.key");
-        c.submission.max_message_bytes = 256 * 1024;
-    })
-    .await;
-    let [starttls, implicit] = [app.submission_addrs[0], app.submission_addrs[1]];
-    let mut ids = Vec::new();
-    for (addr, mode) in [(starttls, "starttls"), (implicit, "implicit")] {
-        let steps = submit(&app, addr.port(), mode).await;
-        if mode == "starttls" {
-            let s = step(&steps, "auth_before_tls");
-            assert_eq!(s["code"], 530, "{s}");
-            assert!(
-                s["text"]
-                    .as_str()
-                    .is_some_and(|t| t.contains("5.7.0 Must issue a STARTTLS"))
-            );
-        }
-        let wrong = step(&steps, "wrong_key");
-        assert_eq!(wrong["code"], 535, "{wrong}");
-        assert!(
-            wrong["text"]
-                .as_str()
-                .is_some_and(|t| t.starts_with("5.7.8"))
-        );
-        let sent = step(&steps, "send");
-        assert_eq!(sent["code"], 250, "{sent}");
-        let text = sent["text"].as_str().expect("text");
-        let id = text
-            .strip_prefix("2.0.0 queued as ")
-            .expect("queued as <id>");
-        ids.push(id.to_owned());
-        let big = step(&steps, "too_big");
-        assert_eq!(big["code"], 552, "{big}");
-        assert!(big["text"].as_str().is_some_and(|t| t.starts_with("5.3.4")));
-        let bad = step(&steps, "no_subject");
-        assert_eq!(bad["code"], 550, "{bad}");
-        assert!(
-            bad["text"]
-                .as_str()
-                .is_some_and(|t| t.contains("subject is required")),
-            "{bad}"
-        );
+/// The id in `… queued as <id>`.
+fn queued_id(s: &Step, client: &str) -> String {
+    assert_eq!(s.code, 250, "{client}: {s:?}");
+    s.text
+        .split("queued as ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{client}: {s:?}"))
+        .to_owned()
+}
+
+/// What every client must see, and what its messages became. `client` names it in the tags
+/// of its rich message.
+pub async fn check_client(app: &TestApp, steps: &[(String, Step)], client: &str) {
+    if let Some((_, s)) = steps.iter().find(|(n, _)| n == "auth_before_tls") {
+        assert_eq!(s.code, 530, "{client}: {s:?}");
+        assert!(s.text.contains("5.7.0"), "{client}: {s:?}");
     }
-    // What a 250 accepted is the same email as one POSTed: recipients by kind, tags, metadata.
-    let email = app.email(&ids[0]).await;
-    assert_eq!(email["source"], "smtp");
-    assert_eq!(email["client_address"], "127.0.0.1");
-    assert_eq!(email["subject"], "Your receipt — №42 ✓");
-    assert_eq!(email["tags"], serde_json::json!(["receipt", "smtp"]));
-    assert_eq!(email["metadata"]["order-id"], "o-42");
-    let kinds: Vec<(String, String)> = email["recipients"]
+    let wrong = step(steps, "wrong_key", client);
+    assert_eq!(wrong.code, 535, "{client}: {wrong:?}");
+    assert!(wrong.text.contains("5.7.8"), "{client}: {wrong:?}");
+    let big = step(steps, "too_big", client);
+    assert_eq!(big.code, 552, "{client}: {big:?}");
+    assert!(big.text.contains("5.3.4"), "{client}: {big:?}");
+    let rate = step(steps, "rate", client);
+    assert_eq!(rate.code, 451, "{client}: {rate:?}");
+    assert!(rate.text.contains("4.7.1"), "{client}: {rate:?}");
+
+    let plain = app
+        .email(&queued_id(step(steps, "plain", client), client))
+        .await;
+    assert_eq!(plain["source"], "smtp", "{client}");
+    assert_eq!(plain["client_address"], "127.0.0.1", "{client}");
+    assert_eq!(plain["subject"], format!("Plain from {client}"));
+    assert_eq!(plain["recipients"].as_array().map(Vec::len), Some(1));
+
+    // The same email as one POSTed: recipients by kind, tags, metadata, a non-ASCII name.
+    let rich = app
+        .email(&queued_id(step(steps, "rich", client), client))
+        .await;
+    assert_eq!(rich["subject"], "Your receipt — №42 ✓", "{client}");
+    assert_eq!(rich["from"]["name"], "Acme Café", "{client}: {rich}");
+    assert_eq!(rich["tags"], serde_json::json!(["receipt", client]));
+    assert_eq!(rich["metadata"]["order-id"], "o-42", "{client}");
+    let kinds: Vec<(String, String)> = rich["recipients"]
         .as_array()
         .expect("recipients")
         .iter()
@@ -117,43 +143,150 @@ async fn smtplib_submits_over_starttls_and_implicit_tls() {
             ("ada@example.com".into(), "to".into()),
             ("bob@example.org".into(), "cc".into()),
             ("audit@example.net".into(), "bcc".into())
-        ]
+        ],
+        "{client}"
     );
-    // Delivered like any other: the client's MIME, without Bcc or Herald's instructions.
-    assert_eq!(app.drain().await, 6);
+}
+
+/// Delivered like any other: the client's MIME, without Bcc or Herald's instructions, with the
+/// signed return path; a line that starts with a dot arrives as written.
+pub async fn check_delivered(app: &TestApp, relay: &TestSmtp, client: &str, messages: usize) {
+    assert_eq!(
+        app.drain().await,
+        messages * 4,
+        "{client}: 1 + 3 recipients each"
+    );
     let received = relay.received();
-    let first = received
+    let rich: Vec<_> = received
         .iter()
-        .find(|m| m.rcpt_to.iter().any(|r| r == "audit@example.net"))
-        .expect("the Bcc recipient got it");
-    let data = String::from_utf8_lossy(&first.data);
+        .filter(|m| m.rcpt_to.iter().any(|r| r == "audit@example.net"))
+        .collect();
+    assert_eq!(rich.len(), messages, "{client}: the Bcc recipient got each");
+    for m in rich {
+        let data = String::from_utf8_lossy(&m.data);
+        assert!(!data.contains("audit@example.net"), "{client}: Bcc kept");
+        assert!(!data.to_ascii_lowercase().contains("x-herald"), "{data}");
+        assert!(data.contains("Message-ID: <") || data.contains("Message-Id: <"));
+        assert!(
+            data.contains("receipt.pdf"),
+            "{client}: the attachment is kept"
+        );
+        assert!(m.mail_from.starts_with("bounces+"), "{}", m.mail_from);
+    }
+    let plain = received
+        .iter()
+        .find(|m| String::from_utf8_lossy(&m.data).contains(&format!("Plain from {client}")))
+        .unwrap_or_else(|| panic!("{client}: the plain message"));
+    let data = String::from_utf8_lossy(&plain.data);
     assert!(
-        !data.contains("audit@example.net"),
-        "Bcc is not in the message"
+        data.contains("\r\n.a line that starts with a dot"),
+        "{client}: dot-stuffing undone and done again:\n{data}"
     );
-    assert!(!data.to_ascii_lowercase().contains("x-herald"), "{data}");
-    assert!(data.contains("Message-ID: <"), "a Message-ID was added");
-    assert!(data.contains("receipt.pdf"), "the attachment is kept");
+}
+
+async fn run_script(program: &str, script: &str, args: &[&str]) -> Vec<(String, Step)> {
+    let out = tokio::process::Command::new(program)
+        .arg(format!(
+            "{}/tests/interop/{script}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        first.mail_from.starts_with("bounces+"),
-        "the signed return path: {}",
-        first.mail_from
+        out.status.success(),
+        "{script}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    steps_of(&stdout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtplib_submits_over_starttls_and_implicit_tls() {
+    let relay = TestSmtp::start(Tls::Starttls).await;
+    let (app, rate_key) = submission_app(&relay).await;
+    let [starttls, implicit] = [app.submission_addrs[0], app.submission_addrs[1]];
+    for (addr, mode) in [(starttls, "starttls"), (implicit, "implicit")] {
+        let port = addr.port().to_string();
+        let ca = format!("{FIXTURES}/ca.pem");
+        let args = [port.as_str(), &ca, &app.key, &rate_key, mode];
+        let steps = run_script("python3", "smtplib_submit.py", &args).await;
+        if mode == "starttls" {
+            assert!(steps.iter().any(|(n, _)| n == "auth_before_tls"));
+        }
+        check_client(&app, &steps, "smtplib").await;
+        // The rules of the API, answered after DATA.
+        let bad = step(&steps, "no_subject", "smtplib");
+        assert_eq!(bad.code, 550, "{bad:?}");
+        assert!(bad.text.contains("subject is required"), "{bad:?}");
+    }
+    check_delivered(&app, &relay, "smtplib", 2).await;
     app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodemailer_submits_over_starttls_and_implicit_tls() {
+    let interop = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop");
+    let present = std::path::Path::new(interop)
+        .join("node_modules/nodemailer")
+        .exists();
+    if !present {
+        assert!(
+            std::env::var_os("TEST_HERALD_REQUIRE_INTEROP").is_none(),
+            "nodemailer is required here (npm install --prefix tests/interop)"
+        );
+        eprintln!("skipped: the nodemailer submission test (npm install --prefix tests/interop)");
+        return;
+    }
+    let relay = TestSmtp::start(Tls::Starttls).await;
+    let (app, rate_key) = submission_app(&relay).await;
+    for (addr, mode) in [
+        (app.submission_addrs[0], "starttls"),
+        (app.submission_addrs[1], "implicit"),
+    ] {
+        let port = addr.port().to_string();
+        let ca = format!("{FIXTURES}/ca.pem");
+        let args = [port.as_str(), &ca, &app.key, &rate_key, mode];
+        let steps = run_script("node", "nodemailer_submit.js", &args).await;
+        check_client(&app, &steps, "nodemailer").await;
+    }
+    check_delivered(&app, &relay, "nodemailer", 2).await;
+    app.finish().await;
+}
+
+/// swaks's last reply from the server that is not to QUIT, as a step.
+fn swaks_step(transcript: &str) -> Step {
+    transcript
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim_start();
+            let rest = ["<** ", "<~* ", "<-  ", "<~  "]
+                .iter()
+                .find_map(|p| l.strip_prefix(p))?;
+            let (code, text) = rest.split_once(' ')?;
+            Some(Step {
+                code: code.parse().ok()?,
+                text: text.to_owned(),
+            })
+        })
+        .rfind(|s| s.code != 221)
+        .unwrap_or_else(|| panic!("no reply in:\n{transcript}"))
 }
 
 /// Runs swaks against a submission port; its transcript.
 async fn swaks(port: u16, args: &[&str]) -> String {
     let out = tokio::process::Command::new("swaks")
-        .args(["--server", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--from", "orders@acme.com", "--to", "ada@example.com"])
+        .args(["--server", "localhost", "--port", &port.to_string()])
         .args([
-            "--header",
-            "Subject: Sent by swaks",
-            "--body",
-            "Hello from swaks",
+            "--timeout",
+            "20",
+            "--tls-ca-path",
+            &format!("{FIXTURES}/ca.pem"),
         ])
-        .args(["--timeout", "20"])
+        .args(["--tls-verify"])
         .args(args)
         .kill_on_drop(true)
         .output()
@@ -181,140 +314,125 @@ fn swaks_present() -> bool {
     present
 }
 
+/// The rich message as an app writes it by hand: 8-bit UTF-8 headers, multipart, Bcc.
+fn rich_message(client: &str) -> String {
+    format!(
+        "From: Acme Café <orders@acme.com>\r\n\
+         To: Ada <ada@example.com>\r\n\
+         Cc: bob@example.org\r\n\
+         Bcc: audit@example.net\r\n\
+         Subject: Your receipt — №42 ✓\r\n\
+         X-Herald-Tags: receipt, {client}\r\n\
+         X-Herald-Metadata-Order-Id: o-42\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"outer\"\r\n\
+         \r\n\
+         --outer\r\n\
+         Content-Type: multipart/alternative; boundary=\"inner\"\r\n\
+         \r\n\
+         --inner\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\
+         Content-Transfer-Encoding: 8bit\r\n\
+         \r\n\
+         Thanks for your order, Ada. Grüße.\r\n\
+         --inner\r\n\
+         Content-Type: text/html; charset=utf-8\r\n\
+         \r\n\
+         <p>Thanks for your <b>order</b>, Ada.</p>\r\n\
+         --inner--\r\n\
+         --outer\r\n\
+         Content-Type: application/pdf; name=\"receipt.pdf\"\r\n\
+         Content-Disposition: attachment; filename=\"receipt.pdf\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\
+         \r\n\
+         JVBERi0xLjQgcmVjZWlwdA==\r\n\
+         --outer--\r\n"
+    )
+}
+
+/// swaks (a Perl client with its own SMTP and SASL code), PLAIN and LOGIN, STARTTLS and
+/// implicit TLS, each step a swaks run, checked as the other clients are.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn swaks_submits_with_plain_and_login_and_meets_the_rate_limit() {
+async fn swaks_submits_with_plain_and_login_over_both_kinds_of_tls() {
     if !swaks_present() {
         return;
     }
-    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-    let app = TestApp::spawn_with(Backend::Sqlite, None, |c| {
-        c.submission.listen = "127.0.0.1:0".into();
-        c.submission.tls_listen = "127.0.0.1:0".into();
-        c.submission.tls_cert_file = format!("{fixtures}/server.pem");
-        c.submission.tls_key_file = format!("{fixtures}/server.key");
-    })
-    .await;
+    let relay = TestSmtp::start(Tls::Starttls).await;
+    let (app, rate_key) = submission_app(&relay).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rich = dir.path().join("rich.eml");
+    std::fs::write(&rich, rich_message("swaks")).expect("write");
+    let big = dir.path().join("big.txt");
+    std::fs::write(&big, "x".repeat(900).repeat(100)).expect("write");
     let [starttls, implicit] = [app.submission_addrs[0], app.submission_addrs[1]];
-    for (port, tls) in [(starttls.port(), "--tls"), (implicit.port(), "--tlsc")] {
-        for auth in ["PLAIN", "LOGIN"] {
-            let t = swaks(
-                port,
-                &[
-                    tls,
-                    "--auth",
-                    auth,
-                    "--auth-user",
-                    "shop",
-                    "--auth-password",
-                    &app.key,
-                ],
-            )
-            .await;
-            assert!(t.contains("250 2.0.0 queued as "), "{tls} {auth}:\n{t}");
-            assert!(t.contains("235 2.7.0"), "{tls} {auth}:\n{t}");
-        }
-        let t = swaks(
-            port,
-            &[
+    for (port, tls, auth) in [
+        (starttls.port(), "--tls", "PLAIN"),
+        (implicit.port(), "--tlsc", "LOGIN"),
+    ] {
+        let with = |key: &str| -> Vec<String> {
+            [
                 tls,
                 "--auth",
-                "PLAIN",
+                auth,
                 "--auth-user",
                 "shop",
                 "--auth-password",
-                "hk_nope",
-            ],
+                key,
+            ]
+            .map(str::to_owned)
+            .to_vec()
+        };
+        let run = |key: String, more: Vec<String>| {
+            let mut args = with(&key);
+            args.extend(more);
+            async move {
+                let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+                swaks(port, &refs).await
+            }
+        };
+        let to = |list: &str| ["--from", "orders@acme.com", "--to", list].map(str::to_owned);
+        let plain = [
+            "--header",
+            "Subject: Plain from swaks",
+            "--body",
+            "Your order has shipped.\n.a line that starts with a dot",
+        ]
+        .map(str::to_owned);
+        let mut steps = Vec::new();
+        let wrong = run(
+            "hk_nope".into(),
+            [to("ada@example.com"), plain.clone()].concat(),
         )
         .await;
-        assert!(t.contains("535 5.7.8"), "a wrong key:\n{t}");
+        steps.push(("wrong_key".to_owned(), swaks_step(&wrong)));
+        let t = run(
+            app.key.clone(),
+            [to("ada@example.com"), plain.clone()].concat(),
+        )
+        .await;
+        assert!(t.contains("235 2.7.0"), "{tls} {auth}:\n{t}");
+        steps.push(("plain".to_owned(), swaks_step(&t)));
+        let rich_args = vec!["--data".to_owned(), format!("@{}", rich.display())];
+        let all = to("ada@example.com,bob@example.org,audit@example.net");
+        let t = run(app.key.clone(), [all.to_vec(), rich_args].concat()).await;
+        steps.push(("rich".to_owned(), swaks_step(&t)));
+        let big_args = vec![
+            "--header".to_owned(),
+            "Subject: big".to_owned(),
+            "--body".to_owned(),
+            format!("@{}", big.display()),
+        ];
+        let t = run(
+            app.key.clone(),
+            [to("ada@example.com").to_vec(), big_args].concat(),
+        )
+        .await;
+        steps.push(("too_big".to_owned(), swaks_step(&t)));
+        let t = run(rate_key.clone(), [to("ada@example.com"), plain].concat()).await;
+        steps.push(("rate".to_owned(), swaks_step(&t)));
+        check_client(&app, &steps, "swaks").await;
     }
-    app.finish().await;
-
-    // Each message counts against the key's rate: past it, 451 4.7.1 (try again later).
-    let app = TestApp::spawn_with(Backend::Sqlite, None, |c| {
-        c.submission.listen = "127.0.0.1:0".into();
-        c.submission.tls_cert_file = format!("{fixtures}/server.pem");
-        c.submission.tls_key_file = format!("{fixtures}/server.key");
-        c.limits.rate_per_second = 0.01;
-        c.limits.rate_burst = 3;
-    })
-    .await;
-    let port = app.submission_addrs[0].port();
-    let args = [
-        "--tls",
-        "--auth",
-        "PLAIN",
-        "--auth-user",
-        "shop",
-        "--auth-password",
-        &app.key,
-    ];
-    let first = swaks(port, &args).await;
-    assert!(first.contains("250 2.0.0 queued as "), "{first}");
-    let second = swaks(port, &args).await;
-    assert!(second.contains("451 4.7.1"), "past the rate:\n{second}");
-    app.finish().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nodemailer_submits_over_starttls_and_implicit_tls() {
-    let interop = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop");
-    let present = std::path::Path::new(interop)
-        .join("node_modules/nodemailer")
-        .exists();
-    if !present {
-        assert!(
-            std::env::var_os("TEST_HERALD_REQUIRE_INTEROP").is_none(),
-            "nodemailer is required here (npm install --prefix tests/interop)"
-        );
-        eprintln!("skipped: the nodemailer submission test (npm install --prefix tests/interop)");
-        return;
-    }
-    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-    let app = TestApp::spawn_with(Backend::Sqlite, None, |c| {
-        c.submission.listen = "127.0.0.1:0".into();
-        c.submission.tls_listen = "127.0.0.1:0".into();
-        c.submission.tls_cert_file = format!("{fixtures}/server.pem");
-        c.submission.tls_key_file = format!("{fixtures}/server.key");
-    })
-    .await;
-    for (addr, mode) in [
-        (app.submission_addrs[0], "starttls"),
-        (app.submission_addrs[1], "implicit"),
-    ] {
-        let out = tokio::process::Command::new("node")
-            .arg(format!("{interop}/nodemailer_submit.js"))
-            .arg(addr.port().to_string())
-            .arg(format!("{fixtures}/ca.pem"))
-            .arg(&app.key)
-            .arg(mode)
-            .kill_on_drop(true)
-            .output()
-            .await
-            .expect("run node");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{mode}: {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let steps: Vec<Value> = stdout
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("a JSON line"))
-            .collect();
-        let wrong = step(&steps, "wrong_key");
-        assert_eq!(wrong["code"], 535, "{mode}: {wrong}");
-        let sent = step(&steps, "send");
-        let text = sent["text"].as_str().expect("text");
-        let id = text
-            .strip_prefix("250 2.0.0 queued as ")
-            .unwrap_or_else(|| panic!("{mode}: {text}"));
-        let email = app.email(id).await;
-        assert_eq!(email["subject"], "Ihre Bestellung – Grüße ✓", "{mode}");
-        assert_eq!(email["from"]["name"], "Acme Café", "{mode}: {email}");
-        assert_eq!(email["tags"], serde_json::json!(["receipt", "node"]));
-        assert_eq!(email["recipients"].as_array().map(Vec::len), Some(3));
-    }
+    check_delivered(&app, &relay, "swaks", 2).await;
     app.finish().await;
 }
 

@@ -96,6 +96,7 @@ fn mailbox_inputs(a: Option<&Address<'_>>) -> Vec<(String, Option<String>)> {
 /// value to add when the message has none. Refused (with what to fix) when it has no header
 /// block Herald can read.
 pub fn read(raw: &[u8], envelope: &[String], date: &str) -> Result<Submitted, Invalid> {
+    let raw = &*crlf(raw);
     let msg = MessageParser::default().parse(raw).ok_or_else(|| {
         Invalid::new(
             "/message",
@@ -200,6 +201,31 @@ pub fn read(raw: &[u8], envelope: &[String], date: &str) -> Result<Submitted, In
     })
 }
 
+/// The message with its lines ending in CRLF (RFC 5322 §2.1): a bare LF, as some clients send
+/// (Python's `smtplib.SMTP.data`), becomes CRLF, so that every relay after Herald reads the
+/// same lines Herald read.
+fn crlf(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let mut prev = 0u8;
+    let bare = |b: &u8, prev: &mut u8| {
+        let is = *b == b'\n' && *prev != b'\r';
+        *prev = *b;
+        is
+    };
+    let count = raw.iter().filter(|b| bare(b, &mut prev)).count();
+    if count == 0 {
+        return std::borrow::Cow::Borrowed(raw);
+    }
+    let mut out = Vec::with_capacity(raw.len() + count);
+    prev = 0;
+    for b in raw {
+        if bare(b, &mut prev) {
+            out.push(b'\r');
+        }
+        out.push(*b);
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// The message with a `Message-ID` header first, for one that had none.
 pub fn with_message_id(mime: Vec<u8>, message_id: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(mime.len() + message_id.len() + 16);
@@ -211,6 +237,13 @@ pub fn with_message_id(mime: Vec<u8>, message_id: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bare_line_feeds_become_crlf() {
+        assert_eq!(&*crlf(b"a\nb\r\nc\n"), b"a\r\nb\r\nc\r\n");
+        assert!(matches!(crlf(b"a\r\nb"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(&*crlf(b"\n\n"), b"\r\n\r\n");
+    }
 
     const MSG: &[u8] = b"From: Acme <orders@acme.com>\r\nTo: Ada <ada@example.com>\r\n\
         Cc: bob@example.org\r\nBcc: secret@example.net\r\nSubject: =?UTF-8?Q?Caf=C3=A9?=\r\n\

@@ -29,6 +29,7 @@ mod retention;
 mod stats;
 mod store_contract;
 mod submission;
+mod submission_postfix;
 mod suppressions;
 mod webhook_lanes;
 mod webhooks;

@@ -314,14 +314,24 @@ fn swaks_present() -> bool {
     present
 }
 
-/// The rich message as an app writes it by hand: 8-bit UTF-8 headers, multipart, Bcc.
-fn rich_message(client: &str) -> String {
+/// The rich message as an app writes it by hand: non-ASCII headers as RFC 2047 encoded
+/// words (as apps write them: raw UTF-8 in a header needs SMTPUTF8, which Postfix then asks
+/// for), an 8-bit body, multipart, Bcc.
+pub fn rich_message(client: &str) -> String {
+    use base64::Engine as _;
+    let word = |s: &str| {
+        format!(
+            "=?UTF-8?B?{}?=",
+            base64::engine::general_purpose::STANDARD.encode(s)
+        )
+    };
+    let (name, subject) = (word("Acme Café"), word("Your receipt — №42 ✓"));
     format!(
-        "From: Acme Café <orders@acme.com>\r\n\
+        "From: {name} <orders@acme.com>\r\n\
          To: Ada <ada@example.com>\r\n\
          Cc: bob@example.org\r\n\
          Bcc: audit@example.net\r\n\
-         Subject: Your receipt — №42 ✓\r\n\
+         Subject: {subject}\r\n\
          X-Herald-Tags: receipt, {client}\r\n\
          X-Herald-Metadata-Order-Id: o-42\r\n\
          MIME-Version: 1.0\r\n\

@@ -95,6 +95,18 @@ send("rich", s, "orders@acme.com", ["ada@example.com", "bob@example.org", "audit
 big = b"From: orders@acme.com\r\nTo: ada@example.com\r\nSubject: big\r\n\r\n" + (b"x" * 900 + b"\r\n") * 100
 send("too_big", s, "orders@acme.com", ["ada@example.com"], big)
 
+# Sent twice under one Idempotency-Key (a client that lost the first 250): queued once.
+again = EmailMessage()
+again["From"] = "orders@acme.com"
+again["To"] = "ada@example.com"
+again["Subject"] = "Once only"
+again["Idempotency-Key"] = "order-42-" + mode
+again.set_content("Sent once.\n")
+send("idempotent_first", s, "orders@acme.com", ["ada@example.com"], again.as_bytes())
+send("idempotent_again", s, "orders@acme.com", ["ada@example.com"], again.as_bytes())
+again.set_content("Something else.\n")
+send("idempotent_reused", s, "orders@acme.com", ["ada@example.com"], again.as_bytes())
+
 # A message the rules refuse: no subject.
 send("no_subject", s, "orders@acme.com", ["ada@example.com"], b"From: orders@acme.com\r\nTo: ada@example.com\r\n\r\nhi\r\n")
 s.quit()

@@ -25,7 +25,11 @@
 # subscribed, email.queued included, and the mail sent open-loop at half the plain rate, as
 # "half" does: the lag at a steady half of the peak), and "webhooks-backlog" (the endpoint
 # capped at one event a second while the mail flows, the cap lifted once every recipient is
-# settled: how fast a lane sends a backlog, "drain/s"). The same N plain 2 KB messages go through a
+# settled: how fast a lane sends a backlog, "drain/s"), and "submission" (the plain message
+# over SMTP instead of HTTP: bench/submit.rs keeps $C connections authenticated with the API
+# key and sends message after message on each, MAIL/RCPT/DATA pipelined; every 250 after the
+# commit, as every 202 is; set beside Postfix's smtpd taking the same messages from
+# smtp-source into its queue, the "postfix plain" row). The same N plain 2 KB messages go through a
 # throwaway Postfix instance configured as a relay (smtp-source -> Postfix -> smtp-sink; its
 # queue files are fsynced, as Herald's commits are). Runs are interleaved system by system and
 # the table shows the median and the spread (min-max) of the runs; the JSON file has every run.
@@ -57,6 +61,11 @@ BINS=${BENCH_BINS:-}
 if [ -z "$BINS" ]; then
     cargo build --release --quiet --bin herald
     BINS="=${CARGO_TARGET_DIR:-$PWD/target}/release/herald"
+fi
+SUBMIT=""
+if [[ " $WORKLOADS " == *" submission "* ]]; then
+    cargo build --release --quiet --example submit
+    SUBMIT=${CARGO_TARGET_DIR:-$PWD/target}/release/examples/submit
 fi
 PACE=""
 if [[ " $WORKLOADS " == *" half "* || " $WORKLOADS " == *" webhooks-half "* ]]; then
@@ -173,9 +182,15 @@ run_herald() { # backend workload label binary
     # wrk's threads each send an equal share: N rounded down to a multiple of them.
     local threads=2 body=$mix rate=""
     local total=$((N / threads * threads))
-    unset HERALD_DELIVERY__WORKERS
+    unset HERALD_DELIVERY__WORKERS HERALD_SUBMISSION__LISTEN HERALD_SUBMISSION__ALLOW_INSECURE_AUTH
+    local sport=""
     case $mix in
         ingest) export HERALD_DELIVERY__WORKERS=0; body=plain ;;
+        submission)
+            # Plain SMTP on loopback, as smtp-source speaks to Postfix: AUTH in the clear.
+            sport=$(free_port) body=plain
+            export HERALD_SUBMISSION__LISTEN=127.0.0.1:$sport HERALD_SUBMISSION__ALLOW_INSECURE_AUTH=true
+            ;;
         webhooks|webhooks-backlog) body=plain ;;
         half|webhooks-half)
             body=plain total=$((N / 2))
@@ -230,7 +245,11 @@ PY
     start_probe
     mcpu0=$(machine_cpu)
     t0=$(now)
-    if [ -n "$rate" ]; then
+    if [ -n "$sport" ]; then
+        wait_port "$sport"
+        SUBMIT_ADDR=127.0.0.1:$sport SUBMIT_KEY=$key SUBMIT_MESSAGES=$total SUBMIT_CONNECTIONS=$C \
+            "$SUBMIT" >"$WORK/wrk.out" 2>&1 &
+    elif [ -n "$rate" ]; then
         PACE_URL="http://127.0.0.1:$port/v1/emails" PACE_KEY=$key PACE_BODY=$BENCH_BODY_PLAIN \
             PACE_RATE=$rate PACE_REQUESTS=$total PACE_CONNECTIONS=$C "$PACE" >"$WORK/wrk.out" 2>&1 &
     else
@@ -243,8 +262,8 @@ PY
     t1=$(reach "$total" accepted_emails "$port")
     # The peers' own CPU (they share the machine): read before they exit.
     local wcpu scpu
-    if [ -n "$rate" ]; then
-        # The pacer ends after its last answer and reports its own CPU time.
+    if [ -n "$rate" ] || [ -n "$sport" ]; then
+        # The pacer and the SMTP client end after their last answer and report their own CPU.
         wait "$wrkpid" || true
         wcpu=$(grep -o 'cpu_ms=[0-9]*' "$WORK/wrk.out" | awk -F= '{print $2 / 1000}')
     else

@@ -373,6 +373,9 @@ impl<'a> Session<'a> {
         let Some(password) = password else {
             return Ok(reply(501, "5.5.2", "Cannot decode the response (base64)"));
         };
+        if let Some(e) = crate::api::health::unavailable(self.state, false) {
+            return Ok(smtp_refusal(&e));
+        }
         match principal_for(self.state, &password, Some(self.ip())).await {
             Ok(p) => {
                 self.principal = Some(p);
@@ -514,7 +517,13 @@ impl<'a> Session<'a> {
                     &format!("queued as {} (already, under this Idempotency-Key)", e.id),
                 ),
                 Ok(e) => reply(250, "2.0.0", &format!("queued as {}", e.id)),
-                Err(e) => smtp_refusal(&e),
+                Err(e) => {
+                    if e.status.is_server_error() {
+                        // As the API's gate does: the database is checked again now.
+                        self.state.readiness.recheck();
+                    }
+                    smtp_refusal(&e)
+                }
             },
         )
     }

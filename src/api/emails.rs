@@ -790,6 +790,9 @@ pub(crate) async fn accept_submitted(
     envelope: &[String],
     raw: &[u8],
 ) -> Result<SubmittedEmail, ApiError> {
+    if let Some(e) = super::health::unavailable(state, true) {
+        return Err(e);
+    }
     let now = state.clock.now_ms();
     let date = chrono::DateTime::from_timestamp_millis(now)
         .unwrap_or_default()

@@ -44,7 +44,8 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
 
 /// The 503 for what cannot work now: anything while the database is down, a write while it
 /// cannot take writes. Sent at once, where the request would otherwise wait out the pool.
-fn unavailable(state: &AppState, writes: bool) -> Option<ApiError> {
+/// (HTTP requests meet it in [`gate`], SMTP submission before AUTH and after DATA.)
+pub(crate) fn unavailable(state: &AppState, writes: bool) -> Option<ApiError> {
     let detail = match state.readiness.state() {
         Readiness::Ready => return None,
         Readiness::Down => "the database does not answer; try again shortly",

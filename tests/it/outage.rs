@@ -240,3 +240,92 @@ async fn a_database_outage_mid_webhook_posts_nothing_twice() {
     assert_eq!(receiver.hits().len(), 1);
     app.finish().await;
 }
+
+/// SMTP submission while the database is down: the message after DATA is answered
+/// `451 4.3.0` (try again), at once, and the same message is taken once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_answers_smtp_submission_451() {
+    use base64::Engine as _;
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let Some(cluster) = Cluster::start_or_skip().await else {
+        return;
+    };
+    let url = cluster.url();
+    let app = TestApp::spawn_with(Backend::Postgres, None, move |c| {
+        c.database_url = url;
+        c.submission.listen = "127.0.0.1:0".into();
+        c.submission.allow_insecure_auth = true;
+    })
+    .await;
+    let stream = tokio::net::TcpStream::connect(app.submission_addrs[0])
+        .await
+        .expect("connect");
+    let mut io = tokio::io::BufReader::new(stream);
+    // Sends `lines` and reads one reply per line (the last line of each).
+    async fn say(
+        io: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+        lines: &[&str],
+    ) -> Vec<String> {
+        for l in lines {
+            io.get_mut()
+                .write_all(format!("{l}\r\n").as_bytes())
+                .await
+                .expect("write");
+        }
+        let mut replies = Vec::new();
+        while replies.len() < lines.len().max(1) {
+            let mut line = String::new();
+            io.read_line(&mut line).await.expect("read");
+            assert!(!line.is_empty(), "closed");
+            if line.as_bytes().get(3) != Some(&b'-') {
+                replies.push(line.trim_end().to_owned());
+            }
+        }
+        replies
+    }
+    let mut greeting = String::new();
+    io.read_line(&mut greeting).await.expect("greeting");
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("\0app\0{}", app.key));
+    let r = say(
+        &mut io,
+        &["EHLO app.example", &format!("AUTH PLAIN {auth}")],
+    )
+    .await;
+    assert!(r[1].starts_with("235 2.7.0"), "{r:?}");
+    let message =
+        "From: orders@acme.com\r\nTo: ada@example.com\r\nSubject: Outage\r\n\r\nHello\r\n.";
+    let envelope = [
+        "MAIL FROM:<orders@acme.com>",
+        "RCPT TO:<ada@example.com>",
+        "DATA",
+    ];
+    let r = say(&mut io, &envelope).await;
+    assert!(r[2].starts_with("354"), "{r:?}");
+    assert!(say(&mut io, &[message]).await[0].starts_with("250 2.0.0 queued as"));
+
+    cluster.ctl("stop");
+    app.readyz_until(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(5))
+        .await;
+    let r = say(&mut io, &envelope).await;
+    assert!(r[2].starts_with("354"), "{r:?}");
+    let started = std::time::Instant::now();
+    let refused = say(&mut io, &[message]).await.remove(0);
+    assert!(refused.starts_with("451 4.3.0"), "{refused}");
+    println!("while down: {refused} (in {:?})", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answered in {:?}",
+        started.elapsed()
+    );
+
+    cluster.ctl("start");
+    app.readyz_until(StatusCode::OK, Duration::from_secs(30))
+        .await;
+    let r = say(&mut io, &envelope).await;
+    assert!(r[2].starts_with("354"), "{r:?}");
+    let taken = say(&mut io, &[message]).await.remove(0);
+    assert!(taken.starts_with("250 2.0.0 queued as"), "{taken}");
+    let id = taken.rsplit(' ').next().expect("an id");
+    assert_eq!(app.email(id).await["source"], "smtp");
+    app.finish().await;
+}

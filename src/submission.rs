@@ -70,6 +70,9 @@ pub async fn serve(
             );
             continue;
         };
+        // Replies go out as they are written: Nagle's algorithm would hold each small one
+        // behind the client's delayed ACK of the one before.
+        let _ = stream.set_nodelay(true);
         let (state, settings) = (state.clone(), settings.clone());
         tokio::spawn(async move {
             let _permit = permit;
@@ -108,6 +111,9 @@ struct Session<'a> {
     /// Commands in a row that moved no mail.
     idle: usize,
     waits: Waits,
+    /// Replies to pipelined commands (RFC 2920), sent together once the client's pipelined
+    /// commands are all read: one write, not one a reply.
+    pending: Vec<u8>,
 }
 
 /// A reply line, its code and enhanced code first.
@@ -166,6 +172,7 @@ impl<'a> Session<'a> {
             rcpts: Vec::new(),
             errors: 0,
             idle: 0,
+            pending: Vec::new(),
             waits: Waits::new(s.limits.timeout, s.limits.session_timeout),
         }
     }
@@ -194,17 +201,16 @@ impl<'a> Session<'a> {
         greet: bool,
     ) -> std::io::Result<Option<S>> {
         let mut io = BufReader::new(io);
-        let timeout = self.s.limits.timeout;
         if greet {
             let hello = format!("220 {} ESMTP Herald submission\r\n", self.s.hostname);
-            write(&mut io, &hello, timeout).await?;
+            self.say(&mut io, &hello).await?;
         }
         loop {
             let line = match self.next_line(&mut io).await? {
                 Ok(line) => line,
                 Err(last) => {
                     if let Some(last) = last {
-                        write(&mut io, last, timeout).await?;
+                        self.say(&mut io, last).await?;
                     }
                     return Ok(None);
                 }
@@ -224,7 +230,7 @@ impl<'a> Session<'a> {
                     }
                 }
                 "STARTTLS" if !self.tls && self.s.tls.is_some() => {
-                    write(&mut io, "220 2.0.0 Ready to start TLS\r\n", timeout).await?;
+                    self.say(&mut io, "220 2.0.0 Ready to start TLS\r\n").await?;
                     return Ok(Some(io.into_inner()));
                 }
                 "AUTH" => self.auth(&mut io, arg).await?,
@@ -237,12 +243,16 @@ impl<'a> Session<'a> {
                 }
                 "NOOP" => reply(250, "2.0.0", "OK"),
                 "QUIT" => {
-                    write(&mut io, "221 2.0.0 Bye\r\n", timeout).await?;
+                    self.say(&mut io, "221 2.0.0 Bye\r\n").await?;
                     return Ok(None);
                 }
                 _ => reply(502, "5.5.1", "Command not recognized"),
             };
-            write(&mut io, &answer, timeout).await?;
+            if answer.starts_with("421") || io.buffer().is_empty() {
+                self.say(&mut io, &answer).await?;
+            } else {
+                self.pending.extend_from_slice(answer.as_bytes());
+            }
             if answer.starts_with("421") {
                 return Ok(None);
             }
@@ -257,7 +267,7 @@ impl<'a> Session<'a> {
             } else {
                 continue;
             };
-            write(&mut io, last, timeout).await?;
+            self.say(&mut io, last).await?;
             return Ok(None);
         }
     }
@@ -274,6 +284,18 @@ impl<'a> Session<'a> {
             Line::TimedOut if self.waits.past_deadline() => Err(Some(DEADLINE)),
             Line::TimedOut => Err(Some(TIMEOUT)),
         })
+    }
+
+    /// Writes `text` after the replies still pending.
+    async fn say<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut BufReader<S>,
+        text: &str,
+    ) -> std::io::Result<()> {
+        self.pending.extend_from_slice(text.as_bytes());
+        let sent = crate::smtp_wire::write(io, &self.pending, self.s.limits.timeout).await;
+        self.pending.clear();
+        sent
     }
 
     fn auth_offered(&self) -> bool {
@@ -323,13 +345,12 @@ impl<'a> Session<'a> {
                 &format!("Too many failed authentications; try again in {wait} seconds"),
             ));
         }
-        let timeout = self.s.limits.timeout;
         let (mechanism, initial) = arg.split_once(' ').unwrap_or((arg, ""));
         let decode = |s: &str| STANDARD.decode(s.trim()).ok();
         let password = match mechanism.to_ascii_uppercase().as_str() {
             "PLAIN" => {
                 let response = if initial.is_empty() {
-                    write(io, "334 \r\n", timeout).await?;
+                    self.say(io, "334 \r\n").await?;
                     match self.next_line(io).await? {
                         Ok(l) => String::from_utf8_lossy(&l).trim().to_owned(),
                         Err(last) => return Ok(last.unwrap_or(TIMEOUT).to_owned()),
@@ -350,12 +371,12 @@ impl<'a> Session<'a> {
             "LOGIN" => {
                 // The username is asked for and read, and not used: the key says who.
                 if initial.is_empty() {
-                    write(io, "334 VXNlcm5hbWU6\r\n", timeout).await?;
+                    self.say(io, "334 VXNlcm5hbWU6\r\n").await?;
                     if let Err(last) = self.next_line(io).await? {
                         return Ok(last.unwrap_or(TIMEOUT).to_owned());
                     }
                 }
-                write(io, "334 UGFzc3dvcmQ6\r\n", timeout).await?;
+                self.say(io, "334 UGFzc3dvcmQ6\r\n").await?;
                 match self.next_line(io).await? {
                     Ok(l) => decode(&String::from_utf8_lossy(&l))
                         .map(|b| String::from_utf8_lossy(&b).into_owned()),
@@ -473,13 +494,8 @@ impl<'a> Session<'a> {
         if self.rcpts.is_empty() {
             return Ok(reply(503, "5.5.1", "Need RCPT before DATA"));
         }
-        let timeout = self.s.limits.timeout;
-        write(
-            io,
-            "354 Start mail input; end with <CRLF>.<CRLF>\r\n",
-            timeout,
-        )
-        .await?;
+        self.say(io, "354 Start mail input; end with <CRLF>.<CRLF>\r\n")
+            .await?;
         let max = self.s.limits.max_message_bytes;
         let data = read_data(io, max, &self.waits).await?;
         let envelope = std::mem::take(&mut self.rcpts);
@@ -529,13 +545,6 @@ impl<'a> Session<'a> {
     }
 }
 
-async fn write<S: AsyncRead + AsyncWrite + Unpin>(
-    io: &mut BufReader<S>,
-    text: &str,
-    timeout: std::time::Duration,
-) -> std::io::Result<()> {
-    crate::smtp_wire::write(io, text.as_bytes(), timeout).await
-}
 
 #[cfg(test)]
 mod tests {

@@ -64,6 +64,8 @@ pub async fn serve(
             );
             continue;
         };
+        // Each reply goes out at once (no Nagle delay behind the client's delayed ACK).
+        let _ = stream.set_nodelay(true);
         let (processor, settings, budget) =
             (processor.clone(), settings.clone(), Arc::clone(&budget));
         tokio::spawn(async move {

@@ -96,6 +96,9 @@ fn queued_id(s: &Step, client: &str) -> String {
 /// What every client must see, and what its messages became. `client` names it in the tags
 /// of its rich message.
 pub async fn check_client(app: &TestApp, steps: &[(String, Step)], client: &str) {
+    for (name, s) in steps {
+        println!("{client} {name}: {} {}", s.code, s.text);
+    }
     if let Some((_, s)) = steps.iter().find(|(n, _)| n == "auth_before_tls") {
         assert_eq!(s.code, 530, "{client}: {s:?}");
         assert!(s.text.contains("5.7.0"), "{client}: {s:?}");

@@ -230,7 +230,8 @@ impl<'a> Session<'a> {
                     }
                 }
                 "STARTTLS" if !self.tls && self.s.tls.is_some() => {
-                    self.say(&mut io, "220 2.0.0 Ready to start TLS\r\n").await?;
+                    self.say(&mut io, "220 2.0.0 Ready to start TLS\r\n")
+                        .await?;
                     return Ok(Some(io.into_inner()));
                 }
                 "AUTH" => self.auth(&mut io, arg).await?,
@@ -544,7 +545,6 @@ impl<'a> Session<'a> {
         )
     }
 }
-
 
 #[cfg(test)]
 mod tests {

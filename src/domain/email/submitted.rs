@@ -307,7 +307,10 @@ mod tests {
         assert_eq!(s.message_id.as_deref(), Some("<x@b.c>"));
         let mime = String::from_utf8(s.mime).expect("utf-8");
         assert!(!mime.contains("never"));
-        assert!(mime.contains("Message-ID: <x@b.c>\n"));
+        assert!(
+            mime.contains("Message-ID: <x@b.c>\r\n"),
+            "bare LF became CRLF: {mime}"
+        );
         assert_eq!(
             String::from_utf8(with_message_id(b"A: b\r\n".to_vec(), "<m@x>")).expect("utf-8"),
             "Message-ID: <m@x>\r\nA: b\r\n"

@@ -88,8 +88,6 @@ pub struct Shared {
     key_touches: Arc<Mutex<HashMap<String, i64>>>,
     /// API keys by prefix, for a second (see [`crate::cache`]).
     pub api_keys: Arc<crate::cache::TtlCache<crate::store::ApiKeyRecord>>,
-    /// Failed console sign-ins, by address and by account.
-    pub sign_in_throttle: Arc<crate::console::session::Throttle>,
     /// Sending-domain decisions by project and domain, for a second.
     pub senders: Arc<crate::cache::TtlCache<emails::SenderDecision>>,
 }
@@ -131,7 +129,6 @@ impl AppState {
             key_touches: Arc::default(),
             api_keys: Arc::new(crate::cache::TtlCache::new(CACHE_TTL, 10_000)),
             senders: Arc::new(crate::cache::TtlCache::new(CACHE_TTL, 10_000)),
-            sign_in_throttle: crate::console::session::throttle(),
         }))
     }
 
@@ -169,15 +166,11 @@ impl AppState {
     }
 }
 
-/// The whole API.
-pub fn router(state: AppState) -> Router {
+/// The whole API, and `beside` it (the console's pages) under the same middleware.
+pub fn router(state: AppState, beside: Router<AppState>) -> Router {
     let (routes, doc) = routes(&state.config.limits).split_for_parts();
-    let routes = if state.config.console.enabled {
-        routes.merge(crate::console::router())
-    } else {
-        routes
-    };
     routes
+        .merge(beside)
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", doc))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

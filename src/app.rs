@@ -397,7 +397,12 @@ impl App {
         let store = self.state.store.clone();
         let clock = Arc::clone(&self.state.clock);
         let mailer = Arc::clone(&self.worker.mailer);
-        let router = api::router(self.state);
+        let pages = if config.console.enabled {
+            crate::console::router()
+        } else {
+            axum::Router::new()
+        };
+        let router = api::router(self.state, pages);
         api::server::serve(self.listener, router, config.http.clone(), shutdown.clone()).await;
 
         // HTTP has stopped; the workers saw the same token and stop claiming.

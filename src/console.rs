@@ -104,6 +104,10 @@ pub fn router() -> Router<AppState> {
             post(pages::webhooks::action),
         )
         .layer(axum::middleware::from_fn(page_headers))
+        // Failed sign-ins, by address and by account: the console's own state.
+        .layer(axum::Extension(std::sync::Arc::new(
+            session::Throttle::default(),
+        )))
 }
 
 /// What every console answer carries: a content policy that lets a page load only Herald's

@@ -306,6 +306,7 @@ pub struct SignInForm {
 /// and about the same time for an unknown address as for a wrong password.
 pub async fn sign_in(
     State(state): State<AppState>,
+    axum::Extension(throttle): axum::Extension<Arc<Throttle>>,
     peer: Result<
         axum::Extension<ConnectInfo<std::net::SocketAddr>>,
         axum::extract::rejection::ExtensionRejection,
@@ -330,7 +331,6 @@ pub async fn sign_in(
     }
     let ip = peer.map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.0.ip());
     let account = operator_email(&form.email).unwrap_or_default();
-    let throttle = &state.sign_in_throttle;
     if let Some(wait) = throttle
         .by_address
         .wait(&ip)
@@ -425,10 +425,6 @@ pub async fn sign_out(
 }
 
 /// The sign-in throttle every `AppState` carries.
-pub fn throttle() -> Arc<Throttle> {
-    Arc::default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

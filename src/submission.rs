@@ -131,6 +131,14 @@ fn smtp_refusal(e: &ApiError) -> Reply {
         .map_or(e.detail.as_str(), |f| f.detail.as_str())
         .replace(['\r', '\n'], " ");
     match e.status.as_u16() {
+        429 if e.code == "too_many_failed_authentications" => reply(
+            454,
+            "4.7.0",
+            &format!(
+                "Too many failed authentications; try again in {} seconds",
+                e.retry_after.unwrap_or(1)
+            ),
+        ),
         429 => reply(
             451,
             "4.7.1",
@@ -141,7 +149,11 @@ fn smtp_refusal(e: &ApiError) -> Reply {
             "4.3.0",
             "Herald cannot take mail right now; try again later",
         ),
-        401 => reply(535, "5.7.8", "Authentication credentials invalid"),
+        401 => reply(
+            535,
+            "5.7.8",
+            "Authentication credentials invalid: the password is an API key (hk_…)",
+        ),
         // The same Idempotency-Key is being submitted on another connection right now.
         409 => reply(451, "4.3.0", &format!("{detail}; try again later")),
         403 => reply(550, "5.7.1", &detail),
@@ -339,12 +351,8 @@ impl<'a> Session<'a> {
         if !self.auth_offered() {
             return Ok(reply(530, "5.7.0", "Must issue a STARTTLS command first"));
         }
-        if let Some(wait) = self.state.auth_failures.wait(&self.ip()) {
-            return Ok(reply(
-                454,
-                "4.7.0",
-                &format!("Too many failed authentications; try again in {wait} seconds"),
-            ));
+        if let Err(e) = self.state.auth_failures.check(self.ip()) {
+            return Ok(smtp_refusal(&e));
         }
         let (mechanism, initial) = arg.split_once(' ').unwrap_or((arg, ""));
         let decode = |s: &str| STANDARD.decode(s.trim()).ok();
@@ -403,18 +411,6 @@ impl<'a> Session<'a> {
                 self.principal = Some(p);
                 Ok(reply(235, "2.7.0", "Authentication successful"))
             }
-            Err(e) if e.status.as_u16() == 401 => Ok(reply(
-                535,
-                "5.7.8",
-                "Authentication credentials invalid: the password is an API key (hk_…)",
-            )),
-            Err(e) if e.status.as_u16() == 429 && e.code == "too_many_failed_authentications" => {
-                Ok(reply(
-                    454,
-                    "4.7.0",
-                    "Too many failed authentications; try again later",
-                ))
-            }
             Err(e) => Ok(smtp_refusal(&e)),
         }
     }
@@ -423,10 +419,6 @@ impl<'a> Session<'a> {
         let Some(principal) = &self.principal else {
             return reply(530, "5.7.0", "Authentication required");
         };
-        // Each message counts against the key's rate, as each request does over HTTP.
-        if let Err(e) = crate::api::auth::within_rate(self.state, principal) {
-            return smtp_refusal(&e);
-        }
         if self.mail_from.is_some() {
             return reply(503, "5.5.1", "Sender already given");
         }
@@ -443,18 +435,24 @@ impl<'a> Session<'a> {
                 .and_then(|n| n.parse::<usize>().ok())
                 && size > self.s.limits.max_message_bytes
             {
-                return reply(
-                    552,
-                    "5.3.4",
-                    &format!(
-                        "Message too big: the limit is {} bytes",
-                        self.s.limits.max_message_bytes
-                    ),
-                );
+                return self.too_big();
             }
+        }
+        // Each message counts against the key's rate, as each request does over HTTP.
+        if let Err(e) = crate::api::auth::within_rate(self.state, principal) {
+            return smtp_refusal(&e);
         }
         self.mail_from = Some(addr);
         reply(250, "2.1.0", "Sender OK")
+    }
+
+    fn too_big(&self) -> Reply {
+        let max = self.s.limits.max_message_bytes;
+        reply(
+            552,
+            "5.3.4",
+            &format!("Message too big: the limit is {max} bytes"),
+        )
     }
 
     fn rcpt(&mut self, arg: &str) -> Reply {
@@ -504,11 +502,7 @@ impl<'a> Session<'a> {
         let message = match data {
             Data::Message(m) => m,
             Data::TooBig => {
-                return Ok(reply(
-                    552,
-                    "5.3.4",
-                    &format!("Message too big: the limit is {max} bytes"),
-                ));
+                return Ok(self.too_big());
             }
             // The message is dropped: nothing was promised for it.
             Data::Eof => return Ok(TIMEOUT.to_owned()),

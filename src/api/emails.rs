@@ -836,19 +836,12 @@ async fn commit_submitted(
     idem: Option<IdempotencyRecord>,
 ) -> ApiResult<(StatusCode, Value)> {
     let (limits, streams, now) = validation_context(state, now);
-    let ctx = crate::domain::email::draft::Context {
+    let ctx = request::Context {
         limits: &limits,
         streams: &streams,
         now_ms: now,
     };
-    let email = submitted.draft.check(&ctx).map_err(|errors| {
-        ApiError::validation(
-            errors
-                .into_iter()
-                .map(|i| FieldError::new(i.pointer, i.code, i.detail))
-                .collect(),
-        )
-    })?;
+    let email = request::check(submitted.draft, &ctx, "").map_err(ApiError::validation)?;
     let signing = sender::resolve(state, principal, email.from.email.domain(), "/from").await?;
     let given = GivenMime {
         mime: submitted.mime,

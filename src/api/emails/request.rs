@@ -240,7 +240,16 @@ pub fn validate(
     ctx: &Context<'_>,
     prefix: &str,
 ) -> Result<OutgoingEmail, Vec<FieldError>> {
-    Draft::from(req).check(ctx).map_err(|problems| {
+    check(Draft::from(req), ctx, prefix)
+}
+
+/// The same for any draft: a request's, or a message submitted over SMTP.
+pub fn check(
+    draft: Draft,
+    ctx: &Context<'_>,
+    prefix: &str,
+) -> Result<OutgoingEmail, Vec<FieldError>> {
+    draft.check(ctx).map_err(|problems| {
         problems
             .into_iter()
             .map(|i| FieldError::new(format!("{prefix}{}", i.pointer), i.code, i.detail))

@@ -218,13 +218,22 @@ pub async fn list_domains(
     State(state): State<AppState>,
     FullAccess(principal): FullAccess,
 ) -> ApiResult<Json<ListResponse<DomainResponse>>> {
+    let data = project_domains(&state, &principal.project_id).await?;
+    Ok(Json(ListResponse::new(data, false)))
+}
+
+/// A project's domains with their records and keys: the API's list and the console's.
+pub async fn project_domains(
+    state: &AppState,
+    project: &str,
+) -> Result<Vec<DomainResponse>, crate::store::StoreError> {
     let now = state.clock.now_ms();
     let mut data = Vec::new();
-    for d in state.store.list_domains(&principal.project_id).await? {
-        let (d, keys) = state.store.get_domain(&principal.project_id, &d.id).await?;
-        data.push(DomainResponse::new(&d, &keys, &settings(&state), now));
+    for d in state.store.list_domains(project).await? {
+        let (d, keys) = state.store.get_domain(project, &d.id).await?;
+        data.push(DomainResponse::new(&d, &keys, &settings(state), now));
     }
-    Ok(Json(ListResponse::new(data, false)))
+    Ok(data)
 }
 
 /// `GET /v1/domains/{id}`.

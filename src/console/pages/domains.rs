@@ -6,7 +6,7 @@ use axum::extract::{Form, Path, Query, State};
 use serde::Deserialize;
 
 use crate::api::AppState;
-use crate::api::domains::{rotate_key, settings, verify_now};
+use crate::api::domains::{project_domains, rotate_key, settings, verify_now};
 use crate::api::responses::DomainResponse;
 use crate::console::session::{Chrome, Session};
 use crate::console::{PageError, PageResult, query_escape, redirect, render};
@@ -25,12 +25,7 @@ pub async fn list(
     Path(project): Path<String>,
 ) -> PageResult {
     let chrome = session.project(&state, &project, "domains").await?;
-    let now = state.clock.now_ms();
-    let mut domains = Vec::new();
-    for d in state.store.list_domains(&project).await? {
-        let (d, keys) = state.store.get_domain(&project, &d.id).await?;
-        domains.push(DomainResponse::new(&d, &keys, &settings(&state), now));
-    }
+    let domains = project_domains(&state, &project).await?;
     Ok(render(&ListPage { chrome, domains }))
 }
 

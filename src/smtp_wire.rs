@@ -198,6 +198,49 @@ pub fn tls_acceptor(cert_file: &str, key_file: &str) -> Result<TlsAcceptor, Stri
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// Who may connect: at most `max_connections` at once, and what [`Clients`] allows one
+/// address. A refused client is told why with a 421, never waited on.
+pub struct Admission {
+    permits: Arc<tokio::sync::Semaphore>,
+    clients: Arc<Clients>,
+}
+
+/// An admitted connection's places; dropping it gives them back.
+pub struct Admitted {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _slot: ClientSlot,
+}
+
+impl Admission {
+    pub fn new(max_connections: usize, max_per_client: usize, per_minute_per_client: u32) -> Self {
+        Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(max_connections.max(1))),
+            clients: Clients::new(max_per_client, per_minute_per_client),
+        }
+    }
+
+    /// A place for this connection from `ip`, or `None` once the client has been told (if
+    /// its socket takes the reply at once) why not. Admitted sockets have Nagle off: each
+    /// reply goes out as written, not behind the client's delayed ACK of the one before.
+    pub fn admit(&self, stream: &tokio::net::TcpStream, ip: IpAddr) -> Option<Admitted> {
+        let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+            let _ = stream.try_write(b"421 4.7.0 Too many connections, try again later\r\n");
+            return None;
+        };
+        let Some(slot) = Clients::admit(&self.clients, ip) else {
+            let _ = stream.try_write(
+                b"421 4.7.0 Too many connections from your address, try again later\r\n",
+            );
+            return None;
+        };
+        let _ = stream.set_nodelay(true);
+        Some(Admitted {
+            _permit: permit,
+            _slot: slot,
+        })
+    }
+}
+
 /// Connections open and recently opened, per client address: one address cannot take every
 /// connection a listener has.
 pub struct Clients {

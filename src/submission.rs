@@ -10,13 +10,11 @@
 //! unavailable database), 5xx where it cannot.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -24,7 +22,7 @@ use crate::api::AppState;
 use crate::api::auth::{Principal, principal_for};
 use crate::api::error::ApiError;
 use crate::config::SubmissionConfig;
-use crate::smtp_wire::{Clients, Data, Line, Waits, read_data, read_line};
+use crate::smtp_wire::{Admission, Data, Line, Waits, read_data, read_line};
 
 /// Longest command line (RFC 5321 §4.5.3.1.4 says 512; AUTH PLAIN's line may be longer).
 const MAX_COMMAND: usize = 2048;
@@ -55,28 +53,20 @@ pub async fn serve(
     implicit_tls: bool,
     cancel: CancellationToken,
 ) {
-    let permits = Arc::new(Semaphore::new(settings.limits.max_connections.max(1)));
     // Apps that send a lot open many connections at once, and open them often: only the
     // number open is capped per address.
-    let clients = Clients::new(settings.limits.max_connections_per_client, u32::MAX);
+    let admission = Admission::new(
+        settings.limits.max_connections,
+        settings.limits.max_connections_per_client,
+        u32::MAX,
+    );
     while let Some((stream, peer)) = crate::accept::next(&listener, &cancel, "submission").await {
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            let _ = stream.try_write(b"421 4.7.0 Too many connections, try again later\r\n");
+        let Some(admitted) = admission.admit(&stream, peer.ip()) else {
             continue;
         };
-        let Some(client) = Clients::admit(&clients, peer.ip()) else {
-            let _ = stream.try_write(
-                b"421 4.7.0 Too many connections from your address, try again later\r\n",
-            );
-            continue;
-        };
-        // Replies go out as they are written: Nagle's algorithm would hold each small one
-        // behind the client's delayed ACK of the one before.
-        let _ = stream.set_nodelay(true);
         let (state, settings) = (state.clone(), settings.clone());
         tokio::spawn(async move {
-            let _permit = permit;
-            let _client = client;
+            let _admitted = admitted;
             let limits = &settings.limits;
             let mut session = Session::new(&state, &settings, peer, implicit_tls);
             if implicit_tls {

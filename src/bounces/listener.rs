@@ -18,13 +18,12 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::inbound::InboundProcessor;
 use crate::config::InboundConfig;
-use crate::smtp_wire::{Clients, Data, Line, Waits, read_data, read_line};
+use crate::smtp_wire::{Admission, Data, Line, Waits, read_data, read_line};
 
 /// Longest command or data line accepted, CRLF included (RFC 5321 §4.5.3.1.6 says 1000 for
 /// text lines; real bounce generators exceed it, so allow some slack).
@@ -46,31 +45,20 @@ pub async fn serve(
     settings: ListenerSettings,
     cancel: CancellationToken,
 ) {
-    let permits = Arc::new(Semaphore::new(settings.limits.max_connections.max(1)));
-    let clients = Clients::new(
+    let admission = Admission::new(
+        settings.limits.max_connections,
         settings.limits.max_connections_per_client,
         settings.limits.connections_per_minute_per_client,
     );
     let budget = Arc::new(UnsignedBudget::new(settings.limits.unsigned_per_hour));
     while let Some((stream, peer)) = crate::accept::next(&listener, &cancel, "bounces").await {
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            // Never wait on a client here: the reply goes out if the socket takes it at once.
-            let _ = stream.try_write(b"421 4.7.0 Too many connections, try again later\r\n");
+        let Some(admitted) = admission.admit(&stream, peer.ip()) else {
             continue;
         };
-        let Some(client) = Clients::admit(&clients, peer.ip()) else {
-            let _ = stream.try_write(
-                b"421 4.7.0 Too many connections from your address, try again later\r\n",
-            );
-            continue;
-        };
-        // Each reply goes out at once (no Nagle delay behind the client's delayed ACK).
-        let _ = stream.set_nodelay(true);
         let (processor, settings, budget) =
             (processor.clone(), settings.clone(), Arc::clone(&budget));
         tokio::spawn(async move {
-            let _permit = permit;
-            let _client = client;
+            let _admitted = admitted;
             let mut session = Session::new(&processor, &settings, &budget);
             let result = session.run(stream, true, false).await;
             if let Ok(Upgrade::StartTls(stream)) = result

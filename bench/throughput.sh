@@ -6,6 +6,7 @@
 #   BENCH_RELAY_CONCURRENCY (32), BENCH_OUT (bench/results.json),
 #   BENCH_WORKLOADS ("plain mix ingest half"; "half" and "webhooks-half" need "plain" before
 #   them, unless BENCH_HALF_RATE sets the rate they send at, the same for every system).
+#   BENCH_PROFILE=FILE: perf records Herald while "webhooks-backlog" drains (perf report -i FILE).
 #   BENCH_BINS="a=/path/herald b=/other/herald": compare builds side by side instead of building
 #   this tree (each run goes through every binary in turn; systems are named herald-<backend>-<label>).
 #
@@ -289,7 +290,14 @@ PY
                 -d '{"rate_limit": null}' \
                 "http://127.0.0.1:$port/v1/webhooks/$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["id"])' "$WORK/endpoint.json")" >/dev/null
         fi
+        # BENCH_PROFILE=FILE: perf records Herald from the cap's lifting to the last event.
+        local perfpid=""
+        if [ -n "${BENCH_PROFILE:-}" ] && [ -n "$tp" ]; then
+            perf record -F 499 --call-graph dwarf,32768 -p "$pid" -o "$BENCH_PROFILE" 2>/dev/null &
+            perfpid=$!
+        fi
         t3=$(reach $((expected * per_recipient)) curl -s "http://127.0.0.1:$rport/count")
+        if [ -n "$perfpid" ]; then kill -INT "$perfpid"; wait "$perfpid" || true; fi
         kill -TERM "$rpid"; wait "$rpid" 2>/dev/null || true
         kill "$bpid"; wait "$bpid" 2>/dev/null || true
         hooks=$(python3 - "$WORK/receiver.out" "$WORK/backlog" "$t0" "$t3" "$tp" "$c0" <<'PY'
@@ -302,6 +310,7 @@ drain = round((r["events"] - int(c0)) / (t3 - float(tp))) if tp and r.get("event
 print(json.dumps({"webhook_events": r.get("events"), "webhook_bad_signatures": r.get("bad_signatures"),
                   "webhook_events_per_s": r.get("events_per_s"), "webhook_drain_per_s": drain,
                   "webhook_done_s": round(t3 - t0, 2),
+                  "receiver_cpu_s_per_1000": round(r["cpu_ms"] / r["events"], 3) if r.get("events") else None,
                   "webhook_lag_p50_ms": r.get("lag_p50_ms"), "webhook_lag_p99_ms": r.get("lag_p99_ms"),
                   "webhook_lag_max_ms": r.get("lag_max_ms"),
                   "webhook_backlog_max": max(backlog, default=0), "webhook_backlog": backlog}))
@@ -343,7 +352,7 @@ if "webhook_events" in row:
     print(f"  {'':<24} {'':<6} webhooks {row['webhook_events']} events, {row['webhook_events_per_s']}/s, "
           f"drain {row['webhook_drain_per_s'] or '-'}/s, "
           f"lag p50 {row['webhook_lag_p50_ms']} p99 {row['webhook_lag_p99_ms']} max {row['webhook_lag_max_ms']} ms, "
-          f"bad signatures {row['webhook_bad_signatures']}, backlog max {row['webhook_backlog_max']} "
+          f"bad signatures {row['webhook_bad_signatures']}, receiver cpu {row['receiver_cpu_s_per_1000']} s/1k, backlog max {row['webhook_backlog_max']} "
           f"(every 5 s: {b[::5]})")
 PY
 }

@@ -68,6 +68,7 @@ process.on("SIGTERM", () => {
   process.stdout.write(JSON.stringify({
     events: seen.size, requests, bad_signatures: bad,
     events_per_s: span ? Math.round(seen.size / span) : null,
+    cpu_ms: Math.round((process.cpuUsage().user + process.cpuUsage().system) / 1000),
     lag_p50_ms: q(0.5), lag_p99_ms: q(0.99), lag_max_ms: lags.length ? lags[lags.length - 1] : null,
   }) + "\n");
   process.exit(0);

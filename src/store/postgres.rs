@@ -23,7 +23,7 @@ pub(super) static DIALECT: Dialect = Dialect {
     webhook_claim: "UPDATE webhook_deliveries SET lease_owner = $1, lease_expires_at = $2, \
          next_attempt_at = $2 WHERE id IN (SELECT id FROM webhook_deliveries \
          WHERE endpoint_id = $5 AND status = 'pending' AND next_attempt_at <= $3 \
-         ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING id",
+         ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING id, attempts, event_id",
     claim_leaves_scheduled: false,
     // Postgres wants the grouped table's primary key to select its other columns.
     grouped_email_id: "e.id",

@@ -43,7 +43,7 @@ pub(super) static DIALECT: Dialect = Dialect {
     webhook_claim: "UPDATE OR FAIL webhook_deliveries SET lease_owner = $1, \
          lease_expires_at = $2, next_attempt_at = $2 WHERE id IN (SELECT id FROM \
          webhook_deliveries WHERE endpoint_id = $5 AND status = 'pending' \
-         AND next_attempt_at <= $3 ORDER BY next_attempt_at LIMIT $4 + 0) RETURNING id",
+         AND next_attempt_at <= $3 ORDER BY next_attempt_at LIMIT $4 + 0) RETURNING id, attempts, event_id",
     claim_leaves_scheduled: true,
     // SQLite streams a GROUP BY on the index column.
     grouped_email_id: "d.email_id",

@@ -551,7 +551,11 @@ impl Store {
     }
 
     /// Leases up to `limit` of one endpoint's due deliveries to `owner`, oldest due first,
-    /// and loads what their requests need.
+    /// and loads what their requests need, all in one transaction of the writer: the lease,
+    /// the endpoint (once: a claim is one endpoint's) and the events with their emails. On
+    /// SQLite that reads through the writer's own connection, several times cheaper a row
+    /// than a reader's (sqlx copies every row twice), which was a quarter of the dispatcher's
+    /// time.
     pub async fn claim_webhook_deliveries(
         &self,
         owner: &str,
@@ -562,8 +566,7 @@ impl Store {
     ) -> StoreResult<Vec<DueDelivery>> {
         let (owner, endpoint) = (owner.to_owned(), endpoint_id.to_owned());
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let ids: Vec<String> = self
-            .writer
+        self.writer
             .run(move |tx, _| {
                 Box::pin(async move {
                     let params = [
@@ -574,94 +577,19 @@ impl Store {
                         Val::Text(&endpoint),
                     ];
                     let claim = tx.dialect().webhook_claim;
-                    tx.query(claim, &params)
+                    let claimed = tx
+                        .query(claim, &params)
                         .await?
                         .iter()
-                        .map(|r| r.get(0))
-                        .collect::<StoreResult<Vec<String>>>()
+                        .map(|r| Ok((r.get::<String>(0)?, r.get::<i64>(1)?, r.get::<String>(2)?)))
+                        .collect::<StoreResult<Vec<(String, i64, String)>>>()?;
+                    if claimed.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    load_claimed(tx, &endpoint, claimed, now).await
                 })
             })
-            .await?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT d.id, d.attempts, w.id, w.url, w.secret, w.previous_secret, \
-             w.previous_secret_expires_at, e.id, e.type, e.data, e.created_at, e.recipient, \
-             m.id, m.message_id, m.stream, m.from_email, m.from_name, m.subject, m.tags, \
-             m.metadata, m.created_at, w.status \
-             FROM webhook_deliveries d \
-             JOIN webhook_endpoints w ON w.id = d.endpoint_id \
-             JOIN events e ON e.id = d.event_id \
-             LEFT JOIN emails m ON m.id = e.email_id \
-             WHERE d.id IN ({})",
-            padded_placeholders(1, ids.len())
-        ));
-        let mut q = sqlx::query(sql);
-        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        for id in padded(&ids) {
-            q = q.bind(id);
-        }
-        let rows = q.fetch_all(&self.pool).await?;
-        // A delivery written for an endpoint disabled since (by a writer that still had it
-        // as enabled: another process, or one within the endpoint cache's second) is canceled
-        // here, as disabling cancels those already waiting.
-        let (rows, stale): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| {
-            r.try_get::<String, _>(21)
-                .is_ok_and(|s| s == EndpointStatus::Enabled.as_str())
-        });
-        if !stale.is_empty() {
-            let stale = stale
-                .iter()
-                .map(|r| r.try_get::<String, _>(0))
-                .collect::<Result<Vec<String>, _>>()?;
-            self.writer
-                .run(move |tx, _| {
-                    Box::pin(async move {
-                        let sql = format!(
-                            "UPDATE webhook_deliveries SET status = 'canceled', lease_owner = NULL, \
-                             updated_at = $1 WHERE status = 'pending' AND id IN ({})",
-                            placeholders(2, stale.len())
-                        );
-                        let params = texts(&[Val::Int(now)], stale.iter().map(String::as_str));
-                        tx.execute(&sql, &params).await
-                    })
-                })
-                .await?;
-        }
-        rows.iter()
-            .map(|r| {
-                let email = match r.try_get::<Option<String>, _>(12)? {
-                    Some(id) => Some(DeliveryEmail {
-                        id,
-                        message_id: r.try_get(13)?,
-                        stream: r.try_get(14)?,
-                        from_email: r.try_get(15)?,
-                        from_name: r.try_get(16)?,
-                        subject: r.try_get(17)?,
-                        tags: r.try_get(18)?,
-                        metadata: r.try_get(19)?,
-                        created_at: r.try_get(20)?,
-                    }),
-                    None => None,
-                };
-                Ok(DueDelivery {
-                    id: r.try_get(0)?,
-                    attempts: r.try_get(1)?,
-                    endpoint_id: r.try_get(2)?,
-                    url: r.try_get(3)?,
-                    secret: r.try_get(4)?,
-                    previous_secret: r.try_get(5)?,
-                    previous_secret_expires_at: r.try_get(6)?,
-                    event_id: r.try_get(7)?,
-                    event_type: super::emails::event_type(&r.try_get::<String, _>(8)?)?,
-                    event_data: r.try_get(9)?,
-                    event_created_at: r.try_get(10)?,
-                    recipient: r.try_get(11)?,
-                    email,
-                })
-            })
-            .collect()
+            .await
     }
 
     /// Records attempts and their consequences in one commit, each fenced by its lease.
@@ -877,6 +805,135 @@ impl Store {
                 .await?;
         Ok(n)
     }
+}
+
+/// Where a claim's requests go: the endpoint's URL and its sealed secrets.
+struct Target {
+    url: String,
+    secret: String,
+    previous_secret: Option<String>,
+    previous_secret_expires_at: Option<i64>,
+}
+
+/// A claimed delivery's event, with the email it is about.
+struct ClaimedEvent {
+    event_type: EventType,
+    data: String,
+    created_at: i64,
+    recipient: Option<String>,
+    email: Option<DeliveryEmail>,
+}
+
+/// The claimed deliveries (id, attempts before, event) with what their requests need. Those
+/// that can no longer be sent are canceled in the same transaction: all of them when the
+/// endpoint was disabled or deleted since they were written (by a writer that still had it as
+/// enabled: another process, or one within the endpoint cache's second), as disabling cancels
+/// those already waiting; and any whose event is gone (retention), which would otherwise be
+/// claimed again at every lease's end.
+async fn load_claimed(
+    tx: &mut dyn Tx,
+    endpoint_id: &str,
+    claimed: Vec<(String, i64, String)>,
+    now: i64,
+) -> StoreResult<Vec<DueDelivery>> {
+    let rows = tx
+        .query(
+            "SELECT url, secret, previous_secret, previous_secret_expires_at, status \
+             FROM webhook_endpoints WHERE id = $1",
+            &[Val::Text(endpoint_id)],
+        )
+        .await?;
+    let target = match rows.first() {
+        Some(r) if r.get::<String>(4)? == EndpointStatus::Enabled.as_str() => Target {
+            url: r.get(0)?,
+            secret: r.get(1)?,
+            previous_secret: r.get(2)?,
+            previous_secret_expires_at: r.get(3)?,
+        },
+        _ => {
+            let ids: Vec<&str> = claimed.iter().map(|(id, ..)| id.as_str()).collect();
+            cancel(tx, &ids, now).await?;
+            return Ok(Vec::new());
+        }
+    };
+    let event_ids: Vec<&str> = claimed.iter().map(|(_, _, e)| e.as_str()).collect();
+    let mut events: HashMap<String, ClaimedEvent> = HashMap::with_capacity(claimed.len());
+    for chunk in event_ids.chunks(super::write::CHUNK * 4) {
+        let sql = format!(
+            "SELECT e.id, e.type, e.data, e.created_at, e.recipient, m.id, m.message_id, \
+             m.stream, m.from_email, m.from_name, m.subject, m.tags, m.metadata, m.created_at \
+             FROM events e LEFT JOIN emails m ON m.id = e.email_id WHERE e.id IN ({})",
+            padded_placeholders(1, chunk.len())
+        );
+        let params: Vec<Val<'_>> = padded(chunk).map(Val::Text).collect();
+        for r in tx.query(&sql, &params).await? {
+            let email = match r.get::<Option<String>>(5)? {
+                Some(id) => Some(DeliveryEmail {
+                    id,
+                    message_id: r.get(6)?,
+                    stream: r.get(7)?,
+                    from_email: r.get(8)?,
+                    from_name: r.get(9)?,
+                    subject: r.get(10)?,
+                    tags: r.get(11)?,
+                    metadata: r.get(12)?,
+                    created_at: r.get(13)?,
+                }),
+                None => None,
+            };
+            let event_type = super::emails::event_type(&r.get::<String>(1)?)?;
+            let event = ClaimedEvent {
+                event_type,
+                data: r.get(2)?,
+                created_at: r.get(3)?,
+                recipient: r.get(4)?,
+                email,
+            };
+            events.insert(r.get(0)?, event);
+        }
+    }
+    let mut due = Vec::with_capacity(claimed.len());
+    let mut gone = Vec::new();
+    for (id, attempts, event_id) in claimed {
+        let Some(event) = events.remove(&event_id) else {
+            gone.push(id);
+            continue;
+        };
+        due.push(DueDelivery {
+            id,
+            attempts,
+            endpoint_id: endpoint_id.to_owned(),
+            url: target.url.clone(),
+            secret: target.secret.clone(),
+            previous_secret: target.previous_secret.clone(),
+            previous_secret_expires_at: target.previous_secret_expires_at,
+            event_id,
+            event_type: event.event_type,
+            event_data: event.data,
+            event_created_at: event.created_at,
+            recipient: event.recipient,
+            email: event.email,
+        });
+    }
+    if !gone.is_empty() {
+        let ids: Vec<&str> = gone.iter().map(String::as_str).collect();
+        cancel(tx, &ids, now).await?;
+    }
+    Ok(due)
+}
+
+/// Cancels pending deliveries by id.
+async fn cancel(tx: &mut dyn Tx, ids: &[&str], now: i64) -> StoreResult<()> {
+    for chunk in ids.chunks(super::write::CHUNK * 4) {
+        let sql = format!(
+            "UPDATE webhook_deliveries SET status = 'canceled', lease_owner = NULL, \
+             updated_at = $1 WHERE status = 'pending' AND id IN ({})",
+            padded_placeholders(2, chunk.len())
+        );
+        let params = texts(&[Val::Int(now)], padded(chunk));
+        tx.execute(&sql, &params).await?;
+    }
+    Ok(())
 }
 
 /// Writes attempts' rows and their deliveries' new states, each fenced by its lease (one

@@ -69,7 +69,7 @@ if [[ " $WORKLOADS " == *" submission "* ]]; then
     SUBMIT=${CARGO_TARGET_DIR:-$PWD/target}/release/examples/submit
 fi
 PACE=""
-if [[ " $WORKLOADS " == *" half "* || " $WORKLOADS " == *" webhooks-half "* ]]; then
+if [[ " $WORKLOADS " == *" half "* || " $WORKLOADS " == *" webhooks-half "* || " $WORKLOADS " == *" webhooks-many "* ]]; then
     cargo build --release --quiet --example pace
     PACE=${CARGO_TARGET_DIR:-$PWD/target}/release/examples/pace
 fi
@@ -193,6 +193,11 @@ run_herald() { # backend workload label binary
             export HERALD_SUBMISSION__LISTEN=127.0.0.1:$sport HERALD_SUBMISSION__ALLOW_INSECURE_AUTH=true
             ;;
         webhooks|webhooks-backlog) body=plain ;;
+        webhooks-many)
+            # 100 endpoints: the mail is paced so that the healthy ones' events are a steady
+            # load the dispatcher can carry (each email is 2 events for each endpoint).
+            body=plain total=${BENCH_MANY_EMAILS:-600} rate=${BENCH_MANY_RATE:-20}
+            ;;
         half|webhooks-half)
             body=plain total=$((N / 2))
             # Half of what this system's plain workload reached in this run, or the rate
@@ -222,18 +227,30 @@ PY
     if [[ $mix == webhooks* ]]; then
         rport=$(free_port)
         : >"$WORK/whsec"
-        node bench/webhook_receiver.js "$rport" "$WORK/whsec" >"$WORK/receiver.out" &
+        local endpoints=1 slow="" down=""
+        if [ "$mix" = webhooks-many ]; then
+            endpoints=100 slow=/hook/98:5000 down=/hook/99
+        fi
+        node bench/webhook_receiver.js "$rport" "$WORK/whsec" $slow $down >"$WORK/receiver.out" &
         rpid=$!; PIDS+=("$rpid")
         wait_port "$rport"
-        local events='["email.sent"]' cap=""
+        local events='["email.sent"]' cap="" path
         per_recipient=1
-        if [ "$mix" = webhooks-half ]; then events='["*", "email.queued"]'; per_recipient=2; fi
+        if [ "$mix" = webhooks-half ] || [ "$mix" = webhooks-many ]; then
+            events='["*", "email.queued"]'; per_recipient=2
+        fi
         [ "$mix" = webhooks-backlog ] && cap=', "rate_limit": 1'
-        curl -s -H "Authorization: Bearer $key" -H 'content-type: application/json' \
-            -d "{\"url\": \"http://127.0.0.1:$rport/hook\", \"events\": $events$cap}" \
-            "http://127.0.0.1:$port/v1/webhooks" >"$WORK/endpoint.json"
-        python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["secret"])' \
-            "$WORK/endpoint.json" >"$WORK/whsec.new"
+        # The healthy endpoints' events are what /count counts (all but the slow and the down).
+        [ "$endpoints" -gt 1 ] && per_recipient=$((per_recipient * (endpoints - 2)))
+        : >"$WORK/whsec.new"
+        for i in $(seq 0 $((endpoints - 1))); do
+            path=/hook; [ "$endpoints" -gt 1 ] && path=/hook/$i
+            curl -s -H "Authorization: Bearer $key" -H 'content-type: application/json' \
+                -d "{\"url\": \"http://127.0.0.1:$rport$path\", \"events\": $events$cap}" \
+                "http://127.0.0.1:$port/v1/webhooks" >"$WORK/endpoint.json"
+            python3 -c 'import json, sys; print(sys.argv[2], json.load(open(sys.argv[1]))["secret"])' \
+                "$WORK/endpoint.json" "$path" >>"$WORK/whsec.new"
+        done
         mv "$WORK/whsec.new" "$WORK/whsec"
         (while sleep 1; do
             curl -s "http://127.0.0.1:$port/metrics" | awk '/^herald_webhook_backlog / {print $2}'
@@ -311,6 +328,7 @@ print(json.dumps({"webhook_events": r.get("events"), "webhook_bad_signatures": r
                   "webhook_events_per_s": r.get("events_per_s"), "webhook_drain_per_s": drain,
                   "webhook_done_s": round(t3 - t0, 2),
                   "receiver_cpu_s_per_1000": round(r["cpu_ms"] / r["events"], 3) if r.get("events") else None,
+                  "webhook_slow": r.get("slow"), "webhook_down": r.get("down"),
                   "webhook_lag_p50_ms": r.get("lag_p50_ms"), "webhook_lag_p99_ms": r.get("lag_p99_ms"),
                   "webhook_lag_max_ms": r.get("lag_max_ms"),
                   "webhook_backlog_max": max(backlog, default=0), "webhook_backlog": backlog}))
@@ -354,6 +372,8 @@ if "webhook_events" in row:
           f"lag p50 {row['webhook_lag_p50_ms']} p99 {row['webhook_lag_p99_ms']} max {row['webhook_lag_max_ms']} ms, "
           f"bad signatures {row['webhook_bad_signatures']}, receiver cpu {row['receiver_cpu_s_per_1000']} s/1k, backlog max {row['webhook_backlog_max']} "
           f"(every 5 s: {b[::5]})")
+    if row.get("webhook_slow"):
+        print(f"  {'':<24} {'':<6} the slow endpoint: {row['webhook_slow']}, the down one: {row['webhook_down']}")
 PY
 }
 

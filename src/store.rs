@@ -71,7 +71,9 @@ pub use projects::{ApiKeyRecord, Project};
 pub use queue::{ClaimedEmail, ClaimedRecipient, Outcome, ProjectQueue, Recorded};
 pub use stats::{BounceCount, METRICS, StatsDimension, StatsQuery, StatsRow, bounced_of, count_of};
 pub use suppressions::SuppressionRecord;
-pub use webhooks::{AttemptLogRecord, AttemptRecord, DeliveryEmail, DueDelivery, EndpointRecord};
+pub use webhooks::{
+    AttemptLogRecord, AttemptRecord, DeliveryEmail, DueDelivery, EndpointRecord, WebhookTarget,
+};
 
 /// Which database the URL named.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

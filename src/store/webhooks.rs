@@ -6,6 +6,7 @@
 //! lease exactly as the mail queue claims recipients.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
@@ -301,17 +302,25 @@ pub struct DueDelivery {
     pub id: String,
     /// Attempts made before this one.
     pub attempts: i64,
-    pub endpoint_id: String,
-    pub url: String,
-    pub secret: String,
-    pub previous_secret: Option<String>,
-    pub previous_secret_expires_at: Option<i64>,
+    /// The endpoint, shared by every delivery of one claim.
+    pub target: Arc<WebhookTarget>,
     pub event_id: String,
     pub event_type: EventType,
     pub event_data: String,
     pub event_created_at: i64,
     pub recipient: Option<String>,
     pub email: Option<DeliveryEmail>,
+}
+
+/// Where a delivery's request goes: the endpoint's URL and its sealed secrets.
+#[derive(Debug)]
+pub struct WebhookTarget {
+    pub endpoint_id: String,
+    pub url: String,
+    /// Sealed (see `domain::sealing`).
+    pub secret: String,
+    pub previous_secret: Option<String>,
+    pub previous_secret_expires_at: Option<i64>,
 }
 
 /// The email an event is about, as webhook payloads echo it.
@@ -598,7 +607,7 @@ impl Store {
     pub async fn record_webhook_attempts(
         &self,
         owner: &str,
-        attempts: Vec<AttemptRecord>,
+        attempts: Arc<[AttemptRecord]>,
     ) -> StoreResult<usize> {
         if attempts.is_empty() {
             return Ok(0);
@@ -807,14 +816,6 @@ impl Store {
     }
 }
 
-/// Where a claim's requests go: the endpoint's URL and its sealed secrets.
-struct Target {
-    url: String,
-    secret: String,
-    previous_secret: Option<String>,
-    previous_secret_expires_at: Option<i64>,
-}
-
 /// A claimed delivery's event, with the email it is about.
 struct ClaimedEvent {
     event_type: EventType,
@@ -844,7 +845,8 @@ async fn load_claimed(
         )
         .await?;
     let target = match rows.first() {
-        Some(r) if r.get::<String>(4)? == EndpointStatus::Enabled.as_str() => Target {
+        Some(r) if r.get::<String>(4)? == EndpointStatus::Enabled.as_str() => WebhookTarget {
+            endpoint_id: endpoint_id.to_owned(),
             url: r.get(0)?,
             secret: r.get(1)?,
             previous_secret: r.get(2)?,
@@ -856,6 +858,7 @@ async fn load_claimed(
             return Ok(Vec::new());
         }
     };
+    let target = Arc::new(target);
     let event_ids: Vec<&str> = claimed.iter().map(|(_, _, e)| e.as_str()).collect();
     let mut events: HashMap<String, ClaimedEvent> = HashMap::with_capacity(claimed.len());
     for chunk in event_ids.chunks(super::write::CHUNK * 4) {
@@ -902,11 +905,7 @@ async fn load_claimed(
         due.push(DueDelivery {
             id,
             attempts,
-            endpoint_id: endpoint_id.to_owned(),
-            url: target.url.clone(),
-            secret: target.secret.clone(),
-            previous_secret: target.previous_secret.clone(),
-            previous_secret_expires_at: target.previous_secret_expires_at,
+            target: Arc::clone(&target),
             event_id,
             event_type: event.event_type,
             event_data: event.data,

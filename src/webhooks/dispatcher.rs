@@ -21,7 +21,11 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt as _;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -30,10 +34,10 @@ use crate::clock::{Clock, format_ms};
 use crate::domain::sealing::Sealer;
 use crate::job_loop::RunOutcome;
 use crate::metrics::Metrics;
-use crate::store::{AttemptRecord, DueDelivery, Store, StoreError};
+use crate::store::{AttemptRecord, DueDelivery, Store, StoreError, WebhookTarget};
 
 use super::client::literal_ip_is_forbidden;
-use super::signing::signature_header;
+use super::signing::{SigningKey, signature_header};
 
 /// How much of a response body the attempt log keeps.
 const RESPONSE_KEEP: usize = 1024;
@@ -64,7 +68,18 @@ pub struct Dispatcher {
     pub processes: u32,
     pub metrics: Arc<Metrics>,
     lanes: Arc<Mutex<HashMap<String, LaneState>>>,
-    secrets: Arc<Mutex<HashMap<String, Arc<str>>>>,
+    secrets: Arc<Mutex<HashMap<String, Arc<SigningKey>>>>,
+}
+
+/// What every request to one endpoint shares, made ready once per claim (all of a claim's
+/// deliveries are one endpoint's), not once per request.
+struct Prepared {
+    /// The URL, or why nothing is sent to it.
+    url: Result<reqwest::Url, String>,
+    /// The signing key, or why there is none.
+    current: Result<Arc<SigningKey>, String>,
+    /// The previous key during a rotation, until when it also signs.
+    previous: Option<(Result<Arc<SigningKey>, String>, i64)>,
 }
 
 /// What a lane remembers between its batches (and across `run_once` calls).
@@ -80,6 +95,20 @@ struct LaneState {
     paused_until: i64,
     /// The earliest start of the next request under the rate cap.
     next_start: Option<tokio::time::Instant>,
+}
+
+impl Prepared {
+    /// The keys that sign a request made at `now`: the current one, and the previous one
+    /// until its grace period ends.
+    fn keys(&self, now: i64) -> Result<Vec<Arc<SigningKey>>, String> {
+        let mut keys = vec![self.current.clone()?];
+        if let Some((previous, until)) = &self.previous
+            && *until > now
+        {
+            keys.push(previous.clone()?);
+        }
+        Ok(keys)
+    }
 }
 
 /// How long a lane runs.
@@ -236,7 +265,11 @@ impl Dispatcher {
     ) -> Result<usize, StoreError> {
         let lease_ms = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
         let mut queue: VecDeque<DueDelivery> = VecDeque::new();
-        let mut sending: JoinSet<(AttemptRecord, Option<Duration>)> = JoinSet::new();
+        // The requests in flight, polled by the lane itself (a task each would cost a spawn
+        // and a wake more per request).
+        let mut sending: FuturesUnordered<BoxFuture<'_, (AttemptRecord, Option<Duration>)>> =
+            FuturesUnordered::new();
+        let mut prepared: Option<(Arc<WebhookTarget>, Arc<Prepared>)> = None;
         let mut finished: Vec<AttemptRecord> = Vec::new();
         let mut recording: Option<tokio::task::JoinHandle<()>> = None;
         let mut claiming: Option<Claiming> = None;
@@ -326,8 +359,15 @@ impl Dispatcher {
                         l.next_start = Some(start + Duration::from_secs_f64(1.0 / r));
                     });
                 }
-                let this = self.clone();
-                sending.spawn(async move { this.attempt(&d).await });
+                let ready = match &prepared {
+                    Some((target, ready)) if Arc::ptr_eq(target, &d.target) => Arc::clone(ready),
+                    _ => {
+                        let ready = Arc::new(self.prepare(&d.target));
+                        prepared = Some((Arc::clone(&d.target), Arc::clone(&ready)));
+                        ready
+                    }
+                };
+                sending.push(Box::pin(async move { self.attempt(&d, &ready).await }));
             }
             // Write what finished, one batch at a time.
             if recording
@@ -379,15 +419,10 @@ impl Dispatcher {
                     }
                     None => drained = true,
                 },
-                Some(done) = sending.join_next(), if !sending.is_empty() => {
-                    match done {
-                        Ok((record, wait)) => {
-                            self.metrics.record_webhook_attempt(record.succeeded);
-                            self.note(endpoint, &record, wait);
-                            finished.push(record);
-                        }
-                        Err(e) => tracing::error!(error = %e, "a webhook request task failed"),
-                    }
+                Some((record, wait)) = sending.next(), if !sending.is_empty() => {
+                    self.metrics.record_webhook_attempt(record.succeeded);
+                    self.note(endpoint, &record, wait);
+                    finished.push(record);
                 }
                 () = sleep_until(pacing), if pacing.is_some() => {}
                 _ = wait(&mut recording), if recording.is_some() && sending.is_empty() => {}
@@ -413,11 +448,12 @@ impl Dispatcher {
     /// posted twice.
     async fn record(&self, batch: Vec<AttemptRecord>) {
         let n = batch.len();
+        let batch: Arc<[AttemptRecord]> = batch.into();
         let mut pause = Duration::from_millis(100);
         loop {
             match self
                 .store
-                .record_webhook_attempts(&self.owner, batch.clone())
+                .record_webhook_attempts(&self.owner, Arc::clone(&batch))
                 .await
             {
                 Ok(applied) => {
@@ -471,7 +507,8 @@ impl Dispatcher {
 
     /// The request body: the event, with the email it is about echoed.
     pub fn payload(d: &DueDelivery) -> Payload<'_> {
-        let parse = |s: &str| serde_json::from_str::<Value>(s).unwrap_or(Value::Null);
+        // Tags and metadata are echoed as stored (JSON Herald wrote), checked, not rebuilt.
+        let parse = |s| serde_json::from_str::<&RawValue>(s).unwrap_or(RawValue::NULL);
         let email = d.email.as_ref().map(|m| EmailEcho {
             email_id: &m.id,
             message_id: &m.message_id,
@@ -498,12 +535,16 @@ impl Dispatcher {
     }
 
     /// Posts one delivery; the attempt, and the `Retry-After` a 429 or 503 asked for.
-    async fn attempt(&self, d: &DueDelivery) -> (AttemptRecord, Option<Duration>) {
+    async fn attempt(
+        &self,
+        d: &DueDelivery,
+        ready: &Prepared,
+    ) -> (AttemptRecord, Option<Duration>) {
         let now = self.clock.now_ms();
         let attempt = d.attempts + 1;
         let mut record = AttemptRecord {
             delivery_id: d.id.clone(),
-            endpoint_id: d.endpoint_id.clone(),
+            endpoint_id: d.target.endpoint_id.clone(),
             event_id: d.event_id.clone(),
             attempt,
             succeeded: false,
@@ -515,24 +556,27 @@ impl Dispatcher {
             next_attempt_at: None,
             disable_endpoint: None,
         };
-        let secrets = match self.secrets(d, now) {
-            Ok(s) => s,
+        let keys = match ready.keys(now) {
+            Ok(k) => k,
             Err(e) => {
                 record.error = Some(e);
                 return (self.schedule_retry(record, None), None);
             }
         };
-        if !self.allow_private_targets && literal_ip_is_forbidden(&d.url) {
-            record.error = Some("refused: the URL points at a private or reserved address".into());
-            return (self.schedule_retry(record, None), None);
-        }
+        let url = match &ready.url {
+            Ok(url) => url.clone(),
+            Err(e) => {
+                record.error = Some(e.clone());
+                return (self.schedule_retry(record, None), None);
+            }
+        };
         let body = serde_json::to_vec(&Self::payload(d)).unwrap_or_default();
         let timestamp = now.div_euclid(1000);
-        let refs: Vec<&str> = secrets.iter().map(|s| &**s).collect();
+        let refs: Vec<&SigningKey> = keys.iter().map(|k| &**k).collect();
         let started = Instant::now();
         let sent = self
             .client
-            .post(&d.url)
+            .post(url)
             .header("content-type", "application/json")
             .header("webhook-id", &d.event_id)
             .header("webhook-timestamp", timestamp.to_string())
@@ -585,31 +629,42 @@ impl Dispatcher {
         }
     }
 
-    /// The live signing secrets of a delivery's endpoint, opened once per sealed secret.
-    fn secrets(&self, d: &DueDelivery, now: i64) -> Result<Vec<Arc<str>>, String> {
-        let open = |sealed: &str| -> Result<Arc<str>, String> {
-            let mut kept = self.secrets.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(s) = kept.get(sealed) {
-                return Ok(Arc::clone(s));
-            }
-            let opened: Arc<str> = self
-                .sealer
-                .open(sealed)
-                .map_err(|e| format!("endpoint secret: {e}"))?
-                .into();
-            if kept.len() >= KEPT_SECRETS {
-                kept.clear();
-            }
-            kept.insert(sealed.to_owned(), Arc::clone(&opened));
-            Ok(opened)
+    /// Makes an endpoint's requests ready: its URL checked and parsed, its secrets opened
+    /// (each sealed secret once, kept).
+    fn prepare(&self, t: &WebhookTarget) -> Prepared {
+        let url = if !self.allow_private_targets && literal_ip_is_forbidden(&t.url) {
+            Err("refused: the URL points at a private or reserved address".to_owned())
+        } else {
+            reqwest::Url::parse(&t.url).map_err(|e| format!("the URL is not valid: {e}"))
         };
-        let mut out = vec![open(&d.secret)?];
-        if let (Some(prev), Some(until)) = (&d.previous_secret, d.previous_secret_expires_at)
-            && until > now
-        {
-            out.push(open(prev)?);
+        Prepared {
+            url,
+            current: self.open(&t.secret),
+            previous: match (&t.previous_secret, t.previous_secret_expires_at) {
+                (Some(sealed), Some(until)) => Some((self.open(sealed), until)),
+                _ => None,
+            },
         }
-        Ok(out)
+    }
+
+    /// The signing key of a sealed secret, opened once and kept.
+    fn open(&self, sealed: &str) -> Result<Arc<SigningKey>, String> {
+        let mut kept = self.secrets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = kept.get(sealed) {
+            return Ok(Arc::clone(k));
+        }
+        let secret = self
+            .sealer
+            .open(sealed)
+            .map_err(|e| format!("endpoint secret: {e}"))?;
+        let key = SigningKey::new(&secret)
+            .ok_or_else(|| "endpoint secret: not a whsec_ secret".to_owned())?;
+        let key = Arc::new(key);
+        if kept.len() >= KEPT_SECRETS {
+            kept.clear();
+        }
+        kept.insert(sealed.to_owned(), Arc::clone(&key));
+        Ok(key)
     }
 
     /// Sets the next attempt from the schedule (or `Retry-After`, if later), or gives up and
@@ -686,8 +741,8 @@ pub struct EmailEcho<'a> {
     pub stream: &'a str,
     pub from: String,
     pub subject: &'a str,
-    pub tags: Value,
-    pub metadata: Value,
+    pub tags: &'a RawValue,
+    pub metadata: &'a RawValue,
     pub created_at: String,
 }
 

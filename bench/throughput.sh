@@ -6,7 +6,8 @@
 #   BENCH_RELAY_CONCURRENCY (32), BENCH_OUT (bench/results.json),
 #   BENCH_WORKLOADS ("plain mix ingest half"; "half" and "webhooks-half" need "plain" before
 #   them, unless BENCH_HALF_RATE sets the rate they send at, the same for every system).
-#   BENCH_PROFILE=FILE: perf records Herald while "webhooks-backlog" drains (perf report -i FILE).
+#   BENCH_PROFILE=FILE: perf records Herald in a webhook workload (perf report -i FILE): while
+#   "webhooks-backlog" drains, in the others from the first email to the last event.
 #   BENCH_BINS="a=/path/herald b=/other/herald": compare builds side by side instead of building
 #   this tree (each run goes through every binary in turn; systems are named herald-<backend>-<label>).
 #
@@ -262,6 +263,11 @@ PY
     local mcpu0 mcpu
     start_probe
     mcpu0=$(machine_cpu)
+    local perfpid=""
+    if [ -n "${BENCH_PROFILE:-}" ] && [ -n "$rport" ] && [ "$mix" != webhooks-backlog ]; then
+        perf record -F 499 --call-graph dwarf,32768 -p "$pid" -o "$BENCH_PROFILE" 2>/dev/null &
+        perfpid=$!
+    fi
     t0=$(now)
     if [ -n "$sport" ]; then
         wait_port "$sport"
@@ -307,8 +313,6 @@ PY
                 -d '{"rate_limit": null}' \
                 "http://127.0.0.1:$port/v1/webhooks/$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["id"])' "$WORK/endpoint.json")" >/dev/null
         fi
-        # BENCH_PROFILE=FILE: perf records Herald from the cap's lifting to the last event.
-        local perfpid=""
         if [ -n "${BENCH_PROFILE:-}" ] && [ -n "$tp" ]; then
             perf record -F 499 --call-graph dwarf,32768 -p "$pid" -o "$BENCH_PROFILE" 2>/dev/null &
             perfpid=$!

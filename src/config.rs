@@ -259,8 +259,10 @@ pub struct WebhooksConfig {
     #[serde(with = "duration_text")]
     pub timeout: Duration,
     /// Requests in flight at once to one endpoint. An endpoint is sent at most this many
-    /// divided by its answer time a second: 16 keeps pace with a busy Herald when answers
-    /// take a couple of milliseconds; an endpoint that needs fewer sets its own `rate_limit`.
+    /// divided by its answer time a second, and answers slow down when the machine is busy:
+    /// 64 keeps pace with a busy Herald when answers take a few milliseconds (16 did not, in
+    /// `bench/throughput.sh webhooks-half`); an endpoint that needs fewer sets its own
+    /// `rate_limit`.
     pub concurrency_per_endpoint: usize,
 }
 
@@ -280,7 +282,7 @@ impl Default for WebhooksConfig {
             ],
             jitter: 0.1,
             timeout: s(15),
-            concurrency_per_endpoint: 16,
+            concurrency_per_endpoint: 64,
         }
     }
 }

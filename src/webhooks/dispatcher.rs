@@ -7,7 +7,8 @@
 //! one endpoint's pace is its own: a slow endpoint holds its own lane's slots and no other's,
 //! and an endpoint that answers nothing pauses its lane on the retry schedule instead of being
 //! sent every new event (after a failure the lane sends one request at a time until one
-//! succeeds; a round of failures in a row pauses it). An endpoint's rate cap
+//! succeeds; a few failures in a row pause it, and after a pause one failed request pauses
+//! it again, on the schedule's next step). An endpoint's rate cap
 //! (`rate_limit`, events a second, shared among `limits.processes`) spaces the lane's
 //! requests; a 429 or 503 with `Retry-After` pauses it that long.
 //!
@@ -47,6 +48,11 @@ const REFRESH: Duration = Duration::from_millis(250);
 
 /// The largest claim a lane makes: at 8,000 events a second, an eighth of a second of them.
 const MAX_CLAIM: usize = 1024;
+
+/// Failed requests with no success between them that pause a lane: more than one, so that
+/// one failure among successes does not, and few, so that an endpoint that went down is not
+/// sent many requests before the lane waits.
+const FAILURES_TO_PAUSE: usize = 4;
 
 /// Opened signing secrets kept, at most (by their sealed text).
 const KEPT_SECRETS: usize = 10_000;
@@ -91,6 +97,9 @@ struct LaneState {
     failed_in_a_row: usize,
     /// Pauses in a row (a success ends the run): which step of the schedule the next takes.
     pauses: usize,
+    /// When the last pause began (clock ms): the requests started before it were of the round
+    /// that paused the lane, and their failures are not counted again.
+    paused_at: i64,
     /// No request starts before this (clock ms): the endpoint is down, or asked to wait.
     paused_until: i64,
     /// The earliest start of the next request under the rate cap.
@@ -285,7 +294,11 @@ impl Dispatcher {
         loop {
             let now = self.clock.now_ms();
             let (paused_until, rate, failing) = self.with_lane(endpoint, |l| {
-                (l.paused_until, l.rate, l.failed_in_a_row > 0)
+                (
+                    l.paused_until,
+                    l.rate,
+                    l.failed_in_a_row > 0 || l.pauses > 0,
+                )
             });
             let paused = paused_until > now;
             // Stopping: what is in flight is finished and recorded; what was not sent yet is
@@ -338,7 +351,7 @@ impl Dispatcher {
             }
             // Start what the concurrency and the rate cap allow: one at a time once a request
             // has failed, until one succeeds (an endpoint that went down is not sent a round
-            // for every failure).
+            // for every failure, nor after every pause: one request probes it).
             let mut pacing = None;
             let slots = if failing { 1 } else { self.per_endpoint };
             while sending.len() < slots && !paused {
@@ -474,12 +487,14 @@ impl Dispatcher {
         }
     }
 
-    /// Updates the lane after one request: a success ends a run of failures; a whole round
-    /// of failed requests (as many as the lane sends at once) pauses it on the retry
-    /// schedule; `Retry-After` on 429/503 pauses it that long.
+    /// Updates the lane after one request: a success ends a run of failures;
+    /// [`FAILURES_TO_PAUSE`] failures with no success between them, or after a pause the one
+    /// request that probes the endpoint, pause it on the retry schedule's next step (the
+    /// requests still in flight when it paused are not counted again); `Retry-After` on
+    /// 429/503 pauses it that long.
     fn note(&self, endpoint: &str, r: &AttemptRecord, retry_after: Option<Duration>) {
-        let round = self.per_endpoint;
         let schedule = &self.schedule;
+        let now = self.clock.now_ms();
         self.with_lane(endpoint, |l| {
             if r.succeeded {
                 l.failed_in_a_row = 0;
@@ -491,9 +506,14 @@ impl Dispatcher {
                 l.paused_until = l.paused_until.max(r.attempted_at.saturating_add(ms));
                 return;
             }
+            if r.attempted_at < l.paused_at {
+                // Of the round that paused the lane: its failure is counted already.
+                return;
+            }
             l.failed_in_a_row += 1;
-            if l.failed_in_a_row >= round {
+            if l.failed_in_a_row >= FAILURES_TO_PAUSE || l.pauses > 0 {
                 l.failed_in_a_row = 0;
+                l.paused_at = now.saturating_add(1);
                 let step = schedule
                     .get(l.pauses.min(schedule.len().saturating_sub(1)))
                     .copied()

@@ -186,3 +186,52 @@ async fn an_endpoints_rate_cap_is_kept() {
     assert!(v["rate_limit"].is_null(), "{v}");
     app.finish().await;
 }
+
+/// An endpoint that is down is sent what the lane had in flight when it failed, then one
+/// request per step of the retry schedule: a probe after each pause, whose failure pauses the
+/// lane for the next step; once a probe succeeds, everything waiting is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_endpoint_is_probed_once_per_step() {
+    let app = TestApp::spawn_with(herald::store::Backend::Sqlite, None, |c| {
+        c.webhooks.concurrency_per_endpoint = 8;
+        c.webhooks.jitter = 0.0;
+    })
+    .await;
+    let down = Receiver::start().await;
+    down.set(Mode::Status(500));
+    create_webhook(&app, &down.url(), json!(["email.sent"])).await;
+    let emails = 12;
+    for i in 0..emails {
+        app.send(&email_to(&[&format!("u{i}@example.com")])).await;
+    }
+    app.drain().await;
+
+    // The first round: what was sent at once, all failed; then the lane waits.
+    let round = app.dispatch().await;
+    assert!((4..=8).contains(&round), "first round: {round}");
+    assert_eq!(app.dispatch().await, 0, "paused: nothing is sent");
+    // The schedule's first step (5 s) passes: one probe, which fails.
+    app.advance(Duration::from_secs(6));
+    assert_eq!(app.dispatch().await, 1, "one probe after the first pause");
+    assert_eq!(app.dispatch().await, 0);
+    // The next step is 5 minutes: nothing within it, one probe after it.
+    app.advance(Duration::from_secs(60));
+    assert_eq!(app.dispatch().await, 0, "within the second step");
+    app.advance(Duration::from_secs(300));
+    assert_eq!(app.dispatch().await, 1, "one probe after the second pause");
+    assert_eq!(down.hits().len(), round + 2);
+
+    // Back up: the next probe succeeds and the lane sends everything.
+    down.set(Mode::Status(200));
+    app.advance(Duration::from_secs(2 * 3600));
+    app.dispatch().await;
+    let delivered: std::collections::HashSet<String> = down
+        .hits()
+        .iter()
+        .filter(|h| h.answered == 200)
+        .map(|h| h.id.clone())
+        .collect();
+    assert_eq!(delivered.len(), emails);
+    assert_eq!(app.store.count_pending_webhooks().await.expect("count"), 0);
+    app.finish().await;
+}

@@ -23,11 +23,16 @@
 # workload with one webhook endpoint subscribed to email.sent, served by
 # bench/webhook_receiver.js on loopback, which verifies every signature and times each event
 # from its `timestamp` to its arrival: events/s, lag p50/p99/max, and Herald's webhook
-# backlog sampled every second), and "webhooks-half" (the same with every event type
-# subscribed, email.queued included, and the mail sent open-loop at half the plain rate, as
-# "half" does: the lag at a steady half of the peak), and "webhooks-backlog" (the endpoint
-# capped at one event a second while the mail flows, the cap lifted once every recipient is
-# settled: how fast a lane sends a backlog, "drain/s"), and "submission" (the plain message
+# backlog sampled every second), "webhooks-all" (the same with every event type subscribed,
+# email.queued included: two events per email at the mail's full rate), "webhooks-half" (every
+# event type subscribed, and the mail sent open-loop at half the plain rate, as "half" does:
+# the lag at a steady half of the peak), "webhooks-backlog" (the endpoint capped at 100 events
+# a second while the mail flows, "capped/s" being what it got meanwhile, the cap lifted once
+# every recipient is settled: how fast a lane sends a backlog, "drain/s"), "webhooks-many" (100 endpoints of one project, each
+# subscribed to everything, one answering after 5 s and one down with 503s; the mail paced at
+# BENCH_MANY_RATE emails/s, 20 by default, BENCH_MANY_EMAILS of them, 600: the healthy
+# endpoints' events/s and lag, and what the slow and the down one were sent), and
+# "submission" (the plain message
 # over SMTP instead of HTTP: bench/submit.rs keeps $C connections authenticated with the API
 # key and sends message after message on each, MAIL/RCPT/DATA pipelined; every 250 after the
 # commit, as every 202 is; set beside Postfix's smtpd taking the same messages from
@@ -193,7 +198,7 @@ run_herald() { # backend workload label binary
             sport=$(free_port) body=plain
             export HERALD_SUBMISSION__LISTEN=127.0.0.1:$sport HERALD_SUBMISSION__ALLOW_INSECURE_AUTH=true
             ;;
-        webhooks|webhooks-backlog) body=plain ;;
+        webhooks|webhooks-all|webhooks-backlog) body=plain ;;
         webhooks-many)
             # 100 endpoints: the mail is paced so that the healthy ones' events are a steady
             # load the dispatcher can carry (each email is 2 events for each endpoint).
@@ -237,10 +242,10 @@ PY
         wait_port "$rport"
         local events='["email.sent"]' cap="" path
         per_recipient=1
-        if [ "$mix" = webhooks-half ] || [ "$mix" = webhooks-many ]; then
+        if [ "$mix" = webhooks-half ] || [ "$mix" = webhooks-many ] || [ "$mix" = webhooks-all ]; then
             events='["*", "email.queued"]'; per_recipient=2
         fi
-        [ "$mix" = webhooks-backlog ] && cap=', "rate_limit": 1'
+        [ "$mix" = webhooks-backlog ] && cap=', "rate_limit": 100'
         # The healthy endpoints' events are what /count counts (all but the slow and the down).
         [ "$endpoints" -gt 1 ] && per_recipient=$((per_recipient * (endpoints - 2)))
         : >"$WORK/whsec.new"
@@ -328,8 +333,11 @@ backlog = [int(float(l)) for l in open(sys.argv[2]) if l.strip()]
 t0, t3 = float(sys.argv[3]), float(sys.argv[4])
 tp, c0 = sys.argv[5], sys.argv[6]
 drain = round((r["events"] - int(c0)) / (t3 - float(tp))) if tp and r.get("events") else None
+# Under the cap: the events that arrived before it was lifted, over the time since the first.
+capped = round(int(c0) / (float(tp) - r["first_s"]), 1) if tp and r.get("first_s") else None
 print(json.dumps({"webhook_events": r.get("events"), "webhook_bad_signatures": r.get("bad_signatures"),
                   "webhook_events_per_s": r.get("events_per_s"), "webhook_drain_per_s": drain,
+                  "webhook_capped_per_s": capped,
                   "webhook_done_s": round(t3 - t0, 2),
                   "receiver_cpu_s_per_1000": round(r["cpu_ms"] / r["events"], 3) if r.get("events") else None,
                   "webhook_slow": r.get("slow"), "webhook_down": r.get("down"),
@@ -372,7 +380,7 @@ print(f"  {row['system']:<24} {mix:<6} accepted {row['accepted_per_s']:>8}/s  de
 if "webhook_events" in row:
     b = row["webhook_backlog"]
     print(f"  {'':<24} {'':<6} webhooks {row['webhook_events']} events, {row['webhook_events_per_s']}/s, "
-          f"drain {row['webhook_drain_per_s'] or '-'}/s, "
+          f"drain {row['webhook_drain_per_s'] or '-'}/s, capped {row.get('webhook_capped_per_s') or '-'}/s, "
           f"lag p50 {row['webhook_lag_p50_ms']} p99 {row['webhook_lag_p99_ms']} max {row['webhook_lag_max_ms']} ms, "
           f"bad signatures {row['webhook_bad_signatures']}, receiver cpu {row['receiver_cpu_s_per_1000']} s/1k, backlog max {row['webhook_backlog_max']} "
           f"(every 5 s: {b[::5]})")
@@ -490,7 +498,7 @@ for (system, workload), rs in groups.items():
     s = {"system": system, "workload": workload, "runs": len(rs)}
     for k in ["accepted_per_s", "delivered_per_s", "accept_p50_ms", "accept_p99_ms", "accept_max_ms",
               "drain_s", "peak_rss_mb", "cpu_s_per_1000", "machine_cpu_s_per_1000", "wrk_cpu_s_per_1000", "sink_cpu_s_per_1000", "disk_flush_max_ms",
-              "webhook_events_per_s", "webhook_drain_per_s", "webhook_lag_p50_ms", "webhook_lag_p99_ms", "webhook_lag_max_ms", "webhook_backlog_max"]:
+              "webhook_events_per_s", "webhook_drain_per_s", "webhook_capped_per_s", "webhook_lag_p50_ms", "webhook_lag_p99_ms", "webhook_lag_max_ms", "webhook_backlog_max"]:
         s[k] = dict(zip(["median", "min", "max"], col(k)))
     summary.append(s)
     f = lambda k: "-" if s[k]["median"] is None else f"{s[k]['median']:.0f} ({s[k]['min']:.0f}-{s[k]['max']:.0f})"
@@ -499,10 +507,11 @@ for (system, workload), rs in groups.items():
 hooked = [s for s in summary if s["webhook_events_per_s"]["median"] is not None]
 if hooked:
     print()
-    print(f"{'system':<24} {'workload':<16} {'webhook events/s':>18} {'drain/s':>18} {'lag p50 ms':>18} {'lag p99 ms':>18} {'lag max ms':>18} {'backlog max':>18}")
+    print(f"{'system':<24} {'workload':<16} {'webhook events/s':>18} {'drain/s':>18} {'capped/s':>10} {'lag p50 ms':>18} {'lag p99 ms':>18} {'lag max ms':>18} {'backlog max':>18}")
     for s in hooked:
         m = lambda k: "-" if s[k]["median"] is None else f"{s[k]['median']:.0f} ({s[k]['min']:.0f}-{s[k]['max']:.0f})"
-        print(f"{s['system']:<24} {s['workload']:<16} {m('webhook_events_per_s'):>18} {m('webhook_drain_per_s'):>18} {m('webhook_lag_p50_ms'):>18} {m('webhook_lag_p99_ms'):>18} {m('webhook_lag_max_ms'):>18} {m('webhook_backlog_max'):>18}")
+        c = "-" if s["webhook_capped_per_s"]["median"] is None else f"{s['webhook_capped_per_s']['median']:.1f}"
+        print(f"{s['system']:<24} {s['workload']:<16} {m('webhook_events_per_s'):>18} {m('webhook_drain_per_s'):>18} {c:>10} {m('webhook_lag_p50_ms'):>18} {m('webhook_lag_p99_ms'):>18} {m('webhook_lag_max_ms'):>18} {m('webhook_backlog_max'):>18}")
 pf = next((s for s in summary if s["system"] == "postfix"), None)
 ratios = {}
 if pf:

@@ -99,6 +99,7 @@ process.on("SIGTERM", () => {
   process.stdout.write(JSON.stringify({
     events: seen.size, requests, bad_signatures: bad,
     events_per_s: span ? Math.round(seen.size / span) : null,
+    first_s: first !== null ? first / 1000 : null,
     cpu_ms: Math.round((cpu.user + cpu.system) / 1000),
     lag_p50_ms: q(0.5), lag_p99_ms: q(0.99), lag_max_ms: lags.length ? lags[lags.length - 1] : null,
     slow: slowPath ? slow : null, down: downPath ? down : null,

@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod dispatcher;
+pub mod pacer;
 pub mod signing;
 
 pub use dispatcher::Dispatcher;

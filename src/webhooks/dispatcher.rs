@@ -10,7 +10,7 @@
 //! succeeds; a few failures in a row pause it, and after a pause one failed request pauses
 //! it again, on the schedule's next step). An endpoint's rate cap
 //! (`rate_limit`, events a second, shared among `limits.processes`) spaces the lane's
-//! requests; a 429 or 503 with `Retry-After` pauses it that long.
+//! requests (`webhooks::pacer`); a 429 or 503 with `Retry-After` pauses it that long.
 //!
 //! Each request carries `webhook-id` (the event id: the same on every retry and on manual
 //! redelivery, so consumers can deduplicate), `webhook-timestamp` (the attempt's time) and
@@ -38,6 +38,7 @@ use crate::metrics::Metrics;
 use crate::store::{AttemptRecord, DueDelivery, Store, StoreError, WebhookTarget};
 
 use super::client::literal_ip_is_forbidden;
+use super::pacer::Pacer;
 use super::signing::{SigningKey, signature_header};
 
 /// How much of a response body the attempt log keeps.
@@ -102,8 +103,8 @@ struct LaneState {
     paused_at: i64,
     /// No request starts before this (clock ms): the endpoint is down, or asked to wait.
     paused_until: i64,
-    /// The earliest start of the next request under the rate cap.
-    next_start: Option<tokio::time::Instant>,
+    /// The rate cap's schedule (with `rate`).
+    pacer: Option<Pacer>,
 }
 
 impl Prepared {
@@ -253,8 +254,11 @@ impl Dispatcher {
         state.retain(|id, _| lanes.iter().any(|(l, _)| l == id));
         let processes = f64::from(self.processes.max(1));
         for (id, rate) in &lanes {
-            state.entry(id.clone()).or_default().rate =
-                rate.map(|r| (r as f64 / processes).max(0.001));
+            let lane = state.entry(id.clone()).or_default();
+            lane.rate = rate.map(|r| (r as f64 / processes).max(0.001));
+            if lane.pacer.as_ref().map(Pacer::rate) != lane.rate {
+                lane.pacer = lane.rate.map(Pacer::new);
+            }
         }
         Ok(lanes.into_iter().map(|(id, _)| id).collect())
     }
@@ -356,8 +360,9 @@ impl Dispatcher {
             let slots = if failing { 1 } else { self.per_endpoint };
             while sending.len() < slots && !paused {
                 if rate.is_some()
-                    && let Some(at) = self.with_lane(endpoint, |l| l.next_start)
-                    && at > tokio::time::Instant::now()
+                    && let Some(at) = self.with_lane(endpoint, |l| {
+                        l.pacer.as_ref()?.wait(tokio::time::Instant::now())
+                    })
                 {
                     pacing = Some(at);
                     break;
@@ -365,11 +370,11 @@ impl Dispatcher {
                 let Some(d) = queue.pop_front() else {
                     break;
                 };
-                if let Some(r) = rate {
+                if rate.is_some() {
                     self.with_lane(endpoint, |l| {
-                        let start = l.next_start.unwrap_or_else(tokio::time::Instant::now);
-                        let start = start.max(tokio::time::Instant::now());
-                        l.next_start = Some(start + Duration::from_secs_f64(1.0 / r));
+                        if let Some(pacer) = &mut l.pacer {
+                            pacer.start(tokio::time::Instant::now());
+                        }
                     });
                 }
                 let ready = match &prepared {

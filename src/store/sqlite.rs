@@ -44,6 +44,9 @@ pub(super) static DIALECT: Dialect = Dialect {
          lease_expires_at = $2, next_attempt_at = $2 WHERE id IN (SELECT id FROM \
          webhook_deliveries WHERE endpoint_id = $5 AND status = 'pending' \
          AND next_attempt_at <= $3 ORDER BY next_attempt_at LIMIT $4 + 0) RETURNING id, attempts, event_id",
+    // SQLite has no UPDATE in a WITH: the claim's rows are read after it, on the writer's
+    // own connection, which costs no round trip.
+    webhook_claim_loaded: None,
     claim_leaves_scheduled: true,
     // SQLite streams a GROUP BY on the index column.
     grouped_email_id: "d.email_id",

@@ -585,6 +585,10 @@ impl Store {
                         Val::Int(limit),
                         Val::Text(&endpoint),
                     ];
+                    if let Some(loaded) = tx.dialect().webhook_claim_loaded {
+                        let rows = tx.query(loaded, &params).await?;
+                        return loaded_claim(tx, &endpoint, rows, now).await;
+                    }
                     let claim = tx.dialect().webhook_claim;
                     let claimed = tx
                         .query(claim, &params)
@@ -825,12 +829,10 @@ struct ClaimedEvent {
     email: Option<DeliveryEmail>,
 }
 
-/// The claimed deliveries (id, attempts before, event) with what their requests need. Those
-/// that can no longer be sent are canceled in the same transaction: all of them when the
-/// endpoint was disabled or deleted since they were written (by a writer that still had it as
-/// enabled: another process, or one within the endpoint cache's second), as disabling cancels
-/// those already waiting; and any whose event is gone (retention), which would otherwise be
-/// claimed again at every lease's end.
+/// The claimed deliveries (id, attempts before, event) with what their requests need, read
+/// in two statements after the claim's (the endpoint once, then the events with their
+/// emails): the dialects without a claim that returns them ([`Dialect`]'s
+/// `webhook_claim_loaded`).
 async fn load_claimed(
     tx: &mut dyn Tx,
     endpoint_id: &str,
@@ -845,56 +847,125 @@ async fn load_claimed(
         )
         .await?;
     let target = match rows.first() {
-        Some(r) if r.get::<String>(4)? == EndpointStatus::Enabled.as_str() => WebhookTarget {
-            endpoint_id: endpoint_id.to_owned(),
-            url: r.get(0)?,
-            secret: r.get(1)?,
-            previous_secret: r.get(2)?,
-            previous_secret_expires_at: r.get(3)?,
-        },
-        _ => {
-            let ids: Vec<&str> = claimed.iter().map(|(id, ..)| id.as_str()).collect();
-            cancel(tx, &ids, now).await?;
-            return Ok(Vec::new());
-        }
+        Some(r) => target_from(r, 0, endpoint_id)?,
+        None => None,
     };
-    let target = Arc::new(target);
-    let event_ids: Vec<&str> = claimed.iter().map(|(_, _, e)| e.as_str()).collect();
     let mut events: HashMap<String, ClaimedEvent> = HashMap::with_capacity(claimed.len());
-    for chunk in event_ids.chunks(super::write::CHUNK * 4) {
-        let sql = format!(
-            "SELECT e.id, e.type, e.data, e.created_at, e.recipient, m.id, m.message_id, \
-             m.stream, m.from_email, m.from_name, m.subject, m.tags, m.metadata, m.created_at \
-             FROM events e LEFT JOIN emails m ON m.id = e.email_id WHERE e.id IN ({})",
-            padded_placeholders(1, chunk.len())
-        );
-        let params: Vec<Val<'_>> = padded(chunk).map(Val::Text).collect();
-        for r in tx.query(&sql, &params).await? {
-            let email = match r.get::<Option<String>>(5)? {
-                Some(id) => Some(DeliveryEmail {
-                    id,
-                    message_id: r.get(6)?,
-                    stream: r.get(7)?,
-                    from_email: r.get(8)?,
-                    from_name: r.get(9)?,
-                    subject: r.get(10)?,
-                    tags: r.get(11)?,
-                    metadata: r.get(12)?,
-                    created_at: r.get(13)?,
-                }),
-                None => None,
-            };
-            let event_type = super::emails::event_type(&r.get::<String>(1)?)?;
-            let event = ClaimedEvent {
-                event_type,
-                data: r.get(2)?,
-                created_at: r.get(3)?,
-                recipient: r.get(4)?,
-                email,
-            };
-            events.insert(r.get(0)?, event);
+    if target.is_some() {
+        let event_ids: Vec<&str> = claimed.iter().map(|(_, _, e)| e.as_str()).collect();
+        for chunk in event_ids.chunks(super::write::CHUNK * 4) {
+            let sql = format!(
+                "SELECT {CLAIMED_EVENT_COLUMNS} FROM events e \
+                 LEFT JOIN emails m ON m.id = e.email_id WHERE e.id IN ({})",
+                padded_placeholders(1, chunk.len())
+            );
+            let params: Vec<Val<'_>> = padded(chunk).map(Val::Text).collect();
+            for r in tx.query(&sql, &params).await? {
+                if let Some((id, event)) = event_from(&r, 0)? {
+                    events.insert(id, event);
+                }
+            }
         }
     }
+    due_deliveries(tx, claimed, target, events, now).await
+}
+
+/// A claim's rows as the dialect's `webhook_claim_loaded` returns them: the delivery (id,
+/// attempts, event), [`CLAIMED_EVENT_COLUMNS`], then the endpoint's columns.
+async fn loaded_claim(
+    tx: &mut dyn Tx,
+    endpoint_id: &str,
+    rows: Vec<super::write::Row>,
+    now: i64,
+) -> StoreResult<Vec<DueDelivery>> {
+    let target = match rows.first() {
+        Some(r) => target_from(r, 17, endpoint_id)?,
+        None => return Ok(Vec::new()),
+    };
+    let mut claimed = Vec::with_capacity(rows.len());
+    let mut events = HashMap::with_capacity(rows.len());
+    for r in &rows {
+        claimed.push((r.get::<String>(0)?, r.get::<i64>(1)?, r.get::<String>(2)?));
+        if let Some((id, event)) = event_from(r, 3)? {
+            events.insert(id, event);
+        }
+    }
+    due_deliveries(tx, claimed, target, events, now).await
+}
+
+/// An event and its email, as [`event_from`] reads them.
+const CLAIMED_EVENT_COLUMNS: &str = "e.id, e.type, e.data, e.created_at, e.recipient, m.id, \
+     m.message_id, m.stream, m.from_email, m.from_name, m.subject, m.tags, m.metadata, \
+     m.created_at";
+
+/// The event (and its email) in [`CLAIMED_EVENT_COLUMNS`] from column `at`; `None` when the
+/// event is gone.
+fn event_from(r: &super::write::Row, at: usize) -> StoreResult<Option<(String, ClaimedEvent)>> {
+    let Some(id) = r.get::<Option<String>>(at)? else {
+        return Ok(None);
+    };
+    let email = match r.get::<Option<String>>(at + 5)? {
+        Some(email_id) => Some(DeliveryEmail {
+            id: email_id,
+            message_id: r.get(at + 6)?,
+            stream: r.get(at + 7)?,
+            from_email: r.get(at + 8)?,
+            from_name: r.get(at + 9)?,
+            subject: r.get(at + 10)?,
+            tags: r.get(at + 11)?,
+            metadata: r.get(at + 12)?,
+            created_at: r.get(at + 13)?,
+        }),
+        None => None,
+    };
+    let event = ClaimedEvent {
+        event_type: super::emails::event_type(&r.get::<String>(at + 1)?)?,
+        data: r.get(at + 2)?,
+        created_at: r.get(at + 3)?,
+        recipient: r.get(at + 4)?,
+        email,
+    };
+    Ok(Some((id, event)))
+}
+
+/// The endpoint (url, secret, previous secret, its end, status) from column `at`; `None`
+/// when it is gone or no longer enabled.
+fn target_from(
+    r: &super::write::Row,
+    at: usize,
+    endpoint_id: &str,
+) -> StoreResult<Option<WebhookTarget>> {
+    let status: Option<String> = r.get(at + 4)?;
+    if status.as_deref() != Some(EndpointStatus::Enabled.as_str()) {
+        return Ok(None);
+    }
+    Ok(Some(WebhookTarget {
+        endpoint_id: endpoint_id.to_owned(),
+        url: r.get(at)?,
+        secret: r.get(at + 1)?,
+        previous_secret: r.get(at + 2)?,
+        previous_secret_expires_at: r.get(at + 3)?,
+    }))
+}
+
+/// The claimed deliveries that can be sent. Those that cannot are canceled in the same
+/// transaction: all of them when the endpoint was disabled or deleted since they were
+/// written (by a writer that still had it as enabled: another process, or one within the
+/// endpoint cache's second), as disabling cancels those already waiting; and any whose event
+/// is gone (retention), which would otherwise be claimed again at every lease's end.
+async fn due_deliveries(
+    tx: &mut dyn Tx,
+    claimed: Vec<(String, i64, String)>,
+    target: Option<WebhookTarget>,
+    mut events: HashMap<String, ClaimedEvent>,
+    now: i64,
+) -> StoreResult<Vec<DueDelivery>> {
+    let Some(target) = target else {
+        let ids: Vec<&str> = claimed.iter().map(|(id, ..)| id.as_str()).collect();
+        cancel(tx, &ids, now).await?;
+        return Ok(Vec::new());
+    };
+    let target = Arc::new(target);
     let mut due = Vec::with_capacity(claimed.len());
     let mut gone = Vec::new();
     for (id, attempts, event_id) in claimed {

@@ -76,6 +76,20 @@ pub struct Dispatcher {
     pub metrics: Arc<Metrics>,
     lanes: Arc<Mutex<HashMap<String, LaneState>>>,
     secrets: Arc<Mutex<HashMap<String, Arc<SigningKey>>>>,
+    records: Arc<Mutex<Records>>,
+}
+
+/// Finished attempts waiting to be written, from every lane: a lane that finds no write
+/// under way writes all that wait in one job, so that a hundred lanes cost the writer one job
+/// (two statements) a round, not a hundred. Those that came while it wrote are written by
+/// their own lanes once it is done (each write is one round: no lane writes for others
+/// without end while its own attempts wait).
+#[derive(Default)]
+struct Records {
+    waiting: Vec<(Vec<AttemptRecord>, tokio::sync::oneshot::Sender<()>)>,
+    writing: bool,
+    /// A write ended: the lanes whose attempts still wait try to write them.
+    free: Arc<Notify>,
 }
 
 /// What every request to one endpoint shares, made ready once per claim (all of a claim's
@@ -157,6 +171,7 @@ impl Dispatcher {
             metrics: Arc::default(),
             lanes: Arc::default(),
             secrets: Arc::default(),
+            records: Arc::default(),
         }
     }
 
@@ -461,10 +476,53 @@ impl Dispatcher {
         }
     }
 
+    /// Writes finished attempts, with those other lanes finished meanwhile (see
+    /// [`Records`]); returns once they are written.
+    async fn record(&self, batch: Vec<AttemptRecord>) {
+        let (written, mut done) = tokio::sync::oneshot::channel();
+        let free = {
+            let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+            records.waiting.push((batch, written));
+            Arc::clone(&records.free)
+        };
+        loop {
+            // Listening before looking: a write that ends in between still wakes this one.
+            let ended = free.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            let waiting = {
+                let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+                if records.writing || records.waiting.is_empty() {
+                    None
+                } else {
+                    records.writing = true;
+                    Some(std::mem::take(&mut records.waiting))
+                }
+            };
+            if let Some(waiting) = waiting {
+                let (batches, acks): (Vec<_>, Vec<_>) = waiting.into_iter().unzip();
+                self.write_records(batches.into_iter().flatten().collect())
+                    .await;
+                for ack in acks {
+                    let _ = ack.send(());
+                }
+                self.records
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .writing = false;
+                free.notify_waiters();
+            }
+            tokio::select! {
+                _ = &mut done => return,
+                () = &mut ended => {}
+            }
+        }
+    }
+
     /// Writes finished attempts in one commit. An endpoint's answer is never forgotten: kept
     /// and written again until the database takes it (an outage), or the delivery would be
     /// posted twice.
-    async fn record(&self, batch: Vec<AttemptRecord>) {
+    async fn write_records(&self, batch: Vec<AttemptRecord>) {
         let n = batch.len();
         let batch: Arc<[AttemptRecord]> = batch.into();
         let mut pause = Duration::from_millis(100);

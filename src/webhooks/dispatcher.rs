@@ -106,8 +106,6 @@ struct Prepared {
 /// What a lane remembers between its batches (and across `run_once` calls).
 #[derive(Debug, Default)]
 struct LaneState {
-    /// The endpoint's cap, events a second (this process's share).
-    rate: Option<f64>,
     /// Requests failed in a row.
     failed_in_a_row: usize,
     /// Pauses in a row (a success ends the run): which step of the schedule the next takes.
@@ -117,7 +115,7 @@ struct LaneState {
     paused_at: i64,
     /// No request starts before this (clock ms): the endpoint is down, or asked to wait.
     paused_until: i64,
-    /// The rate cap's schedule (with `rate`).
+    /// The endpoint's cap (this process's share of it, events a second) and its schedule.
     pacer: Option<Pacer>,
 }
 
@@ -270,9 +268,9 @@ impl Dispatcher {
         let processes = f64::from(self.processes.max(1));
         for (id, rate) in &lanes {
             let lane = state.entry(id.clone()).or_default();
-            lane.rate = rate.map(|r| (r as f64 / processes).max(0.001));
-            if lane.pacer.as_ref().map(Pacer::rate) != lane.rate {
-                lane.pacer = lane.rate.map(Pacer::new);
+            let rate = rate.map(|r| r as f64 / processes);
+            if lane.pacer.as_ref().map(Pacer::rate) != rate {
+                lane.pacer = rate.map(Pacer::new);
             }
         }
         Ok(lanes.into_iter().map(|(id, _)| id).collect())
@@ -280,6 +278,10 @@ impl Dispatcher {
 
     fn with_lane<T>(&self, endpoint: &str, f: impl FnOnce(&mut LaneState) -> T) -> T {
         let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        // Looked up before `entry`, which would copy the id on every call (several a request).
+        if let Some(lane) = lanes.get_mut(endpoint) {
+            return f(lane);
+        }
         f(lanes.entry(endpoint.to_owned()).or_default())
     }
 
@@ -315,7 +317,7 @@ impl Dispatcher {
             let (paused_until, rate, failing) = self.with_lane(endpoint, |l| {
                 (
                     l.paused_until,
-                    l.rate,
+                    l.pacer.as_ref().map(Pacer::rate),
                     l.failed_in_a_row > 0 || l.pauses > 0,
                 )
             });
@@ -374,24 +376,22 @@ impl Dispatcher {
             let mut pacing = None;
             let slots = if failing { 1 } else { self.per_endpoint };
             while sending.len() < slots && !paused {
-                if rate.is_some()
-                    && let Some(at) = self.with_lane(endpoint, |l| {
-                        l.pacer.as_ref()?.wait(tokio::time::Instant::now())
-                    })
-                {
-                    pacing = Some(at);
+                if queue.is_empty() {
                     break;
+                }
+                if rate.is_some() {
+                    let started = self.with_lane(endpoint, |l| match &mut l.pacer {
+                        Some(pacer) => pacer.try_start(tokio::time::Instant::now()),
+                        None => Ok(()),
+                    });
+                    if let Err(at) = started {
+                        pacing = Some(at);
+                        break;
+                    }
                 }
                 let Some(d) = queue.pop_front() else {
                     break;
                 };
-                if rate.is_some() {
-                    self.with_lane(endpoint, |l| {
-                        if let Some(pacer) = &mut l.pacer {
-                            pacer.start(tokio::time::Instant::now());
-                        }
-                    });
-                }
                 let ready = match &prepared {
                     Some((target, ready)) if Arc::ptr_eq(target, &d.target) => Arc::clone(ready),
                     _ => {

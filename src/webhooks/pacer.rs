@@ -37,24 +37,36 @@ pub struct Pacer {
 impl Pacer {
     /// A pacer for `rate` requests a second (above 0).
     pub fn new(rate: f64) -> Self {
-        let rate = rate.max(0.001);
-        let log = (rate.ceil() as usize).clamp(1, MAX_LOG);
+        let per_second = rate.max(0.001);
+        let log = (per_second.ceil() as usize).clamp(1, MAX_LOG);
         Self {
             rate,
-            interval: Duration::from_secs_f64(1.0 / rate),
+            interval: Duration::from_secs_f64(1.0 / per_second),
             next: None,
             recent: VecDeque::with_capacity(log),
             log,
-            window: Duration::from_secs_f64(log as f64 / rate),
+            window: Duration::from_secs_f64(log as f64 / per_second),
         }
     }
 
+    /// The rate it was made for (the lane makes a new pacer when the cap changes).
     pub fn rate(&self) -> f64 {
         self.rate
     }
 
+    /// Starts a request at `now` if the cap allows it; otherwise when it will.
+    pub fn try_start(&mut self, now: Instant) -> Result<(), Instant> {
+        match self.wait(now) {
+            Some(at) => Err(at),
+            None => {
+                self.start(now);
+                Ok(())
+            }
+        }
+    }
+
     /// When the next request may start, if not now.
-    pub fn wait(&self, now: Instant) -> Option<Instant> {
+    fn wait(&self, now: Instant) -> Option<Instant> {
         let slot = self.next.filter(|at| *at > now);
         let window = match self.recent.front() {
             Some(oldest) if self.recent.len() >= self.log => {
@@ -66,7 +78,7 @@ impl Pacer {
     }
 
     /// Notes a request started at `now` (when [`Pacer::wait`] said it may).
-    pub fn start(&mut self, now: Instant) {
+    fn start(&mut self, now: Instant) {
         let tolerance = self.interval.max(MIN_TOLERANCE);
         let slot = match self.next {
             Some(at) if now.saturating_duration_since(at) < tolerance => at,
@@ -93,12 +105,9 @@ mod tests {
         let mut now = begin;
         let mut starts = Vec::new();
         while now < end {
-            match pacer.wait(now) {
-                Some(at) => now = at + late,
-                None => {
-                    pacer.start(now);
-                    starts.push(now);
-                }
+            match pacer.try_start(now) {
+                Err(at) => now = at + late,
+                Ok(()) => starts.push(now),
             }
         }
         starts
@@ -149,10 +158,12 @@ mod tests {
     fn an_idle_spell_earns_no_burst() {
         let mut pacer = Pacer::new(10.0);
         let t0 = Instant::now();
-        pacer.start(t0);
+        assert_eq!(pacer.try_start(t0), Ok(()));
         let later = t0 + Duration::from_secs(5);
-        assert_eq!(pacer.wait(later), None);
-        pacer.start(later);
-        assert_eq!(pacer.wait(later), Some(later + Duration::from_millis(100)));
+        assert_eq!(pacer.try_start(later), Ok(()));
+        assert_eq!(
+            pacer.try_start(later),
+            Err(later + Duration::from_millis(100))
+        );
     }
 }

@@ -16,26 +16,30 @@ use sqlx::{Any, AnyConnection};
 use super::StoreResult;
 use super::write::{CHUNK, Dialect, Row, TableRows, Tx, Val, padded_insert, padded_len};
 
+/// The webhook claim, alone and inside the claim that returns what its requests need.
+macro_rules! webhook_claim {
+    () => {
+        "UPDATE webhook_deliveries SET lease_owner = $1, lease_expires_at = $2, \
+         next_attempt_at = $2 WHERE id IN (SELECT id FROM webhook_deliveries \
+         WHERE endpoint_id = $5 AND status = 'pending' AND next_attempt_at <= $3 \
+         ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING id, attempts, event_id"
+    };
+}
+
 pub(super) static DIALECT: Dialect = Dialect {
     insert: "INSERT",
     update: "UPDATE",
     claim: CLAIM,
-    webhook_claim: "UPDATE webhook_deliveries SET lease_owner = $1, lease_expires_at = $2, \
-         next_attempt_at = $2 WHERE id IN (SELECT id FROM webhook_deliveries \
-         WHERE endpoint_id = $5 AND status = 'pending' AND next_attempt_at <= $3 \
-         ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING id, attempts, event_id",
-    webhook_claim_loaded: Some(
-        "WITH c AS (UPDATE webhook_deliveries SET lease_owner = $1, lease_expires_at = $2, \
-         next_attempt_at = $2 WHERE id IN (SELECT id FROM webhook_deliveries \
-         WHERE endpoint_id = $5 AND status = 'pending' AND next_attempt_at <= $3 \
-         ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
-         RETURNING id, attempts, event_id) \
-         SELECT c.id, c.attempts, c.event_id, e.id, e.type, e.data, e.created_at, e.recipient, \
+    webhook_claim: webhook_claim!(),
+    webhook_claim_loaded: Some(concat!(
+        "WITH c AS (",
+        webhook_claim!(),
+        ") SELECT c.id, c.attempts, c.event_id, e.id, e.type, e.data, e.created_at, e.recipient, \
          m.id, m.message_id, m.stream, m.from_email, m.from_name, m.subject, m.tags, m.metadata, \
          m.created_at, w.url, w.secret, w.previous_secret, w.previous_secret_expires_at, w.status \
          FROM c LEFT JOIN events e ON e.id = c.event_id LEFT JOIN emails m ON m.id = e.email_id \
          LEFT JOIN webhook_endpoints w ON w.id = $5",
-    ),
+    )),
     claim_leaves_scheduled: false,
     // Postgres wants the grouped table's primary key to select its other columns.
     grouped_email_id: "e.id",
